@@ -1,0 +1,48 @@
+# The README's two commands: `make run` (the main job on the embedded defaults) and
+# `make test` (the whole suite). Both set themselves up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STORE ?= ./feature-store
+IMAGE_SIZE ?= 64
+LIMIT ?= 10000
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint install data benchmark
+
+$(BIN)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+data:
+	@if [ -d "$${TRANSFER_PIPE_FASHION_MNIST:-$(FASHION_MNIST)}" ]; then exit 0; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get install -y dataset-fashion-mnist \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist); \
+	else \
+		echo "Fashion-MNIST is missing: install Debian's dataset-fashion-mnist, or download" \
+		     "its IDX files into a folder and set TRANSFER_PIPE_FASHION_MNIST=/that/folder."; \
+		exit 1; \
+	fi
+
+# LIMIT=all embeds all 70,000 images.
+run: install data
+	$(BIN)/transfer-pipe embed fashion-mnist --store $(STORE) --image-size $(IMAGE_SIZE) \
+		$(if $(filter all,$(LIMIT)),,--limit $(LIMIT))
+	$(BIN)/transfer-pipe ls --store $(STORE)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install data lint
+	$(BIN)/pytest -q
+
+benchmark: install data
+	$(BIN)/python benchmarks/embed_throughput.py

@@ -1,0 +1,54 @@
+"""The embed flow: orders the library's steps; Prefect shows runs, progress and a summary.
+
+No logic lives here: each task is a plain function from ``transfer_pipe.steps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from transfer_pipe import steps
+from transfer_pipe.config import EmbedConfig
+from transfer_pipe.features.shard import ShardResult
+
+# The store, not Prefect's cache, decides what is already done: that check also works from
+# the CLI and notebooks, and across scheduled runs (Prefect's default key includes the run id).
+prepare = task(name="prepare", cache_policy=NO_CACHE)(steps.prepare_embedding)
+finalize = task(name="finalize", cache_policy=NO_CACHE)(steps.finalize_embedding)
+
+
+@task(name="compute-shards", cache_policy=NO_CACHE)
+def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
+    """Run the pending shards on Dask, mirroring progress into a Prefect progress artifact."""
+    artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
+        0.0, description=f"shards of feature set {plan.spec.key} written by this run"
+    )
+
+    def report(done: int, total: int) -> None:
+        update_progress_artifact(artifact, 100.0 * done / total)
+
+    results = steps.compute_shards(plan, on_progress=[report])
+    update_progress_artifact(artifact, 100.0)
+    return results
+
+
+@flow(name="embed", log_prints=True)
+def embed_flow(config: EmbedConfig) -> dict[str, Any]:
+    """Embed every image of ``config.source`` once into the feature store."""
+    plan = prepare(config)
+    summary = finalize(plan, compute(plan))
+    create_table_artifact(
+        [{"field": k, "value": str(v)} for k, v in summary.items()],
+        key="embed-summary",
+        description=f"feature set {summary['feature_set']}",
+    )
+    return summary

@@ -1,0 +1,24 @@
+"""Shared fixtures: one Prefect test server for the whole session, each run its own home."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+# Set before Prefect is imported anywhere: Prefect reads its settings at import time.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="transfer-pipe-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect server (the test harness); yields its API URL for subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield str(PREFECT_API_URL.value())

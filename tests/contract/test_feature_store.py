@@ -1,0 +1,180 @@
+"""The FeatureStore contract, run against every real implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, ZarrFeatureStore
+
+LAYERS = {"penultimate": 5, "stages.0": 3}
+ROWS = 10
+SHARD = 4
+
+
+def local_zarr(tmp_path: Path) -> FeatureStore:
+    return ZarrFeatureStore(str(tmp_path / "store"))
+
+
+def local_zarr_url(tmp_path: Path) -> FeatureStore:
+    return ZarrFeatureStore((tmp_path / "store-url").as_uri())
+
+
+IMPLEMENTATIONS: list[Callable[[Path], FeatureStore]] = [local_zarr, local_zarr_url]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda f: f.__name__)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
+    return request.param(tmp_path)  # type: ignore[no-any-return]
+
+
+def make_spec(key: str = "k0", dtype: str = "float32", embedding: str = "emb") -> FeatureSetSpec:
+    return FeatureSetSpec(
+        key=key,
+        embedding_key=embedding,
+        source="test",
+        backbone="tiny_test",
+        weights_digest="w",
+        preprocessing={"image_size": 32},
+        layers=tuple(LAYERS),
+        layer_dims=dict(LAYERS),
+        dtype=dtype,
+        data_digest="d",
+        rows=ROWS,
+        shard_size=SHARD,
+    )
+
+
+def make_rows(n: int = ROWS) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i:02d}" for i in range(n)],
+            "uri": [f"file:///data/{i}.png" for i in range(n)],
+            "label": [f"c{i % 3}" for i in range(n)],
+            "split": ["train" if i < 7 else "test" for i in range(n)],
+            "content_hash": [f"h{i}" for i in range(n)],
+        }
+    )
+
+
+def shard_values(spec: FeatureSetSpec, shard: int) -> dict[str, np.ndarray]:
+    rows = np.array(spec.shard_rows(shard), dtype=np.float32)
+    return {layer: np.outer(rows, np.arange(1, dim + 1)) for layer, dim in spec.layer_dims.items()}
+
+
+def fill(store: FeatureStore, spec: FeatureSetSpec, failures: dict[int, str] | None = None) -> None:
+    failures = failures or {}
+    for shard in range(spec.n_shards):
+        rows = spec.shard_rows(shard)
+        reasons = [failures.get(r, "") for r in rows]
+        store.write_shard(
+            spec.key, shard, shard_values(spec, shard), reasons, ShardStats(4, 0, 0.1)
+        )
+
+
+def test_lifecycle_missing_incomplete_complete(store: FeatureStore) -> None:
+    spec = make_spec()
+    assert store.status(spec.key) == "missing"
+    assert store.list_keys() == []
+    store.create(spec, make_rows())
+    assert store.status(spec.key) == "incomplete"
+    assert store.spec(spec.key) == spec
+    assert not store.shards_done(spec.key).any()
+    fill(store, spec)
+    store.mark_complete(spec.key, {"note": "done"})
+    assert store.status(spec.key) == "complete"
+    assert store.list_keys() == [spec.key]
+    assert store.provenance(spec.key)["note"] == "done"
+
+
+def test_cannot_complete_with_shards_missing(store: FeatureStore) -> None:
+    spec = make_spec()
+    store.create(spec, make_rows())
+    store.write_shard(spec.key, 0, shard_values(spec, 0), [""] * SHARD, ShardStats(4, 0, 0.1))
+    with pytest.raises(RuntimeError):
+        store.mark_complete(spec.key, {})
+    assert store.shards_done(spec.key).tolist() == [True, False, False]
+
+
+def test_values_round_trip_and_failed_rows_are_excluded(store: FeatureStore) -> None:
+    spec = make_spec()
+    store.create(spec, make_rows())
+    fill(store, spec, failures={1: "corrupt: bad bytes", 8: "empty: zero-byte file"})
+    failures = store.failures(spec.key)
+    assert failures["sample_id"].tolist() == ["s01", "s08"]
+    assert failures["reason"].tolist() == ["corrupt: bad bytes", "empty: zero-byte file"]
+    loaded = store.load(spec.key, layer="stages.0")
+    assert loaded.sample_ids.tolist() == [f"s{i:02d}" for i in range(ROWS) if i not in (1, 8)]
+    expected = np.outer(np.array([i for i in range(ROWS) if i not in (1, 8)]), [1, 2, 3])
+    np.testing.assert_array_equal(loaded.features, expected)
+    assert loaded.labels.tolist() == [f"c{i % 3}" for i in range(ROWS) if i not in (1, 8)]
+
+
+def test_load_by_split_and_by_sample_id_order(store: FeatureStore) -> None:
+    spec = make_spec()
+    store.create(spec, make_rows())
+    fill(store, spec)
+    test = store.load(spec.key, split="test")
+    assert test.sample_ids.tolist() == ["s07", "s08", "s09"]
+    assert set(test.splits) == {"test"}
+    joined = store.load(spec.key, sample_ids=["s09", "s02"])
+    assert joined.sample_ids.tolist() == ["s09", "s02"]
+    assert joined.labels.tolist() == ["c0", "c2"]
+    np.testing.assert_array_equal(joined.features[:, 0], [9, 2])
+    as_dask = store.load(spec.key, split="train", as_dask=True)
+    np.testing.assert_array_equal(
+        as_dask.features.compute(), store.load(spec.key, split="train").features
+    )
+
+
+def test_rewriting_a_shard_replaces_it_exactly(store: FeatureStore) -> None:
+    spec = make_spec()
+    store.create(spec, make_rows())
+    store.write_shard(spec.key, 0, shard_values(spec, 0), ["", "x: y", "", ""], ShardStats(3, 0, 1))
+    store.write_shard(spec.key, 0, shard_values(spec, 0), [""] * SHARD, ShardStats(4, 0, 1))
+    assert store.row_table(spec.key)["failure"].tolist()[:SHARD] == [""] * SHARD
+    assert store.shard_stats(spec.key)["embedded"].tolist()[0] == 4
+
+
+def test_float16_is_stored_as_float16(store: FeatureStore) -> None:
+    spec = make_spec(dtype="float16")
+    store.create(spec, make_rows())
+    fill(store, spec)
+    assert store.load(spec.key).features.dtype == np.float16
+
+
+def test_recreating_an_interrupted_creation_starts_clean(store: FeatureStore) -> None:
+    spec = make_spec()
+    store.create(spec, make_rows())
+    store.write_shard(spec.key, 0, shard_values(spec, 0), ["", "x: y", "", ""], ShardStats(3, 0, 1))
+    store.create(spec, make_rows())
+    assert not store.shards_done(spec.key).any()
+    assert len(store.failures(spec.key)) == 0
+
+
+def test_catalog_reports_rows_failures_and_bytes(store: FeatureStore) -> None:
+    spec = make_spec()
+    store.create(spec, make_rows())
+    fill(store, spec, failures={3: "corrupt: x"})
+    store.mark_complete(spec.key, {})
+    [info] = store.catalog()
+    assert (info.key, info.rows, info.failed, info.status) == (spec.key, ROWS, 1, "complete")
+    assert info.nbytes > 0
+    assert info.layers == tuple(LAYERS)
+
+
+def test_unknown_key_names_the_fix(store: FeatureStore) -> None:
+    with pytest.raises(TransferPipeError, match="transfer-pipe ls"):
+        store.spec("nope")
+
+
+def test_unwritable_store_is_reported_before_writing(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TransferPipeError, match="--store"):
+        ZarrFeatureStore(str(blocker / "store")).ensure_writable()

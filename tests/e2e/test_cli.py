@@ -1,0 +1,101 @@
+"""The `transfer-pipe` command as a user runs it: a real process against a Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.images import make_dataset
+from transfer_pipe.cli import main
+
+
+def cli(*args: str, api: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_API_URL": api}
+    return subprocess.run(
+        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )
+
+
+def test_embed_json_then_ls_and_show(tmp_path: Path, prefect_api: str) -> None:
+    make_dataset(tmp_path / "data", classes=2, per_class=5)
+    store = str(tmp_path / "store")
+    args = ["embed", str(tmp_path / "data"), "--store", store, "--backbone", "tiny_test"]
+    done = cli(*args, "--shard-size", "4", "--workers", "1", "--json", api=prefect_api)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["rows"], summary["failed"], summary["embedded"], summary["reused"]) == (
+        14,
+        4,
+        10,
+        0,
+    )
+    listed = json.loads(cli("ls", "--store", store, "--json", api=prefect_api).stdout)
+    assert [(f["key"], f["rows"], f["failed"], f["status"]) for f in listed] == [
+        (summary["feature_set"], 14, 4, "complete")
+    ]
+    assert listed[0]["nbytes"] > 0
+    shown = json.loads(
+        cli("show", summary["feature_set"], "--store", store, "--json", api=prefect_api).stdout
+    )
+    assert shown["spec"]["backbone"] == "tiny_test"
+    assert shown["counts"]["embedded"] == 10
+    assert "torch" in shown["libraries"]
+    assert {f["reason"].split(":")[0] for f in shown["failures"]} == {
+        "empty",
+        "not-an-image",
+        "truncated",
+        "decompression-bomb",
+    }
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(list(args)) == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_bad_input_gets_one_clear_error_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dataset(tmp_path / "data", classes=1, per_class=2, bad=False)
+    store = tmp_path / "store"
+    data = str(tmp_path / "data")
+
+    err = _fails(capsys, "embed", str(tmp_path / "absent"), "--store", str(store))
+    assert "does not exist" in err
+    err = _fails(capsys, "embed", data, "--store", str(store), "--backbone", "resnet-19")
+    assert "transfer-pipe backbones" in err
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    err = _fails(
+        capsys,
+        "embed",
+        data,
+        "--store",
+        str(store),
+        "--backbone",
+        "tiny_test",
+        "--weights-file",
+        str(wrong),
+    )
+    assert "does not match" in err
+    assert not store.exists(), "a failed run must not leave a half-written store"
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = _fails(
+        capsys, "embed", data, "--store", str(blocker / "store"), "--backbone", "tiny_test"
+    )
+    assert "--store" in err
+    err = _fails(capsys, "embed", data, "--image-size", "0")
+    assert "--image-size" in err

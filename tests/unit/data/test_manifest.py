@@ -1,0 +1,43 @@
+import pandas as pd
+import pytest
+
+from transfer_pipe.data.manifest import Manifest
+from transfer_pipe.errors import TransferPipeError
+
+
+def manifest(n_train: int = 90, n_test: int = 10) -> Manifest:
+    ids = [f"train/{i:03d}" for i in range(n_train)] + [f"test/{i:03d}" for i in range(n_test)]
+    table = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "uri": [f"file:///x/{i}" for i in ids],
+            "label": ["a"] * len(ids),
+            "split": [i.split("/")[0] for i in ids],
+            "content_hash": [f"h{i}" for i in ids],
+        }
+    )
+    return Manifest.from_rows(table, "test")
+
+
+def test_limit_keeps_each_splits_share_and_is_stable() -> None:
+    small = manifest().limit(20)
+    assert len(small) == 20
+    assert small.table["split"].value_counts().to_dict() == {"train": 18, "test": 2}
+    assert small.table.equals(manifest().limit(20).table)
+    assert set(small.table["sample_id"]) <= set(manifest().limit(40).table["sample_id"])
+    assert manifest().limit(None) is not None and len(manifest().limit(1000)) == 100
+
+
+def test_digest_follows_every_column() -> None:
+    base = manifest()
+    relabelled = base.table.copy()
+    relabelled.loc[3, "label"] = "b"
+    assert Manifest(relabelled, "test").digest() != base.digest()
+    assert manifest().digest() == base.digest()
+
+
+def test_duplicate_sample_ids_are_refused() -> None:
+    table = manifest().table
+    table.loc[1, "sample_id"] = table.loc[0, "sample_id"]
+    with pytest.raises(TransferPipeError, match="unique sample_id"):
+        Manifest(table, "test")

@@ -1,0 +1,37 @@
+"""Backbones: string ids -> specs (weights, preprocessing, metadata), builds, layer taps.
+
+>>> spec = get_backbone("efficientnet_lite0.in1k")
+>>> model = spec.build()
+>>> with LayerTap(model, resolve_layers(spec, model, ["stages"])) as tap:
+...     features = tap(batch)  # {"stages.0": Tensor[B, 16], ...}
+"""
+
+from transfer_pipe.backbones import builtin, torchvision_backbones  # noqa: F401  (registers ids)
+from transfer_pipe.backbones.builtin import EFFICIENTNET_LITE0, TINY_TEST
+from transfer_pipe.backbones.preprocessing import Preprocessing
+from transfer_pipe.backbones.registry import (
+    BackboneEntry,
+    BackboneSpec,
+    get_backbone,
+    list_backbones,
+    register,
+)
+from transfer_pipe.backbones.taps import PENULTIMATE, STAGES, LayerTap, resolve_layers
+
+DEFAULT_BACKBONE = EFFICIENTNET_LITE0
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "EFFICIENTNET_LITE0",
+    "PENULTIMATE",
+    "STAGES",
+    "TINY_TEST",
+    "BackboneEntry",
+    "BackboneSpec",
+    "LayerTap",
+    "Preprocessing",
+    "get_backbone",
+    "list_backbones",
+    "register",
+    "resolve_layers",
+]

@@ -1,0 +1,123 @@
+"""Image -> normalised tensor, as one small frozen value that is part of the cache key."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from transfer_pipe.errors import TransferPipeError
+
+RESIZE_MODES = ("squash", "center-crop")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _triple(name: str, values: Sequence[float]) -> tuple[float, float, float]:
+    """Validate a per-channel (R, G, B) triple and return it as a tuple of floats."""
+    if len(values) != 3:
+        raise TransferPipeError(f"preprocessing {name} needs 3 values (R, G, B), got {values!r}")
+    r, g, b = (float(v) for v in values)
+    return (r, g, b)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How one decoded image becomes a model input.
+
+    ``resize="squash"`` resizes straight to ``image_size x image_size`` (aspect ratio is
+    not kept, nothing is cut off); ``"center-crop"`` resizes the shorter side to
+    ``image_size`` and keeps the central square. Both use Pillow's bilinear filter,
+    which antialiases when shrinking. Pixels are scaled to [0, 1], then normalised
+    per channel as ``(x - mean) / std``.
+    """
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        # Accept lists (e.g. from JSON) but store tuples so specs stay hashable and equal.
+        object.__setattr__(self, "mean", _triple("mean", self.mean))
+        object.__setattr__(self, "std", _triple("std", self.std))
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            raise TransferPipeError(
+                f"preprocessing image_size must be a positive integer, got {self.image_size!r}"
+            )
+        if self.resize not in RESIZE_MODES:
+            raise TransferPipeError(
+                f"unknown resize mode {self.resize!r}; use one of {', '.join(RESIZE_MODES)}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise TransferPipeError(f"preprocessing std must be positive, got {self.std}")
+
+    @cached_property
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel [3, 1, 1] (scale, offset): uint8 pixel * scale + offset is normalised."""
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Return the image as a float32 tensor of shape [3, image_size, image_size]."""
+        # Greyscale stays one channel through the resize (3x cheaper) and is broadcast
+        # to RGB afterwards; every other mode goes through Pillow's RGB conversion.
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        size = (self.image_size, self.image_size)
+        if self.resize == "center-crop":
+            # Resizing only the central square (``box``) equals resize-shorter-side then
+            # crop, without materialising the larger intermediate image.
+            w, h = image.size
+            side = min(w, h)
+            left, top = (w - side) / 2, (h - side) / 2
+            box = (left, top, left + side, top + side)
+            image = image.resize(size, Image.Resampling.BILINEAR, box=box)
+        elif image.size != size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32)
+        # Channels first before the arithmetic: broadcasting then writes one contiguous
+        # [3, H, W] array (a strided HWC source makes numpy several times slower).
+        chw = pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        scale, offset = self._affine
+        return torch.from_numpy(chw * scale + offset)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description; equal dicts mean identical tensors (used in cache keys)."""
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": self.resize,
+            "interpolation": "bilinear",
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            image_size=int(data["image_size"]),
+            mean=_triple("mean", data["mean"]),
+            std=_triple("std", data["std"]),
+            resize=str(data.get("resize", "squash")),
+        )
+
+    def replace(
+        self,
+        *,
+        image_size: int | None = None,
+        resize: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> Preprocessing:
+        """Return a copy with the given fields changed (e.g. a smaller ``image_size``)."""
+        given = {"image_size": image_size, "resize": resize, "mean": mean, "std": std}
+        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,182 @@
+"""Backbone ids -> specs: one frozen record per id, in the style of timm's registry.
+
+A ``BackboneEntry`` is the registered record (architecture, weights source, default
+preprocessing, metadata, stages). ``get_backbone(id)`` turns an id, plus an optional
+local weights file, into a ``BackboneSpec``: a small picklable value that names the
+backbone, can build it, and says what its weights digest is. Specs hold no callables,
+so they travel to Dask workers as plain data and look their entry up again there.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from transfer_pipe.backbones.preprocessing import Preprocessing
+from transfer_pipe.backbones.weights import (
+    Architecture,
+    StateDictAdapter,
+    WeightsFile,
+    WeightsSource,
+)
+from transfer_pipe.errors import TransferPipeError
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """The registered record of one backbone id.
+
+    ``architecture`` builds the network without weights; ``weights`` fills it;
+    ``adapt_state_dict`` renames keys of foreign-format weight files (identity by
+    default); ``stages`` returns the module names of the network's stages.
+    ``metadata`` is JSON-able: num_params, feature_dim, imagenet_top1 (where known),
+    license, source.
+    """
+
+    id: str
+    architecture: Architecture
+    weights: WeightsSource
+    preprocessing: Preprocessing
+    metadata: Mapping[str, Any]
+    stages: Callable[[], list[str]]
+    adapt_state_dict: StateDictAdapter = dict
+
+
+@dataclass(frozen=True)
+class _Namespace:
+    """A family of ids resolved on demand (e.g. every ``torchvision/<name>[:<ENUM>]``)."""
+
+    resolve: Callable[[str], BackboneEntry | None]  # None: not an id of this family
+    list_ids: Callable[[], list[str]]
+
+
+_ENTRIES: dict[str, BackboneEntry] = {}
+_NAMESPACES: dict[str, _Namespace] = {}
+
+
+def register(entry: BackboneEntry) -> BackboneEntry:
+    """Add an entry; an id that is already registered raises (no silent overrides)."""
+    if entry.id in _ENTRIES or any(entry.id.startswith(p) for p in _NAMESPACES):
+        raise TransferPipeError(f"backbone id {entry.id!r} is already registered; pick another id")
+    _ENTRIES[entry.id] = entry
+    return entry
+
+
+def register_namespace(
+    prefix: str,
+    resolve: Callable[[str], BackboneEntry | None],
+    list_ids: Callable[[], list[str]],
+) -> None:
+    """Register a family of ids sharing ``prefix``, resolved lazily by ``resolve``."""
+    if prefix in _NAMESPACES or any(i.startswith(prefix) for i in _ENTRIES):
+        raise TransferPipeError(f"backbone namespace {prefix!r} is already registered")
+    _NAMESPACES[prefix] = _Namespace(resolve, list_ids)
+
+
+def list_backbones() -> list[str]:
+    """Every registered id, plus one id per family member (enum variants not listed)."""
+    ids = sorted(_ENTRIES)
+    for ns in _NAMESPACES.values():
+        ids.extend(ns.list_ids())
+    return ids
+
+
+def lookup(backbone_id: str) -> BackboneEntry:
+    """The entry for an id; unknown ids raise TransferPipeError with close matches."""
+    if backbone_id in _ENTRIES:
+        return _ENTRIES[backbone_id]
+    for prefix, ns in _NAMESPACES.items():
+        if backbone_id.startswith(prefix):
+            entry = ns.resolve(backbone_id)
+            if entry is not None:
+                return entry
+    raise TransferPipeError(_unknown_id_message(backbone_id))
+
+
+def _unknown_id_message(backbone_id: str) -> str:
+    known = list_backbones()
+    query = backbone_id.lower()
+    # A bare torchvision name ("resnet18") scores low on similarity against
+    # "torchvision/resnet18", so containment comes first.
+    close = [k for k in known if k.lower().endswith("/" + query.split(":")[0])]
+    close += difflib.get_close_matches(backbone_id, known, n=5, cutoff=0.6)
+    close = list(dict.fromkeys(close))[:5]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (
+        f"unknown backbone {backbone_id!r}.{hint} "
+        "Run `transfer-pipe backbones` to list all backbone ids."
+    )
+
+
+def _weights_source(entry: BackboneEntry, weights_file: str | None) -> WeightsSource:
+    if weights_file is None:
+        return entry.weights
+    return WeightsFile(path=functools.partial(str, weights_file), adapt=entry.adapt_state_dict)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone as a value: id, optional local weights, default preprocessing, metadata.
+
+    ``str(spec) == spec.id`` and ``get_backbone(spec.id, spec.weights_file) == spec``.
+    Equality and hashing use id, weights_file and preprocessing: metadata is derived
+    from them (and holds machine-specific paths), so it does not take part.
+    """
+
+    id: str
+    weights_file: str | None
+    preprocessing: Preprocessing
+    metadata: Mapping[str, Any] = field(compare=False, hash=False)
+
+    def __str__(self) -> str:
+        return self.id
+
+    def weights_source(self) -> WeightsSource:
+        """The local weights file if one was given, else the id's default weights."""
+        return _weights_source(lookup(self.id), self.weights_file)
+
+    def weights_digest(self) -> str:
+        """sha256 hex of the weights file (downloading torchvision weights if needed),
+        or ``random-init:seed=<n>:torch=<version>...`` for random weights."""
+        return self.weights_source().digest()
+
+    def build(self) -> nn.Module:
+        """The model with its weights loaded, in eval mode, with gradients off."""
+        model = self.weights_source().materialize(lookup(self.id).architecture, self.id)
+        model.eval()
+        model.requires_grad_(False)
+        return model
+
+    def stage_layers(self) -> list[str]:
+        """Module names of the backbone's stages, shallow to deep."""
+        return list(lookup(self.id).stages())
+
+
+def get_backbone(backbone_id: str, weights_file: str | None = None) -> BackboneSpec:
+    """The spec for ``backbone_id``, optionally with weights from a local state-dict file.
+
+    Raises TransferPipeError for an unknown id or an unreadable weights file.
+    """
+    entry = lookup(backbone_id.strip())
+    metadata = dict(entry.metadata)
+    if weights_file is not None:
+        # Absolute, so the spec means the same file in a worker with another cwd.
+        weights_file = os.path.abspath(os.path.expanduser(weights_file))
+        # Scores measured for the default weights say nothing about other weights.
+        metadata.pop("imagenet_top1", None)
+    source = _weights_source(entry, weights_file)
+    metadata["weights"] = source.describe()
+    if isinstance(source, WeightsFile):
+        metadata["weights_sha256"] = source.digest()
+    return BackboneSpec(
+        id=entry.id,
+        weights_file=weights_file,
+        preprocessing=entry.preprocessing,
+        metadata=metadata,
+    )

@@ -1,0 +1,55 @@
+"""Frozen run configurations: validated values, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from transfer_pipe.errors import TransferPipeError
+
+DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
+DEFAULT_STORE = "./feature-store"
+Dtype = Literal["float32", "float16"]
+Autocast = Literal["none", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Everything one embed run needs; small enough to be a Prefect flow parameter."""
+
+    source: str
+    store: str = DEFAULT_STORE
+    backbone: str = DEFAULT_BACKBONE
+    weights_file: str | None = None
+    layers: tuple[str, ...] = ()  # empty: the pooled penultimate features
+    image_size: int | None = None  # None: the backbone's own input size
+    dtype: Dtype = "float32"
+    shard_size: int = 512
+    batch_size: int = 64
+    limit: int | None = None
+    dask_address: str | None = None
+    workers: int | None = None  # LocalCluster workers; None: one per core (at most 4)
+    device: str = "auto"  # "auto" picks CUDA when present
+    autocast: Autocast = "none"  # only used on CUDA; CPU always runs float32
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dtype not in ("float32", "float16"):
+            problems.append(f"--dtype must be float32 or float16, not {self.dtype!r}")
+        if self.autocast not in ("none", "bf16", "fp16"):
+            problems.append(f"--autocast must be none, bf16 or fp16, not {self.autocast!r}")
+        if self.shard_size < 1:
+            problems.append(f"--shard-size must be at least 1, not {self.shard_size}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.image_size is not None and not 8 <= self.image_size <= 4096:
+            problems.append(f"--image-size must be between 8 and 4096, not {self.image_size}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"--limit must be at least 1, not {self.limit}")
+        if self.workers is not None and self.workers < 1:
+            problems.append(f"--workers must be at least 1, not {self.workers}")
+        if problems:
+            raise TransferPipeError("; ".join(problems) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,69 @@
+"""The Manifest: one row per image, the common currency of every source."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pandas as pd
+
+from transfer_pipe.errors import TransferPipeError
+
+COLUMNS = ("sample_id", "uri", "label", "split", "content_hash")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Rows sorted by ``sample_id``; every column is a string.
+
+    ``uri`` is an fsspec URL (``file:///...``, ``s3://...``), or for IDX sources
+    ``file:///path/train-images-idx3-ubyte.gz#<index>``. ``content_hash`` is the
+    sha256 hex digest of the image's bytes, so identical images share a hash
+    wherever they live.
+    """
+
+    table: pd.DataFrame
+    source: str  # a human description, e.g. "folder:/data/flowers"
+
+    def __post_init__(self) -> None:
+        missing = [c for c in COLUMNS if c not in self.table.columns]
+        if missing:
+            raise TransferPipeError(f"manifest from {self.source} lacks columns {missing}")
+        if self.table["sample_id"].duplicated().any():
+            dup = self.table.loc[self.table["sample_id"].duplicated(), "sample_id"].iloc[0]
+            raise TransferPipeError(
+                f"manifest from {self.source} has duplicate sample_id {dup!r}; "
+                "give every image a unique sample_id."
+            )
+
+    @classmethod
+    def from_rows(cls, table: pd.DataFrame, source: str) -> Manifest:
+        """Normalize a table to the manifest's columns, string dtype, sorted by sample_id."""
+        table = table.loc[:, list(COLUMNS)].astype(str)
+        table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        return cls(table=table, source=source)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def limit(self, n: int | None) -> Manifest:
+        """At most ``n`` rows (all when None), every split keeping its share of them.
+
+        Rows are taken in sample_id order, so the same ``n`` always picks the same images.
+        """
+        if n is None or n >= len(self):
+            return self
+        groups = dict(tuple(self.table.groupby("split", sort=True)))
+        quotas = {name: len(group) * n // len(self) for name, group in groups.items()}
+        largest = max(groups, key=lambda name: len(groups[name]))
+        quotas[largest] += n - sum(quotas.values())  # hand the rounding remainder out
+        parts = [group.head(quotas[name]) for name, group in groups.items()]
+        return Manifest.from_rows(pd.concat(parts), self.source)
+
+    def digest(self) -> str:
+        """sha256 over every row: changes when any image, label, split or id changes."""
+        h = hashlib.sha256()
+        for row in self.table.itertuples(index=False):
+            h.update("\x1f".join(row).encode())
+            h.update(b"\x1e")
+        return h.hexdigest()

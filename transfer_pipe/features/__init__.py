@@ -1,0 +1,1 @@
+"""Batched frozen forward passes and the per-shard work that runs on Dask workers."""

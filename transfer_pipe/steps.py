@@ -1,0 +1,268 @@
+"""One function per pipeline step: what the flows call, each usable without Prefect.
+
+    plan = prepare_embedding(config)           # manifest, key, store check, pending shards
+    results = compute_shards(plan)             # Dask: only the shards not yet written
+    summary = finalize_embedding(plan, results)
+
+Every step is idempotent: rerunning after a crash, or on unchanged data, redoes nothing
+that the store already holds.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from distributed import as_completed
+from tqdm import tqdm
+
+from transfer_pipe.backbones import LayerTap, get_backbone, resolve_layers
+from transfer_pipe.cluster import dask_client, plan_cluster
+from transfer_pipe.config import EmbedConfig
+from transfer_pipe.data.sources import load_manifest
+from transfer_pipe.features.embedder import EmbedderConfig
+from transfer_pipe.features.shard import Reuse, ShardResult, ShardTask, run_shard
+from transfer_pipe.store import (
+    FeatureSetSpec,
+    FeatureStore,
+    embedding_key,
+    feature_set_key,
+    open_store,
+)
+
+ProgressCallback = Callable[[int, int], None]
+_LIBRARIES = ("transfer-pipe", "torch", "torchvision", "numpy", "zarr", "dask", "pillow")
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """What an embed run will do; built before any image is touched."""
+
+    config: EmbedConfig
+    spec: FeatureSetSpec
+    status_before: str  # "missing" | "incomplete" | "complete"
+    tasks: list[ShardTask]
+    shards_already_done: int
+    rows_already_done: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
+    """Resolve the feature-set key and plan the shards still to write.
+
+    Everything that can be wrong with the input (path, backbone, weights file, store) is
+    checked before the store is written to.
+    """
+    started = time.perf_counter()
+    backbone = get_backbone(config.backbone, config.weights_file)
+    model = backbone.build()  # also checks that a --weights-file matches the backbone
+    preprocessing = backbone.preprocessing
+    if config.image_size is not None:
+        preprocessing = preprocessing.replace(image_size=config.image_size)
+    layers = resolve_layers(backbone, model, list(config.layers))
+    layer_dims = _layer_dims(model, layers, preprocessing.image_size)
+    del model
+
+    manifest = load_manifest(config.source).limit(config.limit)
+    manifest_seconds = time.perf_counter() - started
+    store = open_store(config.store)
+    store.ensure_writable()
+    emb_key = embedding_key(
+        backbone.id, backbone.weights_digest(), preprocessing.to_dict(), config.dtype
+    )
+    key = feature_set_key(emb_key, layers, manifest.digest())
+    spec = FeatureSetSpec(
+        key=key,
+        embedding_key=emb_key,
+        source=manifest.source,
+        backbone=backbone.id,
+        weights_digest=backbone.weights_digest(),
+        preprocessing=preprocessing.to_dict(),
+        layers=tuple(layers),
+        layer_dims=layer_dims,
+        dtype=config.dtype,
+        data_digest=manifest.digest(),
+        rows=len(manifest),
+        shard_size=config.shard_size,
+        backbone_metadata=dict(backbone.metadata),
+    )
+    status = store.status(key)
+    if status == "missing":
+        store.create(spec, manifest.table)
+    spec = store.spec(key)  # a resumed run keeps the layout it started with
+    done = store.shards_done(key)
+    embedder = EmbedderConfig(
+        backbone=backbone.id,
+        weights_file=config.weights_file,
+        layers=tuple(layers),
+        preprocessing=preprocessing,
+        device=config.device,
+        autocast=config.autocast,
+        threads=plan_cluster(config.dask_address, config.workers).torch_threads,
+    )
+    donors = reusable_rows(store, spec) if not done.all() else {}
+    uris = manifest.table["uri"].tolist()
+    hashes = manifest.table["content_hash"].tolist()
+    tasks = []
+    for shard in range(spec.n_shards):
+        if done[shard]:
+            continue
+        rows = spec.shard_rows(shard)
+        reuse = tuple(
+            Reuse(offset, *donors[hashes[row]])
+            for offset, row in enumerate(rows)
+            if hashes[row] in donors
+        )
+        tasks.append(
+            ShardTask(
+                store=config.store,
+                key=key,
+                shard=shard,
+                uris=tuple(uris[rows.start : rows.stop]),
+                reuse=reuse,
+                embedder=embedder,
+                layer_dims=tuple((layer, spec.layer_dims[layer]) for layer in spec.layers),
+                batch_size=config.batch_size,
+            )
+        )
+    rows_done = sum(len(spec.shard_rows(s)) for s in range(spec.n_shards) if done[s])
+    return EmbedPlan(
+        config=config,
+        spec=spec,
+        status_before=status,
+        tasks=tasks,
+        shards_already_done=int(done.sum()),
+        rows_already_done=rows_done,
+        seconds={"manifest": manifest_seconds, "prepare": time.perf_counter() - started},
+    )
+
+
+def reusable_rows(store: FeatureStore, spec: FeatureSetSpec) -> dict[str, tuple[str, int]]:
+    """content_hash -> (feature set, row) for good rows of other feature sets that share
+    this one's embedding key (model, weights, preprocessing, dtype) and hold its layers."""
+    donors: dict[str, tuple[str, int]] = {}
+    for key in store.list_keys():
+        if key == spec.key:
+            continue
+        other = store.spec(key)
+        if other.embedding_key != spec.embedding_key or not set(spec.layers) <= set(other.layers):
+            continue
+        table = store.row_table(key)
+        good = table[table["done"] & (table["failure"] == "")]
+        for content_hash, row in zip(good["content_hash"], good.index, strict=True):
+            donors.setdefault(content_hash, (key, int(row)))
+    return donors
+
+
+def compute_shards(
+    plan: EmbedPlan, on_progress: Sequence[ProgressCallback] = ()
+) -> list[ShardResult]:
+    """Run the pending shards on Dask; returns one small summary per shard written."""
+    if not plan.tasks:
+        return []
+    cluster = plan_cluster(plan.config.dask_address, plan.config.workers)
+    results: list[ShardResult] = []
+    total = len(plan.tasks)
+    with (
+        dask_client(cluster) as client,
+        tqdm(total=total, unit="shard", desc=f"embed {plan.spec.key}") as bar,
+    ):
+        futures = client.map(
+            run_shard, plan.tasks, key=[f"shard-{plan.spec.key}-{t.shard}" for t in plan.tasks]
+        )
+        for future in as_completed(futures):
+            results.append(future.result())
+            bar.update(1)
+            for callback in on_progress:
+                callback(len(results), total)
+    return sorted(results, key=lambda r: r.shard)
+
+
+def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> dict[str, Any]:
+    """Mark the feature set complete (once every shard is written) and summarize the run."""
+    store = open_store(plan.config.store)
+    key = plan.spec.key
+    stats = store.shard_stats(key)
+    failed = len(store.failures(key))
+    embedded = sum(r.embedded for r in results)
+    summary: dict[str, Any] = {
+        "feature_set": key,
+        "store": plan.config.store,
+        "source": plan.spec.source,
+        "backbone": plan.spec.backbone,
+        "layers": list(plan.spec.layers),
+        "rows": plan.spec.rows,
+        "failed": failed,
+        "embedded": embedded,
+        "reused": plan.spec.rows - failed - embedded,
+        "shards": plan.spec.n_shards,
+        "shards_computed": len(results),
+        "status_before": plan.status_before,
+        "steady_images_per_s": steady_rate(results),
+    }
+    if store.status(key) != "complete":
+        store.mark_complete(
+            key,
+            {
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                "libraries": library_versions(),
+                "counts": {
+                    "rows": plan.spec.rows,
+                    "failed": failed,
+                    "embedded": int(stats["embedded"].sum()),
+                    "reused_from_other_sets": int(stats["reused"].sum()),
+                },
+                "seconds": {**plan.seconds, "shards": float(stats["seconds"].sum())},
+            },
+        )
+    summary["status"] = store.status(key)
+    return summary
+
+
+def embed(config: EmbedConfig, on_progress: Sequence[ProgressCallback] = ()) -> dict[str, Any]:
+    """The whole embed pipeline without an orchestrator (notebooks, tests)."""
+    plan = prepare_embedding(config)
+    return finalize_embedding(plan, compute_shards(plan, on_progress))
+
+
+def steady_rate(results: Sequence[ShardResult]) -> float | None:
+    """Images/s once the workers are warm: rows finished after the first shard completed."""
+    if len(results) < 2:
+        return None
+    ordered = sorted(results, key=lambda r: r.finished)
+    span = ordered[-1].finished - ordered[0].finished
+    rows = sum(r.rows for r in ordered[1:])
+    return rows / span if span > 0 else None
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _layer_dims(model: torch.nn.Module, layers: list[str], image_size: int) -> dict[str, int]:
+    """Feature width per layer, read off one forward pass of a blank image."""
+    tap = LayerTap(model, layers)
+    with torch.inference_mode():
+        outputs = tap(torch.zeros(1, 3, image_size, image_size))
+    return {name: int(out.shape[1]) for name, out in outputs.items()}
+
+
+__all__ = [
+    "EmbedPlan",
+    "compute_shards",
+    "embed",
+    "finalize_embedding",
+    "prepare_embedding",
+    "reusable_rows",
+]

@@ -1,0 +1,30 @@
+"""The content-addressed feature store."""
+
+from transfer_pipe.store.base import (
+    FeatureSetInfo,
+    FeatureSetSpec,
+    FeatureStore,
+    LoadedFeatures,
+    ShardStats,
+)
+from transfer_pipe.store.keys import FORMAT_VERSION, embedding_key, feature_set_key
+from transfer_pipe.store.zarr_store import ZarrFeatureStore
+
+
+def open_store(url: str) -> ZarrFeatureStore:
+    """The feature store at ``url``: a local folder or any fsspec URL."""
+    return ZarrFeatureStore(url)
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FeatureSetInfo",
+    "FeatureSetSpec",
+    "FeatureStore",
+    "LoadedFeatures",
+    "ShardStats",
+    "ZarrFeatureStore",
+    "embedding_key",
+    "feature_set_key",
+    "open_store",
+]

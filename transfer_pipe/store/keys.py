@@ -1,0 +1,40 @@
+"""Content-addressed keys: an embedding is a pure function of what goes into these hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# Bump when the stored layout or the way values are computed changes: old keys then miss.
+FORMAT_VERSION = 1
+KEY_LENGTH = 16  # hex characters shown to users; the full digests live in the provenance
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def embedding_key(
+    backbone: str, weights_digest: str, preprocessing: dict[str, Any], dtype: str
+) -> str:
+    """What makes one image's embedding reusable: same model, weights, preprocessing, dtype.
+
+    Layers are left out on purpose: a feature set holding a superset of the wanted layers
+    can donate rows to any other with the same embedding key.
+    """
+    return _digest(
+        {
+            "format": FORMAT_VERSION,
+            "backbone": backbone,
+            "weights": weights_digest,
+            "preprocessing": preprocessing,
+            "dtype": dtype,
+        }
+    )
+
+
+def feature_set_key(embedding: str, layers: list[str], data_digest: str) -> str:
+    """The key of a whole feature set: embedding spec + layers + every row of the data."""
+    return _digest({"embedding": embedding, "layers": layers, "data": data_digest})[:KEY_LENGTH]

@@ -97,8 +97,10 @@ def _embed(args: argparse.Namespace) -> int:
         device=args.device,
         autocast=args.autocast,
     )
-    # A temporary Prefect server needs 20-40 s to start on a small machine.
+    # A temporary Prefect server needs 20-40 s to start on a small machine, and offline it
+    # cannot send telemetry (it would log an error on every run).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.embed import embed_flow
 
     summary = embed_flow(config)

@@ -98,7 +98,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     done = store.shards_done(key)
     embedder = EmbedderConfig(
         backbone=backbone.id,
-        weights_file=config.weights_file,
+        weights_file=backbone.weights_file,  # made absolute: workers may run elsewhere
         layers=tuple(layers),
         preprocessing=preprocessing,
         device=config.device,

@@ -82,3 +82,31 @@ def test_relabelled_copy_reuses_every_embedding(tmp_path: Path) -> None:
     assert second["feature_set"] != first["feature_set"]
     assert (second["embedded"], second["reused"]) == (0, 8)
     assert "shoes" in set(open_store(str(tmp_path / "store")).load(second["feature_set"]).labels)
+
+
+def test_progress_artifact_reaches_100_percent(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    make_dataset(tmp_path / "data", classes=2, per_class=5, bad=False)
+    summary = embed_flow(config_for(tmp_path / "data", tmp_path / "store", layers=()))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+        )
+    ours = [a for a in artifacts if summary["feature_set"] in (a.description or "")]
+    assert ours and all(a.data == 100.0 for a in ours)
+
+
+def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    make_dataset(tmp_path / "data", classes=2, per_class=5, bad=False)
+    with LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster:
+        config = config_for(
+            tmp_path / "data", tmp_path / "store", dask_address=cluster.scheduler_address
+        )
+        summary = embed_flow(config)
+        worker_logs = cluster.get_logs()
+    assert (summary["rows"], summary["embedded"]) == (10, 10)
+    assert worker_logs  # the cluster we started did the work (it existed and ran)

@@ -1,9 +1,11 @@
 """Backbones: string ids -> specs (weights, preprocessing, metadata), builds, layer taps.
 
->>> spec = get_backbone("efficientnet_lite0.in1k")
->>> model = spec.build()
->>> with LayerTap(model, resolve_layers(spec, model, ["stages"])) as tap:
-...     features = tap(batch)  # {"stages.0": Tensor[B, 16], ...}
+Example::
+
+    spec = get_backbone("efficientnet_lite0.in1k")
+    model = spec.build()
+    with LayerTap(model, resolve_layers(spec, model, ["stages"])) as tap:
+        features = tap(batch)  # {"stages.0": Tensor[B, 16], ..., "stages.6": Tensor[B, 320]}
 """
 
 from transfer_pipe.backbones import builtin, torchvision_backbones  # noqa: F401  (registers ids)

@@ -198,8 +198,7 @@ class TorchvisionWeights:
         from torchvision.models import get_model
 
         _download(self.weights, backbone)  # so the builder only reads the cache
-        with seeded(DEFAULT_SEED), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+        with seeded(DEFAULT_SEED):  # init runs before loading; keep the caller's RNG intact
             return _tag_layouts(self.name, get_model(self.name, weights=self.weights))
 
     def describe(self) -> str:

@@ -1,0 +1,89 @@
+"""A shard in a worker, without Dask or Prefect: decode, embed, write, record failures."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.images import make_dataset
+from transfer_pipe import steps
+from transfer_pipe.backbones import LayerTap, get_backbone
+from transfer_pipe.config import EmbedConfig
+from transfer_pipe.data.read import read_image
+from transfer_pipe.features.embedder import EmbedderConfig, get_embedder
+from transfer_pipe.features.shard import Reuse, run_shard
+from transfer_pipe.store import open_store
+
+
+def _config(tmp_path: Path, **overrides: object) -> EmbedConfig:
+    values: dict[str, object] = {
+        "source": str(tmp_path / "data"),
+        "store": str(tmp_path / "store"),
+        "backbone": "tiny_test",
+        "shard_size": 6,
+        "batch_size": 4,
+    }
+    values.update(overrides)
+    return EmbedConfig(**values)  # type: ignore[arg-type]
+
+
+def test_shard_matches_a_direct_forward_pass_and_records_failures(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", classes=3, per_class=4)  # 12 good + 4 bad
+    plan = steps.prepare_embedding(_config(tmp_path))
+    assert plan.status_before == "missing" and len(plan.tasks) == plan.spec.n_shards == 3
+    results = [run_shard(task) for task in plan.tasks]
+    assert sum(r.embedded for r in results) == 12
+    assert sum(r.failed for r in results) == 4
+
+    store = open_store(str(tmp_path / "store"))
+    key = plan.spec.key
+    loaded = store.load(key)
+    spec = get_backbone("tiny_test")
+    tap = LayerTap(spec.build(), ["penultimate"])
+    uris = dict(zip(store.row_table(key)["sample_id"], store.row_table(key)["uri"], strict=True))
+    batch = torch.stack([spec.preprocessing(read_image(uris[s])) for s in loaded.sample_ids])
+    with torch.inference_mode():
+        direct = tap(batch)["penultimate"].numpy()
+    np.testing.assert_allclose(loaded.features, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_resumed_plan_skips_done_shards_and_reuse_copies_rows(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", classes=2, per_class=6, bad=False)
+    config = _config(tmp_path)
+    plan = steps.prepare_embedding(config)
+    run_shard(plan.tasks[0])
+    resumed = steps.prepare_embedding(config)
+    assert resumed.status_before == "incomplete"
+    assert [t.shard for t in resumed.tasks] == [1]
+    run_shard(resumed.tasks[0])
+    summary = steps.finalize_embedding(resumed, [])
+    assert summary["status"] == "complete"
+
+    # The same images in another folder: a new feature set (the uris differ) whose rows
+    # are all found by content hash, so nothing is computed.
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    copy = steps.prepare_embedding(replace(config, source=str(tmp_path / "copy"), shard_size=5))
+    assert copy.spec.key != plan.spec.key
+    assert sum(len(t.reuse) for t in copy.tasks) == 12
+    results = [run_shard(t) for t in copy.tasks]
+    assert sum(r.embedded for r in results) == 0
+    store = open_store(config.store)
+    np.testing.assert_array_equal(
+        store.load(copy.spec.key).features, store.load(plan.spec.key).features
+    )
+    assert all(isinstance(r, Reuse) for t in copy.tasks for r in t.reuse)
+
+
+def test_embedder_is_loaded_once_per_process(tmp_path: Path) -> None:
+    config = EmbedderConfig(
+        backbone="tiny_test",
+        weights_file=None,
+        layers=("penultimate",),
+        preprocessing=get_backbone("tiny_test").preprocessing,
+        threads=1,
+    )
+    assert get_embedder(config) is get_embedder(config)

@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=64)
     embed.add_argument("--limit", type=int, help="embed only N images (each split its share)")
     embed.add_argument("--dask-address", help="existing Dask scheduler (or DASK_SCHEDULER_ADDRESS)")
-    embed.add_argument("--workers", type=int, help="LocalCluster worker processes")
+    embed.add_argument(
+        "--workers",
+        type=int,
+        help="threads of the local Dask worker (default: one per core, at most 4)",
+    )
     embed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     embed.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none")
     embed.add_argument("--json", action="store_true", help="end with one JSON summary line")

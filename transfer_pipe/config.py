@@ -28,7 +28,7 @@ class EmbedConfig:
     batch_size: int = 64
     limit: int | None = None
     dask_address: str | None = None
-    workers: int | None = None  # LocalCluster workers; None: one per core (at most 4)
+    workers: int | None = None  # local Dask worker threads; None: one per core (at most 4)
     device: str = "auto"  # "auto" picks CUDA when present
     autocast: Autocast = "none"  # only used on CUDA; CPU always runs float32
 

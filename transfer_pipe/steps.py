@@ -75,7 +75,8 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     emb_key = embedding_key(
         backbone.id, backbone.weights_digest(), preprocessing.to_dict(), config.dtype
     )
-    key = feature_set_key(emb_key, layers, manifest.digest())
+    data_digest = manifest.digest()
+    key = feature_set_key(emb_key, layers, data_digest)
     spec = FeatureSetSpec(
         key=key,
         embedding_key=emb_key,
@@ -86,7 +87,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         layers=tuple(layers),
         layer_dims=layer_dims,
         dtype=config.dtype,
-        data_digest=manifest.digest(),
+        data_digest=data_digest,
         rows=len(manifest),
         shard_size=config.shard_size,
         backbone_metadata=dict(backbone.metadata),
@@ -94,6 +95,8 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     status = store.status(key)
     if status == "missing":
         store.create(spec, manifest.table)
+    elif status == "incomplete":
+        store.recover(key)
     spec = store.spec(key)  # a resumed run keeps the layout it started with
     done = store.shards_done(key)
     embedder = EmbedderConfig(
@@ -130,6 +133,8 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
                 batch_size=config.batch_size,
             )
         )
+    # Shards with the most images to embed first: copy-only shards fill the gaps at the end.
+    tasks.sort(key=lambda task: len(task.reuse))
     rows_done = sum(len(spec.shard_rows(s)) for s in range(spec.n_shards) if done[s])
     return EmbedPlan(
         config=config,

@@ -178,3 +178,16 @@ def test_unwritable_store_is_reported_before_writing(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(TransferPipeError, match="--store"):
         ZarrFeatureStore(str(blocker / "store")).ensure_writable()
+
+
+def test_recover_removes_partial_writes_only(store: FeatureStore, tmp_path: Path) -> None:
+    spec = make_spec()
+    store.create(spec, make_rows())
+    fill(store, spec)
+    root = next(p for p in tmp_path.iterdir() if p.name.startswith("store"))
+    chunk_dir = root / "feature_sets" / spec.key / "features" / "penultimate" / "c"
+    (chunk_dir / "zarr.0123abcd.partial").write_bytes(b"half a chunk")
+    assert store.recover(spec.key) == 1
+    assert not list(root.rglob("*.partial"))
+    assert store.shards_done(spec.key).all()
+    assert store.load(spec.key).features.shape == (ROWS, LAYERS["penultimate"])

@@ -68,3 +68,4 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, prefect_
         np.testing.assert_array_equal(a.features, b.features)
     assert killed.failures(key).equals(clean.failures(key))
     assert len(clean.failures(key)) == 4
+    assert not list(killed_store.rglob("*.partial")), "a killed write left a temporary file"

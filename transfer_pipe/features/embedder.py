@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,19 +57,33 @@ class Embedder:
         return {name: out.float().cpu().numpy() for name, out in outputs.items()}
 
 
-def _worker_threads() -> int:
-    """Split the cores between the threads of this Dask worker (1 outside a worker)."""
-    try:
-        from distributed import get_worker
+def use_threads(config: EmbedderConfig) -> None:
+    """Set torch's intra-op threads for the calling thread (OpenMP counts them per thread).
 
-        nthreads = get_worker().state.nthreads
-    except (ImportError, ValueError):
-        nthreads = 1
-    return max(1, (os.cpu_count() or 1) // nthreads)
+    Without a configured count, the cores are split between the threads of this Dask
+    worker, so that worker threads and torch threads do not oversubscribe the machine.
+    """
+    threads = config.threads
+    if threads is None:
+        try:
+            from distributed import get_worker
+
+            nthreads = get_worker().state.nthreads
+        except (ImportError, ValueError):
+            nthreads = 1
+        threads = max(1, (os.cpu_count() or 1) // nthreads)
+    torch.set_num_threads(threads)
+
+
+_LOADING = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)
-def get_embedder(config: EmbedderConfig) -> Embedder:
-    """The embedder for ``config``, loaded once per process and kept for later shards."""
-    torch.set_num_threads(config.threads or _worker_threads())
+def _cached_embedder(config: EmbedderConfig) -> Embedder:
     return Embedder(config)
+
+
+def get_embedder(config: EmbedderConfig) -> Embedder:
+    """The embedder for ``config``, loaded once per process and shared by its threads."""
+    with _LOADING:  # two threads asking at once must not load the model twice
+        return _cached_embedder(config)

@@ -98,6 +98,11 @@ class FeatureStore(ABC):
     def spec(self, key: str) -> FeatureSetSpec: ...
 
     @abstractmethod
+    def recover(self, key: str) -> int:
+        """Remove what a killed writer left half-done (never a finished chunk); returns
+        how many leftovers were removed. Called before resuming a feature set."""
+
+    @abstractmethod
     def shards_done(self, key: str) -> np.ndarray:
         """Boolean mask over shards: True where the shard's rows are durably written."""
 

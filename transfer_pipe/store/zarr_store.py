@@ -149,6 +149,14 @@ class ZarrFeatureStore(FeatureStore):
             self._specs[key] = FeatureSetSpec(**raw)
         return self._specs[key]
 
+    def recover(self, key: str) -> int:
+        # A local chunk write goes to "<name>.<uuid>.partial" and is renamed when whole;
+        # a SIGKILL in between leaves the partial file (and the old chunk, if any).
+        leftovers = self._fs.glob(f"{self._path.rstrip('/')}/{_SETS}/{key}/**/*.partial")
+        for path in leftovers:
+            self._fs.rm_file(path)
+        return len(leftovers)
+
     # -- shards -------------------------------------------------------------------------
 
     def shards_done(self, key: str) -> np.ndarray:

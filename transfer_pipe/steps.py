@@ -157,7 +157,7 @@ def reusable_rows(store: FeatureStore, spec: FeatureSetSpec) -> dict[str, tuple[
         other = store.spec(key)
         if other.embedding_key != spec.embedding_key or not set(spec.layers) <= set(other.layers):
             continue
-        table = store.row_table(key)
+        table = store.row_table(key, columns=("content_hash", "failure"))
         good = table[table["done"] & (table["failure"] == "")]
         for content_hash, row in zip(good["content_hash"], good.index, strict=True):
             donors.setdefault(content_hash, (key, int(row)))

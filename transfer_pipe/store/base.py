@@ -121,8 +121,9 @@ class FeatureStore(ABC):
     def read_rows(self, key: str, layer: str, rows: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
-    def row_table(self, key: str) -> pd.DataFrame:
-        """ROW_COLUMNS plus ``failure`` (empty when the row is good) and ``done``."""
+    def row_table(self, key: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """ROW_COLUMNS plus ``failure`` (empty when the row is good) and ``done``;
+        ``columns`` picks some of the string columns (``done`` is always there)."""
 
     @abstractmethod
     def shard_stats(self, key: str) -> pd.DataFrame:
@@ -156,7 +157,7 @@ class FeatureStore(ABC):
 
     def failures(self, key: str) -> pd.DataFrame:
         """The failures table: sample_id, uri, reason."""
-        table = self.row_table(key)
+        table = self.row_table(key, columns=("sample_id", "uri", "failure"))
         bad = table[table["failure"] != ""]
         return bad.loc[:, ["sample_id", "uri", "failure"]].rename(columns={"failure": "reason"})
 

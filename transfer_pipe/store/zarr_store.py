@@ -192,14 +192,12 @@ class ZarrFeatureStore(FeatureStore):
         array = _array(self._group(key), f"features/{layer}")
         return np.asarray(array.get_orthogonal_selection((np.asarray(rows), slice(None))))
 
-    def row_table(self, key: str) -> pd.DataFrame:
+    def row_table(self, key: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         group = self._group(key)
         spec = self.spec(key)
+        names = columns or (*ROW_COLUMNS, "failure")
         table = pd.DataFrame(
-            {
-                name: np.asarray(_array(group, name)[:]).astype(object)
-                for name in (*ROW_COLUMNS, "failure")
-            }
+            {name: np.asarray(_array(group, name)[:]).astype(object) for name in names}
         )
         table["done"] = np.repeat(self.shards_done(key), spec.shard_size)[: spec.rows]
         return table
@@ -249,7 +247,7 @@ class ZarrFeatureStore(FeatureStore):
             raise TransferPipeError(
                 f"feature set {key} has no layer {layer!r}; it holds {list(spec.layers)}."
             )
-        table = self.row_table(key)
+        table = self.row_table(key, columns=("sample_id", "label", "split", "failure"))
         usable = table[(table["failure"] == "") & table["done"]]
         if split is not None:
             usable = usable[usable["split"] == split]

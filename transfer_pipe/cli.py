@@ -105,6 +105,9 @@ def _embed(args: argparse.Namespace) -> int:
     # cannot send telemetry (it would log an error on every run).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from transfer_pipe.steps import check_embed_inputs
+
+    check_embed_inputs(config)  # seconds, where a failed flow run would take a server start
     from flows.embed import embed_flow
 
     summary = embed_flow(config)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from transfer_pipe.backbones import LayerTap, get_backbone, resolve_layers
 from transfer_pipe.cluster import dask_client, plan_cluster
 from transfer_pipe.config import EmbedConfig
-from transfer_pipe.data.sources import load_manifest
+from transfer_pipe.data.sources import check_source, load_manifest
 from transfer_pipe.features.embedder import EmbedderConfig
 from transfer_pipe.features.shard import Reuse, ShardResult, ShardTask, run_shard
 from transfer_pipe.store import (
@@ -50,6 +50,17 @@ class EmbedPlan:
     shards_already_done: int
     rows_already_done: int
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def check_embed_inputs(config: EmbedConfig) -> None:
+    """Fail fast, before any orchestration starts and before anything is written, on the
+    mistakes a user makes most: a missing dataset, an unknown backbone, a weights file
+    that does not fit, a store that cannot be written."""
+    backbone = get_backbone(config.backbone, config.weights_file)
+    model = backbone.build()
+    resolve_layers(backbone, model, list(config.layers))
+    check_source(config.source)
+    open_store(config.store).ensure_writable()
 
 
 def prepare_embedding(config: EmbedConfig) -> EmbedPlan:

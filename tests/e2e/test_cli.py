@@ -63,7 +63,6 @@ def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("prefect_api")
 def test_bad_input_gets_one_clear_error_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

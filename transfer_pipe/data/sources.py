@@ -55,10 +55,7 @@ def load_manifest(source: str, *, split: str | None = None) -> Manifest:
     if source.strip().lower() == FASHION_MNIST_ALIAS:
         root = _fashion_mnist_root()
         return _idx_manifest(root, split, FASHION_MNIST_CLASSES, f"fashion-mnist:{root}")
-    url = to_url(os.path.expanduser(source))
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        raise TransferPipeError(f"dataset path {source} does not exist; {_SOURCE_HINT}.")
+    fs, path, url = check_source(source)
     if fs.isfile(path):
         kind = TABLE_EXTENSIONS.get(posixpath.splitext(path)[1].lower())
         if kind is None:
@@ -69,6 +66,20 @@ def load_manifest(source: str, *, split: str | None = None) -> Manifest:
     if find_idx_dataset(url):
         return _idx_manifest(url, split, idx_class_names(url), f"idx:{url}")
     return _filter_split(_folder_manifest(fs, path, f"folder:{url}"), split)
+
+
+def check_source(source: str) -> tuple[AbstractFileSystem, str, str]:
+    """Cheaply check that ``source`` exists (no listing, no hashing); returns its
+    filesystem, path and URL. Raises TransferPipeError naming what to pass instead."""
+    if source.strip().lower() == FASHION_MNIST_ALIAS:
+        root = _fashion_mnist_root()
+        fs, path = fsspec.core.url_to_fs(root)
+        return fs, path, root
+    url = to_url(os.path.expanduser(source))
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise TransferPipeError(f"dataset path {source} does not exist; {_SOURCE_HINT}.")
+    return fs, path, url
 
 
 def _fashion_mnist_root() -> str:

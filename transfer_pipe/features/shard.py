@@ -12,7 +12,7 @@ import torch
 from transfer_pipe.data.decode import DecodeError
 from transfer_pipe.data.read import read_image
 from transfer_pipe.features.embedder import EmbedderConfig, get_embedder, use_threads
-from transfer_pipe.store import ShardStats, open_store
+from transfer_pipe.store import ShardStats, shared_store
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     """Produce and durably write one shard; returns a small summary, never arrays."""
     started = time.perf_counter()
     use_threads(task.embedder)
-    store = open_store(task.store)
+    store = shared_store(task.store)
     n = len(task.uris)
     features = {layer: np.full((n, dim), np.nan, np.float32) for layer, dim in task.layer_dims}
     failures = [""] * n

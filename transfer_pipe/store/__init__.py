@@ -1,5 +1,7 @@
 """The content-addressed feature store."""
 
+import functools
+
 from transfer_pipe.store.base import (
     FeatureSetInfo,
     FeatureSetSpec,
@@ -12,7 +14,14 @@ from transfer_pipe.store.zarr_store import ZarrFeatureStore
 
 
 def open_store(url: str) -> ZarrFeatureStore:
-    """The feature store at ``url``: a local folder or any fsspec URL."""
+    """The feature store at ``url``: a local folder or any fsspec URL (a new handle each
+    call; see ``shared_store`` for the per-process one workers use)."""
+    return ZarrFeatureStore(url)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_store(url: str) -> ZarrFeatureStore:
+    """One store handle per process and URL, so workers open each array once."""
     return ZarrFeatureStore(url)
 
 
@@ -27,4 +36,5 @@ __all__ = [
     "embedding_key",
     "feature_set_key",
     "open_store",
+    "shared_store",
 ]

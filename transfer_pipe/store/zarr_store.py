@@ -38,12 +38,6 @@ _SETS = "feature_sets"
 _STATS = ("embedded", "reused", "seconds")
 
 
-def _array(group: zarr.Group, name: str) -> zarr.Array:
-    array = group[name]
-    assert isinstance(array, zarr.Array), f"{name} is not an array"
-    return array
-
-
 def _is_local(protocol: str | tuple[str, ...]) -> bool:
     protocols = (protocol,) if isinstance(protocol, str) else protocol
     return "file" in protocols or "local" in protocols
@@ -56,7 +50,10 @@ class ZarrFeatureStore(FeatureStore):
         self.url = url
         self._storage_options = dict(storage_options or {})
         self._fs, self._path = fsspec.core.url_to_fs(url, **self._storage_options)
+        # Opening a group or array reads its metadata: a few round trips that would
+        # otherwise be paid again for every shard a worker writes or copies from.
         self._specs: dict[str, FeatureSetSpec] = {}
+        self._arrays: dict[tuple[str, str, bool], zarr.Array] = {}
 
     def __repr__(self) -> str:
         return f"ZarrFeatureStore({self.url!r})"
@@ -86,6 +83,14 @@ class ZarrFeatureStore(FeatureStore):
         assert isinstance(group, zarr.Group)
         return group
 
+    def _array(self, key: str, name: str, writable: bool = False) -> zarr.Array:
+        """Array ``name`` of feature set ``key``, opened once per store object."""
+        if (key, name, writable) not in self._arrays:
+            array = self._group(key, mode="a" if writable else "r")[name]
+            assert isinstance(array, zarr.Array), f"{name} is not an array"
+            self._arrays[(key, name, writable)] = array
+        return self._arrays[(key, name, writable)]
+
     def ensure_writable(self) -> None:
         """Fail early, before anything is written, when the store cannot be written to."""
         probe = f"{self._path.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
@@ -113,6 +118,8 @@ class ZarrFeatureStore(FeatureStore):
     def create(self, spec: FeatureSetSpec, rows: pd.DataFrame) -> None:
         if len(rows) != spec.rows:
             raise ValueError(f"spec says {spec.rows} rows, table has {len(rows)}")
+        self._specs.pop(spec.key, None)
+        self._arrays = {k: v for k, v in self._arrays.items() if k[0] != spec.key}
         sets = self._root("a").require_group(_SETS)
         group = sets.create_group(spec.key, overwrite=True)
         chunk = (spec.shard_size,)
@@ -160,7 +167,7 @@ class ZarrFeatureStore(FeatureStore):
     # -- shards -------------------------------------------------------------------------
 
     def shards_done(self, key: str) -> np.ndarray:
-        return np.asarray(_array(self._group(key), "shard_done")[:]).astype(bool)
+        return np.asarray(self._array(key, "shard_done")[:]).astype(bool)
 
     def write_shard(
         self,
@@ -173,31 +180,32 @@ class ZarrFeatureStore(FeatureStore):
         spec = self.spec(key)
         rows = spec.shard_rows(shard)
         region = slice(rows.start, rows.stop)
-        group = self._group(key, mode="a")
         if set(features) != set(spec.layers) or len(failures) != len(rows):
             raise ValueError(f"shard {shard} of {key}: wrong layers or row count")
         for layer, values in features.items():
-            _array(group, f"features/{layer}")[region] = np.asarray(values, dtype=spec.dtype)
-        _array(group, "failure")[region] = np.asarray(failures, dtype=str)
-        _array(group, "shard_stats")[shard] = [stats.embedded, stats.reused, stats.seconds]
-        _array(group, "shard_done")[shard] = 1  # last: the shard counts as written only now
+            array = self._array(key, f"features/{layer}", writable=True)
+            array[region] = np.asarray(values, dtype=spec.dtype)
+        self._array(key, "failure", writable=True)[region] = np.asarray(failures, dtype=str)
+        stats_row = [stats.embedded, stats.reused, stats.seconds]
+        self._array(key, "shard_stats", writable=True)[shard] = stats_row
+        # Last: only now does the shard count as written.
+        self._array(key, "shard_done", writable=True)[shard] = 1
 
     def shard_stats(self, key: str) -> pd.DataFrame:
-        group = self._group(key)
-        table = pd.DataFrame(np.asarray(_array(group, "shard_stats")[:]), columns=list(_STATS))
+        stats = np.asarray(self._array(key, "shard_stats")[:])
+        table = pd.DataFrame(stats, columns=list(_STATS))
         table.insert(0, "done", self.shards_done(key))
         return table
 
     def read_rows(self, key: str, layer: str, rows: np.ndarray) -> np.ndarray:
-        array = _array(self._group(key), f"features/{layer}")
+        array = self._array(key, f"features/{layer}")
         return np.asarray(array.get_orthogonal_selection((np.asarray(rows), slice(None))))
 
     def row_table(self, key: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        group = self._group(key)
         spec = self.spec(key)
         names = columns or (*ROW_COLUMNS, "failure")
         table = pd.DataFrame(
-            {name: np.asarray(_array(group, name)[:]).astype(object) for name in names}
+            {name: np.asarray(self._array(key, name)[:]).astype(object) for name in names}
         )
         table["done"] = np.repeat(self.shards_done(key), spec.shard_size)[: spec.rows]
         return table
@@ -261,7 +269,7 @@ class ZarrFeatureStore(FeatureStore):
                 )
             usable = by_id.loc[list(sample_ids)].reset_index().set_index("index")
         rows = usable.index.to_numpy()
-        array = _array(self._group(key), f"features/{layer}")
+        array = self._array(key, f"features/{layer}")
         if as_dask:
             import dask.array as da
 

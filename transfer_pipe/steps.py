@@ -10,6 +10,7 @@ that the store already holds.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ import torch
 from distributed import as_completed
 from tqdm import tqdm
 
-from transfer_pipe.backbones import LayerTap, get_backbone, resolve_layers
+from transfer_pipe.backbones import BackboneSpec, LayerTap, get_backbone, resolve_layers
 from transfer_pipe.cluster import dask_client, plan_cluster
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.sources import check_source, load_manifest
@@ -57,8 +58,7 @@ def check_embed_inputs(config: EmbedConfig) -> None:
     mistakes a user makes most: a missing dataset, an unknown backbone, a weights file
     that does not fit, a store that cannot be written."""
     backbone = get_backbone(config.backbone, config.weights_file)
-    model = backbone.build()
-    resolve_layers(backbone, model, list(config.layers))
+    resolve_layers(backbone, _driver_model(backbone), list(config.layers))
     check_source(config.source)
     open_store(config.store).ensure_writable()
 
@@ -71,13 +71,12 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     """
     started = time.perf_counter()
     backbone = get_backbone(config.backbone, config.weights_file)
-    model = backbone.build()  # also checks that a --weights-file matches the backbone
+    model = _driver_model(backbone)  # also checks that a --weights-file matches the backbone
     preprocessing = backbone.preprocessing
     if config.image_size is not None:
         preprocessing = preprocessing.replace(image_size=config.image_size)
     layers = resolve_layers(backbone, model, list(config.layers))
     layer_dims = _layer_dims(model, layers, preprocessing.image_size)
-    del model
 
     manifest = load_manifest(config.source).limit(config.limit)
     manifest_seconds = time.perf_counter() - started
@@ -266,10 +265,15 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+@functools.lru_cache(maxsize=1)
+def _driver_model(backbone: BackboneSpec) -> torch.nn.Module:
+    """The model the driver inspects (layer names, widths), built once per process."""
+    return backbone.build()
+
+
 def _layer_dims(model: torch.nn.Module, layers: list[str], image_size: int) -> dict[str, int]:
     """Feature width per layer, read off one forward pass of a blank image."""
-    tap = LayerTap(model, layers)
-    with torch.inference_mode():
+    with LayerTap(model, layers) as tap, torch.inference_mode():
         outputs = tap(torch.zeros(1, 3, image_size, image_size))
     return {name: int(out.shape[1]) for name, out in outputs.items()}
 

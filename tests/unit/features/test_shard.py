@@ -87,3 +87,17 @@ def test_embedder_is_loaded_once_per_process(tmp_path: Path) -> None:
         threads=1,
     )
     assert get_embedder(config) is get_embedder(config)
+
+
+def test_cpu_ignores_autocast_and_repeats_numbers_exactly() -> None:
+    preprocessing = get_backbone("tiny_test").preprocessing
+    batch = torch.rand(5, 3, preprocessing.image_size, preprocessing.image_size)
+    plain = EmbedderConfig("tiny_test", None, ("penultimate",), preprocessing, device="cpu")
+    outputs = [
+        get_embedder(plain)(batch)["penultimate"],
+        get_embedder(replace(plain, autocast="bf16"))(batch)["penultimate"],
+        get_embedder(plain)(batch.clone())["penultimate"],
+    ]
+    assert outputs[0].dtype == np.float32
+    for other in outputs[1:]:
+        np.testing.assert_array_equal(other, outputs[0])

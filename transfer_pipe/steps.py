@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import torch
 from distributed import as_completed
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from transfer_pipe.backbones import BackboneSpec, LayerTap, get_backbone, resolve_layers
 from transfer_pipe.cluster import dask_client, plan_cluster
 from transfer_pipe.config import EmbedConfig
+from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest
 from transfer_pipe.features.embedder import EmbedderConfig
 from transfer_pipe.features.shard import Reuse, ShardResult, ShardTask, run_shard
@@ -78,8 +80,9 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     layers = resolve_layers(backbone, model, list(config.layers))
     layer_dims = _layer_dims(model, layers, preprocessing.image_size)
 
+    manifest_started = time.perf_counter()
     manifest = load_manifest(config.source).limit(config.limit)
-    manifest_seconds = time.perf_counter() - started
+    manifest_seconds = time.perf_counter() - manifest_started
     store = open_store(config.store)
     store.ensure_writable()
     emb_key = embedding_key(
@@ -119,8 +122,32 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         threads=plan_cluster(config.dask_address, config.workers).torch_threads,
     )
     donors = reusable_rows(store, spec) if not done.all() else {}
+    tasks = _shard_tasks(config, spec, manifest, done, donors, embedder)
+    rows_done = sum(len(spec.shard_rows(s)) for s in range(spec.n_shards) if done[s])
+    return EmbedPlan(
+        config=config,
+        spec=spec,
+        status_before=status,
+        tasks=tasks,
+        shards_already_done=int(done.sum()),
+        rows_already_done=rows_done,
+        seconds={"manifest": manifest_seconds, "prepare": time.perf_counter() - started},
+    )
+
+
+def _shard_tasks(
+    config: EmbedConfig,
+    spec: FeatureSetSpec,
+    manifest: Manifest,
+    done: np.ndarray,
+    donors: dict[str, tuple[str, int]],
+    embedder: EmbedderConfig,
+) -> list[ShardTask]:
+    """One task per shard not yet written, the embed-heaviest first (copy-only shards
+    then fill the gaps at the end)."""
     uris = manifest.table["uri"].tolist()
     hashes = manifest.table["content_hash"].tolist()
+    layer_dims = tuple((layer, spec.layer_dims[layer]) for layer in spec.layers)
     tasks = []
     for shard in range(spec.n_shards):
         if done[shard]:
@@ -134,27 +161,16 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         tasks.append(
             ShardTask(
                 store=config.store,
-                key=key,
+                key=spec.key,
                 shard=shard,
                 uris=tuple(uris[rows.start : rows.stop]),
                 reuse=reuse,
                 embedder=embedder,
-                layer_dims=tuple((layer, spec.layer_dims[layer]) for layer in spec.layers),
+                layer_dims=layer_dims,
                 batch_size=config.batch_size,
             )
         )
-    # Shards with the most images to embed first: copy-only shards fill the gaps at the end.
-    tasks.sort(key=lambda task: len(task.reuse))
-    rows_done = sum(len(spec.shard_rows(s)) for s in range(spec.n_shards) if done[s])
-    return EmbedPlan(
-        config=config,
-        spec=spec,
-        status_before=status,
-        tasks=tasks,
-        shards_already_done=int(done.sum()),
-        rows_already_done=rows_done,
-        seconds={"manifest": manifest_seconds, "prepare": time.perf_counter() - started},
-    )
+    return sorted(tasks, key=lambda task: len(task.reuse))
 
 
 def reusable_rows(store: FeatureStore, spec: FeatureSetSpec) -> dict[str, tuple[str, int]]:

@@ -50,8 +50,7 @@ class EmbedPlan:
     spec: FeatureSetSpec
     status_before: str  # "missing" | "incomplete" | "complete"
     tasks: list[ShardTask]
-    shards_already_done: int
-    rows_already_done: int
+    shards_already_done: int  # by an earlier, interrupted run of the same feature set
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -123,14 +122,12 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     )
     donors = reusable_rows(store, spec) if not done.all() else {}
     tasks = _shard_tasks(config, spec, manifest, done, donors, embedder)
-    rows_done = sum(len(spec.shard_rows(s)) for s in range(spec.n_shards) if done[s])
     return EmbedPlan(
         config=config,
         spec=spec,
         status_before=status,
         tasks=tasks,
         shards_already_done=int(done.sum()),
-        rows_already_done=rows_done,
         seconds={"manifest": manifest_seconds, "prepare": time.perf_counter() - started},
     )
 
@@ -233,6 +230,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> dict[
         "reused": plan.spec.rows - failed - embedded,
         "shards": plan.spec.n_shards,
         "shards_computed": len(results),
+        "shards_already_done": plan.shards_already_done,
         "status_before": plan.status_before,
         "steady_images_per_s": steady_rate(results),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,7 +53,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, prefect_
     done_at_kill = _shards_done(killed_store)
     assert 5 <= done_at_kill < 31
 
-    subprocess.run(_command(data, killed_store), env=env, check=True, capture_output=True)
+    resumed = subprocess.run(
+        [*_command(data, killed_store), "--json"], env=env, check=True, capture_output=True
+    )
+    summary = json.loads(resumed.stdout.decode().strip().splitlines()[-1])
+    # No shard marked done is computed again; every other one is computed exactly once.
+    assert summary["shards_already_done"] == done_at_kill
+    assert summary["shards_computed"] == 31 - done_at_kill
     clean_store = tmp_path / "clean"
     subprocess.run(_command(data, clean_store), env=env, check=True, capture_output=True)
 

@@ -20,10 +20,7 @@ from transfer_pipe.backbones.registry import (
 )
 from transfer_pipe.backbones.taps import PENULTIMATE, STAGES, LayerTap, resolve_layers
 
-DEFAULT_BACKBONE = EFFICIENTNET_LITE0
-
 __all__ = [
-    "DEFAULT_BACKBONE",
     "EFFICIENTNET_LITE0",
     "PENULTIMATE",
     "STAGES",

@@ -54,39 +54,38 @@ class EmbedPlan:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def check_embed_inputs(config: EmbedConfig) -> None:
+def check_embed_inputs(config: EmbedConfig) -> tuple[BackboneSpec, list[str]]:
     """Fail fast, before any orchestration starts and before anything is written, on the
-    mistakes a user makes most: a missing dataset, an unknown backbone, a weights file
-    that does not fit, a store that cannot be written."""
+    mistakes a user makes most: a missing dataset, an unknown backbone or layer, a weights
+    file that does not fit, a store that cannot be written. Returns the backbone and the
+    resolved layer names."""
     backbone = get_backbone(config.backbone, config.weights_file)
-    resolve_layers(backbone, _driver_model(backbone), list(config.layers))
+    # Building the model also checks that a --weights-file matches the backbone.
+    layers = resolve_layers(backbone, _driver_model(backbone), list(config.layers))
     check_source(config.source)
     open_store(config.store).ensure_writable()
+    return backbone, layers
 
 
 def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     """Resolve the feature-set key and plan the shards still to write.
 
-    Everything that can be wrong with the input (path, backbone, weights file, store) is
-    checked before the store is written to.
+    Everything that can be wrong with the input is checked (``check_embed_inputs``) before
+    the store is written to.
     """
     started = time.perf_counter()
-    backbone = get_backbone(config.backbone, config.weights_file)
-    model = _driver_model(backbone)  # also checks that a --weights-file matches the backbone
+    backbone, layers = check_embed_inputs(config)
     preprocessing = backbone.preprocessing
     if config.image_size is not None:
         preprocessing = preprocessing.replace(image_size=config.image_size)
-    layers = resolve_layers(backbone, model, list(config.layers))
-    layer_dims = _layer_dims(model, layers, preprocessing.image_size)
+    layer_dims = _layer_dims(_driver_model(backbone), layers, preprocessing.image_size)
 
     manifest_started = time.perf_counter()
     manifest = load_manifest(config.source).limit(config.limit)
     manifest_seconds = time.perf_counter() - manifest_started
     store = open_store(config.store)
-    store.ensure_writable()
-    emb_key = embedding_key(
-        backbone.id, backbone.weights_digest(), preprocessing.to_dict(), config.dtype
-    )
+    weights_digest = backbone.weights_digest()
+    emb_key = embedding_key(backbone.id, weights_digest, preprocessing.to_dict(), config.dtype)
     data_digest = manifest.digest()
     key = feature_set_key(emb_key, layers, data_digest)
     spec = FeatureSetSpec(
@@ -94,7 +93,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         embedding_key=emb_key,
         source=manifest.source,
         backbone=backbone.id,
-        weights_digest=backbone.weights_digest(),
+        weights_digest=weights_digest,
         preprocessing=preprocessing.to_dict(),
         layers=tuple(layers),
         layer_dims=layer_dims,

@@ -10,11 +10,18 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from transfer_pipe.config import DEFAULT_BACKBONE, DEFAULT_STORE, EmbedConfig
+from transfer_pipe.config import (
+    DEFAULT_BACKBONE,
+    DEFAULT_HEADS,
+    DEFAULT_STORE,
+    EmbedConfig,
+    TrainConfig,
+)
 from transfer_pipe.errors import TransferPipeError
 
 
@@ -72,7 +79,64 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
 
     commands.add_parser("backbones", help="list registered backbone ids")
+    _add_train(commands)
+    heads = commands.add_parser("heads", help="fitted heads in a store")
+    heads_commands = heads.add_subparsers(dest="heads_command", required=True)
+    heads_ls = heads_commands.add_parser("ls", help="list fitted heads and their test metrics")
+    heads_ls.add_argument("--store", default=_default_store())
+    heads_ls.add_argument("--feature-set", help="only heads of this feature set")
+    heads_ls.add_argument("--json", action="store_true")
+    _add_predict(commands)
     return parser
+
+
+def _add_train(commands: Any) -> None:
+    train = commands.add_parser(
+        "train", help="fit and evaluate heads on a cached feature set (embedding it if needed)"
+    )
+    train.add_argument("target", help="feature set key, or a source to embed first (see `embed`)")
+    train.add_argument("--store", default=_default_store(), help="feature store folder or URL")
+    train.add_argument(
+        "--task",
+        default="source",
+        help="'source' (the source's labels), 'fashion-mnist-groups', a JSON task file, or a "
+        "CSV/Parquet file of sample_id,label",
+    )
+    train.add_argument(
+        "--heads",
+        type=_layers,
+        default=DEFAULT_HEADS,
+        help=f"comma-separated heads (default {','.join(DEFAULT_HEADS)})",
+    )
+    train.add_argument("--layer", help="feature layer (default: the feature set's first)")
+    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument("--test-fraction", type=float, default=0.2, help="when no source split")
+    train.add_argument("--split-seed", type=int, default=0)
+    train.add_argument("--shots", type=int, help="few-shot: labelled training rows per class")
+    train.add_argument("--shot-seeds", type=int, default=5, help="few-shot repeats")
+    train.add_argument("--c-min", type=float, default=1e-6, help="logreg C grid start")
+    train.add_argument("--c-max", type=float, default=1e5, help="logreg C grid end")
+    train.add_argument("--c-values", type=int, default=45, help="logreg C grid size")
+    train.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per C")
+    train.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CI")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda ... (torch heads)")
+    embedding = train.add_argument_group("when TARGET is a source")
+    embedding.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    embedding.add_argument("--weights-file")
+    embedding.add_argument("--image-size", type=int)
+    embedding.add_argument("--limit", type=int)
+    train.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+
+def _add_predict(commands: Any) -> None:
+    predict = commands.add_parser("predict", help="classify image files with a fitted head")
+    predict.add_argument("paths", nargs="+", help="image files or URLs")
+    predict.add_argument("--store", default=_default_store())
+    predict.add_argument("--head", required=True, help="head id (see `heads ls`)")
+    predict.add_argument("--out", required=True, help="predictions file, .csv or .parquet")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--weights-file", help="the local weights the feature set used")
+    predict.add_argument("--device", default="auto")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,10 +165,7 @@ def _embed(args: argparse.Namespace) -> int:
         device=args.device,
         autocast=args.autocast,
     )
-    # A temporary Prefect server needs 20-40 s to start on a small machine, and offline it
-    # cannot send telemetry (it would log an error on every run).
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _prefect_settings()
     from transfer_pipe.steps import check_embed_inputs
 
     check_embed_inputs(config)  # seconds, where a failed flow run would take a server start
@@ -114,6 +175,130 @@ def _embed(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if args.json:
         print(json.dumps(summary))
+    return 0
+
+
+def _prefect_settings() -> None:
+    # A temporary Prefect server needs 20-40 s to start on a small machine, and offline it
+    # cannot send telemetry (it would log an error on every run).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from transfer_pipe.store import open_store
+
+    feature_set: str | None = None
+    embed: EmbedConfig | None = None
+    if open_store(args.store).status(args.target) != "missing":
+        feature_set = args.target
+    elif re.fullmatch(r"[0-9a-f]{16}", args.target) and not os.path.exists(args.target):
+        raise TransferPipeError(
+            f"feature set {args.target} is not in {args.store}; "
+            f"`transfer-pipe ls --store {args.store}` lists the feature sets it holds."
+        )
+    else:
+        embed = EmbedConfig(
+            source=args.target,
+            store=args.store,
+            backbone=args.backbone,
+            weights_file=args.weights_file,
+            layers=(args.layer,) if args.layer else (),
+            image_size=args.image_size,
+            limit=args.limit,
+        )
+    config = TrainConfig(
+        feature_set=feature_set,
+        embed=embed,
+        store=args.store,
+        task=args.task,
+        heads=args.heads,
+        layer=args.layer,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+        shots=args.shots,
+        shot_seeds=args.shot_seeds,
+        c_min=args.c_min,
+        c_max=args.c_max,
+        c_values=args.c_values,
+        max_iter=args.max_iter,
+        device=args.device,
+        bootstrap=args.bootstrap,
+    )
+    _prefect_settings()
+    from transfer_pipe.heads.protocol import head_kind
+    from transfer_pipe.heads.tasks import parse_task
+
+    for name in config.heads:  # seconds, where a failed flow run would take a server start
+        head_kind(name)
+    parse_task(config.task)
+    if embed is not None:
+        from transfer_pipe.steps import check_embed_inputs
+
+        check_embed_inputs(embed)
+    from flows.train import train_flow
+    from transfer_pipe.report import terminal_table
+
+    summary = train_flow(config)
+    print(
+        f"task {summary['task']} on feature set {summary['feature_set']} "
+        f"(layer {summary['layer']}; train/val/test {summary['splits']['train']}/"
+        f"{summary['splits']['val']}/{summary['splits']['test']}, {summary['split_origin']}); "
+        f"{summary['embedded']} images embedded by this run"
+    )
+    print(terminal_table(summary["table"]))
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
+    return 0
+
+
+def _heads(args: argparse.Namespace) -> int:
+    from transfer_pipe.heads.persist import list_cards
+
+    cards = list_cards(args.store)
+    if args.feature_set:
+        cards = [c for c in cards if c["feature_set"] == args.feature_set]
+    rows = [
+        {
+            "head_id": c["head_id"],
+            "feature_set": c["feature_set"],
+            "task": c["task"]["name"],
+            "head": c["head"],
+            "layer": c["layer"],
+            "accuracy": round(c["metrics"]["accuracy"], 4),
+            "macro_f1": round(c["metrics"]["macro_f1"], 4),
+            "created": c["created"],
+        }
+        for c in cards
+    ]
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no fitted heads in {args.store}")
+    else:
+        from transfer_pipe.report import terminal_table
+
+        print(terminal_table(rows))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from transfer_pipe.steps.predict import predict
+
+    summary = predict(
+        args.store,
+        args.head,
+        args.paths,
+        args.out,
+        top_k=args.top_k,
+        weights_file=args.weights_file,
+        device=args.device,
+    )
+    print(
+        f"{summary['rows']} predictions written to {summary['out']}: {summary['cached']} from "
+        f"cached embeddings, {summary['embedded']} embedded now, {summary['failed']} failed"
+    )
     return 0
 
 
@@ -178,7 +363,15 @@ def _backbones(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"embed": _embed, "ls": _ls, "show": _show, "backbones": _backbones}
+_COMMANDS = {
+    "embed": _embed,
+    "ls": _ls,
+    "show": _show,
+    "backbones": _backbones,
+    "train": _train,
+    "heads": _heads,
+    "predict": _predict,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

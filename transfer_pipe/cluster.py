@@ -28,6 +28,18 @@ def plan_cluster(address: str | None, workers: int | None) -> ClusterPlan:
     return ClusterPlan(address=None, workers=n, torch_threads=max(1, cores // n))
 
 
+def threads_per_task() -> int:
+    """Cores one compute-heavy task may use (torch intra-op, BLAS, OpenMP): all of them,
+    or, inside a Dask worker, its share, so that concurrent tasks do not oversubscribe."""
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except ValueError:  # not running inside a Dask worker
+        nthreads = 1
+    return max(1, (os.cpu_count() or 1) // nthreads)
+
+
 @contextmanager
 def dask_client(plan: ClusterPlan) -> Iterator[Client]:
     """A connected client; a LocalCluster it started is shut down on exit.

@@ -53,3 +53,49 @@ class EmbedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DEFAULT_HEADS = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One heads run: a feature set (by key, or by the embed run that makes it), a task,
+    the heads to fit, and the protocol's knobs."""
+
+    feature_set: str | None = None  # a key of a complete feature set in ``store``
+    embed: EmbedConfig | None = None  # or: embed this first (a no-op when it is cached)
+    store: str = DEFAULT_STORE
+    task: str = "source"  # "source", a built-in mapping, a JSON task file or a labels file
+    heads: tuple[str, ...] = DEFAULT_HEADS
+    layer: str | None = None  # None: the feature set's first layer
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    shots: int | None = None  # few-shot: labelled training rows per class
+    shot_seeds: int = 5  # few-shot repeats, seeds 0..shot_seeds-1
+    c_min: float = 1e-6
+    c_max: float = 1e5
+    c_values: int = 45
+    max_iter: int = 100
+    device: str = "auto"
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        problems = []
+        if (self.feature_set is None) == (self.embed is None):
+            problems.append("give either a feature set key or a source to embed, not both")
+        if self.embed is not None and self.embed.store != self.store:
+            problems.append("the embed run must write to the same store the heads read")
+        if not self.heads:
+            problems.append("--heads names no head")
+        if self.shots is not None and self.shots < 1:
+            problems.append(f"--shots must be at least 1, not {self.shots}")
+        if self.shot_seeds < 1:
+            problems.append(f"--shot-seeds must be at least 1, not {self.shot_seeds}")
+        if not (0 < self.c_min < self.c_max) or self.c_values < 1:
+            problems.append("the C grid needs 0 < --c-min < --c-max and at least one value")
+        if self.max_iter < 1 or self.bootstrap < 1:
+            problems.append("--max-iter and --bootstrap must be at least 1")
+        if problems:
+            raise TransferPipeError("; ".join(problems) + ".")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from transfer_pipe.backbones import LayerTap, Preprocessing, get_backbone
+from transfer_pipe.cluster import threads_per_task
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,7 @@ def use_threads(config: EmbedderConfig) -> None:
     Without a configured count, the cores are split between the threads of this Dask
     worker, so that worker threads and torch threads do not oversubscribe the machine.
     """
-    threads = config.threads
-    if threads is None:
-        try:
-            from distributed import get_worker
-
-            nthreads = get_worker().state.nthreads
-        except (ImportError, ValueError):
-            nthreads = 1
-        threads = max(1, (os.cpu_count() or 1) // nthreads)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(config.threads or threads_per_task())
 
 
 _LOADING = threading.Lock()

@@ -172,12 +172,20 @@ def _shard_tasks(
 def reusable_rows(store: FeatureStore, spec: FeatureSetSpec) -> dict[str, tuple[str, int]]:
     """content_hash -> (feature set, row) for good rows of other feature sets that share
     this one's embedding key (model, weights, preprocessing, dtype) and hold its layers."""
+    return cached_rows(store, spec.embedding_key, spec.layers, exclude=spec.key)
+
+
+def cached_rows(
+    store: FeatureStore, embedding_key: str, layers: Sequence[str], exclude: str | None = None
+) -> dict[str, tuple[str, int]]:
+    """content_hash -> (feature set, row) for every good, written row of the store's
+    feature sets with ``embedding_key`` that hold all of ``layers``."""
     donors: dict[str, tuple[str, int]] = {}
     for key in store.list_keys():
-        if key == spec.key:
+        if key == exclude:
             continue
         other = store.spec(key)
-        if other.embedding_key != spec.embedding_key or not set(spec.layers) <= set(other.layers):
+        if other.embedding_key != embedding_key or not set(layers) <= set(other.layers):
             continue
         table = store.row_table(key, columns=("content_hash", "failure"))
         good = table[table["done"] & (table["failure"] == "")]
@@ -268,9 +276,10 @@ def steady_rate(results: Sequence[ShardResult]) -> float | None:
     return rows / span if span > 0 else None
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: Sequence[str] = _LIBRARIES) -> dict[str, str]:
+    """Installed version of each distribution in ``names`` (provenance, model cards)."""
     versions = {}
-    for name in _LIBRARIES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -1,0 +1,141 @@
+"""Fitted heads saved in the feature store, each with a model card.
+
+Layout: ``<store>/heads/<head_id>/`` holds ``card.json`` and the model:
+``model.safetensors`` for torch-backed heads (the scaler's statistics and the head's tensors;
+class, params and classes in its metadata), ``model.skops`` for scikit-learn ones (loaded
+back only when every type in it is one we save). The card is written last, so a head
+without one is unfinished and not listed.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import skops.io
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads.linear import LBFGSLinearClassifier
+from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
+
+HEADS_DIR = "heads"
+CARD = "card.json"
+_TENSOR_HEADS: dict[str, Any] = {
+    cls.__name__: cls for cls in (LBFGSLinearClassifier, TorchLinearClassifier, TorchMLPClassifier)
+}
+_SKOPS_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
+
+
+def head_url(store: str, head_id: str) -> str:
+    return posixpath.join(store.rstrip("/"), HEADS_DIR, head_id)
+
+
+def save_head(
+    store: str, head_id: str, model: Pipeline, card: dict[str, Any], files: dict[str, Path]
+) -> str:
+    """Write the model, the extra ``files`` (reports, plots) and then the card; returns the
+    head's URL. Rewriting a head with the same id replaces it."""
+    url = head_url(store, head_id)
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(posixpath.join(path, CARD)):
+        fs.rm_file(posixpath.join(path, CARD))  # unfinished from here until the new card lands
+    if fs.exists(path):
+        fs.rm(path, recursive=True)  # no stale file of an earlier fit stays behind
+    fs.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = _write_model(model, Path(tmp))
+        for local in (model_file, *files.values()):
+            fs.put_file(str(local), posixpath.join(path, local.name))
+    card = {**card, "head_id": head_id, "model_file": model_file.name}
+    with fs.open(posixpath.join(path, CARD), "w") as f:
+        json.dump(card, f, indent=2)
+    return url
+
+
+def _write_model(model: Pipeline, folder: Path) -> Path:
+    scaler: StandardScaler = model.named_steps["scale"]
+    head = model.named_steps["head"]
+    if type(head).__name__ in _TENSOR_HEADS:
+        tensors = {f"head.{k}": v.contiguous() for k, v in head.head_tensors().items()}
+        tensors["scale.mean"] = torch.from_numpy(np.asarray(scaler.mean_, np.float64))
+        tensors["scale.scale"] = torch.from_numpy(np.asarray(scaler.scale_, np.float64))
+        metadata = {
+            "class": type(head).__name__,
+            "params": json.dumps(head.get_params()),
+            "classes": json.dumps([str(c) for c in head.classes_]),
+        }
+        out = folder / "model.safetensors"
+        save_file(tensors, str(out), metadata=metadata)
+        return out
+    out = folder / "model.skops"
+    skops.io.dump(model, out)
+    return out
+
+
+def read_card(store: str, head_id: str) -> dict[str, Any]:
+    fs, path = fsspec.core.url_to_fs(posixpath.join(head_url(store, head_id), CARD))
+    if not fs.exists(path):
+        raise TransferPipeError(
+            f"no head {head_id!r} in {store}; `transfer-pipe heads ls --store {store}` lists them."
+        )
+    with fs.open(path, "r") as f:
+        card: dict[str, Any] = json.load(f)
+    return card
+
+
+def load_head(store: str, head_id: str) -> tuple[Pipeline, dict[str, Any]]:
+    """The fitted model (scaler + head) and its card."""
+    card = read_card(store, head_id)
+    url = posixpath.join(head_url(store, head_id), card["model_file"])
+    with fsspec.open(url, "rb") as f, tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / card["model_file"]
+        local.write_bytes(f.read())
+        model = _read_model(local)
+    return model, card
+
+
+def _read_model(path: Path) -> Pipeline:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            metadata: dict[str, str] = f.metadata()
+        tensors = load_file(str(path))
+        head = _TENSOR_HEADS[metadata["class"]].from_tensors(
+            {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")},
+            json.loads(metadata["params"]),
+            json.loads(metadata["classes"]),
+        )
+        scaler = StandardScaler()
+        scaler.mean_ = tensors["scale.mean"].numpy()
+        scaler.scale_ = tensors["scale.scale"].numpy()
+        scaler.var_ = scaler.scale_**2
+        scaler.n_features_in_ = len(scaler.mean_)
+        return Pipeline([("scale", scaler), ("head", head)])
+    untrusted = skops.io.get_untrusted_types(file=path)
+    unknown = [t for t in untrusted if not t.startswith(_SKOPS_TRUSTED_PREFIXES)]
+    if unknown:
+        raise TransferPipeError(f"{path} holds types transfer-pipe does not load: {unknown}")
+    model = skops.io.load(path, trusted=untrusted)
+    assert isinstance(model, Pipeline)
+    return model
+
+
+def list_cards(store: str) -> list[dict[str, Any]]:
+    """Cards of every finished head in the store, oldest first."""
+    fs, path = fsspec.core.url_to_fs(posixpath.join(store.rstrip("/"), HEADS_DIR))
+    if not fs.exists(path):
+        return []
+    cards = []
+    for card_path in fs.glob(posixpath.join(path, "*", CARD)):
+        with fs.open(card_path, "r") as f:
+            cards.append(json.load(f))
+    return sorted(cards, key=lambda card: (card.get("created", ""), card["head_id"]))

@@ -1,0 +1,21 @@
+"""Head metrics (``transfer_pipe.heads.metrics.evaluate`` dicts) as tables, markdown and PNG plots.
+
+Plain library code: no Prefect, torch or zarr. Flows turn the rows into artifacts.
+"""
+
+from transfer_pipe.report.plots import save_confusion_matrix, save_per_class_accuracy
+from transfer_pipe.report.tables import (
+    ROW_COLUMNS,
+    markdown_report,
+    metrics_rows,
+    terminal_table,
+)
+
+__all__ = [
+    "ROW_COLUMNS",
+    "markdown_report",
+    "metrics_rows",
+    "save_confusion_matrix",
+    "save_per_class_accuracy",
+    "terminal_table",
+]

@@ -1,0 +1,253 @@
+"""The heads pipeline: cached features in, fitted heads, model cards and reports out.
+
+    plan = prepare_training(config, feature_set)     # task labels and splits, checked
+    results = [train_head(plan, run) for run in plan.runs]
+    summary = finalize_training(plan, results, embedded=0)
+
+Nothing here computes an embedding: features are read from the store by key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transfer_pipe.config import TrainConfig
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads.persist import save_head
+from transfer_pipe.heads.protocol import FittedHead, ProtocolOptions, fit_head, head_kind
+from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_task
+from transfer_pipe.report import (
+    markdown_report,
+    metrics_rows,
+    save_confusion_matrix,
+    save_per_class_accuracy,
+)
+from transfer_pipe.steps.embed import library_versions
+from transfer_pipe.store import open_store
+
+_LIBRARIES = ("transfer-pipe", "torch", "scikit-learn", "numpy", "skops", "safetensors")
+_HEADLINE = ("accuracy", "macro_f1", "balanced_accuracy", "top5_accuracy", "ece")
+
+
+@dataclass(frozen=True)
+class HeadRun:
+    """One head to fit; ``shot_seed`` is set for each repeat of a few-shot run."""
+
+    head: str
+    shot_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    config: TrainConfig
+    feature_set: str
+    data: TaskData
+    runs: tuple[HeadRun, ...]
+    feature_set_spec: dict[str, Any]
+
+
+def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
+    """Resolve the task on the feature set's rows and check every head name, so that a
+    mistake fails before the first (possibly long) fit."""
+    for name in config.heads:
+        head_kind(name)
+    store = open_store(config.store)
+    status = store.status(feature_set)
+    if status != "complete":
+        raise TransferPipeError(
+            f"feature set {feature_set} is {status} in {config.store}; "
+            + (
+                "run `transfer-pipe embed` again to finish it."
+                if status == "incomplete"
+                else f"`transfer-pipe ls --store {config.store}` lists the feature sets."
+            )
+        )
+    spec = store.spec(feature_set)
+    layer = config.layer or spec.layers[0]
+    splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
+    data = load_task(store, feature_set, parse_task(config.task), layer, splits)
+    if config.shots is not None:
+        data.few_shot(config.shots, 0)  # fails now, not after the first head, when too few
+        runs = tuple(
+            HeadRun(head, seed) for head in config.heads for seed in range(config.shot_seeds)
+        )
+    else:
+        runs = tuple(HeadRun(head) for head in config.heads)
+    return TrainPlan(config, feature_set, data, runs, asdict(spec))
+
+
+def _options(config: TrainConfig) -> ProtocolOptions:
+    return ProtocolOptions(
+        c_min=config.c_min,
+        c_max=config.c_max,
+        c_values=config.c_values,
+        max_iter=config.max_iter,
+        device=config.device,
+        seed=config.split_seed,
+        bootstrap=config.bootstrap,
+    )
+
+
+def head_id(plan: TrainPlan, run: HeadRun) -> str:
+    """Deterministic: the same head on the same features, task, split and options gets the
+    same id (and a rerun replaces it)."""
+    data = plan.data
+    identity = {
+        "feature_set": plan.feature_set,
+        "layer": data.layer,
+        "task": data.task.digest(),
+        "split": [plan.config.val_fraction, plan.config.test_fraction, plan.config.split_seed],
+        "shots": [plan.config.shots, run.shot_seed],
+        "head": run.head,
+        "options": asdict(_options(plan.config)),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    task = re.sub(r"[^a-z0-9]+", "-", data.task.name.lower()).strip("-") or "task"
+    shot = f"-{plan.config.shots}shot-s{run.shot_seed}" if run.shot_seed is not None else ""
+    return f"{task}-{run.head}{shot}-{digest}"
+
+
+def train_head(plan: TrainPlan, run: HeadRun) -> dict[str, Any]:
+    """Fit one head by the protocol, save it with its card, report files and plots; returns
+    its result (JSON-able: ids, chosen hyperparameters, metrics, seconds, where it lives)."""
+    data = plan.data
+    if run.shot_seed is not None and plan.config.shots is not None:
+        data = data.few_shot(plan.config.shots, run.shot_seed)
+    fitted = fit_head(run.head, data, _options(plan.config))
+    identity = head_id(plan, run)
+    result = {
+        "head_id": identity,
+        "head": run.head,
+        "task": data.task.name,
+        "layer": data.layer,
+        "shots": data.shots,
+        "shot_seed": data.shot_seed,
+        "chosen": fitted.chosen,
+        "metrics": fitted.metrics,
+        "seconds": fitted.seconds,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _report_files(Path(tmp), result)
+        result["url"] = save_head(
+            plan.config.store, identity, fitted.model, _card(plan, data, fitted), files
+        )
+    return result
+
+
+def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
+    metrics = result["metrics"]
+    title = f"{result['head_id']} (test)"
+    files = {
+        "confusion": save_confusion_matrix(
+            folder / "confusion.png", metrics["confusion_matrix"], metrics["classes"], title
+        ),
+        "per_class": save_per_class_accuracy(folder / "per_class.png", metrics["per_class"], title),
+    }
+    report = folder / "report.md"
+    report.write_text(markdown_report(result, {k: p.name for k, p in files.items()}))
+    return {**files, "report": report}
+
+
+def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead) -> dict[str, Any]:
+    """The model card: everything needed to trust, reproduce and reuse the head."""
+    spec = plan.feature_set_spec
+    estimator = fitted.model.named_steps["head"]
+    return {
+        "feature_set": plan.feature_set,
+        "store": plan.config.store,
+        "source": spec["source"],
+        "backbone": spec["backbone"],
+        "weights_digest": spec["weights_digest"],
+        "preprocessing": spec["preprocessing"],
+        "embedding_key": spec["embedding_key"],
+        "dtype": spec["dtype"],
+        "layer": data.layer,
+        "task": {**data.task.to_dict(), "digest": data.task.digest()},
+        "classes": list(data.classes),
+        "splits": {**data.sizes(), "origin": data.split_origin, "dropped": data.dropped},
+        "shots": data.shots,
+        "shot_seed": data.shot_seed,
+        "head": fitted.head,
+        "estimator": type(estimator).__name__,
+        "params": {k: v for k, v in estimator.get_params().items() if _jsonable(v)},
+        "chosen": fitted.chosen,
+        "validation_curve": fitted.validation,
+        "metrics": fitted.metrics,
+        "seconds": fitted.seconds,
+        "libraries": library_versions(_LIBRARIES),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def finalize_training(
+    plan: TrainPlan, results: Sequence[dict[str, Any]], embedded: int = 0
+) -> dict[str, Any]:
+    """The run's summary: per head its test metrics (the mean over seeds for few-shot
+    runs), the metrics table rows, and ``embedded`` (forward passes this run paid for)."""
+    heads: dict[str, dict[str, Any]] = {}
+    for name in plan.config.heads:
+        mine = [r for r in results if r["head"] == name]
+        if not mine:
+            continue
+        entry: dict[str, Any] = {}
+        for metric in _HEADLINE:
+            values = [r["metrics"][metric] for r in mine if metric in r["metrics"]]
+            if values:
+                entry[metric] = float(np.mean(values))
+                if len(values) > 1:
+                    entry[f"{metric}_std"] = float(np.std(values))
+        if len(mine) == 1:
+            entry["accuracy_ci95"] = mine[0]["metrics"]["accuracy_ci95"]
+            entry["chosen"] = mine[0]["chosen"]
+        entry["head_ids"] = [r["head_id"] for r in mine]
+        entry["fit_seconds"] = float(sum(sum(r["seconds"].values()) for r in mine))
+        heads[name] = entry
+    data = plan.data
+    return {
+        "feature_set": plan.feature_set,
+        "store": plan.config.store,
+        "task": data.task.name,
+        "layer": data.layer,
+        "classes": list(data.classes),
+        "splits": data.sizes(),
+        "split_origin": data.split_origin,
+        "shots": plan.config.shots,
+        "notes": list(data.notes),
+        "embedded": embedded,
+        "heads": heads,
+        "table": metrics_rows(results),
+    }
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """The whole heads pipeline without an orchestrator (notebooks, tests): embeds first
+    when ``config.embed`` is given (a no-op for a cached feature set)."""
+    embedded = 0
+    feature_set = config.feature_set
+    if config.embed is not None:
+        from transfer_pipe.steps.embed import embed
+
+        summary = embed(config.embed)
+        feature_set, embedded = summary["feature_set"], summary["embedded"]
+    assert feature_set is not None
+    plan = prepare_training(config, feature_set)
+    results = [train_head(plan, run) for run in plan.runs]
+    return finalize_training(plan, results, embedded)

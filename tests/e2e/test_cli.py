@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -98,3 +99,50 @@ def test_bad_input_gets_one_clear_error_and_writes_nothing(
     assert "--store" in err
     err = _fails(capsys, "embed", data, "--image-size", "0")
     assert "--image-size" in err
+
+
+def test_train_json_heads_ls_and_predict(tmp_path: Path, prefect_api: str) -> None:
+    make_dataset(tmp_path / "data", classes=2, per_class=8)
+    store = str(tmp_path / "store")
+    embed = ["embed", str(tmp_path / "data"), "--store", store, "--backbone", "tiny_test"]
+    key = json.loads(cli(*embed, "--json", api=prefect_api).stdout.splitlines()[-1])["feature_set"]
+
+    done = cli("train", key, "--store", store, "--heads", "logreg,ridge", "--json", api=prefect_api)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["embedded"] == 0 and summary["feature_set"] == key
+    assert set(summary["heads"]) == {"logreg", "ridge"}
+    for head in summary["heads"].values():
+        assert {"accuracy", "macro_f1", "head_ids"} <= set(head)
+    assert "accuracy_ci95" in done.stdout  # the metrics table printed for the terminal
+
+    listed = json.loads(cli("heads", "ls", "--store", store, "--json", api=prefect_api).stdout)
+    assert sorted(h["head"] for h in listed) == ["logreg", "ridge"]
+    assert {h["feature_set"] for h in listed} == {key}
+
+    out = tmp_path / "predictions.csv"
+    image = next((tmp_path / "data" / "class1").glob("*.png"))
+    head_id = summary["heads"]["logreg"]["head_ids"][0]
+    predict = ["predict", str(image), "--store", store, "--head", head_id, "--out", str(out)]
+    cli(*predict, api=prefect_api)
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["path"], r["cached"], r["error"]) for r in rows] == [(str(image), "True", "")]
+    assert rows[0]["class"] in ("class0", "class1")
+
+
+def test_train_bad_input_fails_fast_with_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "store")
+    err = _fails(capsys, "train", "0123456789abcdef", "--store", store)
+    assert "transfer-pipe ls" in err
+    make_dataset(tmp_path / "data", classes=2, per_class=2, bad=False)
+    data = str(tmp_path / "data")
+    err = _fails(capsys, "train", data, "--store", store, "--heads", "logreg,forest")
+    assert "unknown head 'forest'" in err
+    err = _fails(capsys, "train", data, "--store", store, "--task", "groups.txt")
+    assert "unknown task" in err
+    err = _fails(capsys, "predict", "x.png", "--store", store, "--head", "nope", "--out", "p.csv")
+    assert "heads ls" in err
+    assert main(["heads", "ls", "--store", store]) == 0  # an empty store is not an error
+    assert "no fitted heads" in capsys.readouterr().out

@@ -80,7 +80,7 @@ class LBFGSLinearClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise ValueError(f"need at least two classes to fit; y has only {classes.tolist()}")
+            raise ValueError(f"need 2+ classes to fit; y has only one class: {classes.tolist()}")
         device = _resolve_device(self.device)
         n, dim = X.shape
         features = torch.from_numpy(np.ascontiguousarray(X)).to(device)
@@ -144,6 +144,7 @@ class LBFGSLinearClassifier(ClassifierMixin, BaseEstimator):
         return torch.softmax(torch.from_numpy(self._logits(X)).double(), dim=1).numpy()
 
     def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "coef_")  # before classes_ is read: NotFittedError
         return self.classes_[self._logits(X).argmax(axis=1)]
 
     def head_tensors(self) -> dict[str, torch.Tensor]:

@@ -108,6 +108,10 @@ def _read_model(path: Path) -> Pipeline:
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
             metadata: dict[str, str] = f.metadata()
+        if metadata.get("class") not in _TENSOR_HEADS:
+            raise TransferPipeError(
+                f"{path} holds a head class transfer-pipe does not load: {metadata.get('class')}"
+            )
         tensors = load_file(str(path))
         head = _TENSOR_HEADS[metadata["class"]].from_tensors(
             {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")},

@@ -255,7 +255,8 @@ def _read_labels(path: str) -> pd.DataFrame:
             f"labels file {path} lacks the column(s) {sorted(missing)}; it needs sample_id and "
             f"label (it has {list(table.columns)})."
         )
-    table = table.astype({"sample_id": str, "label": str})
+    # An empty label (NaN in Parquet) leaves the row out of the task, as in a CSV.
+    table = table.fillna({"label": ""}).astype({"sample_id": str, "label": str})
     duplicated = table["sample_id"][table["sample_id"].duplicated()]
     if len(duplicated):
         raise TransferPipeError(

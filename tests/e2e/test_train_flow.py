@@ -1,0 +1,152 @@
+"""The heads flow end to end: a real Prefect server, feature sets written by the embed flow."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.embed import embed_flow
+from flows.train import train_flow
+from tests.images import make_dataset
+from transfer_pipe.config import EmbedConfig, TrainConfig
+from transfer_pipe.heads.persist import list_cards, load_head
+from transfer_pipe.steps.predict import predict
+from transfer_pipe.store import open_store
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+HEADS = ("logreg", "knn", "torch-linear")
+
+
+def embed_config(data: Path, store: Path) -> EmbedConfig:
+    return EmbedConfig(
+        source=str(data), store=str(store), backbone="tiny_test", shard_size=8, workers=1
+    )
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A folder dataset (4 bad files included) embedded once; returns (data, store, key)."""
+    root = tmp_path_factory.mktemp("train-flow")
+    data, store = root / "images", root / "store"
+    make_dataset(data, classes=3, per_class=12)
+    summary = embed_flow(embed_config(data, store))
+    assert summary["status"] == "complete" and summary["failed"] == 4
+    return data, store, summary["feature_set"]
+
+
+def shard_stats(store: Path, key: str) -> pd.DataFrame:
+    return open_store(str(store)).shard_stats(key)
+
+
+def test_two_tasks_on_one_feature_set_compute_no_embedding(
+    embedded: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    _, store, key = embedded
+    before = shard_stats(store, key)
+    labels = tmp_path / "odd-even.csv"
+    rows = open_store(str(store)).load(key)
+    with labels.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sample_id", "label"])
+        # Written in reverse: labels must join by sample id, not by row order.
+        for sample_id in reversed(rows.sample_ids.tolist()):
+            writer.writerow([sample_id, "odd" if int(sample_id[-5]) % 2 else "even"])
+
+    first = train_flow(TrainConfig(feature_set=key, store=str(store), heads=HEADS))
+    second = train_flow(
+        TrainConfig(feature_set=key, store=str(store), heads=HEADS, task=str(labels))
+    )
+
+    for summary, classes in ((first, ["class0", "class1", "class2"]), (second, ["even", "odd"])):
+        assert summary["embedded"] == 0
+        assert summary["classes"] == classes
+        assert set(summary["heads"]) == set(HEADS)
+        for head in summary["heads"].values():
+            assert 0.0 <= head["accuracy"] <= 1.0 and 0.0 <= head["macro_f1"] <= 1.0
+        splits = summary["splits"]
+        assert splits["train"] + splits["val"] + splits["test"] == 36  # every good image
+    pd.testing.assert_frame_equal(shard_stats(store, key), before)  # nothing re-embedded
+    assert len(open_store(str(store)).list_keys()) == 1
+
+    cards = list_cards(str(store))
+    assert {(c["task"]["name"], c["head"]) for c in cards} == {
+        (task, head) for task in ("source", "odd-even") for head in HEADS
+    }
+    for card in cards:
+        assert card["feature_set"] == key and card["backbone"] == "tiny_test"
+        assert card["libraries"]["scikit-learn"] != "not installed"
+        folder = store / "heads" / card["head_id"]
+        assert {"card.json", "confusion.png", "per_class.png", "report.md"} <= {
+            p.name for p in folder.iterdir()
+        }
+        assert (folder / "confusion.png").read_bytes().startswith(b"\x89PNG")
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["heads-metrics"]))
+        )
+    first_ids = {i for head in first["heads"].values() for i in head["head_ids"]}
+    tables = [json.loads(a.data) if isinstance(a.data, str) else a.data for a in artifacts]
+    assert first_ids in [{row["head_id"] for row in table} for table in tables]
+
+
+def test_source_target_embeds_first_then_nothing(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "images", classes=2, per_class=8, bad=False)
+    store = tmp_path / "store"
+    config = TrainConfig(
+        embed=embed_config(tmp_path / "images", store), store=str(store), heads=("ridge",)
+    )
+    first = train_flow(config)
+    again = train_flow(config)
+    assert (first["embedded"], again["embedded"]) == (16, 0)
+    assert again["feature_set"] == first["feature_set"]
+    assert again["heads"]["ridge"]["head_ids"] == first["heads"]["ridge"]["head_ids"]
+    assert len(list_cards(str(store))) == 1  # the rerun replaced its head, same id
+
+
+def test_predict_on_new_and_cached_files_agrees(
+    embedded: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    data, store, key = embedded
+    summary = train_flow(TrainConfig(feature_set=key, store=str(store), heads=("logreg",)))
+    head_id = summary["heads"]["logreg"]["head_ids"][0]
+    cached = sorted((data / "class1").glob("*.png"))[:4]
+    fresh = []
+    for path in cached:  # same pixels, other bytes: not in the store, embedded anew
+        copy = tmp_path / "new" / path.name
+        copy.parent.mkdir(exist_ok=True)
+        Image.open(path).save(copy, format="PNG", compress_level=0, optimize=False)
+        assert copy.read_bytes() != path.read_bytes()
+        fresh.append(copy)
+    broken = tmp_path / "new" / "broken.png"
+    broken.write_bytes(b"not an image")
+
+    old = predict(str(store), head_id, [str(p) for p in cached], str(tmp_path / "old.csv"))
+    new = predict(
+        str(store), head_id, [str(p) for p in [*fresh, broken]], str(tmp_path / "new.parquet")
+    )
+    assert (old["cached"], old["embedded"], old["failed"]) == (4, 0, 0)
+    assert (new["cached"], new["embedded"], new["failed"]) == (0, 4, 1)
+    old_rows = pd.read_csv(tmp_path / "old.csv", keep_default_na=False)
+    new_rows = pd.read_parquet(tmp_path / "new.parquet")
+    assert old_rows["cached"].all() and not new_rows["cached"].any()
+    assert old_rows["class"].tolist() == new_rows["class"].tolist()[:4]
+    np.testing.assert_allclose(old_rows["probability"], new_rows["probability"][:4], rtol=1e-4)
+    assert new_rows["error"].iloc[4].startswith("not-an-image")
+    assert new_rows["class"].iloc[4] == ""
+
+    # The same answer the fitted model gives on the cached features themselves.
+    model, card = load_head(str(store), head_id)
+    loaded = open_store(str(store)).load(key, sample_ids=[f"class1/{p.name}" for p in cached])
+    assert model.predict(loaded.features).tolist() == old_rows["class"].tolist()
+    top = [json.loads(t) for t in old_rows["top_k"]]
+    assert all(len(t) == len(card["classes"]) for t in top)  # 3 classes < top-5
+    assert all(t[0][0] == c for t, c in zip(top, old_rows["class"], strict=True))

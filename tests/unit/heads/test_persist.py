@@ -1,0 +1,193 @@
+"""Saved heads: every head kind round-trips through the store with its card; unfinished
+heads are not listed; a re-save leaves nothing stale; untrusted skops content is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads import protocol
+from transfer_pipe.heads.persist import list_cards, load_head, read_card, save_head
+from transfer_pipe.heads.protocol import (
+    HEAD_KINDS,
+    FittedHead,
+    ProtocolOptions,
+    class_probabilities,
+    fit_head,
+)
+from transfer_pipe.heads.tasks import SplitRows, Task, TaskData
+
+CLASSES = ("ant", "bee", "cat")
+FAST = ProtocolOptions(c_values=6, max_iter=30, refit_max_iter=100, device="cpu", bootstrap=10)
+MODEL_FILE = {
+    "logreg": "model.safetensors",
+    "svm": "model.safetensors",
+    "torch-linear": "model.safetensors",
+    "mlp": "model.safetensors",
+    "knn": "model.skops",
+    "ridge": "model.skops",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One torch/BLAS thread per fit: the problems are tiny and the machine is shared."""
+    monkeypatch.setattr(protocol, "threads_per_task", lambda: 1)
+
+
+def _rows(rng: np.random.Generator, centers: np.ndarray, per_class: int) -> SplitRows:
+    features = np.concatenate([c + rng.normal(size=(per_class, centers.shape[1])) for c in centers])
+    labels = np.repeat(np.array(CLASSES), per_class)
+    ids = np.array([f"r{rng.integers(1 << 30)}" for _ in labels])
+    return SplitRows(features.astype(np.float32), labels, ids)
+
+
+def _data(seed: int = 0) -> TaskData:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2.0, size=(3, 6))
+    return TaskData(
+        task=Task(),
+        feature_set="synthetic",
+        layer="penultimate",
+        classes=CLASSES,
+        train=_rows(rng, centers, 40),
+        val=_rows(rng, centers, 10),
+        test=_rows(rng, centers, 20),
+        split_origin="test fixture",
+        dropped=0,
+    )
+
+
+def _fit(name: str) -> FittedHead:
+    return fit_head(name, _data(), FAST)
+
+
+def _probe(seed: int = 1) -> np.ndarray:
+    """Rows the head never saw, spread wider than the training data."""
+    return np.random.default_rng(seed).normal(scale=3.0, size=(60, 6)).astype(np.float32)
+
+
+def _extra_file(tmp_path: Path, name: str = "report.md", text: str = "# report\n") -> Path:
+    path = tmp_path / "extra" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _store(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+@pytest.mark.parametrize("name", list(HEAD_KINDS))
+def test_every_head_kind_round_trips(name: str, tmp_path: Path) -> None:
+    fitted = _fit(name)
+    store = _store(tmp_path)
+    card = {
+        "head": name,
+        "chosen": fitted.chosen,
+        "metrics": fitted.metrics,
+        "created": "2025-01-01T00:00:00+00:00",
+    }
+    report = _extra_file(tmp_path, text=f"# {name}\n")
+    url = save_head(store, f"h-{name}", fitted.model, card, {"report": report})
+
+    folder = Path(store) / "heads" / f"h-{name}"
+    assert Path(url) == folder
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["card.json", MODEL_FILE[name], "report.md"]
+    )
+    assert (folder / "report.md").read_text() == f"# {name}\n"
+
+    model, loaded_card = load_head(store, f"h-{name}")
+    assert loaded_card == {**card, "head_id": f"h-{name}", "model_file": MODEL_FILE[name]}
+    assert read_card(store, f"h-{name}") == loaded_card
+    assert type(model.named_steps["head"]) is type(fitted.model.named_steps["head"])
+    assert model.named_steps["head"].get_params() == fitted.model.named_steps["head"].get_params()
+    for X in (_probe(), _data().test.features):
+        np.testing.assert_array_equal(model.predict(X), fitted.model.predict(X))
+        np.testing.assert_allclose(
+            class_probabilities(model, X, CLASSES),
+            class_probabilities(fitted.model, X, CLASSES),
+            rtol=1e-12,
+            atol=1e-12,
+        )
+
+
+def test_list_cards_skips_heads_without_a_card(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    assert list_cards(store) == []
+    model = _fit("ridge").model
+    # Listed oldest first, whatever the ids' alphabetical order.
+    save_head(store, "a-later", model, {"created": "2025-02-01"}, {})
+    save_head(store, "b-earlier", model, {"created": "2025-01-01"}, {})
+    unfinished = Path(store) / "heads" / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "model.skops").write_bytes(b"half-written")
+
+    assert [card["head_id"] for card in list_cards(store)] == ["b-earlier", "a-later"]
+    (Path(store) / "heads" / "a-later" / "card.json").unlink()  # as if the save was cut short
+    assert [card["head_id"] for card in list_cards(store)] == ["b-earlier"]
+    with pytest.raises(TransferPipeError, match="heads ls"):
+        read_card(store, "a-later")
+
+
+def test_resaving_a_head_id_leaves_no_stale_files(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    old = _fit("knn")
+    save_head(store, "h", old.model, {"head": "knn"}, {"old": _extra_file(tmp_path, "old.md")})
+    folder = Path(store) / "heads" / "h"
+    assert {p.name for p in folder.iterdir()} == {"card.json", "model.skops", "old.md"}
+
+    new = _fit("logreg")
+    save_head(store, "h", new.model, {"head": "logreg"}, {})
+    assert {p.name for p in folder.iterdir()} == {"card.json", "model.safetensors"}
+    model, card = load_head(store, "h")
+    assert card["head"] == "logreg" and card["model_file"] == "model.safetensors"
+    np.testing.assert_array_equal(model.predict(_probe()), new.model.predict(_probe()))
+    assert [c["head_id"] for c in list_cards(store)] == ["h"]
+
+
+def test_unknown_head_id_points_to_heads_ls(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(TransferPipeError) as caught:
+        read_card(store, "missing-head")
+    assert "missing-head" in str(caught.value) and "heads ls" in str(caught.value)
+    with pytest.raises(TransferPipeError, match="heads ls"):
+        load_head(store, "missing-head")
+
+
+class SneakyClassifier(LogisticRegression):
+    """A type outside sklearn / numpy / builtins: loading it would run this module's code."""
+
+
+def test_skops_file_with_an_untrusted_type_is_refused(tmp_path: Path) -> None:
+    data = _data()
+    model = Pipeline([("scale", StandardScaler()), ("head", SneakyClassifier())])
+    model.fit(data.train.features, data.train.labels)
+    store = _store(tmp_path)
+    save_head(store, "sneaky", model, {"head": "sneaky"}, {})
+    assert read_card(store, "sneaky")["model_file"] == "model.skops"
+    with pytest.raises(TransferPipeError, match="SneakyClassifier"):
+        load_head(store, "sneaky")
+
+
+def test_hand_written_skops_file_with_an_untrusted_type_is_refused(tmp_path: Path) -> None:
+    data = _data()
+    model = Pipeline([("scale", StandardScaler()), ("head", SneakyClassifier())])
+    model.fit(data.train.features, data.train.labels)
+    folder = tmp_path / "store" / "heads" / "planted"
+    folder.mkdir(parents=True)
+    skops.io.dump(model, folder / "model.skops")
+    (folder / "card.json").write_text(
+        json.dumps({"head_id": "planted", "model_file": "model.skops"})
+    )
+    with pytest.raises(TransferPipeError, match="does not load"):
+        load_head(_store(tmp_path), "planted")

@@ -1,0 +1,338 @@
+"""The probe protocol: selection on validation rows only, refit on train + validation,
+test rows used for nothing but the test metrics; every head kind; class probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.preprocessing import StandardScaler
+
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads import protocol
+from transfer_pipe.heads.protocol import (
+    HEAD_KINDS,
+    ProtocolOptions,
+    class_probabilities,
+    fit_head,
+    head_kind,
+)
+from transfer_pipe.heads.tasks import SplitRows, Task, TaskData
+
+CLASSES = ("ant", "bee", "cat")
+FAST = ProtocolOptions(c_values=9, max_iter=50, refit_max_iter=200, device="cpu", bootstrap=20)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One torch/BLAS thread per fit: these problems are tiny, and on a busy 2-core machine
+    two threads per fit are an order of magnitude slower (and nothing here is about speed)."""
+    monkeypatch.setattr(protocol, "threads_per_task", lambda: 1)
+
+
+def _blobs(
+    rng: np.random.Generator,
+    centers: np.ndarray,
+    per_class: int | list[int],
+    classes: tuple[str, ...] = CLASSES,
+    prefix: str = "s",
+) -> SplitRows:
+    """Gaussian blobs (unit spread) around ``centers``, one per class, with string labels."""
+    counts = [per_class] * len(classes) if isinstance(per_class, int) else per_class
+    features = np.concatenate(
+        [c + rng.normal(size=(k, centers.shape[1])) for c, k in zip(centers, counts, strict=True)]
+    ).astype(np.float32)
+    labels = np.repeat(np.array(classes), counts)
+    ids = np.array([f"{prefix}{i}" for i in range(len(labels))])
+    order = rng.permutation(len(labels))
+    return SplitRows(features[order], labels[order], ids[order])
+
+
+def _task_data(
+    train: SplitRows, val: SplitRows, test: SplitRows, classes: tuple[str, ...] = CLASSES
+) -> TaskData:
+    return TaskData(
+        task=Task(),
+        feature_set="synthetic",
+        layer="penultimate",
+        classes=classes,
+        train=train,
+        val=val,
+        test=test,
+        split_origin="test fixture",
+        dropped=0,
+    )
+
+
+def _overlapping_problem(seed: int = 0, dim: int = 8) -> TaskData:
+    """Three classes that overlap enough that the choice of C matters."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=0.8, size=(3, dim))
+    return _task_data(
+        _blobs(rng, centers, 60, prefix="tr"),
+        _blobs(rng, centers, 30, prefix="va"),
+        _blobs(rng, centers, 30, prefix="te"),
+    )
+
+
+def _separable_problem(seed: int = 0, dim: int = 8) -> TaskData:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(3, dim))
+    return _task_data(
+        _blobs(rng, centers, 80, prefix="tr"),
+        _blobs(rng, centers, 20, prefix="va"),
+        _blobs(rng, centers, 40, prefix="te"),
+    )
+
+
+def _with_other_test_rows(data: TaskData, seed: int = 99) -> TaskData:
+    """The same task with its test rows replaced: other features, permuted labels."""
+    rng = np.random.default_rng(seed)
+    test = data.test
+    other = SplitRows(
+        (rng.normal(loc=5.0, scale=4.0, size=test.features.shape)).astype(np.float32),
+        rng.permutation(test.labels),
+        np.array([f"other{i}" for i in range(len(test))]),
+    )
+    assert not np.array_equal(other.labels, test.labels)
+    return replace(data, test=other)
+
+
+def _first_argmax(curve: list[dict[str, Any]]) -> int:
+    accuracies = [point["val_accuracy"] for point in curve]
+    best = max(accuracies)
+    return next(i for i, a in enumerate(accuracies) if a == best)
+
+
+# -- no test leakage ---------------------------------------------------------------------
+
+
+def test_logreg_test_rows_influence_only_the_test_metrics() -> None:
+    data = _overlapping_problem()
+    swapped = _with_other_test_rows(data)
+    first = fit_head("logreg", data, FAST)
+    second = fit_head("logreg", swapped, FAST)
+
+    assert first.chosen == second.chosen
+    assert first.validation == second.validation
+    head, other_head = first.model.named_steps["head"], second.model.named_steps["head"]
+    np.testing.assert_array_equal(head.coef_, other_head.coef_)
+    np.testing.assert_array_equal(head.intercept_, other_head.intercept_)
+    scaler, other_scaler = first.model.named_steps["scale"], second.model.named_steps["scale"]
+    np.testing.assert_array_equal(scaler.mean_, other_scaler.mean_)
+    np.testing.assert_array_equal(scaler.scale_, other_scaler.scale_)
+    # ... while the test metrics do follow the test rows.
+    assert first.metrics["accuracy"] != second.metrics["accuracy"]
+    predicted = first.model.predict(data.test.features)
+    assert first.metrics["accuracy"] == pytest.approx(np.mean(predicted == data.test.labels))
+
+    # The grid is the one asked for, and the chosen C is its first best validation value.
+    grid = [point["C"] for point in first.validation]
+    np.testing.assert_allclose(grid, np.logspace(-6, 5, 9))
+    accuracies = [point["val_accuracy"] for point in first.validation]
+    assert len(set(accuracies)) > 1  # the problem is hard enough for C to matter
+    assert first.chosen == {"C": grid[_first_argmax(first.validation)]}
+
+
+@pytest.mark.parametrize("name", [n for n in HEAD_KINDS if n != "logreg"])
+def test_other_heads_ignore_test_rows_too(name: str) -> None:
+    data = _overlapping_problem(seed=1)
+    first = fit_head(name, data, FAST)
+    second = fit_head(name, _with_other_test_rows(data), FAST)
+    assert first.chosen == second.chosen
+    assert first.validation == second.validation
+    probe = np.random.default_rng(5).normal(size=(50, 8)).astype(np.float32)
+    np.testing.assert_array_equal(
+        class_probabilities(first.model, probe, CLASSES),
+        class_probabilities(second.model, probe, CLASSES),
+    )
+
+
+# -- selection uses the validation rows --------------------------------------------------
+
+
+def test_selection_follows_the_validation_rows() -> None:
+    """Same training rows, two validation sets. Training is 3:1 imbalanced, so the most
+    regularized C (weights ~0, intercepts = log priors) predicts the majority class "a"
+    everywhere. Validation A holds minority-looking rows labelled "a": only that
+    degenerate model gets them right, so the smallest C must win. Validation B is clean
+    and balanced: it needs real weights, so a much larger C must win."""
+    rng = np.random.default_rng(3)
+    centers = np.array([[-1.5] * 4, [1.5] * 4])
+    train = _blobs(rng, centers, [150, 50], ("a", "b"), "tr")
+    test = _blobs(rng, centers, [40, 40], ("a", "b"), "te")
+    minority_like = _blobs(rng, centers[1:], 40, ("a",), "vA")
+    clean = _blobs(rng, centers, [40, 40], ("a", "b"), "vB")
+
+    prefers_strong = fit_head("logreg", _task_data(train, minority_like, test, ("a", "b")), FAST)
+    prefers_weak = fit_head("logreg", _task_data(train, clean, test, ("a", "b")), FAST)
+
+    grid = np.logspace(-6, 5, 9)
+    assert prefers_strong.chosen["C"] == pytest.approx(grid[0])
+    assert prefers_strong.validation[0]["val_accuracy"] == 1.0
+    assert prefers_strong.validation[-1]["val_accuracy"] < 0.5
+    assert prefers_weak.chosen["C"] > 1e-3  # past the degenerate, all-"a" end of the grid
+    assert prefers_weak.validation[0]["val_accuracy"] == 0.5
+    assert max(p["val_accuracy"] for p in prefers_weak.validation) > 0.9
+
+
+# -- standardization ---------------------------------------------------------------------
+
+
+def test_scaler_fits_train_for_selection_and_train_plus_val_for_refit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = _overlapping_problem(seed=2)
+    shifted = SplitRows(data.test.features + 100.0, data.test.labels, data.test.sample_ids)
+    data = replace(data, test=shifted)
+    fitted_on: list[np.ndarray] = []
+
+    class RecordingScaler(StandardScaler):
+        def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> RecordingScaler:
+            fitted_on.append(np.array(X, copy=True))
+            super().fit(X, y, sample_weight)
+            return self
+
+    monkeypatch.setattr(protocol, "StandardScaler", RecordingScaler)
+    fitted = fit_head("logreg", data, FAST)
+
+    assert len(fitted_on) == 2
+    np.testing.assert_array_equal(fitted_on[0], data.train.features)
+    both = np.concatenate([data.train.features, data.val.features])
+    np.testing.assert_array_equal(fitted_on[1], both)
+
+    scaler = fitted.model.named_steps["scale"]
+    np.testing.assert_allclose(scaler.mean_, both.astype(np.float64).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(scaler.scale_, both.astype(np.float64).std(axis=0), rtol=1e-5)
+    with_test = np.concatenate([both, data.test.features]).mean(axis=0)
+    assert np.all(np.abs(scaler.mean_ - with_test) > 10)
+
+
+# -- every head --------------------------------------------------------------------------
+
+
+_CHOSEN_KEYS = {
+    "logreg": {"C"},
+    "svm": {"C"},
+    "knn": {"n_neighbors"},
+    "ridge": {"alpha"},
+    "torch-linear": {"max_epochs", "early_stopping"},
+    "mlp": {"max_epochs", "early_stopping"},
+}
+
+
+def test_every_head_kind_is_covered_here() -> None:
+    assert set(HEAD_KINDS) == set(_CHOSEN_KEYS)
+
+
+@pytest.mark.parametrize("name", list(HEAD_KINDS))
+def test_every_head_learns_a_three_class_problem(name: str) -> None:
+    data = _separable_problem()
+    fitted = fit_head(name, data, replace(FAST, c_values=12))
+
+    assert fitted.head == name
+    assert set(fitted.chosen) == _CHOSEN_KEYS[name]
+    assert fitted.validation
+    assert fitted.metrics["accuracy"] > 0.8
+    assert 0.0 <= fitted.metrics["macro_f1"] <= 1.0 and fitted.metrics["macro_f1"] > 0.8
+    assert fitted.metrics["n"] == len(data.test)
+    assert set(fitted.seconds) == {"select", "refit", "evaluate"}
+    assert all(s >= 0 for s in fitted.seconds.values())
+    assert list(fitted.model.named_steps) == ["scale", "head"]
+    head = fitted.model.named_steps["head"]
+    assert set(head.get_params()) >= set(fitted.chosen)
+    assert {k: head.get_params()[k] for k in fitted.chosen} == fitted.chosen
+    predicted = fitted.model.predict(data.test.features)
+    assert set(predicted) <= set(CLASSES)
+    assert fitted.metrics["accuracy"] == pytest.approx(np.mean(predicted == data.test.labels))
+
+
+def test_torch_heads_refit_for_the_chosen_number_of_epochs() -> None:
+    fitted = fit_head("torch-linear", _separable_problem(seed=4), FAST)
+    best = fitted.chosen["max_epochs"]
+    assert fitted.chosen["early_stopping"] is False
+    assert 1 <= best <= len(fitted.validation)
+    assert [p["epoch"] for p in fitted.validation] == list(range(1, len(fitted.validation) + 1))
+    assert fitted.model.named_steps["head"].n_epochs_ == best
+
+
+def test_linear_heads_refit_with_the_refit_iteration_budget() -> None:
+    fitted = fit_head("svm", _separable_problem(seed=5), FAST)
+    head = fitted.model.named_steps["head"]
+    assert (head.max_iter, head.warm_start, head.loss) == (200, False, "squared_hinge")
+    np.testing.assert_allclose([p["C"] for p in fitted.validation], np.logspace(-6, 2, 17))
+
+
+# -- class probabilities and head lookup -------------------------------------------------
+
+
+def test_class_probabilities_follow_the_task_class_order() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=3.0, size=(3, 5))
+    rows = _blobs(rng, centers, 30)
+    model = LogisticRegression().fit(rows.features, rows.labels)  # classes_ ant, bee, cat
+    order = ("cat", "ant", "bee")
+    out = class_probabilities(model, rows.features, order)
+    expected = model.predict_proba(rows.features)
+    for column, label in enumerate(order):
+        np.testing.assert_array_equal(
+            out[:, column], expected[:, list(model.classes_).index(label)]
+        )
+
+
+def test_class_absent_from_training_gets_zero_probability() -> None:
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=3.0, size=(2, 5))
+    rows = _blobs(rng, centers, 30, ("ant", "cat"))
+    model = LogisticRegression().fit(rows.features, rows.labels)
+    out = class_probabilities(model, rows.features, CLASSES)
+    assert out.shape == (len(rows), 3)
+    np.testing.assert_array_equal(out[:, 1], 0.0)  # "bee" was never seen
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(
+        np.array(CLASSES)[out.argmax(axis=1)], model.predict(rows.features)
+    )
+
+
+def test_class_probabilities_of_margin_heads_are_a_softmax() -> None:
+    rng = np.random.default_rng(2)
+    centers = rng.normal(scale=3.0, size=(3, 5))
+    rows = _blobs(rng, centers, 30)
+    for n_classes in (2, 3):
+        keep = np.isin(rows.labels, CLASSES[:n_classes])
+        model = RidgeClassifier().fit(rows.features[keep], rows.labels[keep])
+        out = class_probabilities(model, rows.features, CLASSES)
+        assert out.shape == (len(rows), 3)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0)
+        assert np.all(out >= 0)
+        predicted = np.array(CLASSES)[out.argmax(axis=1)]
+        np.testing.assert_array_equal(predicted, model.predict(rows.features))
+        if n_classes == 3:
+            margins = model.decision_function(rows.features).astype(np.float64)
+            exp = np.exp(margins - margins.max(axis=1, keepdims=True))
+            np.testing.assert_allclose(out, exp / exp.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+def test_fit_head_restores_the_callers_torch_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit_head("ridge", _separable_problem(), FAST)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_unknown_head_lists_the_heads() -> None:
+    with pytest.raises(TransferPipeError) as caught:
+        head_kind("nope")
+    message = str(caught.value)
+    assert "'nope'" in message
+    for name in ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp"):
+        assert name in message
+    with pytest.raises(TransferPipeError):
+        fit_head("nope", _separable_problem(), FAST)

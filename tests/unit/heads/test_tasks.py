@@ -1,0 +1,495 @@
+"""Tasks on a real Zarr feature set: parsing, labels (source, mapped, joined from a file by
+sample id), train / validation / test splits, few-shot draws, and the errors users see."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads.tasks import (
+    SplitOptions,
+    SplitRows,
+    Task,
+    TaskData,
+    load_task,
+    parse_task,
+)
+from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, ZarrFeatureStore
+
+LAYER = "penultimate"
+KEY = "fs0"
+FASHION = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What was written into the feature set, row by row, to check results against."""
+
+    sample_ids: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    failed: frozenset[int]
+
+    def row_of(self, sample_id: str) -> int:
+        return int(np.flatnonzero(self.sample_ids == sample_id)[0])
+
+    def usable(self) -> list[int]:
+        return [i for i in range(len(self.sample_ids)) if i not in self.failed]
+
+
+def build_feature_set(
+    store: FeatureStore,
+    labels: list[str],
+    splits: list[str],
+    *,
+    failures: dict[int, str] | None = None,
+    key: str = KEY,
+    dim: int = 4,
+    shard_size: int = 16,
+    seed: int = 0,
+) -> Source:
+    """Write a complete one-layer feature set through the store API.
+
+    Feature column 0 holds the row number, so every loaded row can be traced back to the
+    row it came from; sample ids are shuffled so that their order is not the row order.
+    Failed rows get NaN features and a failure reason, as the embedding step writes them.
+    """
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    sample_ids = np.array([f"img-{i:04d}" for i in rng.permutation(n)])
+    features = rng.normal(size=(n, dim)).astype(np.float32)
+    features[:, 0] = np.arange(n)
+    failures = failures or {}
+    spec = FeatureSetSpec(
+        key=key,
+        embedding_key=f"emb-{key}",
+        source="test",
+        backbone="tiny_test",
+        weights_digest="w",
+        preprocessing={"image_size": 32},
+        layers=(LAYER,),
+        layer_dims={LAYER: dim},
+        dtype="float32",
+        data_digest="d",
+        rows=n,
+        shard_size=shard_size,
+    )
+    rows = pd.DataFrame(
+        {
+            "sample_id": sample_ids,
+            "uri": [f"file:///data/{s}.png" for s in sample_ids],
+            "label": labels,
+            "split": splits,
+            "content_hash": [f"h-{s}" for s in sample_ids],
+        }
+    )
+    store.create(spec, rows)
+    for shard in range(spec.n_shards):
+        span = spec.shard_rows(shard)
+        values = features[span.start : span.stop].copy()
+        reasons = [failures.get(row, "") for row in span]
+        for offset, row in enumerate(span):
+            if row in failures:
+                values[offset] = np.nan
+        store.write_shard(key, shard, {LAYER: values}, reasons, ShardStats(len(span), 0, 0.0))
+    store.mark_complete(key, {"note": "test fixture"})
+    return Source(sample_ids, np.asarray(labels), np.asarray(splits), frozenset(failures))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FeatureStore:
+    return ZarrFeatureStore(str(tmp_path / "store"))
+
+
+def _cyclic_labels(n: int, classes: tuple[str, ...] = ("ant", "bee", "cat")) -> list[str]:
+    return [classes[i % len(classes)] for i in range(n)]
+
+
+def _ids(rows: SplitRows) -> set[str]:
+    return set(rows.sample_ids.tolist())
+
+
+def _assert_aligned(rows: SplitRows, source: Source, expected_label: dict[int, str]) -> None:
+    """Each row's features, sample id and label all belong to the same source row."""
+    for features, sample_id, label in zip(rows.features, rows.sample_ids, rows.labels, strict=True):
+        row = int(features[0])
+        assert source.sample_ids[row] == sample_id
+        assert label == expected_label[row]
+        assert np.isfinite(features).all()
+
+
+def _assert_partition(data: TaskData, expected_ids: set[str]) -> None:
+    train, val, test = _ids(data.train), _ids(data.val), _ids(data.test)
+    assert len(train) == len(data.train) and len(val) == len(data.val)
+    assert len(test) == len(data.test)
+    assert not train & val and not train & test and not val & test
+    assert train | val | test == expected_ids
+
+
+# -- splits ------------------------------------------------------------------------------
+
+
+def test_source_splits_keep_test_rows_and_split_validation_from_train(
+    store: FeatureStore,
+) -> None:
+    n = 150
+    splits = ["test" if i % 5 == 0 else "train" for i in range(n)]
+    source = build_feature_set(store, _cyclic_labels(n), splits)
+    options = SplitOptions(val_fraction=0.25, seed=3)
+    data = load_task(store, KEY, Task(), LAYER, options)
+
+    source_test = {source.sample_ids[i] for i in range(n) if splits[i] == "test"}
+    source_train = {source.sample_ids[i] for i in range(n) if splits[i] == "train"}
+    assert _ids(data.test) == source_test
+    assert _ids(data.val) <= source_train
+    assert _ids(data.train) == source_train - _ids(data.val)
+    assert len(data.val) == int(np.ceil(0.25 * len(source_train)))
+    # Stratified: every class keeps its share of the training rows in validation.
+    for label in ("ant", "bee", "cat"):
+        in_train = sum(source.labels[source.row_of(s)] == label for s in source_train)
+        assert abs(int(np.sum(data.val.labels == label)) - 0.25 * in_train) <= 1
+    assert data.split_origin.startswith("source")
+    assert "seed 3" in data.split_origin
+    assert data.classes == ("ant", "bee", "cat")
+    assert data.dropped == 0
+    for part in (data.train, data.val, data.test):
+        _assert_aligned(part, source, dict(enumerate(source.labels.tolist())))
+
+    again = load_task(store, KEY, Task(), LAYER, options)
+    assert _ids(again.val) == _ids(data.val)
+    other = load_task(store, KEY, Task(), LAYER, SplitOptions(val_fraction=0.25, seed=4))
+    assert _ids(other.val) != _ids(data.val)
+    assert _ids(other.test) == source_test
+
+
+def test_source_validation_split_is_used_as_is(store: FeatureStore) -> None:
+    n = 60
+    splits = [("train", "VAL", "test")[i % 3] for i in range(n)]  # the case is not significant
+    source = build_feature_set(store, _cyclic_labels(n, ("a", "b")), splits)
+    data = load_task(store, KEY, Task(), LAYER, SplitOptions(val_fraction=0.5))
+    for part, name in ((data.train, "train"), (data.val, "VAL"), (data.test, "test")):
+        assert _ids(part) == {source.sample_ids[i] for i in range(n) if splits[i] == name}
+    assert data.split_origin == "source"
+
+
+def test_no_source_splits_gives_stratified_train_val_test(store: FeatureStore) -> None:
+    n = 200
+    labels = ["big"] * 120 + ["small"] * 80
+    source = build_feature_set(store, labels, [""] * n)
+    options = SplitOptions(val_fraction=0.1, test_fraction=0.2, seed=0)
+    data = load_task(store, KEY, Task(), LAYER, options)
+
+    assert len(data.test) == 40
+    assert len(data.val) == 20
+    assert len(data.train) == 140
+    for part, size in ((data.train, 140), (data.val, 20), (data.test, 40)):
+        assert abs(int(np.sum(part.labels == "big")) - 0.6 * size) <= 1
+    _assert_partition(data, set(source.sample_ids.tolist()))
+    assert data.split_origin == "stratified (seed 0)"
+    for part in (data.train, data.val, data.test):
+        _assert_aligned(part, source, dict(enumerate(labels)))
+
+    same = load_task(store, KEY, Task(), LAYER, options)
+    assert _ids(same.test) == _ids(data.test) and _ids(same.val) == _ids(data.val)
+    other = load_task(store, KEY, Task(), LAYER, SplitOptions(seed=1))
+    assert _ids(other.test) != _ids(data.test)
+
+
+def test_splits_are_disjoint_cover_usable_rows_and_skip_failures(store: FeatureStore) -> None:
+    n = 90
+    failures = {2: "corrupt: bad bytes", 17: "empty: zero-byte file", 40: "decode: truncated"}
+    labels = _cyclic_labels(n)
+    labels[5] = labels[6] = ""  # usable rows without a label: not part of the task
+    source = build_feature_set(store, labels, [""] * n, failures=failures)
+    data = load_task(store, KEY, Task(), LAYER, SplitOptions())
+
+    usable = {source.sample_ids[i] for i in source.usable() if labels[i]}
+    _assert_partition(data, usable)
+    failed = {source.sample_ids[i] for i in failures}
+    for part in (data.train, data.val, data.test):
+        assert not _ids(part) & failed
+        assert np.isfinite(part.features).all()
+    assert data.dropped == 2  # the unlabelled rows; failed rows never reach the task
+
+
+# -- mapped tasks ------------------------------------------------------------------------
+
+# Written out here, independently of the library's table.
+FASHION_GROUP = {
+    "T-shirt/top": "tops",
+    "Pullover": "tops",
+    "Coat": "tops",
+    "Shirt": "tops",
+    "Dress": "tops",
+    "Trouser": "bottoms",
+    "Sandal": "footwear",
+    "Sneaker": "footwear",
+    "Ankle boot": "footwear",
+    "Bag": "bags",
+}
+
+
+def test_builtin_fashion_mnist_groups_relabel_and_drop_unmapped(store: FeatureStore) -> None:
+    labels = [FASHION[i % 10] for i in range(100)] + ["Unicorn"] * 7
+    splits = ["test" if i % 4 == 0 else "train" for i in range(len(labels))]
+    source = build_feature_set(store, labels, splits)
+    task = parse_task("fashion-mnist-groups")
+    assert task.name == "fashion-mnist-groups"
+    data = load_task(store, KEY, task, LAYER, SplitOptions())
+
+    assert data.classes == ("bags", "bottoms", "footwear", "tops")
+    assert data.dropped == 7
+    expected = {i: FASHION_GROUP.get(label, "") for i, label in enumerate(labels)}
+    for part in (data.train, data.val, data.test):
+        _assert_aligned(part, source, expected)
+    unicorns = {source.sample_ids[i] for i, label in enumerate(labels) if label == "Unicorn"}
+    _assert_partition(data, set(source.sample_ids.tolist()) - unicorns)
+
+
+def test_json_mapping_task_relabels_and_notes_absent_classes(
+    store: FeatureStore, tmp_path: Path
+) -> None:
+    labels = _cyclic_labels(60, ("Sneaker", "Sandal", "Shirt", "Bag"))
+    source = build_feature_set(store, labels, [""] * 60)
+    task_file = tmp_path / "shoes.json"
+    mapping = {"shoes": ["Sneaker", "Sandal", "Loafer"], "shirts": ["Shirt"]}
+    task_file.write_text(json.dumps({"name": "shoes-vs-shirts", "mapping": mapping}))
+    task = parse_task(str(task_file))
+    assert task.name == "shoes-vs-shirts"
+    assert dict(task.mapping or {}) == {
+        "Sneaker": "shoes",
+        "Sandal": "shoes",
+        "Loafer": "shoes",
+        "Shirt": "shirts",
+    }
+    data = load_task(store, KEY, task, LAYER, SplitOptions())
+
+    assert data.classes == ("shirts", "shoes")
+    assert data.dropped == 15  # the "Bag" rows
+    expected = {
+        i: {"Sneaker": "shoes", "Sandal": "shoes", "Shirt": "shirts"}.get(label, "")
+        for i, label in enumerate(labels)
+    }
+    for part in (data.train, data.val, data.test):
+        _assert_aligned(part, source, expected)
+    assert any("Loafer" in note for note in data.notes)
+
+
+def test_json_task_name_defaults_to_file_name(tmp_path: Path) -> None:
+    task_file = tmp_path / "coarse.json"
+    task_file.write_text(json.dumps({"mapping": {"x": ["a"], "y": ["b"]}}))
+    assert parse_task(str(task_file)).name == "coarse"
+
+
+# -- labels files ------------------------------------------------------------------------
+
+
+def _write_labels(table: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        table.to_parquet(path, index=False)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_labels_file_joins_by_sample_id_not_row_order(
+    store: FeatureStore, tmp_path: Path, suffix: str
+) -> None:
+    n = 80
+    source = build_feature_set(store, _cyclic_labels(n), [""] * n)
+    # A label unrelated to the source's, derived from the sample id itself, for all but
+    # the last 10 rows (those become unlabelled); written in shuffled order.
+    own_label = {s: ("odd" if int(s[-4:]) % 2 else "even") for s in source.sample_ids[:-10]}
+    rng = np.random.default_rng(7)
+    order = rng.permutation(len(own_label))
+    table = pd.DataFrame(
+        {
+            "label": np.array(list(own_label.values()))[order],
+            "sample_id": np.array(list(own_label))[order],
+            "note": ["x"] * len(own_label),
+        }
+    )
+    path = tmp_path / f"parity{suffix}"
+    _write_labels(table, path)
+    task = parse_task(str(path))
+    assert task.name == "parity" and task.labels_file == str(path)
+    data = load_task(store, KEY, task, LAYER, SplitOptions())
+
+    assert data.classes == ("even", "odd")
+    assert data.dropped == 10
+    expected = {source.row_of(s): label for s, label in own_label.items()}
+    expected.update({source.row_of(s): "" for s in source.sample_ids[-10:]})
+    for part in (data.train, data.val, data.test):
+        _assert_aligned(part, source, expected)
+    _assert_partition(data, set(own_label))
+
+
+def test_labels_file_named_by_json_task(store: FeatureStore, tmp_path: Path) -> None:
+    source = build_feature_set(store, _cyclic_labels(40), [""] * 40)
+    own = {s: "left" if i < 20 else "right" for i, s in enumerate(sorted(source.sample_ids))}
+    pd.DataFrame({"sample_id": list(own), "label": list(own.values())}).to_csv(
+        tmp_path / "sides.csv", index=False
+    )
+    (tmp_path / "sides.json").write_text(json.dumps({"name": "sides", "labels": "sides.csv"}))
+    task = parse_task(str(tmp_path / "sides.json"))
+    assert task.labels_file == str(tmp_path / "sides.csv")
+    data = load_task(store, KEY, task, LAYER, SplitOptions())
+    for part in (data.train, data.val, data.test):
+        _assert_aligned(part, source, {source.row_of(s): label for s, label in own.items()})
+
+
+def test_labels_file_with_unknown_sample_ids_is_noted(store: FeatureStore, tmp_path: Path) -> None:
+    source = build_feature_set(store, _cyclic_labels(40), [""] * 40)
+    ids = [*source.sample_ids.tolist(), "ghost-1", "ghost-2"]
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"sample_id": ids, "label": ["p", "q"] * 21}).to_csv(path, index=False)
+    data = load_task(store, KEY, parse_task(str(path)), LAYER, SplitOptions())
+    assert any(note.startswith("2 labelled sample ids") for note in data.notes)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_labels_file_with_duplicate_sample_ids_is_refused(
+    store: FeatureStore, tmp_path: Path, suffix: str
+) -> None:
+    source = build_feature_set(store, _cyclic_labels(30), [""] * 30)
+    ids = source.sample_ids.tolist()
+    table = pd.DataFrame({"sample_id": [*ids, ids[4]], "label": ["a", "b"] * 15 + ["b"]})
+    path = tmp_path / f"dups{suffix}"
+    _write_labels(table, path)
+    with pytest.raises(TransferPipeError, match=ids[4]):
+        load_task(store, KEY, parse_task(str(path)), LAYER, SplitOptions())
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_labels_file_missing_columns_are_named(
+    store: FeatureStore, tmp_path: Path, suffix: str
+) -> None:
+    source = build_feature_set(store, _cyclic_labels(30), [""] * 30)
+    path = tmp_path / f"bad{suffix}"
+    _write_labels(pd.DataFrame({"id": source.sample_ids, "class": ["a"] * 30}), path)
+    with pytest.raises(TransferPipeError) as caught:
+        load_task(store, KEY, parse_task(str(path)), LAYER, SplitOptions())
+    assert "sample_id" in str(caught.value) and "label" in str(caught.value)
+
+    _write_labels(pd.DataFrame({"sample_id": source.sample_ids, "class": ["a"] * 30}), path)
+    with pytest.raises(TransferPipeError, match=r"\['label'\]"):
+        load_task(store, KEY, parse_task(str(path)), LAYER, SplitOptions())
+
+
+# -- few-shot ----------------------------------------------------------------------------
+
+
+def test_few_shot_draws_k_per_class_from_train_only(store: FeatureStore) -> None:
+    n = 120
+    source = build_feature_set(store, _cyclic_labels(n), [""] * n)
+    data = load_task(store, KEY, Task(), LAYER, SplitOptions())
+    few = data.few_shot(5, seed=0)
+
+    assert len(few.train) == 15
+    for label in data.classes:
+        assert int(np.sum(few.train.labels == label)) == 5
+    assert _ids(few.train) <= _ids(data.train)
+    _assert_aligned(few.train, source, dict(enumerate(_cyclic_labels(n))))
+    for name in ("val", "test"):
+        original, kept = getattr(data, name), getattr(few, name)
+        np.testing.assert_array_equal(kept.sample_ids, original.sample_ids)
+        np.testing.assert_array_equal(kept.features, original.features)
+        np.testing.assert_array_equal(kept.labels, original.labels)
+    assert (few.shots, few.shot_seed) == (5, 0)
+    assert (data.shots, data.shot_seed) == (None, None)
+    assert len(data.train) == 84  # the original is not modified
+
+    np.testing.assert_array_equal(data.few_shot(5, seed=0).train.sample_ids, few.train.sample_ids)
+    assert _ids(data.few_shot(5, seed=1).train) != _ids(few.train)
+
+
+def test_few_shot_with_too_few_rows_names_the_class(store: FeatureStore) -> None:
+    labels = ["common"] * 60 + ["rare"] * 10
+    build_feature_set(store, labels, [""] * 70)
+    data = load_task(store, KEY, Task(), LAYER, SplitOptions())
+    rare_train = int(np.sum(data.train.labels == "rare"))
+    assert data.few_shot(rare_train, seed=0).sizes()["train"] == 2 * rare_train
+    with pytest.raises(TransferPipeError, match="'rare'"):
+        data.few_shot(rare_train + 1, seed=0)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def test_unknown_task_string_explains_the_choices() -> None:
+    with pytest.raises(TransferPipeError) as caught:
+        parse_task("not-a-task")
+    message = str(caught.value)
+    assert "not-a-task" in message
+    assert "source" in message and "fashion-mnist-groups" in message and "CSV" in message
+
+
+def test_json_task_without_mapping_or_labels_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps({"name": "nothing"}))
+    with pytest.raises(TransferPipeError, match="'mapping' or a 'labels'"):
+        parse_task(str(path))
+
+
+def test_json_task_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(TransferPipeError, match="cannot read task file"):
+        parse_task(str(broken))
+    with pytest.raises(TransferPipeError, match="cannot read task file"):
+        parse_task(str(tmp_path / "absent.json"))
+    not_lists = tmp_path / "flat.json"
+    not_lists.write_text(json.dumps({"mapping": {"shoes": "Sneaker"}}))
+    with pytest.raises(TransferPipeError, match="list of source classes"):
+        parse_task(str(not_lists))
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps({"mapping": {"a": ["Bag"], "b": ["Bag"]}}))
+    with pytest.raises(TransferPipeError, match="'Bag'"):
+        parse_task(str(twice))
+
+
+def test_a_task_with_one_class_is_refused(store: FeatureStore, tmp_path: Path) -> None:
+    build_feature_set(store, _cyclic_labels(30, ("Bag", "Coat")), [""] * 30)
+    path = tmp_path / "bags.json"
+    path.write_text(json.dumps({"mapping": {"bags": ["Bag"]}}))
+    with pytest.raises(TransferPipeError, match="only the class"):
+        load_task(store, KEY, parse_task(str(path)), LAYER, SplitOptions())
+
+
+def test_a_task_that_labels_nothing_is_refused(store: FeatureStore, tmp_path: Path) -> None:
+    build_feature_set(store, _cyclic_labels(30), [""] * 30)
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"mapping": {"x": ["Zebra"], "y": ["Yak"]}}))
+    with pytest.raises(TransferPipeError, match="labels none"):
+        load_task(store, KEY, parse_task(str(path)), LAYER, SplitOptions())
+
+
+def test_a_class_too_small_to_stratify_is_refused(store: FeatureStore) -> None:
+    build_feature_set(store, ["many"] * 39 + ["lonely"], [""] * 40)
+    with pytest.raises(TransferPipeError, match="stratification"):
+        load_task(store, KEY, Task(), LAYER, SplitOptions())
+
+
+@pytest.mark.parametrize(
+    ("val", "test"), [(0.0, 0.2), (0.1, 1.0), (0.5, 0.5), (-0.1, 0.2), (0.7, 0.4)]
+)
+def test_split_fractions_are_checked(val: float, test: float) -> None:
+    with pytest.raises(TransferPipeError, match="--val-fraction"):
+        SplitOptions(val_fraction=val, test_fraction=test)

@@ -29,11 +29,13 @@ data:
 		exit 1; \
 	fi
 
-# LIMIT=all embeds all 70,000 images.
+# Embeds Fashion-MNIST (LIMIT=all: all 70,000 images), fits every head on the cached
+# features and prints the report; a rerun embeds nothing.
 run: install data
-	$(BIN)/transfer-pipe embed fashion-mnist --store $(STORE) --image-size $(IMAGE_SIZE) \
+	$(BIN)/transfer-pipe train fashion-mnist --store $(STORE) --image-size $(IMAGE_SIZE) \
 		$(if $(filter all,$(LIMIT)),,--limit $(LIMIT))
 	$(BIN)/transfer-pipe ls --store $(STORE)
+	$(BIN)/transfer-pipe heads ls --store $(STORE)
 
 lint: install
 	$(BIN)/ruff check .
@@ -46,3 +48,4 @@ test: install data lint
 
 benchmark: install data
 	$(BIN)/python benchmarks/embed_throughput.py
+	$(BIN)/python benchmarks/heads_probe.py

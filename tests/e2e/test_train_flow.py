@@ -19,6 +19,7 @@ from tests.images import make_dataset
 from transfer_pipe.config import EmbedConfig, TrainConfig
 from transfer_pipe.heads.persist import list_cards, load_head
 from transfer_pipe.steps.predict import predict
+from transfer_pipe.steps.train import train
 from transfer_pipe.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -150,3 +151,20 @@ def test_predict_on_new_and_cached_files_agrees(
     top = [json.loads(t) for t in old_rows["top_k"]]
     assert all(len(t) == len(card["classes"]) for t in top)  # 3 classes < top-5
     assert all(t[0][0] == c for t, c in zip(top, old_rows["class"], strict=True))
+
+
+def test_few_shot_repeats_over_seeds(embedded: tuple[Path, Path, str]) -> None:
+    _, store, key = embedded
+    config = TrainConfig(
+        feature_set=key, store=str(store), heads=("logreg",), shots=2, shot_seeds=3
+    )
+    summary = train(config)
+    logreg = summary["heads"]["logreg"]
+    assert len(logreg["head_ids"]) == len(set(logreg["head_ids"])) == 3
+    assert "accuracy_std" in logreg and 0.0 <= logreg["accuracy"] <= 1.0
+    cards = [c for c in list_cards(str(store)) if c["head_id"] in logreg["head_ids"]]
+    assert sorted(c["shot_seed"] for c in cards) == [0, 1, 2]
+    for card in cards:
+        assert card["shots"] == 2
+        assert card["splits"]["train"] == 2 * len(card["classes"])  # k per class, no more
+        assert card["splits"]["val"] == summary["splits"]["val"]  # judged on the same rows

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from distributed import Client, LocalCluster
 
 
@@ -26,6 +27,13 @@ def plan_cluster(address: str | None, workers: int | None) -> ClusterPlan:
     cores = os.cpu_count() or 1
     n = workers or min(cores, 4)
     return ClusterPlan(address=None, workers=n, torch_threads=max(1, cores // n))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` means CUDA when present, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def threads_per_task() -> int:

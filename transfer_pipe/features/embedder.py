@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from transfer_pipe.backbones import LayerTap, Preprocessing, get_backbone
-from transfer_pipe.cluster import threads_per_task
+from transfer_pipe.cluster import resolve_device, threads_per_task
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,6 @@ class EmbedderConfig:
     device: str = "auto"
     autocast: str = "none"  # "bf16" | "fp16" on CUDA; CPU always runs float32
     threads: int | None = None  # torch intra-op threads; None: cores / threads of this worker
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Embedder:

@@ -24,12 +24,7 @@ from sklearn.utils._available_if import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
+from transfer_pipe.cluster import resolve_device
 
 Loss = Literal["log", "squared_hinge"]
 
@@ -81,7 +76,7 @@ class LBFGSLinearClassifier(ClassifierMixin, BaseEstimator):
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"need 2+ classes to fit; y has only one class: {classes.tolist()}")
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         n, dim = X.shape
         features = torch.from_numpy(np.ascontiguousarray(X)).to(device)
         targets = torch.from_numpy(codes.astype(np.int64)).to(device)

@@ -26,14 +26,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from transfer_pipe.cluster import resolve_device
+
 _EVAL_BATCH = 8192  # rows per forward pass at evaluation time; bounds memory, not results
-
-
-def _resolve_device(device: str) -> torch.device:
-    """``"auto"`` means CUDA when present, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -117,7 +112,7 @@ class _TorchHead(ClassifierMixin, BaseEstimator):
         elif self.early_stopping:
             X, X_v, y_enc, y_v = self._holdout(X, y_enc, seed)
             val = (X_v, y_v)
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         with _seeded_rng(seed, device):
             module = self._build_module(X.shape[1], len(self.classes_)).to(device)
             self._train(module, X, y_enc, val, seed, device)

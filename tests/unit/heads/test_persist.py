@@ -13,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from tests.unit.heads.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.heads import protocol
 from transfer_pipe.heads.persist import list_cards, load_head, read_card, save_head
 from transfer_pipe.heads.protocol import (
     HEAD_KINDS,
@@ -23,9 +23,8 @@ from transfer_pipe.heads.protocol import (
     class_probabilities,
     fit_head,
 )
-from transfer_pipe.heads.tasks import SplitRows, Task, TaskData
+from transfer_pipe.heads.tasks import TaskData
 
-CLASSES = ("ant", "bee", "cat")
 FAST = ProtocolOptions(c_values=6, max_iter=30, refit_max_iter=100, device="cpu", bootstrap=10)
 MODEL_FILE = {
     "logreg": "model.safetensors",
@@ -37,32 +36,13 @@ MODEL_FILE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One torch/BLAS thread per fit: the problems are tiny and the machine is shared."""
-    monkeypatch.setattr(protocol, "threads_per_task", lambda: 1)
-
-
-def _rows(rng: np.random.Generator, centers: np.ndarray, per_class: int) -> SplitRows:
-    features = np.concatenate([c + rng.normal(size=(per_class, centers.shape[1])) for c in centers])
-    labels = np.repeat(np.array(CLASSES), per_class)
-    ids = np.array([f"r{rng.integers(1 << 30)}" for _ in labels])
-    return SplitRows(features.astype(np.float32), labels, ids)
-
-
 def _data(seed: int = 0) -> TaskData:
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=2.0, size=(3, 6))
-    return TaskData(
-        task=Task(),
-        feature_set="synthetic",
-        layer="penultimate",
-        classes=CLASSES,
-        train=_rows(rng, centers, 40),
-        val=_rows(rng, centers, 10),
-        test=_rows(rng, centers, 20),
-        split_origin="test fixture",
-        dropped=0,
+    return task_data(
+        blobs(rng, centers, 40, prefix="tr"),
+        blobs(rng, centers, 10, prefix="va"),
+        blobs(rng, centers, 20, prefix="te"),
     )
 
 

@@ -12,6 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.preprocessing import StandardScaler
 
+from tests.unit.heads.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads import protocol
 from transfer_pipe.heads.protocol import (
@@ -21,71 +22,29 @@ from transfer_pipe.heads.protocol import (
     fit_head,
     head_kind,
 )
-from transfer_pipe.heads.tasks import SplitRows, Task, TaskData
+from transfer_pipe.heads.tasks import SplitRows, TaskData
 
-CLASSES = ("ant", "bee", "cat")
 FAST = ProtocolOptions(c_values=9, max_iter=50, refit_max_iter=200, device="cpu", bootstrap=20)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One torch/BLAS thread per fit: these problems are tiny, and on a busy 2-core machine
-    two threads per fit are an order of magnitude slower (and nothing here is about speed)."""
-    monkeypatch.setattr(protocol, "threads_per_task", lambda: 1)
-
-
-def _blobs(
-    rng: np.random.Generator,
-    centers: np.ndarray,
-    per_class: int | list[int],
-    classes: tuple[str, ...] = CLASSES,
-    prefix: str = "s",
-) -> SplitRows:
-    """Gaussian blobs (unit spread) around ``centers``, one per class, with string labels."""
-    counts = [per_class] * len(classes) if isinstance(per_class, int) else per_class
-    features = np.concatenate(
-        [c + rng.normal(size=(k, centers.shape[1])) for c, k in zip(centers, counts, strict=True)]
-    ).astype(np.float32)
-    labels = np.repeat(np.array(classes), counts)
-    ids = np.array([f"{prefix}{i}" for i in range(len(labels))])
-    order = rng.permutation(len(labels))
-    return SplitRows(features[order], labels[order], ids[order])
-
-
-def _task_data(
-    train: SplitRows, val: SplitRows, test: SplitRows, classes: tuple[str, ...] = CLASSES
-) -> TaskData:
-    return TaskData(
-        task=Task(),
-        feature_set="synthetic",
-        layer="penultimate",
-        classes=classes,
-        train=train,
-        val=val,
-        test=test,
-        split_origin="test fixture",
-        dropped=0,
-    )
 
 
 def _overlapping_problem(seed: int = 0, dim: int = 8) -> TaskData:
     """Three classes that overlap enough that the choice of C matters."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=0.8, size=(3, dim))
-    return _task_data(
-        _blobs(rng, centers, 60, prefix="tr"),
-        _blobs(rng, centers, 30, prefix="va"),
-        _blobs(rng, centers, 30, prefix="te"),
+    return task_data(
+        blobs(rng, centers, 60, prefix="tr"),
+        blobs(rng, centers, 30, prefix="va"),
+        blobs(rng, centers, 30, prefix="te"),
     )
 
 
 def _separable_problem(seed: int = 0, dim: int = 8) -> TaskData:
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=3.0, size=(3, dim))
-    return _task_data(
-        _blobs(rng, centers, 80, prefix="tr"),
-        _blobs(rng, centers, 20, prefix="va"),
-        _blobs(rng, centers, 40, prefix="te"),
+    return task_data(
+        blobs(rng, centers, 80, prefix="tr"),
+        blobs(rng, centers, 20, prefix="va"),
+        blobs(rng, centers, 40, prefix="te"),
     )
 
 
@@ -163,13 +122,13 @@ def test_selection_follows_the_validation_rows() -> None:
     and balanced: it needs real weights, so a much larger C must win."""
     rng = np.random.default_rng(3)
     centers = np.array([[-1.5] * 4, [1.5] * 4])
-    train = _blobs(rng, centers, [150, 50], ("a", "b"), "tr")
-    test = _blobs(rng, centers, [40, 40], ("a", "b"), "te")
-    minority_like = _blobs(rng, centers[1:], 40, ("a",), "vA")
-    clean = _blobs(rng, centers, [40, 40], ("a", "b"), "vB")
+    train = blobs(rng, centers, [150, 50], ("a", "b"), "tr")
+    test = blobs(rng, centers, [40, 40], ("a", "b"), "te")
+    minority_like = blobs(rng, centers[1:], 40, ("a",), "vA")
+    clean = blobs(rng, centers, [40, 40], ("a", "b"), "vB")
 
-    prefers_strong = fit_head("logreg", _task_data(train, minority_like, test, ("a", "b")), FAST)
-    prefers_weak = fit_head("logreg", _task_data(train, clean, test, ("a", "b")), FAST)
+    prefers_strong = fit_head("logreg", task_data(train, minority_like, test, ("a", "b")), FAST)
+    prefers_weak = fit_head("logreg", task_data(train, clean, test, ("a", "b")), FAST)
 
     grid = np.logspace(-6, 5, 9)
     assert prefers_strong.chosen["C"] == pytest.approx(grid[0])
@@ -264,7 +223,7 @@ def test_linear_heads_refit_with_the_refit_iteration_budget() -> None:
     fitted = fit_head("svm", _separable_problem(seed=5), FAST)
     head = fitted.model.named_steps["head"]
     assert (head.max_iter, head.warm_start, head.loss) == (200, False, "squared_hinge")
-    np.testing.assert_allclose([p["C"] for p in fitted.validation], np.logspace(-6, 2, 17))
+    np.testing.assert_allclose([p["C"] for p in fitted.validation], np.logspace(-6, 0, 7))
 
 
 # -- class probabilities and head lookup -------------------------------------------------
@@ -273,7 +232,7 @@ def test_linear_heads_refit_with_the_refit_iteration_budget() -> None:
 def test_class_probabilities_follow_the_task_class_order() -> None:
     rng = np.random.default_rng(0)
     centers = rng.normal(scale=3.0, size=(3, 5))
-    rows = _blobs(rng, centers, 30)
+    rows = blobs(rng, centers, 30)
     model = LogisticRegression().fit(rows.features, rows.labels)  # classes_ ant, bee, cat
     order = ("cat", "ant", "bee")
     out = class_probabilities(model, rows.features, order)
@@ -287,7 +246,7 @@ def test_class_probabilities_follow_the_task_class_order() -> None:
 def test_class_absent_from_training_gets_zero_probability() -> None:
     rng = np.random.default_rng(1)
     centers = rng.normal(scale=3.0, size=(2, 5))
-    rows = _blobs(rng, centers, 30, ("ant", "cat"))
+    rows = blobs(rng, centers, 30, ("ant", "cat"))
     model = LogisticRegression().fit(rows.features, rows.labels)
     out = class_probabilities(model, rows.features, CLASSES)
     assert out.shape == (len(rows), 3)
@@ -301,7 +260,7 @@ def test_class_absent_from_training_gets_zero_probability() -> None:
 def test_class_probabilities_of_margin_heads_are_a_softmax() -> None:
     rng = np.random.default_rng(2)
     centers = rng.normal(scale=3.0, size=(3, 5))
-    rows = _blobs(rng, centers, 30)
+    rows = blobs(rng, centers, 30)
     for n_classes in (2, 3):
         keep = np.isin(rows.labels, CLASSES[:n_classes])
         model = RidgeClassifier().fit(rows.features[keep], rows.labels[keep])

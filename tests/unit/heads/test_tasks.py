@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from transfer_pipe.data.idx import FASHION_MNIST_CLASSES
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.tasks import (
     SplitOptions,
@@ -24,18 +25,7 @@ from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, ZarrFe
 
 LAYER = "penultimate"
 KEY = "fs0"
-FASHION = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+FASHION = FASHION_MNIST_CLASSES
 
 
 @dataclass(frozen=True)

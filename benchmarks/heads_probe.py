@@ -3,12 +3,15 @@
 One run, one machine, side by side:
 - embed all 70,000 images with EfficientNet-Lite0 at ``--image-size`` into a fresh store
   (timed: the embed time of the feature set the heads read);
+- with several ``--layers`` candidates: the probe on each, and the one with the best
+  *validation* accuracy (never test) is the layer every head then reads;
 - every head by the protocol on the cached features (the probe's ``C`` sweep timed alone);
 - logistic regression on raw pixels with the same protocol and the same split.
 
-Writes benchmarks/results/heads_probe.json.
+Writes benchmarks/results/heads_probe_<image size>px.json.
 
     .venv/bin/python benchmarks/heads_probe.py [--image-size 96] [--heads logreg,knn,...]
+        [--embed-layers penultimate,stages] [--layers penultimate,stages.6+penultimate]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from transfer_pipe.heads.tasks import SplitOptions, SplitRows, Task, TaskData, l
 from transfer_pipe.steps import embed
 from transfer_pipe.store import open_store
 
-RESULTS = Path(__file__).parent / "results" / "heads_probe.json"
+RESULTS = Path(__file__).parent / "results" / "heads_probe_{size}px.json"
 
 
 def raw_pixel_task(features_task: TaskData) -> TaskData:
@@ -63,6 +66,10 @@ def head_summary(name: str, data: TaskData, options: ProtocolOptions) -> dict[st
     metrics = fitted.metrics
     row = {
         "head": name,
+        "layer": data.layer,
+        "best_val_accuracy": max(
+            (p["val_accuracy"] for p in fitted.validation if "val_accuracy" in p), default=None
+        ),
         "accuracy": metrics["accuracy"],
         "accuracy_ci95": metrics["accuracy_ci95"],
         "macro_f1": metrics["macro_f1"],
@@ -78,21 +85,34 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--heads", default=",".join(DEFAULT_HEADS))
+    parser.add_argument("--embed-layers", default="penultimate")
+    parser.add_argument("--layers", default="penultimate", help="candidates, comma-separated")
     parser.add_argument("--store", help="reuse this store (default: a fresh temporary one)")
     args = parser.parse_args()
 
     store = args.store or tempfile.mkdtemp(prefix="heads-probe-store-")
-    config = EmbedConfig(source="fashion-mnist", store=store, image_size=args.image_size)
+    config = EmbedConfig(
+        source="fashion-mnist",
+        store=store,
+        image_size=args.image_size,
+        layers=tuple(args.embed_layers.split(",")),
+    )
     started = time.perf_counter()
     summary = embed(config)
     embed_seconds = time.perf_counter() - started
     print(f"embedded {summary['embedded']} images in {embed_seconds:.1f} s", flush=True)
 
-    data = load_task(
-        open_store(store), summary["feature_set"], Task(), "penultimate", SplitOptions()
-    )
     options = ProtocolOptions()
-    heads = [head_summary(name, data, options) for name in args.heads.split(",")]
+    candidates = {}
+    for layer in args.layers.split(","):
+        data = load_task(open_store(store), summary["feature_set"], Task(), layer, SplitOptions())
+        candidates[layer] = (data, head_summary("logreg", data, options))
+    layer = max(candidates, key=lambda name: candidates[name][1]["best_val_accuracy"])
+    data = candidates[layer][0]
+    heads = [
+        candidates[layer][1] if name == "logreg" else head_summary(name, data, options)
+        for name in args.heads.split(",")
+    ]
     raw = head_summary("logreg", raw_pixel_task(data), options)
     probe = next((h for h in heads if h["head"] == "logreg"), None)
     result = {
@@ -100,7 +120,9 @@ def main() -> None:
         "split": {**data.sizes(), "origin": data.split_origin},
         "backbone": summary["backbone"],
         "image_size": args.image_size,
-        "layer": "penultimate",
+        "layer": layer,
+        "layer_candidates": {name: row for name, (_, row) in candidates.items()},
+        "layer_choice": "the candidate whose probe scored best on validation",
         "embed": {
             "images_embedded": summary["embedded"],
             "seconds": embed_seconds,
@@ -123,8 +145,9 @@ def main() -> None:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(str(RESULTS).format(size=args.image_size))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("probe_minus_raw_pixels", "sweep_over_embed")}))
 
 

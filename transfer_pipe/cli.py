@@ -108,7 +108,10 @@ def _add_train(commands: Any) -> None:
         default=DEFAULT_HEADS,
         help=f"comma-separated heads (default {','.join(DEFAULT_HEADS)})",
     )
-    train.add_argument("--layer", help="feature layer (default: the feature set's first)")
+    train.add_argument(
+        "--layer",
+        help="feature layer (default: the feature set's first); 'a+b' puts layers side by side",
+    )
     train.add_argument("--val-fraction", type=float, default=0.1)
     train.add_argument("--test-fraction", type=float, default=0.2, help="when no source split")
     train.add_argument("--split-seed", type=int, default=0)
@@ -203,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
             store=args.store,
             backbone=args.backbone,
             weights_file=args.weights_file,
-            layers=(args.layer,) if args.layer else (),
+            layers=tuple(args.layer.split("+")) if args.layer else (),
             image_size=args.image_size,
             limit=args.limit,
         )

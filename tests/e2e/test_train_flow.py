@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from flows.embed import embed_flow
 from flows.train import train_flow
 from tests.images import make_dataset
 from transfer_pipe.config import EmbedConfig, TrainConfig
+from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.persist import list_cards, load_head
+from transfer_pipe.steps import embed
 from transfer_pipe.steps.predict import predict
 from transfer_pipe.steps.train import train
 from transfer_pipe.store import open_store
@@ -168,3 +171,34 @@ def test_few_shot_repeats_over_seeds(embedded: tuple[Path, Path, str]) -> None:
         assert card["shots"] == 2
         assert card["splits"]["train"] == 2 * len(card["classes"])  # k per class, no more
         assert card["splits"]["val"] == summary["splits"]["val"]  # judged on the same rows
+
+
+def test_heads_read_several_layers_side_by_side(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "images", classes=2, per_class=6, bad=False)
+    store = str(tmp_path / "store")
+    config = replace(embed_config(tmp_path / "images", tmp_path / "store"), layers=("stages",))
+    key = embed(config)["feature_set"]
+    spec = open_store(store).spec(key)
+    layer = f"{spec.layers[-1]}+{spec.layers[-2]}"
+    summary = train(TrainConfig(feature_set=key, store=store, heads=("logreg",), layer=layer))
+    head_id = summary["heads"]["logreg"]["head_ids"][0]
+    model, card = load_head(store, head_id)
+    assert card["layer"] == layer
+    assert (
+        model.n_features_in_ == spec.layer_dims[spec.layers[-1]] + spec.layer_dims[spec.layers[-2]]
+    )
+
+    images = sorted((tmp_path / "images" / "class0").glob("*.png"))[:2]
+    copies = []
+    for path in images:
+        copies.append(tmp_path / f"copy-{path.name}")
+        Image.open(path).save(copies[-1], format="PNG", compress_level=0)
+    cached = predict(store, head_id, [str(p) for p in images], str(tmp_path / "a.csv"))
+    fresh = predict(store, head_id, [str(p) for p in copies], str(tmp_path / "b.csv"))
+    assert (cached["cached"], fresh["embedded"]) == (2, 2)
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert a["class"].tolist() == b["class"].tolist()
+    np.testing.assert_allclose(a["probability"], b["probability"], rtol=1e-4)
+
+    with pytest.raises(TransferPipeError, match="has no layer 'nope'"):
+        train(TrainConfig(feature_set=key, store=store, layer=f"{spec.layers[0]}+nope"))

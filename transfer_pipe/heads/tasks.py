@@ -106,7 +106,8 @@ class SplitRows:
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task resolved on one feature set and layer: the three splits and the classes."""
+    """A task resolved on one feature set and layer: the three splits and the classes.
+    ``layer`` may name several layers joined by "+": their features side by side."""
 
     task: Task
     feature_set: str
@@ -138,6 +139,11 @@ class TaskData:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def split_layers(layer: str) -> list[str]:
+    """``"a+b"`` -> ``["a", "b"]``: the layers whose features a head reads, side by side."""
+    return [name for name in layer.split("+") if name]
 
 
 def parse_task(text: str) -> Task:
@@ -193,9 +199,15 @@ def _invert(groups: Mapping[str, tuple[str, ...] | list[str]]) -> dict[str, str]
 def load_task(
     store: FeatureStore, key: str, task: Task, layer: str, options: SplitOptions
 ) -> TaskData:
-    """Read the usable rows of ``key`` at ``layer``, label them for ``task`` and split them."""
-    loaded = store.load(key, layer=layer)
-    features = np.asarray(loaded.features, dtype=np.float32)
+    """Read the usable rows of ``key`` at ``layer`` (several layers joined by "+" are
+    concatenated), label them for ``task`` and split them."""
+    names = split_layers(layer)
+    loaded = store.load(key, layer=names[0])
+    features = np.hstack(
+        [np.asarray(loaded.features, dtype=np.float32)]
+        # Every layer of a feature set has the same usable rows, in the same order.
+        + [np.asarray(store.load(key, layer=n).features, dtype=np.float32) for n in names[1:]]
+    )
     labels, notes = _task_labels(task, loaded.sample_ids, loaded.labels.astype(str))
     keep = labels != ""
     if not keep.any():

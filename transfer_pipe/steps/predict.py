@@ -25,6 +25,7 @@ from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.features.embedder import EmbedderConfig, get_embedder
 from transfer_pipe.heads.persist import load_head
 from transfer_pipe.heads.protocol import class_probabilities
+from transfer_pipe.heads.tasks import split_layers
 from transfer_pipe.steps.embed import cached_rows
 from transfer_pipe.store import embedding_key, open_store
 
@@ -54,7 +55,7 @@ def predict(
             "with the file its feature set was embedded with."
         )
     preprocessing = Preprocessing.from_dict(card["preprocessing"])
-    layer = card["layer"]
+    layers = split_layers(card["layer"])
     uris = [_uri(path) for path in paths]
     contents, errors = _read_all(uris)
     hashes = [hashlib.sha256(c).hexdigest() if c is not None else "" for c in contents]
@@ -63,8 +64,10 @@ def predict(
         raise TransferPipeError(f"head {head_id}: its card's embedding key does not match.")
 
     features = np.full((len(uris), _layer_width(model)), np.nan, np.float32)
-    cached = _fill_from_store(store_url, key, layer, hashes, features)
-    embedder = EmbedderConfig(backbone.id, backbone.weights_file, (layer,), preprocessing, device)
+    cached = _fill_from_store(store_url, key, layers, hashes, features)
+    embedder = EmbedderConfig(
+        backbone.id, backbone.weights_file, tuple(layers), preprocessing, device
+    )
     to_embed = [i for i, c in enumerate(contents) if c is not None and i not in cached]
     for start in range(0, len(to_embed), _BATCH):
         batch, tensors = [], []
@@ -75,7 +78,8 @@ def predict(
             except DecodeError as err:
                 errors[i] = str(err) or type(err).__name__
         if tensors:
-            values = get_embedder(embedder)(torch.stack(tensors))[layer]
+            outputs = get_embedder(embedder)(torch.stack(tensors))
+            values = np.hstack([outputs[name] for name in layers])
             # Cast like the store does, so a new image scores as its cached copy would.
             features[batch] = values.astype(card["dtype"]).astype(np.float32)
 
@@ -118,11 +122,11 @@ def _layer_width(model: Any) -> int:
 
 
 def _fill_from_store(
-    store_url: str, key: str, layer: str, hashes: list[str], features: np.ndarray
+    store_url: str, key: str, layers: list[str], hashes: list[str], features: np.ndarray
 ) -> set[int]:
     """Copy cached embeddings into ``features``; returns the rows that had one."""
     store = open_store(store_url)
-    donors = cached_rows(store, key, [layer])
+    donors = cached_rows(store, key, layers)
     by_set: dict[str, list[tuple[int, int]]] = {}
     for i, content_hash in enumerate(hashes):
         if content_hash in donors:
@@ -130,7 +134,8 @@ def _fill_from_store(
             by_set.setdefault(source, []).append((i, row))
     for source, pairs in by_set.items():
         targets = [i for i, _ in pairs]
-        features[targets] = store.read_rows(source, layer, np.array([r for _, r in pairs]))
+        rows = np.array([r for _, r in pairs])
+        features[targets] = np.hstack([store.read_rows(source, name, rows) for name in layers])
     return {i for pairs in by_set.values() for i, _ in pairs}
 
 

@@ -25,7 +25,7 @@ from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.persist import save_head
 from transfer_pipe.heads.protocol import FittedHead, ProtocolOptions, fit_head, head_kind
-from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_task
+from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_task, split_layers
 from transfer_pipe.report import (
     markdown_report,
     metrics_rows,
@@ -74,6 +74,12 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
         )
     spec = store.spec(feature_set)
     layer = config.layer or spec.layers[0]
+    missing = [name for name in split_layers(layer) if name not in spec.layers]
+    if missing:
+        raise TransferPipeError(
+            f"feature set {feature_set} has no layer {missing[0]!r}; it holds "
+            f"{list(spec.layers)} (join several with '+')."
+        )
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
     data = load_task(store, feature_set, parse_task(config.task), layer, splits)
     if config.shots is not None:

@@ -88,6 +88,11 @@ def main() -> None:
     parser.add_argument("--embed-layers", default="penultimate")
     parser.add_argument("--layers", default="penultimate", help="candidates, comma-separated")
     parser.add_argument("--store", help="reuse this store (default: a fresh temporary one)")
+    parser.add_argument(
+        "--skip-raw",
+        action="store_true",
+        help="no raw-pixel baseline (it does not depend on the image size)",
+    )
     args = parser.parse_args()
 
     store = args.store or tempfile.mkdtemp(prefix="heads-probe-store-")
@@ -113,7 +118,7 @@ def main() -> None:
         candidates[layer][1] if name == "logreg" else head_summary(name, data, options)
         for name in args.heads.split(",")
     ]
-    raw = head_summary("logreg", raw_pixel_task(data), options)
+    raw = None if args.skip_raw else head_summary("logreg", raw_pixel_task(data), options)
     probe = next((h for h in heads if h["head"] == "logreg"), None)
     result = {
         "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
@@ -135,7 +140,7 @@ def main() -> None:
         },
         "heads": heads,
         "raw_pixels_logreg": raw,
-        "probe_minus_raw_pixels": probe["accuracy"] - raw["accuracy"] if probe else None,
+        "probe_minus_raw_pixels": probe["accuracy"] - raw["accuracy"] if probe and raw else None,
         "sweep_seconds": probe["seconds"]["select"] if probe else None,
         "sweep_over_embed": probe["seconds"]["select"] / embed_seconds if probe else None,
         "machine": {

@@ -80,19 +80,11 @@ class LBFGSLinearClassifier(ClassifierMixin, BaseEstimator):
         n, dim = X.shape
         features = torch.from_numpy(np.ascontiguousarray(X)).to(device)
         targets = torch.from_numpy(codes.astype(np.int64)).to(device)
-        previous: np.ndarray | None = getattr(self, "coef_", None)
-        same_problem = (
-            self.warm_start
-            and previous is not None
-            and np.array_equal(getattr(self, "classes_", []), classes)
-            and previous.shape == (len(classes), dim)
-        )
-        start_w = (
-            previous.T
-            if same_problem and previous is not None
-            else np.zeros((dim, len(classes)), np.float32)
-        )
-        start_b = self.intercept_ if same_problem else np.zeros(len(classes), np.float32)
+        if self.warm_start and self._fitted_to(classes, dim):
+            start_w, start_b = self.coef_.T, self.intercept_
+        else:
+            start_w = np.zeros((dim, len(classes)), np.float32)
+            start_b = np.zeros(len(classes), np.float32)
         weights = torch.tensor(np.ascontiguousarray(start_w), device=device, requires_grad=True)
         bias = torch.tensor(start_b, device=device, requires_grad=True)
         penalty = 1.0 / (float(self.C) * n)
@@ -117,8 +109,14 @@ class LBFGSLinearClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.coef_ = weights.detach().T.cpu().numpy().copy()
         self.intercept_ = bias.detach().cpu().numpy().copy()
-        self.n_iter_ = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+        self.n_iter_ = int(optimizer.state[weights].get("n_iter", 0))
         return self
+
+    def _fitted_to(self, classes: np.ndarray, dim: int) -> bool:
+        """Whether a previous fit solved a problem of the same classes and width."""
+        return hasattr(self, "coef_") and (
+            np.array_equal(self.classes_, classes) and self.coef_.shape == (len(classes), dim)
+        )
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits [n, n_classes]; for two classes the margin of the second, shape [n]."""

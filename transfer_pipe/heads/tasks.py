@@ -9,6 +9,7 @@ drawn from the training rows only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
@@ -53,8 +54,10 @@ class Task:
             "labels_file": self.labels_file,
         }
 
+    @functools.cached_property
     def digest(self) -> str:
-        """Identifies the label definition (a labels file by its content, not its path)."""
+        """Identifies the label definition (a labels file by its content, not its path);
+        computed once: every head of a run names its task by it."""
         payload = self.to_dict()
         if self.labels_file:
             with fsspec.open(self.labels_file, "rb") as f:

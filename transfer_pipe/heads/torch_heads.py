@@ -2,23 +2,20 @@
 
 Two heads share one training loop: :class:`TorchLinearClassifier` (one linear layer, i.e.
 softmax regression) and :class:`TorchMLPClassifier` (Linear → ReLU → Dropout → Linear).
-Fitted heads persist to one ``.safetensors`` file (no pickle) via :func:`save_torch_head`.
+Fitted heads rebuild from :meth:`_TorchHead.head_tensors` (``heads.persist`` stores them as
+safetensors, no pickle).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -269,53 +266,3 @@ class TorchMLPClassifier(_TorchHead):
             nn.Dropout(self.dropout),
             nn.Linear(self.hidden, n_classes),
         )
-
-
-_FIT_SUMMARY = ("best_epoch_", "n_epochs_", "history_")  # learned state that is not a tensor
-HEADS: dict[str, type[_TorchHead]] = {
-    cls.__name__: cls for cls in (TorchLinearClassifier, TorchMLPClassifier)
-}
-
-
-def load_torch_head(
-    tensors: dict[str, torch.Tensor],
-    params: dict[str, Any],
-    classes: list[Any],
-    class_name: str | None = None,
-) -> _TorchHead:
-    """A fitted head from its tensors, params and classes; returns an estimator that predicts
-    exactly like the saved one. ``class_name`` defaults to the MLP when params has ``hidden``."""
-    if class_name is None:
-        class_name = "TorchMLPClassifier" if "hidden" in params else "TorchLinearClassifier"
-    if class_name not in HEADS:
-        raise ValueError(f"Unknown torch head {class_name!r}; expected one of {sorted(HEADS)}.")
-    return HEADS[class_name].from_tensors(tensors, params, classes)
-
-
-def save_torch_head(estimator: _TorchHead, path: str | Path) -> None:
-    """Write a fitted head to one ``.safetensors`` file; class, params, classes and the fit
-    summary travel JSON-encoded in its metadata."""
-    metadata = {
-        "class": type(estimator).__name__,
-        "params": json.dumps(estimator.get_params()),
-        "classes": json.dumps(estimator.classes_.tolist()),
-        "fit": json.dumps({name: getattr(estimator, name) for name in _FIT_SUMMARY}),
-    }
-    save_file(estimator.head_tensors(), str(path), metadata=metadata)
-
-
-def read_torch_head(path: str | Path) -> _TorchHead:
-    """The fitted head stored by :func:`save_torch_head` at ``path``."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata: dict[str, str] = f.metadata()
-    head = load_torch_head(
-        load_file(str(path)),
-        json.loads(metadata["params"]),
-        json.loads(metadata["classes"]),
-        metadata["class"],
-    )
-    summary = json.loads(metadata.get("fit", "{}"))
-    for name in _FIT_SUMMARY:
-        if name in summary:
-            setattr(head, name, summary[name])
-    return head

@@ -32,7 +32,7 @@ from transfer_pipe.report import (
     save_confusion_matrix,
     save_per_class_accuracy,
 )
-from transfer_pipe.steps.embed import library_versions
+from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.store import open_store
 
 _LIBRARIES = ("transfer-pipe", "torch", "scikit-learn", "numpy", "skops", "safetensors")
@@ -111,7 +111,7 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
     identity = {
         "feature_set": plan.feature_set,
         "layer": data.layer,
-        "task": data.task.digest(),
+        "task": data.task.digest,
         "split": [plan.config.val_fraction, plan.config.test_fraction, plan.config.split_seed],
         "shots": [plan.config.shots, run.shot_seed],
         "head": run.head,
@@ -178,7 +178,7 @@ def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead) -> dict[str, Any]
         "embedding_key": spec["embedding_key"],
         "dtype": spec["dtype"],
         "layer": data.layer,
-        "task": {**data.task.to_dict(), "digest": data.task.digest()},
+        "task": {**data.task.to_dict(), "digest": data.task.digest},
         "classes": list(data.classes),
         "splits": {**data.sizes(), "origin": data.split_origin, "dropped": data.dropped},
         "shots": data.shots,
@@ -249,8 +249,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
     embedded = 0
     feature_set = config.feature_set
     if config.embed is not None:
-        from transfer_pipe.steps.embed import embed
-
         summary = embed(config.embed)
         feature_set, embedded = summary["feature_set"], summary["embedded"]
     assert feature_set is not None

@@ -16,10 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from transfer_pipe.config import (
+    AUGMENTATIONS,
     DEFAULT_BACKBONE,
     DEFAULT_HEADS,
     DEFAULT_STORE,
+    FREEZE_POLICY_HINT,
     EmbedConfig,
+    FinetuneConfig,
     TrainConfig,
 )
 from transfer_pipe.errors import TransferPipeError
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("backbones", help="list registered backbone ids")
     _add_train(commands)
+    _add_finetune(commands)
     heads = commands.add_parser("heads", help="fitted heads in a store")
     heads_commands = heads.add_subparsers(dest="heads_command", required=True)
     heads_ls = heads_commands.add_parser("ls", help="list fitted heads and their test metrics")
@@ -129,6 +133,63 @@ def _add_train(commands: Any) -> None:
     embedding.add_argument("--image-size", type=int)
     embedding.add_argument("--limit", type=int)
     train.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+
+def _add_finetune(commands: Any) -> None:
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune the backbone for a task and compare it with the linear probe",
+    )
+    finetune.add_argument("target", help="feature set key, or a source to embed first")
+    finetune.add_argument("--store", default=_default_store(), help="feature store folder or URL")
+    finetune.add_argument("--task", default="source", help="as for `train`")
+    finetune.add_argument(
+        "--policy", default="top-2", help=f"what to train: {FREEZE_POLICY_HINT} (default top-2)"
+    )
+    finetune.add_argument(
+        "--lp-ft", action="store_true", help="start from the linear probe's weights (LP-FT)"
+    )
+    finetune.add_argument("--epochs", type=int, default=10)
+    finetune.add_argument("--batch-size", type=int, default=128)
+    finetune.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
+    finetune.add_argument(
+        "--lr",
+        type=float,
+        default=1e-4,
+        help="learning rate at the top of the backbone (a new head: 10x; LP-FT's head: 1x)",
+    )
+    finetune.add_argument(
+        "--lr-decay", type=float, default=0.7, help="learning-rate factor per stage downwards"
+    )
+    finetune.add_argument("--weight-decay", type=float, default=0.05)
+    finetune.add_argument("--warmup-epochs", type=float, default=1.0)
+    finetune.add_argument("--label-smoothing", type=float, default=0.1)
+    finetune.add_argument("--augment", choices=AUGMENTATIONS, default="auto")
+    finetune.add_argument("--patience", type=int, default=3, help="early-stopping epochs")
+    finetune.add_argument(
+        "--bn",
+        choices=["frozen", "train"],
+        default="frozen",
+        help="BatchNorm statistics: keep the pretrained ones, or update them in trained blocks",
+    )
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--time-budget", type=float, help="seconds; stop after that epoch")
+    finetune.add_argument("--val-fraction", type=float, default=0.1)
+    finetune.add_argument("--test-fraction", type=float, default=0.2, help="when no source split")
+    finetune.add_argument("--split-seed", type=int, default=0)
+    finetune.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    finetune.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="bf16")
+    finetune.add_argument(
+        "--publish",
+        action="store_true",
+        help="re-embed the dataset with the fine-tuned backbone into a new feature set",
+    )
+    embedding = finetune.add_argument_group("when TARGET is a source")
+    embedding.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    embedding.add_argument("--weights-file")
+    embedding.add_argument("--image-size", type=int)
+    embedding.add_argument("--limit", type=int)
+    finetune.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
 
 def _add_predict(commands: Any) -> None:
@@ -188,28 +249,34 @@ def _prefect_settings() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _train(args: argparse.Namespace) -> int:
+def _target(
+    args: argparse.Namespace, layers: tuple[str, ...] = ()
+) -> tuple[str | None, EmbedConfig | None]:
+    """``args.target`` as (feature-set key, None) when the store holds it, else as
+    (None, the embed run that makes it from a source)."""
     from transfer_pipe.store import open_store
 
-    feature_set: str | None = None
-    embed: EmbedConfig | None = None
     if open_store(args.store).status(args.target) != "missing":
-        feature_set = args.target
-    elif re.fullmatch(r"[0-9a-f]{16}", args.target) and not os.path.exists(args.target):
+        return args.target, None
+    if re.fullmatch(r"[0-9a-f]{16}", args.target) and not os.path.exists(args.target):
         raise TransferPipeError(
             f"feature set {args.target} is not in {args.store}; "
             f"`transfer-pipe ls --store {args.store}` lists the feature sets it holds."
         )
-    else:
-        embed = EmbedConfig(
-            source=args.target,
-            store=args.store,
-            backbone=args.backbone,
-            weights_file=args.weights_file,
-            layers=tuple(args.layer.split("+")) if args.layer else (),
-            image_size=args.image_size,
-            limit=args.limit,
-        )
+    embed = EmbedConfig(
+        source=args.target,
+        store=args.store,
+        backbone=args.backbone,
+        weights_file=args.weights_file,
+        layers=layers,
+        image_size=args.image_size,
+        limit=args.limit,
+    )
+    return None, embed
+
+
+def _train(args: argparse.Namespace) -> int:
+    feature_set, embed = _target(args, tuple(args.layer.split("+")) if args.layer else ())
     config = TrainConfig(
         feature_set=feature_set,
         embed=embed,
@@ -251,6 +318,68 @@ def _train(args: argparse.Namespace) -> int:
         f"{summary['embedded']} images embedded by this run"
     )
     print(terminal_table(summary["table"]))
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    feature_set, embed = _target(args)
+    if feature_set is not None and (args.image_size or args.limit):
+        raise TransferPipeError(
+            "--image-size and --limit choose what to embed; a feature set already fixes both. "
+            "Pass the source instead of the feature set key."
+        )
+    config = FinetuneConfig(
+        feature_set=feature_set,
+        embed=embed,
+        store=args.store,
+        task=args.task,
+        policy=args.policy,
+        lp_ft=args.lp_ft,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accumulate=args.accumulate,
+        lr=args.lr,
+        lr_decay=args.lr_decay,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        patience=args.patience,
+        bn=args.bn,
+        seed=args.seed,
+        device=args.device,
+        autocast=args.autocast,
+        time_budget_s=args.time_budget,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+        publish=args.publish,
+    )
+    _prefect_settings()
+    from transfer_pipe.heads.tasks import parse_task
+
+    parse_task(config.task)  # seconds, where a failed flow run would take a server start
+    if embed is not None:
+        from transfer_pipe.steps import check_embed_inputs
+
+        check_embed_inputs(embed)
+    from flows.finetune import finetune_flow
+    from transfer_pipe.report import terminal_table
+
+    summary = finetune_flow(config)
+    print(
+        f"fine-tuned {summary['run_id']} ({summary['policy']}"
+        f"{', LP-FT' if summary['lp_ft'] else ''}) on feature set {summary['feature_set']}: "
+        f"{summary['epochs']} epochs (best {summary['best_epoch']}, stopped by "
+        f"{summary['stopped']}) on {summary['device']}; {summary['embedded']} images embedded "
+        f"by this run, {summary['skipped_images']} training images skipped"
+    )
+    print(terminal_table(summary["table"]))
+    print(f"accuracy {summary['accuracy']:.4f} vs probe {summary['probe_accuracy']:.4f}")
+    if summary.get("published_feature_set"):
+        print(f"published as feature set {summary['published_feature_set']}")
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
     return 0
@@ -372,6 +501,7 @@ _COMMANDS = {
     "show": _show,
     "backbones": _backbones,
     "train": _train,
+    "finetune": _finetune,
     "heads": _heads,
     "predict": _predict,
 }

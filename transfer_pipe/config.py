@@ -99,3 +99,85 @@ class TrainConfig:
             problems.append("--max-iter and --bootstrap must be at least 1")
         if problems:
             raise TransferPipeError("; ".join(problems) + ".")
+
+
+FREEZE_POLICY_HINT = "head, top-N (N = how many of the backbone's stages to train) or full"
+AUGMENTATIONS = ("auto", "affine", "crop-flip", "none")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run: a feature set (or the embed run that makes it) whose rows,
+    task and splits it shares with the heads flow, how much of the backbone to train,
+    and the optimizer's knobs. The linear probe for the same task and split is its
+    baseline (and, with ``lp_ft``, its starting head)."""
+
+    feature_set: str | None = None
+    embed: EmbedConfig | None = None
+    store: str = DEFAULT_STORE
+    task: str = "source"
+    policy: str = "top-2"  # "head", "top-N" or "full"
+    lp_ft: bool = False  # start from the linear probe's weights (LP-FT)
+    epochs: int = 10
+    batch_size: int = 128
+    accumulate: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # the top of the backbone's (the head: 10x, or 1x with LP-FT);
+    # each stage further down gets lr_decay times less
+    lr_decay: float = 0.7
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: str = "auto"  # "affine" (small greyscale), "crop-flip" (photos), "none"
+    bn: str = "frozen"  # "frozen": BatchNorm statistics stay; "train": trained blocks update them
+    patience: int = 3  # epochs without a better validation accuracy before stopping
+    seed: int = 0
+    device: str = "auto"
+    autocast: Autocast = "bf16"  # CUDA only; CPU trains in float32
+    loader_workers: int | None = None  # DataLoader processes; None: cores - 1 (at most 8)
+    loader_threads: int | None = None  # decode threads without processes; None: per core
+    time_budget_s: float | None = None  # stop after the epoch that crosses it
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    publish: bool = False  # register the weights as a backbone and re-embed the dataset
+
+    def __post_init__(self) -> None:
+        problems = []
+        if (self.feature_set is None) == (self.embed is None):
+            problems.append("give either a feature set key or a source to embed, not both")
+        if self.embed is not None and self.embed.store != self.store:
+            problems.append("the embed run must write to the same store fine-tuning reads")
+        try:
+            parse_policy(self.policy)
+        except TransferPipeError as err:
+            problems.append(str(err))
+        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
+            problems.append("--epochs, --batch-size and --accumulate must be at least 1")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            problems.append("--lr must be positive and --lr-decay in (0, 1]")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
+            problems.append("--weight-decay, --warmup-epochs >= 0 and --label-smoothing in [0, 1)")
+        if self.augment not in AUGMENTATIONS:
+            problems.append(f"--augment must be one of {', '.join(AUGMENTATIONS)}")
+        if self.bn not in ("frozen", "train"):
+            problems.append(f"--bn must be frozen or train, not {self.bn!r}")
+        if self.patience < 1:
+            problems.append(f"--patience must be at least 1, not {self.patience}")
+        if self.autocast not in ("none", "bf16", "fp16"):
+            problems.append(f"--autocast must be none, bf16 or fp16, not {self.autocast!r}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            problems.append("--time-budget must be positive")
+        if problems:
+            raise TransferPipeError("; ".join(problems) + ".")
+
+
+def parse_policy(policy: str) -> int | None:
+    """How many stages a freeze policy trains: 0 for ``head``, N for ``top-N``, None (all,
+    the stem included) for ``full``."""
+    if policy == "head":
+        return 0
+    if policy == "full":
+        return None
+    if policy.startswith("top-") and policy[4:].isdigit() and int(policy[4:]) >= 1:
+        return int(policy[4:])
+    raise TransferPipeError(f"unknown freeze policy {policy!r}; use {FREEZE_POLICY_HINT}")

@@ -68,6 +68,17 @@ def load_manifest(source: str, *, split: str | None = None) -> Manifest:
     return _filter_split(_folder_manifest(fs, path, f"folder:{url}"), split)
 
 
+def source_from_description(description: str) -> str:
+    """The source argument that rebuilds a manifest from its ``Manifest.source``
+    description (``fashion-mnist:<root>``, ``folder:<url>``, ``csv:<url>`` ...)."""
+    kind, _, url = description.partition(":")
+    if kind == FASHION_MNIST_ALIAS:
+        return FASHION_MNIST_ALIAS
+    if kind in ("folder", "idx", *TABLE_EXTENSIONS.values()) and url:
+        return url
+    raise TransferPipeError(f"cannot tell which source {description!r} was built from")
+
+
 def check_source(source: str) -> tuple[AbstractFileSystem, str, str]:
     """Cheaply check that ``source`` exists (no listing, no hashing); returns its
     filesystem, path and URL. Raises TransferPipeError naming what to pass instead."""

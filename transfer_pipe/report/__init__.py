@@ -3,7 +3,11 @@
 Plain library code: no Prefect, torch or zarr. Flows turn the rows into artifacts.
 """
 
-from transfer_pipe.report.plots import save_confusion_matrix, save_per_class_accuracy
+from transfer_pipe.report.plots import (
+    save_confusion_matrix,
+    save_learning_curves,
+    save_per_class_accuracy,
+)
 from transfer_pipe.report.tables import (
     ROW_COLUMNS,
     markdown_report,
@@ -16,6 +20,7 @@ __all__ = [
     "markdown_report",
     "metrics_rows",
     "save_confusion_matrix",
+    "save_learning_curves",
     "save_per_class_accuracy",
     "terminal_table",
 ]

@@ -1,4 +1,5 @@
-"""PNG plots of head metrics: confusion matrix and per-class accuracy.
+"""PNG plots of head metrics (confusion matrix, per-class accuracy) and fine-tuning's
+learning curves.
 
 We draw on a bare :class:`matplotlib.figure.Figure` with an Agg canvas instead of
 pyplot: no global figure registry, no GUI backend, so it is safe in worker threads
@@ -87,6 +88,32 @@ def save_per_class_accuracy(
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def save_learning_curves(
+    path: str | Path,
+    history: Sequence[Mapping[str, float]],
+    baseline: float | None = None,
+    title: str = "",
+) -> Path:
+    """Loss (train, validation) and accuracy (train, validation, and ``baseline``, e.g. the
+    linear probe's test accuracy, as a dashed line) per epoch, side by side, as PNG."""
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(10, 4), dpi=_DPI, layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, metric, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        for split, style in (("train", "o-"), ("val", "s-")):
+            ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], style, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if baseline is not None:
+        acc_ax.axhline(baseline, linestyle="--", color="grey", label="linear probe (test)")
+    loss_ax.legend()
+    acc_ax.legend()
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

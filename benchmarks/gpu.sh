@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU check, as one prepared command for a machine with one CUDA GPU and PyTorch but
+# no package index: installs the project's other dependencies from wheels carried in
+# .whl/ (see benchmarks/README.md), points Fashion-MNIST at a carried copy when the
+# Debian package is absent, and runs the fine-tuning benchmark. Results go to
+# ${OUT:-benchmarks/results}/finetune_gpu.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .gpu/fashion-mnist ]; then
+  export TRANSFER_PIPE_FASHION_MNIST="$PWD/.gpu/fashion-mnist"
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch, zarr, distributed, transfer_pipe.steps.finetune; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+python3 benchmarks/finetune.py --device cuda --out "${OUT:-benchmarks/results}/finetune_gpu.json" "$@"

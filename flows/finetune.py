@@ -1,0 +1,80 @@
+"""The fine-tuning flow: continue backprop into the backbone for a task and compare it
+with the linear probe in the Prefect UI; optionally publish the new weights as a new
+feature set.
+
+No logic lives here: each task is a plain function from ``transfer_pipe.steps.finetune``.
+Given a source instead of a feature-set key, it runs the embed flow first (a no-op when the
+feature set is cached); the probe comes from the heads flow's store (fitted if missing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from flows.embed import embed_flow
+from transfer_pipe.config import FinetuneConfig
+from transfer_pipe.steps import finetune as steps
+
+prepare = task(name="prepare-finetune", cache_policy=NO_CACHE)(steps.prepare_finetune)
+probe = task(name="linear-probe", cache_policy=NO_CACHE)(steps.ensure_probe)
+finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_finetune)
+
+
+@task(name="fine-tune", cache_policy=NO_CACHE)
+def train(plan: steps.FinetunePlan, probe_card: dict[str, Any]) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint), evaluate and save; progress per epoch."""
+    artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
+        0.0, description=f"epochs of fine-tuning run {plan.run_id}"
+    )
+
+    def report(row: dict[str, Any]) -> None:
+        update_progress_artifact(artifact, 100.0 * row["epoch"] / plan.config.epochs)
+        print(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+            f"val accuracy {row['val_accuracy']:.4f} ({row['train_images_per_s']:.0f} images/s)"
+        )
+
+    result = steps.run_finetune(plan, probe_card, on_epoch=report)
+    update_progress_artifact(artifact, 100.0)
+    create_markdown_artifact(
+        steps.finetune_report(result),
+        key="finetune-report",
+        description=f"{plan.run_id} on feature set {plan.feature_set}",
+    )
+    return result
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(config: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune the backbone for one task and compare it with the linear probe."""
+    embedded = 0
+    feature_set = config.feature_set
+    if config.embed is not None:
+        embedded_summary = embed_flow(config.embed)
+        feature_set, embedded = embedded_summary["feature_set"], embedded_summary["embedded"]
+    assert feature_set is not None  # FinetuneConfig holds a key or an embed config
+    plan = prepare(config, feature_set)
+    # quote(): the plan holds the probe's feature arrays; Prefect need not walk them.
+    probe_card = probe(quote(plan))  # type: ignore[call-overload]
+    result = train(quote(plan), probe_card)  # type: ignore[call-overload]
+    summary = finalize(quote(plan), result, embedded)  # type: ignore[call-overload]
+    create_table_artifact(
+        summary["table"],
+        key="finetune-vs-probe",
+        description=f"test metrics, task {summary['task']}, feature set {summary['feature_set']}",
+    )
+    if config.publish:
+        published = embed_flow(steps.publish_config(plan))
+        summary["published_feature_set"] = published["feature_set"]
+    return summary

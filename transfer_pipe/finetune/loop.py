@@ -1,0 +1,283 @@
+"""The training loop: AdamW, warmup then cosine, label smoothing, gradient accumulation,
+autocast on CUDA, validation every epoch with early stopping, and a checkpoint every epoch
+from which a killed run resumes to the same weights it would have reached uninterrupted
+(on CPU, where every kernel is deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.finetune.data import ImageRows, make_loader, prefetch
+from transfer_pipe.finetune.surgery import FinetuneModel, parameter_groups
+
+LAST, BEST = "last.pt", "best.pt"
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 10
+    batch_size: int = 128
+    accumulate: int = 1
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+    lr_decay: float = 0.7
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    patience: int = 3
+    seed: int = 0
+    autocast: str = "bf16"  # CUDA only
+    time_budget_s: float | None = None
+    loader_workers: int = 0  # DataLoader processes; 0: the rows' decode threads
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the tensors."""
+
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_accuracy: float = -1.0
+    finished: str = ""  # "" while training; else why it stopped
+    failed: dict[int, str] = field(default_factory=dict)  # row -> reason, never retried
+    seconds: float = 0.0
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 down to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Trains ``model`` on ``train`` rows, validates on ``val`` rows after every epoch, and
+    keeps ``checkpoints/last.pt`` (everything needed to resume) and ``best.pt`` (the
+    weights of the best validation epoch)."""
+
+    def __init__(
+        self,
+        model: FinetuneModel,
+        train: ImageRows,
+        val: ImageRows,
+        options: TrainOptions,
+        checkpoints: Path,
+        device: torch.device,
+    ) -> None:
+        # channels_last: what the convolutions of these backbones run fastest on.
+        self.model = model.to(device).to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick kernels once
+        self.train_rows, self.val_rows = train, val
+        self.options = options
+        self.checkpoints = checkpoints
+        self.device = device
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(
+                model, options.lr, options.lr_decay, options.weight_decay, options.head_lr
+            )
+        )
+        micro = math.ceil(len(train) / options.batch_size)
+        self.steps_per_epoch = math.ceil(micro / options.accumulate)
+        total = self.steps_per_epoch * options.epochs
+        warmup = min(total, max(1, round(options.warmup_epochs * self.steps_per_epoch)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, warmup, total)
+        )
+        use_fp16 = device.type == "cuda" and options.autocast == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+        self.state = TrainState()
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write ``last.pt`` atomically: a kill mid-write leaves the previous one intact."""
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": asdict(self.state),
+            "rng": _rng_states(),
+            "options": asdict(self.options),
+        }
+        _atomic_save(payload, self.checkpoints / LAST)
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if there is one; returns whether a run was resumed."""
+        path = self.checkpoints / LAST
+        if not path.exists():
+            return False
+        payload = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        state = payload["state"]
+        state["failed"] = {int(k): v for k, v in state["failed"].items()}
+        self.state = TrainState(**state)
+        _set_rng_states(payload["rng"])
+        return True
+
+    def load_best(self) -> None:
+        """Put the best validation epoch's weights into the model."""
+        path = self.checkpoints / BEST
+        if path.exists():
+            self.model.load_state_dict(torch.load(path, map_location=self.device))
+
+    # -- training -----------------------------------------------------------------------
+
+    def fit(self, on_epoch: EpochCallback | None = None) -> TrainState:
+        """Train until the epochs run out, validation stops improving for ``patience``
+        epochs, or the time budget is spent; resumes from ``last.pt`` when present."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not self.resume():
+            torch.manual_seed(self.options.seed)
+            self.save()  # epoch 0: a run killed in its first epoch restarts cleanly
+        started = time.perf_counter() - self.state.seconds
+        while not self.state.finished:
+            epoch = self.state.epoch + 1
+            train_metrics = self._train_epoch(epoch)
+            val = self.validate()
+            self.state.epoch = epoch
+            self.state.seconds = time.perf_counter() - started
+            record = {"epoch": epoch, **train_metrics, **val, "seconds": self.state.seconds}
+            self.state.history.append(record)
+            if val["val_accuracy"] > self.state.best_accuracy:
+                self.state.best_accuracy, self.state.best_epoch = val["val_accuracy"], epoch
+                _atomic_save(self.model.state_dict(), self.checkpoints / BEST)
+            self.state.finished = self._stop_reason(epoch)
+            self.save()
+            if on_epoch is not None:
+                on_epoch(record)
+        self.load_best()
+        return self.state
+
+    def _stop_reason(self, epoch: int) -> str:
+        options = self.options
+        if epoch >= options.epochs:
+            return "epochs"
+        if epoch - self.state.best_epoch >= options.patience:
+            return "early stopping"
+        if options.time_budget_s is not None and self.state.seconds >= options.time_budget_s:
+            return "time budget"
+        return ""
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.device.type != "cuda" or self.options.autocast == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.options.autocast == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        options = self.options
+        self.model.train()
+        self.train_rows.set_epoch(epoch)
+        loader = make_loader(
+            self.train_rows, options.batch_size, shuffle=True, workers=options.loader_workers
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(prefetch(iter(loader))):
+            self.state.failed.update(dict(batch.failed))
+            if len(batch.targets):
+                images = batch.images.to(self.device, non_blocking=True)
+                images = images.contiguous(memory_format=torch.channels_last)
+                targets = batch.targets.to(self.device, non_blocking=True)
+                with self._autocast():
+                    logits = self.model(images)
+                loss = F.cross_entropy(
+                    logits.float(), targets, label_smoothing=options.label_smoothing
+                )
+                self.scaler.scale(loss / options.accumulate).backward()
+                # Summed on the device: reading .item() every step would stall a GPU.
+                loss_sum += loss.detach() * len(targets)
+                correct += (logits.argmax(1) == targets).sum()
+                seen += len(targets)
+            if (i + 1) % options.accumulate == 0 or (i + 1) == len(loader):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+        seconds = time.perf_counter() - started
+        return {
+            "train_loss": float(loss_sum) / max(1, seen),
+            "train_accuracy": float(correct) / max(1, seen),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "train_images_per_s": seen / seconds if seconds > 0 else 0.0,
+        }
+
+    @torch.no_grad()
+    def predict(self, rows: ImageRows) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities [n, C] for the rows that decode, and their row indices."""
+        self.model.eval()
+        loader = make_loader(
+            rows, self.options.batch_size * 2, shuffle=False, workers=self.options.loader_workers
+        )
+        probabilities, kept = [], []
+        for batch in prefetch(iter(loader)):
+            if not len(batch.targets):
+                continue
+            images = batch.images.to(self.device).contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = self.model(images)
+            probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+            kept.extend(batch.rows)
+        if not probabilities:
+            raise TransferPipeError("none of the images to evaluate could be decoded")
+        return torch.cat(probabilities).numpy(), np.asarray(kept, dtype=np.int64)
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss (without label smoothing) and accuracy."""
+        proba, rows = self.predict(self.val_rows)
+        targets = self.val_rows.targets[rows]
+        picked = np.clip(proba[np.arange(len(rows)), targets], 1e-12, None)
+        return {
+            "val_loss": float(-np.log(picked).mean()),
+            "val_accuracy": float((proba.argmax(1) == targets).mean()),
+        }
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])

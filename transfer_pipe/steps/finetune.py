@@ -1,0 +1,509 @@
+"""The fine-tuning pipeline: continue backprop into the backbone for a task, judged
+against the linear probe on the same rows, task and split.
+
+    plan = prepare_finetune(config, feature_set)  # task rows, splits, backbone, run id
+    probe = ensure_probe(plan)                   # the heads flow's logreg (fitted if missing)
+    result = run_finetune(plan, probe)           # train (resuming a killed run), test, save
+    summary = finalize_finetune(plan, result, probe)
+    publish(plan, result)                         # optional: new weights -> new feature set
+
+The rows and splits come from the feature set exactly as the heads flow reads them (images
+that failed to decode there are not in it), and each image is decoded again from its URI
+by the same decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
+from transfer_pipe.cluster import resolve_device, threads_per_task
+from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
+from transfer_pipe.data.sources import source_from_description
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.finetune.data import ImageRows, choose_augmentation, loader_workers
+from transfer_pipe.finetune.loop import Trainer, TrainOptions, TrainState
+from transfer_pipe.finetune.persist import (
+    BACKBONE_FILE,
+    checkpoint_dir,
+    export_backbone,
+    read_card,
+    save_finetuned,
+)
+from transfer_pipe.finetune.surgery import (
+    FinetuneModel,
+    build_finetune_model,
+    init_head,
+    probe_head,
+)
+from transfer_pipe.heads.metrics import evaluate
+from transfer_pipe.heads.persist import load_head
+from transfer_pipe.heads.persist import read_card as read_head_card
+from transfer_pipe.heads.tasks import SplitRows
+from transfer_pipe.report import (
+    markdown_report,
+    metrics_rows,
+    save_confusion_matrix,
+    save_learning_curves,
+    save_per_class_accuracy,
+)
+from transfer_pipe.steps.embed import embed, library_versions
+from transfer_pipe.steps.train import HeadRun, TrainPlan, head_id, prepare_training, train_head
+from transfer_pipe.store import open_store
+
+PROBE_HEAD = "logreg"
+PROBE_LAYER = "penultimate"
+_LIBRARIES = ("transfer-pipe", "torch", "torchvision", "numpy", "pillow", "safetensors")
+_MAX_LOADER_THREADS = 8
+
+
+@dataclass(frozen=True)
+class SplitImages:
+    """One split's images: URIs, integer targets (indices into the classes), sample ids."""
+
+    uris: tuple[str, ...]
+    targets: np.ndarray
+    sample_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    config: FinetuneConfig
+    feature_set: str
+    feature_set_spec: dict[str, Any]
+    run_id: str
+    backbone: BackboneSpec
+    preprocessing: Preprocessing
+    classes: tuple[str, ...]
+    splits: dict[str, SplitImages]
+    probe_plan: TrainPlan  # the heads flow's plan for the probe on the same task and split
+    probe_head_id: str
+
+
+def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
+    """Resolve the task's rows and splits on the feature set (as the heads flow does), the
+    backbone and its weights, and the run id; everything is checked before training."""
+    probe_config = TrainConfig(
+        feature_set=feature_set,
+        store=config.store,
+        task=config.task,
+        heads=(PROBE_HEAD,),
+        layer=PROBE_LAYER,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        split_seed=config.split_seed,
+        device=config.device,
+    )
+    store = open_store(config.store)
+    if store.status(feature_set) == "complete":
+        layers = store.spec(feature_set).layers
+        if PROBE_LAYER not in layers:
+            raise TransferPipeError(
+                f"feature set {feature_set} holds {list(layers)}, not '{PROBE_LAYER}': the "
+                "fine-tuned head reads the penultimate features, and so must the probe it is "
+                "compared with; embed with the default layers."
+            )
+    probe_plan = prepare_training(probe_config, feature_set)
+    spec = probe_plan.feature_set_spec
+    backbone = _backbone(spec, config)
+    preprocessing = Preprocessing.from_dict(spec["preprocessing"])
+    data = probe_plan.data
+    table = store.row_table(feature_set, columns=("sample_id", "uri"))
+    uris = dict(zip(table["sample_id"], table["uri"], strict=True))
+    index = {label: i for i, label in enumerate(data.classes)}
+    splits = {
+        name: _images(rows, uris, index)
+        for name, rows in (("train", data.train), ("val", data.val), ("test", data.test))
+    }
+    plan = FinetunePlan(
+        config=config,
+        feature_set=feature_set,
+        feature_set_spec=spec,
+        run_id="",
+        backbone=backbone,
+        preprocessing=preprocessing,
+        classes=data.classes,
+        splits=splits,
+        probe_plan=probe_plan,
+        probe_head_id=head_id(probe_plan, HeadRun(PROBE_HEAD)),
+    )
+    return replace(plan, run_id=run_id(plan))
+
+
+def _images(rows: SplitRows, uris: dict[str, str], index: dict[str, int]) -> SplitImages:
+    return SplitImages(
+        uris=tuple(uris[s] for s in rows.sample_ids),
+        targets=np.asarray([index[label] for label in rows.labels], dtype=np.int64),
+        sample_ids=rows.sample_ids,
+    )
+
+
+def _backbone(spec: dict[str, Any], config: FinetuneConfig) -> BackboneSpec:
+    """The backbone with the very weights the feature set was embedded with."""
+    described = str(spec["backbone_metadata"].get("weights", ""))
+    candidates: list[str | None] = []
+    if config.embed is not None and config.embed.weights_file:
+        candidates.append(config.embed.weights_file)
+    candidates += [None] + ([described[5:]] if described.startswith("file ") else [])
+    for weights_file in dict.fromkeys(candidates):
+        try:
+            backbone = get_backbone(spec["backbone"], weights_file)
+        except TransferPipeError:
+            continue
+        if backbone.weights_digest() == spec["weights_digest"]:
+            return backbone
+    raise TransferPipeError(
+        f"cannot find the weights feature set {spec['key']} was embedded with "
+        f"({spec['backbone']}, sha256 {spec['weights_digest'][:12]}…); embed the source with "
+        "--weights-file pointing at them and fine-tune that feature set."
+    )
+
+
+def run_id(plan: FinetunePlan) -> str:
+    """Deterministic: the same data, task, split, policy and options give the same id, so
+    a rerun of a killed run finds its checkpoints and resumes."""
+    config = plan.config
+    identity = {
+        "feature_set": plan.feature_set,
+        "task": plan.probe_plan.data.task.digest,
+        "split": [config.val_fraction, config.test_fraction, config.split_seed],
+        "probe": plan.probe_head_id if config.lp_ft else None,
+        "policy": config.policy,
+        "options": asdict(train_options(config)),
+        "augment": config.augment,
+        "bn": config.bn,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    task = re.sub(r"[^a-z0-9]+", "-", plan.probe_plan.data.task.name.lower()).strip("-")
+    lp_ft = "-lpft" if config.lp_ft else ""
+    return f"{task or 'task'}-{config.policy}{lp_ft}-{digest}"
+
+
+def train_options(config: FinetuneConfig) -> TrainOptions:
+    return TrainOptions(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        accumulate=config.accumulate,
+        lr=config.lr,
+        # A new head starts far from any solution and may move fast; a probe's head is
+        # already fitted and moves with the backbone.
+        head_lr=config.lr if config.lp_ft else 10 * config.lr,
+        lr_decay=config.lr_decay,
+        weight_decay=config.weight_decay,
+        warmup_epochs=config.warmup_epochs,
+        label_smoothing=config.label_smoothing,
+        patience=config.patience,
+        seed=config.seed,
+        autocast=config.autocast,
+    )
+
+
+def ensure_probe(plan: FinetunePlan) -> dict[str, Any]:
+    """The probe's card: the heads flow's logreg on the same feature set, task and split,
+    fitted now if the store does not hold it yet."""
+    try:
+        return read_head_card(plan.config.store, plan.probe_head_id)
+    except TransferPipeError:
+        train_head(plan.probe_plan, HeadRun(PROBE_HEAD))
+        return read_head_card(plan.config.store, plan.probe_head_id)
+
+
+def build_model(plan: FinetunePlan) -> FinetuneModel:
+    """The backbone with a head for the task and the freeze policy applied; with LP-FT the
+    head starts as the probe (its standardization folded into the weights)."""
+    config = plan.config
+    model = build_finetune_model(
+        plan.backbone,
+        len(plan.classes),
+        config.policy,
+        plan.preprocessing.image_size,
+        seed=config.seed,
+        bn=config.bn,
+    )
+    if config.lp_ft:
+        probe, card = load_head(config.store, plan.probe_head_id)
+        if tuple(card["classes"]) != plan.classes:
+            raise TransferPipeError(f"probe {plan.probe_head_id} has other classes than the task")
+        tensors = probe.named_steps["head"].head_tensors()
+        scaler = probe.named_steps["scale"]
+        weight, bias = probe_head(
+            tensors["coef"].numpy(), tensors["intercept"].numpy(), scaler.mean_, scaler.scale_
+        )
+        init_head(model, weight, bias)
+    return model
+
+
+def _rows(plan: FinetunePlan, split: str, augmentation: str) -> ImageRows:
+    images = plan.splits[split]
+    threads = plan.config.loader_threads or min(_MAX_LOADER_THREADS, threads_per_task())
+    return ImageRows(
+        images.uris, images.targets, plan.preprocessing, augmentation, plan.config.seed, threads
+    )
+
+
+def trainer(plan: FinetunePlan) -> Trainer:
+    """A trainer for the plan, not yet started (``fit`` resumes from its checkpoints)."""
+    config = plan.config
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(threads_per_task())
+    augmentation = choose_augmentation(plan.splits["train"].uris, config.augment)
+    # Neither says what is computed, only how fast and for how long: not in train_options.
+    options = replace(
+        train_options(config),
+        time_budget_s=config.time_budget_s,
+        loader_workers=loader_workers(config.loader_workers),
+    )
+    return Trainer(
+        build_model(plan),
+        _rows(plan, "train", augmentation),
+        _rows(plan, "val", "none"),
+        options,
+        checkpoint_dir(config.store, plan.run_id),
+        device,
+    )
+
+
+def run_finetune(
+    plan: FinetunePlan, probe_card: dict[str, Any], on_epoch: Any = None
+) -> dict[str, Any]:
+    """Train (or resume, or reuse a finished run), evaluate on test, save the model with
+    its card and reports; returns the result (JSON-able)."""
+    done = read_card(plan.config.store, plan.run_id)
+    if done is not None:
+        return {**done["result"], "reused": True}
+    job = trainer(plan)
+    state = job.fit(on_epoch)
+    test_rows = _rows(plan, "test", "none")
+    proba, kept = job.predict(test_rows)
+    labels = np.asarray(plan.classes)[test_rows.targets[kept]]
+    metrics = evaluate(labels, proba, plan.classes, seed=plan.config.split_seed)
+    result = _result(plan, job, state, metrics, probe_card)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _report_files(Path(tmp), result)
+        card = _card(plan, job, state, result)
+        result["url"] = save_finetuned(plan.config.store, plan.run_id, job.model, card, files)
+    return result
+
+
+def _result(
+    plan: FinetunePlan,
+    job: Trainer,
+    state: TrainState,
+    metrics: dict[str, Any],
+    probe_card: dict[str, Any],
+) -> dict[str, Any]:
+    config = plan.config
+    return {
+        "run_id": plan.run_id,
+        "head_id": plan.run_id,  # the report tables name every model by this key
+        "head": f"finetune {config.policy}" + (" lp-ft" if config.lp_ft else ""),
+        "task": plan.probe_plan.data.task.name,
+        "layer": PROBE_LAYER,
+        "policy": config.policy,
+        "lp_ft": config.lp_ft,
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "stopped": state.finished,
+        "history": state.history,
+        "skipped_images": [
+            {"sample_id": str(plan.splits["train"].sample_ids[row]), "reason": reason}
+            for row, reason in sorted(state.failed.items())
+        ],
+        "device": str(job.device),
+        "image_size": plan.preprocessing.image_size,
+        "chosen": {"epoch": state.best_epoch},
+        "metrics": metrics,
+        "probe": {"head_id": plan.probe_head_id, "metrics": probe_card["metrics"]},
+        "seconds": {"train": state.seconds},
+        "checkpoint": str(job.checkpoints / "best.pt"),
+    }
+
+
+def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
+    metrics = result["metrics"]
+    title = f"{result['run_id']} (test)"
+    files = {
+        "curves": save_learning_curves(
+            folder / "curves.png",
+            result["history"],
+            baseline=result["probe"]["metrics"]["accuracy"],
+            title=result["run_id"],
+        ),
+        "confusion": save_confusion_matrix(
+            folder / "confusion.png", metrics["confusion_matrix"], metrics["classes"], title
+        ),
+        "per_class": save_per_class_accuracy(folder / "per_class.png", metrics["per_class"], title),
+    }
+    report = folder / "report.md"
+    report.write_text(finetune_report(result, {k: p.name for k, p in files.items()}))
+    return {**files, "report": report}
+
+
+def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The probe and the fine-tuned model as two rows of the heads' metrics table."""
+    probe = {"head_id": result["probe"]["head_id"], "head": "linear probe", "task": result["task"],
+             "metrics": result["probe"]["metrics"]}  # fmt: skip
+    return metrics_rows([probe, result])
+
+
+def finetune_report(result: dict[str, Any], images: dict[str, str] | None = None) -> str:
+    """Markdown: the comparison with the probe, the learning curves, then the usual
+    per-class report of the fine-tuned model."""
+    rows = comparison_rows(result)
+    columns = ("head", "accuracy", "accuracy_ci95", "macro_f1", "balanced_accuracy", "ece")
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    table += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    lines = [
+        f"# Fine-tuning {result['run_id']}",
+        "",
+        f"Policy **{result['policy']}**{' with LP-FT' if result['lp_ft'] else ''}, "
+        f"{result['epochs']} epochs (best {result['best_epoch']}, stopped by "
+        f"{result['stopped']}), image size {result['image_size']}, on {result['device']}; "
+        f"{len(result['skipped_images'])} training images skipped as undecodable.",
+        "",
+        *table,
+        "",
+    ]
+    if images and "curves" in images:
+        lines += [f"![learning curves]({images['curves']})", ""]
+    rest = {k: v for k, v in (images or {}).items() if k != "curves"}
+    return "\n".join(lines) + "\n" + markdown_report(result, rest)
+
+
+def _card(
+    plan: FinetunePlan, job: Trainer, state: TrainState, result: dict[str, Any]
+) -> dict[str, Any]:
+    spec, config = plan.feature_set_spec, plan.config
+    return {
+        "feature_set": plan.feature_set,
+        "store": config.store,
+        "source": spec["source"],
+        "backbone": plan.backbone.id,
+        "weights_digest": spec["weights_digest"],
+        "preprocessing": plan.preprocessing.to_dict(),
+        "task": plan.probe_plan.data.task.to_dict() | {"digest": plan.probe_plan.data.task.digest},
+        "classes": list(plan.classes),
+        "splits": {name: len(s) for name, s in plan.splits.items()}
+        | {"origin": plan.probe_plan.data.split_origin},
+        "policy": config.policy,
+        "lp_ft": config.lp_ft,
+        "probe_head_id": plan.probe_head_id,
+        "hyperparameters": asdict(job.options)
+        | {"augment": job.train_rows.augmentation, "bn": config.bn},
+        "trainable_segments": [s.name for s in job.model.trainable_segments()],
+        "trainable_parameters": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
+        "result": {k: v for k, v in result.items() if k != "url"},
+        "libraries": library_versions(_LIBRARIES),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def finalize_finetune(
+    plan: FinetunePlan, result: dict[str, Any], embedded: int = 0
+) -> dict[str, Any]:
+    """The run's summary: test metrics next to the probe's, and where the model lives."""
+    metrics, probe = result["metrics"], result["probe"]["metrics"]
+    return {
+        "run_id": plan.run_id,
+        "feature_set": plan.feature_set,
+        "store": plan.config.store,
+        "task": result["task"],
+        "classes": list(plan.classes),
+        "splits": {name: len(s) for name, s in plan.splits.items()},
+        "policy": result["policy"],
+        "lp_ft": result["lp_ft"],
+        "epochs": result["epochs"],
+        "best_epoch": result["best_epoch"],
+        "stopped": result["stopped"],
+        "image_size": result["image_size"],
+        "device": result["device"],
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "accuracy_ci95": metrics["accuracy_ci95"],
+        "probe_head_id": result["probe"]["head_id"],
+        "probe_accuracy": probe["accuracy"],
+        "probe_macro_f1": probe["macro_f1"],
+        "gain": metrics["accuracy"] - probe["accuracy"],
+        "skipped_images": len(result["skipped_images"]),
+        "train_seconds": result["seconds"]["train"],
+        "checkpoint": result["checkpoint"],
+        "url": result.get("url"),
+        "reused": bool(result.get("reused")),
+        "embedded": embedded,
+        "table": comparison_rows(result),
+    }
+
+
+def publish_config(plan: FinetunePlan) -> EmbedConfig:
+    """The embed run that re-embeds the dataset with the fine-tuned weights: a new
+    feature-set key, since the weights digest differs. Writes the weights file first."""
+    job_dir = checkpoint_dir(plan.config.store, plan.run_id).parent
+    weights = job_dir / BACKBONE_FILE
+    if not weights.exists():
+        model = build_model(plan)
+        state = torch.load(job_dir / "checkpoints" / "best.pt", map_location="cpu")
+        model.load_state_dict(state)
+        export_backbone(plan.backbone, model, weights)
+    base = plan.config.embed
+    if base is None:
+        spec = plan.feature_set_spec
+        base = EmbedConfig(
+            source=source_from_description(spec["source"]), store=plan.config.store,
+            limit=spec["rows"], layers=tuple(spec["layers"]),
+        )  # fmt: skip
+    return replace(
+        base,
+        backbone=plan.backbone.id,
+        weights_file=str(weights),
+        image_size=plan.preprocessing.image_size,
+    )
+
+
+def publish(plan: FinetunePlan) -> dict[str, Any]:
+    """Re-embed the dataset with the fine-tuned backbone; returns the embed summary."""
+    return embed(publish_config(plan))
+
+
+def finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """The whole fine-tuning pipeline without an orchestrator (notebooks, tests)."""
+    embedded = 0
+    feature_set = config.feature_set
+    if config.embed is not None:
+        summary = embed(config.embed)
+        feature_set, embedded = summary["feature_set"], summary["embedded"]
+    assert feature_set is not None
+    plan = prepare_finetune(config, feature_set)
+    probe = ensure_probe(plan)
+    result = run_finetune(plan, probe)
+    summary = finalize_finetune(plan, result, embedded)
+    if config.publish:
+        published = publish(plan)
+        summary["published_feature_set"] = published["feature_set"]
+    return summary
+
+
+__all__: Sequence[str] = (
+    "FinetunePlan",
+    "ensure_probe",
+    "finalize_finetune",
+    "finetune",
+    "prepare_finetune",
+    "publish",
+    "run_finetune",
+)

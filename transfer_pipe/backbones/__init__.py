@@ -8,9 +8,14 @@ Example::
         features = tap(batch)  # {"stages.0": Tensor[B, 16], ..., "stages.6": Tensor[B, 320]}
 """
 
-from transfer_pipe.backbones import builtin, torchvision_backbones  # noqa: F401  (registers ids)
+from transfer_pipe.backbones import (  # noqa: F401  (registers ids)
+    builtin,
+    published,
+    torchvision_backbones,
+)
 from transfer_pipe.backbones.builtin import EFFICIENTNET_LITE0, TINY_TEST
 from transfer_pipe.backbones.preprocessing import Preprocessing
+from transfer_pipe.backbones.published import publish_backbone
 from transfer_pipe.backbones.registry import (
     BackboneEntry,
     BackboneSpec,
@@ -31,6 +36,7 @@ __all__ = [
     "Preprocessing",
     "get_backbone",
     "list_backbones",
+    "publish_backbone",
     "register",
     "resolve_layers",
 ]

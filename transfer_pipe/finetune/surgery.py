@@ -214,10 +214,13 @@ def apply_policy(model: FinetuneModel, policy: str) -> None:
 
 
 def _ancestors_only_of(frozen: set[str], trained: set[str]) -> set[str]:
-    """Stateless containers (e.g. a Sequential of frozen blocks) that hold no trained
-    module: eval mode on them changes nothing, but keeps ``model.training`` honest."""
-    parents = {name.rpartition(".")[0] for name in frozen} - {""}
-    return {p for p in parents if not any(t == p or t.startswith(p + ".") for t in trained)}
+    """Containers (e.g. a Sequential of frozen blocks) that hold no trained module: eval
+    mode on them changes nothing, but keeps their ``training`` flag honest."""
+    ancestors: set[str] = set()
+    for name in frozen:
+        parts = name.split(".")
+        ancestors.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return {a for a in ancestors if not any(t == a or t.startswith(a + ".") for t in trained)}
 
 
 def parameter_groups(

@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
+from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone, publish_backbone
 from transfer_pipe.cluster import resolve_device, threads_per_task
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.data import ImageRows, choose_augmentation, loader_workers
-from transfer_pipe.finetune.loop import Trainer, TrainOptions, TrainState
+from transfer_pipe.finetune.loop import BEST, Trainer, TrainOptions, TrainState
 from transfer_pipe.finetune.persist import (
     BACKBONE_FILE,
     checkpoint_dir,
@@ -451,15 +451,22 @@ def finalize_finetune(
 
 
 def publish_config(plan: FinetunePlan) -> EmbedConfig:
-    """The embed run that re-embeds the dataset with the fine-tuned weights: a new
-    feature-set key, since the weights digest differs. Writes the weights file first."""
-    job_dir = checkpoint_dir(plan.config.store, plan.run_id).parent
-    weights = job_dir / BACKBONE_FILE
+    """Register the fine-tuned backbone as ``finetuned/<run_id>`` (its weights file written
+    next to the run) and return the embed run that re-embeds the dataset with it: a new
+    feature-set key, since the weights digest differs."""
+    checkpoints = checkpoint_dir(plan.config.store, plan.run_id)
+    weights = checkpoints.parent / BACKBONE_FILE
     if not weights.exists():
         model = build_model(plan)
-        state = torch.load(job_dir / "checkpoints" / "best.pt", map_location="cpu")
-        model.load_state_dict(state)
+        model.load_state_dict(torch.load(checkpoints / BEST, map_location="cpu"))
         export_backbone(plan.backbone, model, weights)
+    backbone = publish_backbone(
+        plan.run_id,
+        plan.backbone.id,
+        str(weights),
+        plan.preprocessing,
+        {"run": plan.run_id, "store": plan.config.store, "feature_set": plan.feature_set},
+    )
     base = plan.config.embed
     if base is None:
         spec = plan.feature_set_spec
@@ -467,12 +474,8 @@ def publish_config(plan: FinetunePlan) -> EmbedConfig:
             source=source_from_description(spec["source"]), store=plan.config.store,
             limit=spec["rows"], layers=tuple(spec["layers"]),
         )  # fmt: skip
-    return replace(
-        base,
-        backbone=plan.backbone.id,
-        weights_file=str(weights),
-        image_size=plan.preprocessing.image_size,
-    )
+    # The published entry carries the fine-tuning preprocessing: image_size None uses it.
+    return replace(base, backbone=backbone, weights_file=None, image_size=None)
 
 
 def publish(plan: FinetunePlan) -> dict[str, Any]:

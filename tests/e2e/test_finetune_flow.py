@@ -1,0 +1,147 @@
+"""The fine-tuning flow end to end: a real Prefect server, a feature set written by the
+embed flow (bad files included), the probe from the heads flow, publish and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.embed import embed_flow
+from flows.finetune import finetune_flow
+from tests.e2e.test_cli import cli
+from tests.images import make_dataset
+from transfer_pipe.backbones import get_backbone, list_backbones
+from transfer_pipe.config import EmbedConfig, FinetuneConfig
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.finetune.persist import list_cards
+from transfer_pipe.heads.persist import load_head
+from transfer_pipe.steps.finetune import build_model, ensure_probe, prepare_finetune
+from transfer_pipe.store import open_store
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A folder dataset with 4 bad files, embedded once; returns (data, store, key)."""
+    root = tmp_path_factory.mktemp("finetune-flow")
+    data, store = root / "images", root / "store"
+    make_dataset(data, classes=3, per_class=14)
+    config = EmbedConfig(
+        source=str(data), store=str(store), backbone="tiny_test", shard_size=8, workers=1
+    )
+    summary = embed_flow(config)
+    assert summary["failed"] == 4
+    return data, store, summary["feature_set"]
+
+
+def config(store: Path, key: str, **changes: object) -> FinetuneConfig:
+    settings: dict[str, object] = dict(
+        feature_set=key, store=str(store), policy="top-1", epochs=2, batch_size=8,
+        loader_workers=0,
+    )  # fmt: skip
+    return FinetuneConfig(**{**settings, **changes})  # type: ignore[arg-type]
+
+
+def test_lp_ft_starts_from_the_probes_weights(embedded: tuple[Path, Path, str]) -> None:
+    _, store, key = embedded
+    plan = prepare_finetune(config(store, key, lp_ft=True), key)
+    ensure_probe(plan)
+    probe, _ = load_head(str(store), plan.probe_head_id)
+    model = build_model(plan).eval()
+    features = open_store(str(store)).load(key).features
+    with torch.no_grad():
+        logits = model.head(torch.from_numpy(np.asarray(features, np.float32))).numpy()
+    np.testing.assert_allclose(logits, probe.decision_function(features), rtol=1e-4, atol=1e-4)
+
+
+def test_flow_compares_with_the_probe_saves_and_reports(
+    embedded: tuple[Path, Path, str],
+) -> None:
+    _, store, key = embedded
+    summary = finetune_flow(config(store, key, lp_ft=True))
+    assert summary["embedded"] == 0 and summary["feature_set"] == key
+    assert summary["splits"]["train"] + summary["splits"]["val"] + summary["splits"]["test"] == 42
+    assert summary["epochs"] == 2 and summary["skipped_images"] == 0
+    for field in ("accuracy", "macro_f1", "probe_accuracy"):
+        assert 0.0 <= summary[field] <= 1.0
+    assert Path(summary["checkpoint"]).exists()
+    [card] = [c for c in list_cards(str(store)) if c["run_id"] == summary["run_id"]]
+    assert card["backbone"] == "tiny_test" and card["policy"] == "top-1" and card["lp_ft"]
+    assert card["probe_head_id"] == summary["probe_head_id"]
+    assert len(card["result"]["history"]) == 2 and "torch" in card["libraries"]
+    assert card["hyperparameters"]["augment"] in ("affine", "crop-flip")
+    folder = Path(summary["url"])
+    for name in ("model.safetensors", "report.md", "curves.png", "confusion.png", "card.json"):
+        assert (folder / name).stat().st_size > 0, name
+    assert "linear probe" in (folder / "report.md").read_text()
+
+    with get_client(sync_client=True) as client:
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-vs-probe"]))
+        )
+        reports = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-report"]))
+        )
+    rows = json.loads(tables[0].data) if isinstance(tables[0].data, str) else tables[0].data
+    assert [row["head"] for row in rows] == ["linear probe", "finetune top-1 lp-ft"]
+    assert rows[0]["accuracy"] == round(summary["probe_accuracy"], 4)
+    assert reports and "Fine-tuning" in str(reports[0].data)
+
+    again = finetune_flow(config(store, key, lp_ft=True))  # finished: reused, not retrained
+    assert again["reused"] and again["accuracy"] == summary["accuracy"]
+
+
+def test_publish_registers_a_backbone_and_re_embeds_with_it(
+    embedded: tuple[Path, Path, str],
+) -> None:
+    _, store, key = embedded
+    summary = finetune_flow(config(store, key, policy="full", epochs=1, publish=True))
+    published = summary["published_feature_set"]
+    assert published != key
+    catalog = open_store(str(store))
+    new, old = catalog.spec(published), catalog.spec(key)
+    assert catalog.status(published) == "complete"
+    backbone = f"finetuned/{summary['run_id']}"
+    assert new.backbone == backbone and backbone in list_backbones()
+    assert new.preprocessing == old.preprocessing
+    spec = get_backbone(backbone)  # resolvable by id in any process of this machine
+    assert spec.weights_digest() == new.weights_digest
+    assert new.weights_digest != old.weights_digest and new.data_digest == old.data_digest
+    assert new.embedding_key != old.embedding_key and new.rows == old.rows
+    moved = np.abs(catalog.load(published).features - catalog.load(key).features).max()
+    assert moved > 1e-4  # the backbone itself changed
+
+
+def test_a_feature_set_without_penultimate_features_is_refused(tmp_path: Path) -> None:
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=2, per_class=6, bad=False)
+    layered = EmbedConfig(
+        source=str(data), store=str(store), backbone="tiny_test", layers=("stages.1",), workers=1
+    )
+    key = embed_flow(layered)["feature_set"]
+    with pytest.raises(TransferPipeError, match="penultimate"):
+        prepare_finetune(config(store, key), key)
+
+
+def test_cli_finetune_json(tmp_path: Path, prefect_api: str) -> None:
+    data, store = tmp_path / "images", str(tmp_path / "store")
+    make_dataset(data, classes=2, per_class=10)
+    args = ["finetune", str(data), "--store", store, "--backbone", "tiny_test",
+            "--policy", "top-2", "--lp-ft", "--epochs", "2", "--batch-size", "8"]  # fmt: skip
+    done = cli(*args, "--json", api=prefect_api)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"accuracy", "macro_f1", "probe_accuracy", "checkpoint"} <= set(result)
+    assert Path(result["checkpoint"]).exists() and result["embedded"] == 20
+    assert "linear probe" in done.stdout and "accuracy" in done.stdout
+
+    bad = cli("finetune", str(data), "--store", store, "--policy", "top-x", api=prefect_api,
+              check=False)  # fmt: skip
+    assert bad.returncode == 2 and "freeze policy" in bad.stderr
+    assert bad.stderr.count("\n") == 1  # one clear line, no traceback

@@ -1,0 +1,123 @@
+"""The training loop: it learns, it skips bad images, and a run killed midway resumes to
+exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.unit.finetune.training import OPTIONS, make_data, make_trainer
+from transfer_pipe.finetune.loop import BEST, LAST, Trainer, lr_factor
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("finetune-images")
+    make_data(root)
+    return root
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_epoch(data: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(data, tmp_path / "ckpt")
+    initial = trainer.validate()
+    state = trainer.fit()
+    assert state.epoch == 4 and state.finished == "epochs" and len(state.history) == 4
+    losses = [row["train_loss"] for row in state.history]
+    assert losses[-1] < losses[0]
+    assert trainer.validate()["val_loss"] < initial["val_loss"]
+    assert state.best_accuracy == max(row["val_accuracy"] for row in state.history)
+    assert (tmp_path / "ckpt" / LAST).exists() and (tmp_path / "ckpt" / BEST).exists()
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(data: Path, tmp_path: Path) -> None:
+    reference = make_trainer(data, tmp_path / "uninterrupted")
+    reference.fit()
+    reference_weights = reference.model.state_dict()
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.unit.finetune.training", str(data), str(killed),
+         "--pause-after", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "paused"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert torch.load(killed / LAST, weights_only=False)["state"]["epoch"] == 2
+
+    resumed = make_trainer(data, killed)
+    state = resumed.fit()
+    assert [row["epoch"] for row in state.history] == [1, 2, 3, 4]
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, reference_weights[name]), name
+    assert state.history[-1]["train_loss"] == reference.state.history[-1]["train_loss"]
+
+
+def test_a_finished_run_is_not_trained_again(data: Path, tmp_path: Path) -> None:
+    first = make_trainer(data, tmp_path / "ckpt")
+    first.fit()
+    again = make_trainer(data, tmp_path / "ckpt")
+    state = again.fit(on_epoch=lambda record: pytest.fail("trained again"))
+    assert state.epoch == 4
+
+
+def test_bad_images_are_skipped_and_recorded(data: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(data, tmp_path / "ckpt", replace(OPTIONS, epochs=1))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    trainer.train_rows.uris[5] = bad.as_uri()
+    state = trainer.fit()
+    assert list(state.failed) == [5]
+    assert state.failed[5].split(":")[0] in ("not-an-image", "truncated")
+    assert state.history[0]["train_loss"] > 0
+
+
+def test_early_stopping_and_time_budget_end_a_run(data: Path, tmp_path: Path) -> None:
+    budget = make_trainer(data, tmp_path / "a", replace(OPTIONS, time_budget_s=1e-6))
+    assert budget.fit().finished == "time budget"
+    still = make_trainer(data, tmp_path / "b", replace(OPTIONS, lr=0.0, head_lr=0.0, patience=1))
+    state = still.fit()  # nothing learns: validation never improves after epoch 1
+    assert state.finished == "early stopping" and state.epoch == 2
+
+
+def test_warmup_then_cosine() -> None:
+    factors = [lr_factor(step, warmup=10, total=110) for step in range(111)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
+    assert factors[110] == pytest.approx(0.0, abs=1e-12)
+    assert np.all(np.diff(factors[10:]) <= 1e-12)
+
+
+def test_checkpoints_hold_everything_resume_needs(data: Path, tmp_path: Path) -> None:
+    trainer: Trainer = make_trainer(data, tmp_path / "ckpt", replace(OPTIONS, epochs=1))
+    trainer.fit()
+    payload = torch.load(tmp_path / "ckpt" / LAST, weights_only=False)
+    assert {"model", "optimizer", "scheduler", "scaler", "state", "rng", "options"} <= set(payload)
+    assert {"torch", "numpy", "python"} <= set(payload["rng"])
+
+
+def test_gradient_accumulation_matches_one_large_batch(data: Path, tmp_path: Path) -> None:
+    large = make_trainer(data, tmp_path / "large", replace(OPTIONS, epochs=1, batch_size=8))
+    split = make_trainer(
+        data, tmp_path / "split", replace(OPTIONS, epochs=1, batch_size=4, accumulate=2)
+    )
+    assert large.steps_per_epoch == split.steps_per_epoch == 3
+    large.fit()
+    split.fit()
+    for name, tensor in large.model.state_dict().items():
+        torch.testing.assert_close(split.model.state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
+    untrained = make_trainer(data, tmp_path / "none", replace(OPTIONS, epochs=1))
+    moved = (large.model.head.weight - untrained.model.head.weight).abs().max()
+    assert moved > 1e-3  # the comparison above is between weights that did move

@@ -49,3 +49,5 @@ test: install data lint
 benchmark: install data
 	$(BIN)/python benchmarks/embed_throughput.py
 	$(BIN)/python benchmarks/heads_probe.py
+	$(BIN)/python benchmarks/finetune.py --device cpu --image-size 64 --policy top-2 \
+		--epochs 6 --time-budget 2400

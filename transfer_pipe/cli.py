@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
 
     commands.add_parser("backbones", help="list registered backbone ids")
+
+    finetuned = commands.add_parser("finetuned", help="list fine-tuning runs and their results")
+    finetuned.add_argument("--store", default=_default_store())
+    finetuned.add_argument("--json", action="store_true")
     _add_train(commands)
     _add_finetune(commands)
     heads = commands.add_parser("heads", help="fitted heads in a store")
@@ -385,6 +389,34 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetuned(args: argparse.Namespace) -> int:
+    from transfer_pipe.finetune.persist import list_cards
+
+    rows = [
+        {
+            "run_id": c["run_id"],
+            "feature_set": c["feature_set"],
+            "task": c["task"]["name"],
+            "policy": c["policy"],
+            "lp_ft": c["lp_ft"],
+            "epochs": c["result"]["epochs"],
+            "accuracy": round(c["result"]["metrics"]["accuracy"], 4),
+            "probe_accuracy": round(c["result"]["probe"]["metrics"]["accuracy"], 4),
+            "created": c["created"],
+        }
+        for c in list_cards(args.store)
+    ]
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no fine-tuning runs in {args.store}")
+    else:
+        from transfer_pipe.report import terminal_table
+
+        print(terminal_table(rows))
+    return 0
+
+
 def _heads(args: argparse.Namespace) -> int:
     from transfer_pipe.heads.persist import list_cards
 
@@ -502,6 +534,7 @@ _COMMANDS = {
     "backbones": _backbones,
     "train": _train,
     "finetune": _finetune,
+    "finetuned": _finetuned,
     "heads": _heads,
     "predict": _predict,
 }

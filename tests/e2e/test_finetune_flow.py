@@ -140,6 +140,10 @@ def test_cli_finetune_json(tmp_path: Path, prefect_api: str) -> None:
     assert {"accuracy", "macro_f1", "probe_accuracy", "checkpoint"} <= set(result)
     assert Path(result["checkpoint"]).exists() and result["embedded"] == 20
     assert "linear probe" in done.stdout and "accuracy" in done.stdout
+    listed = json.loads(cli("finetuned", "--store", store, "--json", api=prefect_api).stdout)
+    assert [(r["run_id"], r["accuracy"]) for r in listed] == [
+        (result["run_id"], round(result["accuracy"], 4))
+    ]
 
     bad = cli("finetune", str(data), "--store", store, "--policy", "top-x", api=prefect_api,
               check=False)  # fmt: skip

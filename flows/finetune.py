@@ -24,6 +24,7 @@ from prefect.utilities.annotations import quote
 
 from flows.embed import embed_flow
 from transfer_pipe.config import FinetuneConfig
+from transfer_pipe.report import finetune_report
 from transfer_pipe.steps import finetune as steps
 
 prepare = task(name="prepare-finetune", cache_policy=NO_CACHE)(steps.prepare_finetune)
@@ -48,7 +49,7 @@ def train(plan: steps.FinetunePlan, probe_card: dict[str, Any]) -> dict[str, Any
     result = steps.run_finetune(plan, probe_card, on_epoch=report)
     update_progress_artifact(artifact, 100.0)
     create_markdown_artifact(
-        steps.finetune_report(result),
+        finetune_report(result),
         key="finetune-report",
         description=f"{plan.run_id} on feature set {plan.feature_set}",
     )

@@ -149,3 +149,19 @@ def test_cli_finetune_json(tmp_path: Path, prefect_api: str) -> None:
               check=False)  # fmt: skip
     assert bad.returncode == 2 and "freeze policy" in bad.stderr
     assert bad.stderr.count("\n") == 1  # one clear line, no traceback
+
+
+def test_an_image_broken_after_embedding_is_skipped_not_fatal(tmp_path: Path) -> None:
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=2, per_class=8, bad=False)
+    embedded = EmbedConfig(source=str(data), store=str(store), backbone="tiny_test", workers=1)
+    key = embed_flow(embedded)["feature_set"]
+    plan = prepare_finetune(config(store, key), key)
+    victim = plan.splits["train"].uris[0]
+    Path(victim.removeprefix("file://")).write_bytes(b"overwritten since it was embedded")
+    summary = finetune_flow(config(store, key))
+    assert summary["epochs"] == 2 and summary["skipped_images"] == 1
+    [card] = list_cards(str(store))
+    [skipped] = card["result"]["skipped_images"]
+    assert skipped["sample_id"] == str(plan.splits["train"].sample_ids[0])
+    assert skipped["reason"].startswith("not-an-image")

@@ -3,6 +3,7 @@
 Plain library code: no Prefect, torch or zarr. Flows turn the rows into artifacts.
 """
 
+from transfer_pipe.report.finetune import comparison_rows, finetune_report
 from transfer_pipe.report.plots import (
     save_confusion_matrix,
     save_learning_curves,
@@ -17,6 +18,8 @@ from transfer_pipe.report.tables import (
 
 __all__ = [
     "ROW_COLUMNS",
+    "comparison_rows",
+    "finetune_report",
     "markdown_report",
     "metrics_rows",
     "save_confusion_matrix",

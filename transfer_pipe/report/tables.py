@@ -123,7 +123,7 @@ def markdown_report(result: Mapping[str, Any], images: Mapping[str, str] | None 
         "",
         "Rows are the true class, columns the predicted class.",
         "",
-        _markdown_table(
+        markdown_table(
             ["true \\ predicted", *classes],
             [
                 [name, *counts]
@@ -133,7 +133,7 @@ def markdown_report(result: Mapping[str, Any], images: Mapping[str, str] | None 
         "",
         "## Per class",
         "",
-        _markdown_table(
+        markdown_table(
             ["class", *_SCORES, "support"],
             [
                 [row["class"], *(f"{row[key]:.4f}" for key in _SCORES), row["support"]]
@@ -173,7 +173,7 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub markdown table; first column left-aligned, the rest right-aligned."""
 
     def line(values: Sequence[object]) -> str:

@@ -52,8 +52,8 @@ from transfer_pipe.heads.persist import load_head
 from transfer_pipe.heads.persist import read_card as read_head_card
 from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.report import (
-    markdown_report,
-    metrics_rows,
+    comparison_rows,
+    finetune_report,
     save_confusion_matrix,
     save_learning_curves,
     save_per_class_accuracy,
@@ -292,7 +292,8 @@ def run_finetune(
     proba, kept = job.predict(test_rows)
     labels = np.asarray(plan.classes)[test_rows.targets[kept]]
     metrics = evaluate(labels, proba, plan.classes, seed=plan.config.split_seed)
-    result = _result(plan, job, state, metrics, probe_card)
+    test_skipped = sorted(set(range(len(test_rows))) - set(kept.tolist()))
+    result = _result(plan, job, state, metrics, probe_card, test_skipped)
     with tempfile.TemporaryDirectory() as tmp:
         files = _report_files(Path(tmp), result)
         card = _card(plan, job, state, result)
@@ -306,6 +307,7 @@ def _result(
     state: TrainState,
     metrics: dict[str, Any],
     probe_card: dict[str, Any],
+    test_skipped: list[int],
 ) -> dict[str, Any]:
     config = plan.config
     return {
@@ -321,8 +323,20 @@ def _result(
         "stopped": state.finished,
         "history": state.history,
         "skipped_images": [
-            {"sample_id": str(plan.splits["train"].sample_ids[row]), "reason": reason}
+            {
+                "split": "train",
+                "sample_id": str(plan.splits["train"].sample_ids[row]),
+                "reason": reason,
+            }
             for row, reason in sorted(state.failed.items())
+        ]
+        + [
+            {
+                "split": "test",
+                "sample_id": str(plan.splits["test"].sample_ids[row]),
+                "reason": "could not be decoded",
+            }
+            for row in test_skipped
         ],
         "device": str(job.device),
         "image_size": plan.preprocessing.image_size,
@@ -330,7 +344,7 @@ def _result(
         "metrics": metrics,
         "probe": {"head_id": plan.probe_head_id, "metrics": probe_card["metrics"]},
         "seconds": {"train": state.seconds},
-        "checkpoint": str(job.checkpoints / "best.pt"),
+        "checkpoint": str(job.checkpoints / BEST),
     }
 
 
@@ -352,37 +366,6 @@ def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
     report = folder / "report.md"
     report.write_text(finetune_report(result, {k: p.name for k, p in files.items()}))
     return {**files, "report": report}
-
-
-def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The probe and the fine-tuned model as two rows of the heads' metrics table."""
-    probe = {"head_id": result["probe"]["head_id"], "head": "linear probe", "task": result["task"],
-             "metrics": result["probe"]["metrics"]}  # fmt: skip
-    return metrics_rows([probe, result])
-
-
-def finetune_report(result: dict[str, Any], images: dict[str, str] | None = None) -> str:
-    """Markdown: the comparison with the probe, the learning curves, then the usual
-    per-class report of the fine-tuned model."""
-    rows = comparison_rows(result)
-    columns = ("head", "accuracy", "accuracy_ci95", "macro_f1", "balanced_accuracy", "ece")
-    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    table += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
-    lines = [
-        f"# Fine-tuning {result['run_id']}",
-        "",
-        f"Policy **{result['policy']}**{' with LP-FT' if result['lp_ft'] else ''}, "
-        f"{result['epochs']} epochs (best {result['best_epoch']}, stopped by "
-        f"{result['stopped']}), image size {result['image_size']}, on {result['device']}; "
-        f"{len(result['skipped_images'])} training images skipped as undecodable.",
-        "",
-        *table,
-        "",
-    ]
-    if images and "curves" in images:
-        lines += [f"![learning curves]({images['curves']})", ""]
-    rest = {k: v for k, v in (images or {}).items() if k != "curves"}
-    return "\n".join(lines) + "\n" + markdown_report(result, rest)
 
 
 def _card(

@@ -1,0 +1,51 @@
+"""Fine-tuning's report pieces: the probe beside the fine-tuned model, learning curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from tests.unit.report.test_report import CLASSES, PNG_SIGNATURE, head_result
+from transfer_pipe.report import comparison_rows, finetune_report, save_learning_curves
+
+HISTORY = [
+    {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_accuracy": 0.5 + e / 10,
+     "val_accuracy": 0.45 + e / 10}
+    for e in (1, 2, 3)
+]  # fmt: skip
+
+
+def finetune_result() -> dict[str, Any]:
+    probe = head_result("probe", CLASSES, seed=3)
+    return head_result(
+        "source-top-2-abc", CLASSES, seed=4, head="finetune top-2", run_id="source-top-2-abc",
+        policy="top-2", lp_ft=True, epochs=3, best_epoch=3, stopped="epochs", image_size=64,
+        device="cpu", skipped_images=[], history=HISTORY,
+        probe={"head_id": "source-logreg-x", "metrics": probe["metrics"]},
+    )  # fmt: skip
+
+
+def test_comparison_puts_the_probe_first_with_its_own_metrics() -> None:
+    result = finetune_result()
+    probe_row, tuned_row = comparison_rows(result)
+    assert (probe_row["head"], probe_row["head_id"]) == ("linear probe", "source-logreg-x")
+    assert probe_row["accuracy"] == round(result["probe"]["metrics"]["accuracy"], 4)
+    assert tuned_row["accuracy"] == round(result["metrics"]["accuracy"], 4)
+    assert tuned_row["head"] == "finetune top-2"
+
+
+def test_report_shows_the_comparison_curves_and_per_class_table() -> None:
+    text = finetune_report(finetune_result(), {"curves": "curves.png", "confusion": "c.png"})
+    assert "# Fine-tuning source-top-2-abc" in text and "with LP-FT" in text
+    assert "| linear probe |" in text and "| finetune top-2 |" in text
+    assert "![learning curves](curves.png)" in text and "c.png" in text
+    assert all(name in text for name in CLASSES)
+
+
+def test_learning_curves_png(tmp_path: Path) -> None:
+    path = save_learning_curves(tmp_path / "curves.png", HISTORY, baseline=0.7, title="run")
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    with Image.open(path) as image:
+        assert image.size[0] > image.size[1] > 100

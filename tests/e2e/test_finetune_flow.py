@@ -21,7 +21,9 @@ from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.persist import list_cards
 from transfer_pipe.heads.persist import load_head
+from transfer_pipe.heads.protocol import fit_on_train
 from transfer_pipe.steps.finetune import build_model, ensure_probe, prepare_finetune
+from transfer_pipe.steps.train import protocol_options
 from transfer_pipe.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -49,16 +51,24 @@ def config(store: Path, key: str, **changes: object) -> FinetuneConfig:
     return FinetuneConfig(**{**settings, **changes})  # type: ignore[arg-type]
 
 
-def test_lp_ft_starts_from_the_probes_weights(embedded: tuple[Path, Path, str]) -> None:
+def test_lp_ft_starts_from_the_probe_fitted_on_training_rows(
+    embedded: tuple[Path, Path, str],
+) -> None:
     _, store, key = embedded
     plan = prepare_finetune(config(store, key, lp_ft=True), key)
-    ensure_probe(plan)
-    probe, _ = load_head(str(store), plan.probe_head_id)
+    card = ensure_probe(plan)
+    saved, _ = load_head(str(store), plan.probe_head_id)
     model = build_model(plan).eval()
     features = open_store(str(store)).load(key).features
     with torch.no_grad():
         logits = model.head(torch.from_numpy(np.asarray(features, np.float32))).numpy()
-    np.testing.assert_allclose(logits, probe.decision_function(features), rtol=1e-4, atol=1e-4)
+    # The heads flow's C, refit on the training rows only (the saved probe also saw val).
+    data = plan.probe_plan.data
+    train_only = fit_on_train(
+        "logreg", data, card["chosen"], protocol_options(plan.probe_plan.config)
+    )
+    np.testing.assert_allclose(logits, train_only.decision_function(features), rtol=1e-4, atol=1e-4)
+    assert train_only.named_steps["head"].C == saved.named_steps["head"].C == card["chosen"]["C"]
 
 
 def test_flow_compares_with_the_probe_saves_and_reports(

@@ -147,15 +147,7 @@ def fit_head(name: str, data: TaskData, options: ProtocolOptions) -> FittedHead:
             started = time.perf_counter()
             chosen, curve = _select(kind, data, options)
             selected = time.perf_counter()
-            model = Pipeline(
-                [
-                    ("scale", StandardScaler()),
-                    (
-                        "head",
-                        kind.build(options).set_params(**chosen, **kind.refit_params(options)),
-                    ),
-                ]
-            )
+            model = _chosen_pipeline(kind, options, chosen)
             both = SplitRows.concat(data.train, data.val)
             model.fit(both.features, both.labels)
             refitted = time.perf_counter()
@@ -171,6 +163,20 @@ def fit_head(name: str, data: TaskData, options: ProtocolOptions) -> FittedHead:
     seconds = {"select": selected - started, "refit": refitted - selected}
     seconds["evaluate"] = time.perf_counter() - refitted
     return FittedHead(name, model, chosen, curve, metrics, seconds)
+
+
+def _chosen_pipeline(kind: HeadKind, options: ProtocolOptions, chosen: dict[str, Any]) -> Pipeline:
+    head = kind.build(options).set_params(**chosen, **kind.refit_params(options))
+    return Pipeline([("scale", StandardScaler()), ("head", head)])
+
+
+def fit_on_train(
+    name: str, data: TaskData, chosen: dict[str, Any], options: ProtocolOptions
+) -> Pipeline:
+    """Head ``name`` with hyperparameters the protocol chose, fitted on the training rows
+    only: for uses whose own model selection needs the validation rows unseen (LP-FT)."""
+    model = _chosen_pipeline(head_kind(name), options, chosen)
+    return model.fit(data.train.features, data.train.labels)
 
 
 def _select(

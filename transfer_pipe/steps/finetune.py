@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.pipeline import Pipeline
 
 from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone, publish_backbone
 from transfer_pipe.cluster import resolve_device, threads_per_task
@@ -48,8 +49,8 @@ from transfer_pipe.finetune.surgery import (
     probe_head,
 )
 from transfer_pipe.heads.metrics import evaluate
-from transfer_pipe.heads.persist import load_head
 from transfer_pipe.heads.persist import read_card as read_head_card
+from transfer_pipe.heads.protocol import fit_on_train
 from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.report import (
     comparison_rows,
@@ -59,7 +60,14 @@ from transfer_pipe.report import (
     save_per_class_accuracy,
 )
 from transfer_pipe.steps.embed import embed, library_versions
-from transfer_pipe.steps.train import HeadRun, TrainPlan, head_id, prepare_training, train_head
+from transfer_pipe.steps.train import (
+    HeadRun,
+    TrainPlan,
+    head_id,
+    prepare_training,
+    protocol_options,
+    train_head,
+)
 from transfer_pipe.store import open_store
 
 PROBE_HEAD = "logreg"
@@ -222,9 +230,9 @@ def ensure_probe(plan: FinetunePlan) -> dict[str, Any]:
         return read_head_card(plan.config.store, plan.probe_head_id)
 
 
-def build_model(plan: FinetunePlan) -> FinetuneModel:
-    """The backbone with a head for the task and the freeze policy applied; with LP-FT the
-    head starts as the probe (its standardization folded into the weights)."""
+def build_model(plan: FinetunePlan, lp_ft_head: bool = True) -> FinetuneModel:
+    """The backbone with a head for the task and the freeze policy applied; with LP-FT (and
+    ``lp_ft_head``) the head starts as the probe, its standardization folded into it."""
     config = plan.config
     model = build_finetune_model(
         plan.backbone,
@@ -234,10 +242,8 @@ def build_model(plan: FinetunePlan) -> FinetuneModel:
         seed=config.seed,
         bn=config.bn,
     )
-    if config.lp_ft:
-        probe, card = load_head(config.store, plan.probe_head_id)
-        if tuple(card["classes"]) != plan.classes:
-            raise TransferPipeError(f"probe {plan.probe_head_id} has other classes than the task")
+    if config.lp_ft and lp_ft_head:
+        probe = lp_ft_probe(plan)
         tensors = probe.named_steps["head"].head_tensors()
         scaler = probe.named_steps["scale"]
         weight, bias = probe_head(
@@ -245,6 +251,18 @@ def build_model(plan: FinetunePlan) -> FinetuneModel:
         )
         init_head(model, weight, bias)
     return model
+
+
+def lp_ft_probe(plan: FinetunePlan) -> Pipeline:
+    """LP-FT's starting head: the probe with the C the heads flow chose on validation,
+    fitted on the training rows only. (The heads flow's saved probe was refit on train +
+    validation; starting from it would let fine-tuning's early stopping, which judges on
+    validation, favour the epochs closest to a head that has seen those rows.)"""
+    card = read_head_card(plan.config.store, plan.probe_head_id)
+    if tuple(card["classes"]) != plan.classes:
+        raise TransferPipeError(f"probe {plan.probe_head_id} has other classes than the task")
+    options = protocol_options(plan.probe_plan.config)
+    return fit_on_train(PROBE_HEAD, plan.probe_plan.data, card["chosen"], options)
 
 
 def _rows(plan: FinetunePlan, split: str, augmentation: str) -> ImageRows:
@@ -440,7 +458,7 @@ def publish_config(plan: FinetunePlan) -> EmbedConfig:
     checkpoints = checkpoint_dir(plan.config.store, plan.run_id)
     weights = checkpoints.parent / BACKBONE_FILE
     if not weights.exists():
-        model = build_model(plan)
+        model = build_model(plan, lp_ft_head=False)
         model.load_state_dict(torch.load(checkpoints / BEST, map_location="cpu"))
         export_backbone(plan.backbone, model, weights)
     backbone = publish_backbone(

@@ -92,7 +92,7 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     return TrainPlan(config, feature_set, data, runs, asdict(spec))
 
 
-def _options(config: TrainConfig) -> ProtocolOptions:
+def protocol_options(config: TrainConfig) -> ProtocolOptions:
     return ProtocolOptions(
         c_min=config.c_min,
         c_max=config.c_max,
@@ -115,7 +115,7 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
         "split": [plan.config.val_fraction, plan.config.test_fraction, plan.config.split_seed],
         "shots": [plan.config.shots, run.shot_seed],
         "head": run.head,
-        "options": asdict(_options(plan.config)),
+        "options": asdict(protocol_options(plan.config)),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     task = re.sub(r"[^a-z0-9]+", "-", data.task.name.lower()).strip("-") or "task"
@@ -129,7 +129,7 @@ def train_head(plan: TrainPlan, run: HeadRun) -> dict[str, Any]:
     data = plan.data
     if run.shot_seed is not None and plan.config.shots is not None:
         data = data.few_shot(plan.config.shots, run.shot_seed)
-    fitted = fit_head(run.head, data, _options(plan.config))
+    fitted = fit_head(run.head, data, protocol_options(plan.config))
     identity = head_id(plan, run)
     result = {
         "head_id": identity,

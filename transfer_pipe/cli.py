@@ -378,7 +378,7 @@ def _finetune(args: argparse.Namespace) -> int:
         f"{', LP-FT' if summary['lp_ft'] else ''}) on feature set {summary['feature_set']}: "
         f"{summary['epochs']} epochs (best {summary['best_epoch']}, stopped by "
         f"{summary['stopped']}) on {summary['device']}; {summary['embedded']} images embedded "
-        f"by this run, {summary["skipped_images"]} images skipped as undecodable"
+        f"by this run, {summary['skipped_images']} images skipped as undecodable"
     )
     print(terminal_table(summary["table"]))
     print(f"accuracy {summary['accuracy']:.4f} vs probe {summary['probe_accuracy']:.4f}")

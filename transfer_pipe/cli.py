@@ -406,15 +406,7 @@ def _finetuned(args: argparse.Namespace) -> int:
         }
         for c in list_cards(args.store)
     ]
-    if args.json:
-        print(json.dumps(rows))
-    elif not rows:
-        print(f"no fine-tuning runs in {args.store}")
-    else:
-        from transfer_pipe.report import terminal_table
-
-        print(terminal_table(rows))
-    return 0
+    return _print_rows(rows, args.json, f"no fine-tuning runs in {args.store}")
 
 
 def _heads(args: argparse.Namespace) -> int:
@@ -436,10 +428,15 @@ def _heads(args: argparse.Namespace) -> int:
         }
         for c in cards
     ]
-    if args.json:
+    return _print_rows(rows, args.json, f"no fitted heads in {args.store}")
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, empty: str) -> int:
+    """A listing as JSON, as an aligned table, or as the ``empty`` message."""
+    if as_json:
         print(json.dumps(rows))
     elif not rows:
-        print(f"no fitted heads in {args.store}")
+        print(empty)
     else:
         from transfer_pipe.report import terminal_table
 

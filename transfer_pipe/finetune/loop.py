@@ -83,8 +83,6 @@ class Trainer:
     ) -> None:
         # channels_last: what the convolutions of these backbones run fastest on.
         self.model = model.to(device).to(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick kernels once
         self.train_rows, self.val_rows = train, val
         self.options = options
         self.checkpoints = checkpoints

@@ -23,9 +23,10 @@ from safetensors.torch import save_file
 from transfer_pipe.backbones import BackboneSpec
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.surgery import FinetuneModel
+from transfer_pipe.store import cards
+from transfer_pipe.store.cards import CARD
 
 FINETUNE_DIR = "finetune"
-CARD = "card.json"
 MODEL_FILE = "model.safetensors"
 BACKBONE_FILE = "backbone.pth"
 
@@ -75,14 +76,7 @@ def read_card(store: str, run_id: str) -> dict[str, Any] | None:
 
 def list_cards(store: str) -> list[dict[str, Any]]:
     """Cards of every finished fine-tuning run in the store, oldest first."""
-    fs, path = fsspec.core.url_to_fs(posixpath.join(store.rstrip("/"), FINETUNE_DIR))
-    if not fs.exists(path):
-        return []
-    cards = []
-    for card_path in fs.glob(posixpath.join(path, "*", CARD)):
-        with fs.open(card_path, "r") as f:
-            cards.append(json.load(f))
-    return sorted(cards, key=lambda card: (card.get("created", ""), card["run_id"]))
+    return cards.list_cards(store, FINETUNE_DIR)
 
 
 def export_backbone(spec: BackboneSpec, model: FinetuneModel, path: Path) -> Path:

@@ -27,9 +27,10 @@ from sklearn.preprocessing import StandardScaler
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
+from transfer_pipe.store import cards
+from transfer_pipe.store.cards import CARD
 
 HEADS_DIR = "heads"
-CARD = "card.json"
 _TENSOR_HEADS: dict[str, Any] = {
     cls.__name__: cls for cls in (LBFGSLinearClassifier, TorchLinearClassifier, TorchMLPClassifier)
 }
@@ -135,11 +136,4 @@ def _read_model(path: Path) -> Pipeline:
 
 def list_cards(store: str) -> list[dict[str, Any]]:
     """Cards of every finished head in the store, oldest first."""
-    fs, path = fsspec.core.url_to_fs(posixpath.join(store.rstrip("/"), HEADS_DIR))
-    if not fs.exists(path):
-        return []
-    cards = []
-    for card_path in fs.glob(posixpath.join(path, "*", CARD)):
-        with fs.open(card_path, "r") as f:
-            cards.append(json.load(f))
-    return sorted(cards, key=lambda card: (card.get("created", ""), card["head_id"]))
+    return cards.list_cards(store, HEADS_DIR)

@@ -34,7 +34,7 @@ from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.data import ImageRows, choose_augmentation, loader_workers
-from transfer_pipe.finetune.loop import BEST, Trainer, TrainOptions, TrainState
+from transfer_pipe.finetune.loop import BEST, EpochCallback, Trainer, TrainOptions, TrainState
 from transfer_pipe.finetune.persist import (
     BACKBONE_FILE,
     checkpoint_dir,
@@ -297,7 +297,7 @@ def trainer(plan: FinetunePlan) -> Trainer:
 
 
 def run_finetune(
-    plan: FinetunePlan, probe_card: dict[str, Any], on_epoch: Any = None
+    plan: FinetunePlan, probe_card: dict[str, Any], on_epoch: EpochCallback | None = None
 ) -> dict[str, Any]:
     """Train (or resume, or reuse a finished run), evaluate on test, save the model with
     its card and reports; returns the result (JSON-able)."""

@@ -57,6 +57,15 @@ class TrainState:
     finished: str = ""  # "" while training; else why it stopped
     failed: dict[int, str] = field(default_factory=dict)  # row -> reason, never retried
     seconds: float = 0.0
+    planned_epochs: int = 0  # 0: as many as the options say; fewer to fit a time budget
+
+
+def epochs_within(budget_s: float, first_epoch_s: float, epochs: int) -> int:
+    """How many epochs fit a time budget, judged by the first epoch (which also pays the
+    one-time costs, so the estimate errs on the short side); at least 1, at most ``epochs``."""
+    if first_epoch_s <= 0:
+        return epochs
+    return max(1, min(epochs, int(budget_s // first_epoch_s)))
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -95,13 +104,30 @@ class Trainer:
         micro = math.ceil(len(train) / options.batch_size)
         self.steps_per_epoch = math.ceil(micro / options.accumulate)
         total = self.steps_per_epoch * options.epochs
-        warmup = min(total, max(1, round(options.warmup_epochs * self.steps_per_epoch)))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, warmup, total)
-        )
+        self.warmup = min(total, max(1, round(options.warmup_epochs * self.steps_per_epoch)))
+        self.state = TrainState()  # before the scheduler: its first call reads the plan
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
         use_fp16 = device.type == "cuda" and options.autocast == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
-        self.state = TrainState()
+
+    @property
+    def planned_epochs(self) -> int:
+        return self.state.planned_epochs or self.options.epochs
+
+    def _factor(self, step: int) -> float:
+        # Reads the plan on every step: a time budget may shorten it after the first epoch.
+        return lr_factor(step, self.warmup, self.steps_per_epoch * self.planned_epochs)
+
+    def _fit_schedule_to_budget(self) -> None:
+        """After the first epoch, plan only the epochs the time budget holds, so that the
+        cosine schedule ends with the budget instead of being cut off midway."""
+        budget = self.options.time_budget_s
+        if budget is None or self.state.planned_epochs:
+            return
+        self.state.planned_epochs = epochs_within(budget, self.state.seconds, self.options.epochs)
+        factor = self._factor(self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * factor
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -144,7 +170,8 @@ class Trainer:
 
     def fit(self, on_epoch: EpochCallback | None = None) -> TrainState:
         """Train until the epochs run out, validation stops improving for ``patience``
-        epochs, or the time budget is spent; resumes from ``last.pt`` when present."""
+        epochs, or the time budget is spent (the schedule is fitted to it after the first
+        epoch); resumes from ``last.pt`` when present."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         if not self.resume():
             torch.manual_seed(self.options.seed)
@@ -158,6 +185,8 @@ class Trainer:
             self.state.seconds = time.perf_counter() - started
             record = {"epoch": epoch, **train_metrics, **val, "seconds": self.state.seconds}
             self.state.history.append(record)
+            if epoch == 1:
+                self._fit_schedule_to_budget()
             if val["val_accuracy"] > self.state.best_accuracy:
                 self.state.best_accuracy, self.state.best_epoch = val["val_accuracy"], epoch
                 _atomic_save(self.model.state_dict(), self.checkpoints / BEST)
@@ -170,8 +199,8 @@ class Trainer:
 
     def _stop_reason(self, epoch: int) -> str:
         options = self.options
-        if epoch >= options.epochs:
-            return "epochs"
+        if epoch >= self.planned_epochs:
+            return "epochs" if self.planned_epochs == options.epochs else "time budget"
         if epoch - self.state.best_epoch >= options.patience:
             return "early stopping"
         if options.time_budget_s is not None and self.state.seconds >= options.time_budget_s:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.unit.finetune.training import OPTIONS, make_data, make_trainer
+from transfer_pipe.finetune import loop
 from transfer_pipe.finetune.loop import BEST, LAST, Trainer, lr_factor
 
 REPO = Path(__file__).resolve().parents[3]
@@ -90,6 +91,25 @@ def test_early_stopping_and_time_budget_end_a_run(data: Path, tmp_path: Path) ->
     still = make_trainer(data, tmp_path / "b", replace(OPTIONS, lr=0.0, head_lr=0.0, patience=1))
     state = still.fit()  # nothing learns: validation never improves after epoch 1
     assert state.finished == "early stopping" and state.epoch == 2
+
+
+def test_a_time_budget_shortens_the_schedule_so_it_still_ends(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loop, "epochs_within", lambda budget, first, epochs: 2)
+    trainer = make_trainer(data, tmp_path / "ckpt", replace(OPTIONS, time_budget_s=1e9))
+    state = trainer.fit()
+    assert (state.epoch, state.planned_epochs, state.finished) == (2, 2, "time budget")
+    assert state.history[0]["lr"] > 0 and state.history[-1]["lr"] == pytest.approx(0, abs=1e-12)
+    unbudgeted = make_trainer(data, tmp_path / "free", replace(OPTIONS, epochs=2))
+    assert unbudgeted.fit().history[-1]["lr"] == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("budget", "first", "expected"), [(100, 30, 3), (100, 200, 1), (1e6, 1, 4), (5, 0, 4)]
+)
+def test_epochs_within_a_budget(budget: float, first: float, expected: int) -> None:
+    assert loop.epochs_within(budget, first, epochs=4) == expected
 
 
 def test_warmup_then_cosine() -> None:

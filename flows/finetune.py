@@ -30,6 +30,8 @@ from transfer_pipe.steps import finetune as steps
 prepare = task(name="prepare-finetune", cache_policy=NO_CACHE)(steps.prepare_finetune)
 probe = task(name="linear-probe", cache_policy=NO_CACHE)(steps.ensure_probe)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_finetune)
+# Exports the weights and registers the backbone id: library work, so a task of its own.
+register = task(name="publish-backbone", cache_policy=NO_CACHE)(steps.publish_config)
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
@@ -76,6 +78,6 @@ def finetune_flow(config: FinetuneConfig) -> dict[str, Any]:
         description=f"test metrics, task {summary['task']}, feature set {summary['feature_set']}",
     )
     if config.publish:
-        published = embed_flow(steps.publish_config(plan))
+        published = embed_flow(register(quote(plan)))  # type: ignore[call-overload]
         summary["published_feature_set"] = published["feature_set"]
     return summary

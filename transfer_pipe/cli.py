@@ -120,9 +120,7 @@ def _add_train(commands: Any) -> None:
         "--layer",
         help="feature layer (default: the feature set's first); 'a+b' puts layers side by side",
     )
-    train.add_argument("--val-fraction", type=float, default=0.1)
-    train.add_argument("--test-fraction", type=float, default=0.2, help="when no source split")
-    train.add_argument("--split-seed", type=int, default=0)
+    _add_split_options(train)
     train.add_argument("--shots", type=int, help="few-shot: labelled training rows per class")
     train.add_argument("--shot-seeds", type=int, default=5, help="few-shot repeats")
     train.add_argument("--c-min", type=float, default=1e-6, help="logreg C grid start")
@@ -131,12 +129,24 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per C")
     train.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CI")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda ... (torch heads)")
-    embedding = train.add_argument_group("when TARGET is a source")
+    _add_source_options(train)
+    train.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+
+def _add_split_options(parser: argparse.ArgumentParser) -> None:
+    """How rows become train / validation / test: the heads and fine-tuning flows share it."""
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="when no source split")
+    parser.add_argument("--split-seed", type=int, default=0)
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    """What to embed first when the target is a source rather than a feature set key."""
+    embedding = parser.add_argument_group("when TARGET is a source")
     embedding.add_argument("--backbone", default=DEFAULT_BACKBONE)
     embedding.add_argument("--weights-file")
     embedding.add_argument("--image-size", type=int)
     embedding.add_argument("--limit", type=int)
-    train.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
 
 def _add_finetune(commands: Any) -> None:
@@ -178,9 +188,7 @@ def _add_finetune(commands: Any) -> None:
     )
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--time-budget", type=float, help="seconds; stop after that epoch")
-    finetune.add_argument("--val-fraction", type=float, default=0.1)
-    finetune.add_argument("--test-fraction", type=float, default=0.2, help="when no source split")
-    finetune.add_argument("--split-seed", type=int, default=0)
+    _add_split_options(finetune)
     finetune.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     finetune.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="bf16")
     finetune.add_argument(
@@ -188,11 +196,7 @@ def _add_finetune(commands: Any) -> None:
         action="store_true",
         help="re-embed the dataset with the fine-tuned backbone into a new feature set",
     )
-    embedding = finetune.add_argument_group("when TARGET is a source")
-    embedding.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    embedding.add_argument("--weights-file")
-    embedding.add_argument("--image-size", type=int)
-    embedding.add_argument("--limit", type=int)
+    _add_source_options(finetune)
     finetune.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transfer_pipe.backbones import Preprocessing
+from transfer_pipe.cluster import threads_per_task
 from transfer_pipe.data.decode import DecodeError
 from transfer_pipe.data.read import read_image
 
@@ -190,15 +191,24 @@ def _already_batched(batch: Any) -> Any:
     return batch  # __getitems__ made the batch already
 
 
+MAX_LOADERS = 8  # decode processes or threads: more stop paying off against one GPU
+
+
 def loader_workers(requested: int | None) -> int:
-    """DataLoader worker processes: ``requested``, or one per core but one (at most 8)
-    on machines with more than 2 cores; always 0 inside a daemonic process."""
+    """DataLoader worker processes: ``requested``, or one per core but one (at most
+    MAX_LOADERS) on machines with more than 2 cores; always 0 inside a daemonic process."""
     if multiprocessing.current_process().daemon:
         return 0
     if requested is not None:
         return requested
     cores = os.cpu_count() or 1
-    return min(8, cores - 1) if cores > 2 else 0
+    return min(MAX_LOADERS, cores - 1) if cores > 2 else 0
+
+
+def loader_threads(requested: int | None) -> int:
+    """Decode threads when there are no worker processes: ``requested``, or this task's
+    share of the cores (at most MAX_LOADERS)."""
+    return requested or min(MAX_LOADERS, threads_per_task())
 
 
 def make_loader(

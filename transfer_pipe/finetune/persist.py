@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,12 @@ def save_finetuned(
     fs.makedirs(path, exist_ok=True)
     if fs.exists(posixpath.join(path, CARD)):
         fs.rm_file(posixpath.join(path, CARD))  # unfinished until the new card lands
-    local = checkpoint_dir(store, run_id) / MODEL_FILE
-    local.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(local), metadata={"classes": json.dumps(card["classes"])})
-    for item in (local, *files.values()):
-        fs.put_file(str(item), posixpath.join(path, item.name))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / MODEL_FILE
+        save_file(state, str(local), metadata={"classes": json.dumps(card["classes"])})
+        for item in (local, *files.values()):
+            fs.put_file(str(item), posixpath.join(path, item.name))
     with fs.open(posixpath.join(path, CARD), "w") as f:
         json.dump({**card, "run_id": run_id, "model_file": MODEL_FILE}, f, indent=2)
     return url

@@ -8,6 +8,7 @@ from transfer_pipe.report.plots import (
     save_confusion_matrix,
     save_learning_curves,
     save_per_class_accuracy,
+    save_result_plots,
 )
 from transfer_pipe.report.tables import (
     ROW_COLUMNS,
@@ -25,5 +26,6 @@ __all__ = [
     "save_confusion_matrix",
     "save_learning_curves",
     "save_per_class_accuracy",
+    "save_result_plots",
     "terminal_table",
 ]

@@ -91,6 +91,19 @@ def save_per_class_accuracy(
     return _save(fig, path)
 
 
+def save_result_plots(folder: Path, result: Mapping[str, Any]) -> dict[str, Path]:
+    """A head result's confusion matrix and per-class accuracy on test, as PNGs in
+    ``folder``; returns ``{"confusion": path, "per_class": path}``."""
+    metrics = result["metrics"]
+    title = f"{result['head_id']} (test)"
+    return {
+        "confusion": save_confusion_matrix(
+            folder / "confusion.png", metrics["confusion_matrix"], metrics["classes"], title
+        ),
+        "per_class": save_per_class_accuracy(folder / "per_class.png", metrics["per_class"], title),
+    }
+
+
 def save_learning_curves(
     path: str | Path,
     history: Sequence[Mapping[str, float]],

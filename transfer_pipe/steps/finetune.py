@@ -33,8 +33,13 @@ from transfer_pipe.cluster import resolve_device, threads_per_task
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.finetune.data import ImageRows, choose_augmentation, loader_workers
-from transfer_pipe.finetune.loop import BEST, EpochCallback, Trainer, TrainOptions, TrainState
+from transfer_pipe.finetune.data import (
+    ImageRows,
+    choose_augmentation,
+    loader_threads,
+    loader_workers,
+)
+from transfer_pipe.finetune.loop import BEST, LAST, EpochCallback, Trainer, TrainOptions, TrainState
 from transfer_pipe.finetune.persist import (
     BACKBONE_FILE,
     checkpoint_dir,
@@ -55,9 +60,8 @@ from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.report import (
     comparison_rows,
     finetune_report,
-    save_confusion_matrix,
     save_learning_curves,
-    save_per_class_accuracy,
+    save_result_plots,
 )
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.train import (
@@ -73,7 +77,6 @@ from transfer_pipe.store import open_store
 PROBE_HEAD = "logreg"
 PROBE_LAYER = "penultimate"
 _LIBRARIES = ("transfer-pipe", "torch", "torchvision", "numpy", "pillow", "safetensors")
-_MAX_LOADER_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def lp_ft_probe(plan: FinetunePlan) -> Pipeline:
 
 def _rows(plan: FinetunePlan, split: str, augmentation: str) -> ImageRows:
     images = plan.splits[split]
-    threads = plan.config.loader_threads or min(_MAX_LOADER_THREADS, threads_per_task())
+    threads = loader_threads(plan.config.loader_threads)
     return ImageRows(
         images.uris, images.targets, plan.preprocessing, augmentation, plan.config.seed, threads
     )
@@ -286,12 +289,15 @@ def trainer(plan: FinetunePlan) -> Trainer:
         time_budget_s=config.time_budget_s,
         loader_workers=loader_workers(config.loader_workers),
     )
+    checkpoints = checkpoint_dir(config.store, plan.run_id)
+    # A resumed run loads its weights from the checkpoint: no LP-FT head to fit first.
+    fresh = not (checkpoints / LAST).exists()
     return Trainer(
-        build_model(plan),
+        build_model(plan, lp_ft_head=fresh),
         _rows(plan, "train", augmentation),
         _rows(plan, "val", "none"),
         options,
-        checkpoint_dir(config.store, plan.run_id),
+        checkpoints,
         device,
     )
 
@@ -367,20 +373,13 @@ def _result(
 
 
 def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
-    metrics = result["metrics"]
-    title = f"{result['run_id']} (test)"
-    files = {
-        "curves": save_learning_curves(
-            folder / "curves.png",
-            result["history"],
-            baseline=result["probe"]["metrics"]["accuracy"],
-            title=result["run_id"],
-        ),
-        "confusion": save_confusion_matrix(
-            folder / "confusion.png", metrics["confusion_matrix"], metrics["classes"], title
-        ),
-        "per_class": save_per_class_accuracy(folder / "per_class.png", metrics["per_class"], title),
-    }
+    curves = save_learning_curves(
+        folder / "curves.png",
+        result["history"],
+        baseline=result["probe"]["metrics"]["accuracy"],
+        title=result["run_id"],
+    )
+    files = {"curves": curves, **save_result_plots(folder, result)}
     report = folder / "report.md"
     report.write_text(finetune_report(result, {k: p.name for k, p in files.items()}))
     return {**files, "report": report}

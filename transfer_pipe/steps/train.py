@@ -29,8 +29,7 @@ from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_t
 from transfer_pipe.report import (
     markdown_report,
     metrics_rows,
-    save_confusion_matrix,
-    save_per_class_accuracy,
+    save_result_plots,
 )
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.store import open_store
@@ -151,14 +150,7 @@ def train_head(plan: TrainPlan, run: HeadRun) -> dict[str, Any]:
 
 
 def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
-    metrics = result["metrics"]
-    title = f"{result['head_id']} (test)"
-    files = {
-        "confusion": save_confusion_matrix(
-            folder / "confusion.png", metrics["confusion_matrix"], metrics["classes"], title
-        ),
-        "per_class": save_per_class_accuracy(folder / "per_class.png", metrics["per_class"], title),
-    }
+    files = save_result_plots(folder, result)
     report = folder / "report.md"
     report.write_text(markdown_report(result, {k: p.name for k, p in files.items()}))
     return {**files, "report": report}

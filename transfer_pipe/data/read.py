@@ -25,12 +25,18 @@ def read_image(uri: str) -> Image.Image:
     idx = split_idx_uri(uri)
     if idx is not None:
         return image_from_array(_idx_pixels(*idx))
+    return decode_image(read_bytes(uri))
+
+
+def read_bytes(uri: str) -> bytes:
+    """The bytes of the file at ``uri`` (a path or any fsspec URL); a file that cannot be
+    fetched (missing, no permission, a folder) raises ``DecodeError("unreadable")``."""
     try:
         with fsspec.open(uri, "rb") as f:
             data: bytes = f.read()
     except OSError as err:
         raise DecodeError(UNREADABLE, f"{type(err).__name__}: {err}") from err
-    return decode_image(data)
+    return data
 
 
 def _idx_pixels(file_url: str, index: int) -> np.ndarray:

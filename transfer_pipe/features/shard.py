@@ -7,11 +7,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from transfer_pipe.data.decode import DecodeError
 from transfer_pipe.data.read import read_image
-from transfer_pipe.features.embedder import EmbedderConfig, get_embedder, use_threads
+from transfer_pipe.features.batch import embed_images
+from transfer_pipe.features.embedder import EmbedderConfig, use_threads
 from transfer_pipe.store import ShardStats, shared_store
 
 
@@ -58,26 +57,8 @@ def run_shard(task: ShardTask) -> ShardResult:
     features = {layer: np.full((n, dim), np.nan, np.float32) for layer, dim in task.layer_dims}
     failures = [""] * n
 
-    by_source: dict[str, list[Reuse]] = defaultdict(list)
-    for reuse in task.reuse:
-        by_source[reuse.source].append(reuse)
-    for source, reuses in by_source.items():
-        offsets = [r.offset for r in reuses]
-        rows = np.array([r.source_row for r in reuses])
-        for layer in features:
-            features[layer][offsets] = store.read_rows(source, layer, rows)
-
-    reused_offsets = {r.offset for r in task.reuse}
-    to_embed = [i for i in range(n) if i not in reused_offsets]
-    embedded = 0
-    for start in range(0, len(to_embed), task.batch_size):
-        batch = to_embed[start : start + task.batch_size]
-        good, tensors = _decode_batch(task, batch, failures)
-        if tensors:
-            outputs = get_embedder(task.embedder)(torch.stack(tensors))
-            for layer, values in outputs.items():
-                features[layer][good] = values
-            embedded += len(good)
+    _copy_reused(task, features)
+    embedded = _embed_new(task, features, failures)
 
     seconds = time.perf_counter() - started
     store.write_shard(
@@ -94,18 +75,28 @@ def run_shard(task: ShardTask) -> ShardResult:
     )
 
 
-def _decode_batch(
-    task: ShardTask, offsets: list[int], failures: list[str]
-) -> tuple[list[int], list[torch.Tensor]]:
-    """Decode and preprocess; a bad image becomes a failure reason, never an exception."""
-    preprocess = task.embedder.preprocessing
-    good: list[int] = []
-    tensors: list[torch.Tensor] = []
-    for offset in offsets:
-        try:
-            tensors.append(preprocess(read_image(task.uris[offset])))
-        except DecodeError as err:
-            failures[offset] = str(err) or err.__class__.__name__
-            continue
-        good.append(offset)
-    return good, tensors
+def _copy_reused(task: ShardTask, features: dict[str, np.ndarray]) -> None:
+    """Fill the rows found by content hash with their values from the donor feature sets."""
+    store = shared_store(task.store)
+    by_source: dict[str, list[Reuse]] = defaultdict(list)
+    for reuse in task.reuse:
+        by_source[reuse.source].append(reuse)
+    for source, reuses in by_source.items():
+        offsets = [r.offset for r in reuses]
+        rows = np.array([r.source_row for r in reuses])
+        for layer in features:
+            features[layer][offsets] = store.read_rows(source, layer, rows)
+
+
+def _embed_new(task: ShardTask, features: dict[str, np.ndarray], failures: list[str]) -> int:
+    """Embed the rows not reused into ``features``, a bad image's reason into ``failures``;
+    returns how many rows were embedded."""
+    reused = {r.offset for r in task.reuse}
+    offsets = [i for i in range(len(task.uris)) if i not in reused]
+    uris = [task.uris[i] for i in offsets]
+    result = embed_images(uris, read_image, task.embedder, task.batch_size).placed(offsets)
+    for offset, reason in result.failures.items():
+        failures[offset] = reason
+    for layer, values in result.features.items():
+        features[layer][list(result.ok)] = values
+    return len(result.ok)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transfer_pipe.backbones import Preprocessing
 from transfer_pipe.cluster import threads_per_task
+from transfer_pipe.data.batch import MapItems, prepare_batch, prepare_image
 from transfer_pipe.data.decode import DecodeError
 from transfer_pipe.data.read import read_image
 
@@ -137,36 +138,32 @@ class ImageRows(Dataset[Batch]):
         """Augmentations are drawn per (seed, epoch, row)."""
         self.epoch = epoch
 
-    def load(self, index: int) -> torch.Tensor | DecodeError:
-        """The model input for row ``index``, or the DecodeError that kept it out."""
-        try:
-            image = read_image(self.uris[index])
-        except DecodeError as err:
-            return err
+    def image(self, index: int) -> Image.Image:
+        """Row ``index`` decoded and augmented; raises DecodeError for a bad image."""
+        image = read_image(self.uris[index])
         if self.augmentation != "none":
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image = augment(image, self.augmentation, rng)
-        return self.preprocessing(image)
+        return image
+
+    def load(self, index: int) -> torch.Tensor | DecodeError:
+        """The model input for row ``index``, or the DecodeError that kept it out."""
+        return prepare_image(index, self.image, self.preprocessing)
 
     def __getitem__(self, index: int) -> Batch:
         return self.__getitems__([index])
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         in_worker = torch.utils.data.get_worker_info() is not None  # a process per batch
+        map_items: MapItems[int, torch.Tensor | DecodeError] = map
         if self.threads > 1 and not in_worker:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
-            loaded = list(self._pool.map(self.load, indices))
-        else:
-            loaded = [self.load(i) for i in indices]
-        good = [i for i, x in zip(indices, loaded, strict=True) if isinstance(x, torch.Tensor)]
-        tensors = [x for x in loaded if isinstance(x, torch.Tensor)]
-        failed = [
-            (i, str(x)) for i, x in zip(indices, loaded, strict=True) if isinstance(x, DecodeError)
-        ]
-        size = self.preprocessing.image_size
-        images = torch.stack(tensors) if tensors else torch.empty(0, 3, size, size)
-        return Batch(images, torch.from_numpy(self.targets[good]), good, failed)
+            map_items = self._pool.map
+        inputs = prepare_batch(indices, self.image, self.preprocessing, map_items)
+        good = [indices[i] for i in inputs.ok]
+        failed = [(indices[i], reason) for i, reason in sorted(inputs.failures.items())]
+        return Batch(inputs.images, torch.from_numpy(self.targets[good]), good, failed)
 
 
 class EpochSampler(Sampler[int]):

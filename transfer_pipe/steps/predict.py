@@ -17,16 +17,19 @@ from typing import Any
 import fsspec
 import numpy as np
 import pandas as pd
-import torch
 
 from transfer_pipe.backbones import Preprocessing, get_backbone
+from transfer_pipe.data.batch import failure_reason
 from transfer_pipe.data.decode import DecodeError, decode_image
+from transfer_pipe.data.read import read_bytes
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.features.embedder import EmbedderConfig, get_embedder
+from transfer_pipe.features.batch import embed_images
+from transfer_pipe.features.embedder import EmbedderConfig
 from transfer_pipe.heads.persist import load_head
 from transfer_pipe.heads.protocol import class_probabilities
 from transfer_pipe.heads.tasks import split_layers
 from transfer_pipe.steps.embed import cached_rows
+from transfer_pipe.steps.results import PredictSummary
 from transfer_pipe.store import embedding_key, open_store
 
 _FORMATS = (".csv", ".parquet")
@@ -42,25 +45,25 @@ def predict(
     top_k: int = 5,
     weights_file: str | None = None,
     device: str = "auto",
-) -> dict[str, Any]:
+) -> PredictSummary:
     """Write one prediction row per path to ``out`` (.csv or .parquet); returns counts."""
     if not out.lower().endswith(_FORMATS):
         raise TransferPipeError(f"--out must end in .csv or .parquet, not {out!r}.")
     model, card = load_head(store_url, head_id)
-    backbone = get_backbone(card["backbone"], weights_file)
-    if backbone.weights_digest() != card["weights_digest"]:
+    backbone = get_backbone(card.backbone, weights_file)
+    if backbone.weights_digest() != card.weights_digest:
         raise TransferPipeError(
-            f"head {head_id} was trained on features of {card['backbone']} with weights "
-            f"{card['weights_digest'][:12]}…, not the weights found now; pass --weights-file "
+            f"head {head_id} was trained on features of {card.backbone} with weights "
+            f"{card.weights_digest[:12]}…, not the weights found now; pass --weights-file "
             "with the file its feature set was embedded with."
         )
-    preprocessing = Preprocessing.from_dict(card["preprocessing"])
-    layers = split_layers(card["layer"])
+    preprocessing = Preprocessing.from_dict(card.preprocessing)
+    layers = split_layers(card.layer)
     uris = [_uri(path) for path in paths]
     contents, errors = _read_all(uris)
     hashes = [hashlib.sha256(c).hexdigest() if c is not None else "" for c in contents]
-    key = embedding_key(backbone.id, card["weights_digest"], preprocessing.to_dict(), card["dtype"])
-    if key != card["embedding_key"]:
+    key = embedding_key(backbone.id, card.weights_digest, preprocessing.to_dict(), card.dtype)
+    if key != card.embedding_key:
         raise TransferPipeError(f"head {head_id}: its card's embedding key does not match.")
 
     features = np.full((len(uris), _layer_width(model)), np.nan, np.float32)
@@ -69,34 +72,42 @@ def predict(
         backbone.id, backbone.weights_file, tuple(layers), preprocessing, device
     )
     to_embed = [i for i, c in enumerate(contents) if c is not None and i not in cached]
-    for start in range(0, len(to_embed), _BATCH):
-        batch, tensors = [], []
-        for i in to_embed[start : start + _BATCH]:
-            try:
-                tensors.append(preprocessing(decode_image(contents[i] or b"")))
-                batch.append(i)
-            except DecodeError as err:
-                errors[i] = str(err) or type(err).__name__
-        if tensors:
-            outputs = get_embedder(embedder)(torch.stack(tensors))
-            values = np.hstack([outputs[name] for name in layers])
-            # Cast like the store does, so a new image scores as its cached copy would.
-            features[batch] = values.astype(card["dtype"]).astype(np.float32)
+    _embed_new(contents, to_embed, embedder, card.dtype, features, errors)
 
     good = np.array([not e for e in errors])
-    classes = tuple(card["classes"])
+    classes = tuple(card.classes)
     proba = np.full((len(uris), len(classes)), np.nan)
     if good.any():
         proba[good] = class_probabilities(model, features[good], classes)
     table = _table(paths, proba, classes, top_k, errors, cached)
     _write(table, out)
-    return {
-        "out": out,
-        "rows": len(table),
-        "cached": len(cached),
-        "embedded": int(good.sum()) - len(cached),
-        "failed": int((~good).sum()),
-    }
+    return PredictSummary(
+        out=out,
+        rows=len(table),
+        cached=len(cached),
+        embedded=int(good.sum()) - len(cached),
+        failed=int((~good).sum()),
+    )
+
+
+def _embed_new(
+    contents: list[bytes | None],
+    rows: list[int],
+    embedder: EmbedderConfig,
+    dtype: str,
+    features: np.ndarray,
+    errors: list[str],
+) -> None:
+    """Embed the images of ``rows`` into ``features`` (layers side by side); an image that
+    does not decode gets its reason in ``errors``."""
+    images = [contents[i] or b"" for i in rows]
+    result = embed_images(images, decode_image, embedder, _BATCH).placed(rows)
+    for row, reason in result.failures.items():
+        errors[row] = reason
+    if result.ok:
+        values = np.hstack([result.features[name] for name in embedder.layers])
+        # Cast like the store does, so a new image scores as its cached copy would.
+        features[list(result.ok)] = values.astype(dtype).astype(np.float32)
 
 
 def _uri(path: str) -> str:
@@ -104,16 +115,16 @@ def _uri(path: str) -> str:
 
 
 def _read_all(uris: list[str]) -> tuple[list[bytes | None], list[str]]:
+    """Every file's bytes (None where unreadable) and its error ("" where read)."""
     contents: list[bytes | None] = []
     errors: list[str] = []
     for uri in uris:
         try:
-            with fsspec.open(uri, "rb") as f:
-                contents.append(f.read())
+            contents.append(read_bytes(uri))
             errors.append("")
-        except OSError as err:
+        except DecodeError as err:
             contents.append(None)
-            errors.append(f"unreadable: {type(err).__name__}: {err}")
+            errors.append(failure_reason(err))
     return contents, errors
 
 

@@ -61,7 +61,7 @@ def test_resumed_plan_skips_done_shards_and_reuse_copies_rows(tmp_path: Path) ->
     assert [t.shard for t in resumed.tasks] == [1]
     run_shard(resumed.tasks[0])
     summary = steps.finalize_embedding(resumed, [])
-    assert summary["status"] == "complete"
+    assert summary.status == "complete"
 
     # The same images in another folder: a new feature set (the uris differ) whose rows
     # are all found by content hash, so nothing is computed.
@@ -100,3 +100,32 @@ def test_cpu_ignores_autocast_and_repeats_numbers_exactly() -> None:
     assert outputs[0].dtype == np.float32
     for other in outputs[1:]:
         np.testing.assert_array_equal(other, outputs[0])
+
+
+def test_a_shard_mixing_reused_new_and_bad_rows_puts_each_in_its_row(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", classes=2, per_class=3, bad=False)
+    config = _config(tmp_path, shard_size=20)
+    first = steps.prepare_embedding(config)
+    run_shard(first.tasks[0])
+    # The same images plus new ones and a bad file, all in one shard: reused rows sit
+    # between embedded and failed ones, so every row must land at its own offset.
+    shutil.copytree(tmp_path / "data", tmp_path / "grown")
+    make_dataset(tmp_path / "grown", classes=2, per_class=2, bad=False, start=3)
+    (tmp_path / "grown" / "class0" / "broken.png").write_bytes(b"not an image")
+    grown = steps.prepare_embedding(replace(config, source=str(tmp_path / "grown")))
+    [task] = grown.tasks
+    result = run_shard(task)
+    assert (result.reused, result.embedded, result.failed) == (6, 4, 1)
+
+    store = open_store(config.store)
+    table = store.row_table(grown.spec.key)
+    # Mutation: dropping .placed(offsets) in the shard writes new rows over reused ones.
+    assert table.loc[table["failure"] != "", "sample_id"].tolist() == ["class0/broken.png"]
+    loaded = store.load(grown.spec.key)
+    spec = get_backbone("tiny_test")
+    tap = LayerTap(spec.build(), ["penultimate"])
+    uris = dict(zip(table["sample_id"], table["uri"], strict=True))
+    batch = torch.stack([spec.preprocessing(read_image(uris[s])) for s in loaded.sample_ids])
+    with torch.inference_mode():
+        direct = tap(batch)["penultimate"].numpy()
+    np.testing.assert_allclose(loaded.features, direct, rtol=1e-5, atol=1e-6)

@@ -17,6 +17,26 @@ os.environ.setdefault("TRANSFER_PIPE_HOME", tempfile.mkdtemp(prefix="transfer-pi
 
 
 @pytest.fixture(scope="session")
+def _torch_threads_at_start() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored(_torch_threads_at_start: int) -> Iterator[None]:
+    """Put torch's global thread count back after every test: tests pin it (the
+    fine-tuning loop's bit-identical runs) and so does library code they call (an
+    embedder takes its task's share), and no test may run with another's setting.
+    (Checked: without it, a test after test_loop.py's trainers runs on 1 thread.)"""
+    yield
+    import torch
+
+    if torch.get_num_threads() != _torch_threads_at_start:
+        torch.set_num_threads(_torch_threads_at_start)
+
+
+@pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real Prefect server (the test harness); yields its API URL for subprocesses."""
     from prefect.settings import PREFECT_API_URL

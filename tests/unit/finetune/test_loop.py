@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,30 +41,92 @@ def test_training_lowers_the_loss_and_keeps_the_best_epoch(data: Path, tmp_path:
     assert (tmp_path / "ckpt" / LAST).exists() and (tmp_path / "ckpt" / BEST).exists()
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_weights(data: Path, tmp_path: Path) -> None:
-    reference = make_trainer(data, tmp_path / "uninterrupted")
-    reference.fit()
-    reference_weights = reference.model.state_dict()
+@pytest.fixture(scope="module")
+def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    """The reference: the job trained start to end in one go."""
+    trainer = make_trainer(data, tmp_path_factory.mktemp("uninterrupted"))
+    trainer.fit()
+    return trainer
 
-    killed = tmp_path / "killed"
+
+def _kill_after_steps(data: Path, checkpoints: Path, steps: int) -> None:
+    """Run the job in a subprocess and SIGKILL it right after its ``steps``-th optimizer
+    step, counted here: mid-epoch, between the optimizer and the schedule stepping, with
+    no checkpoint written for the epoch under way."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.finetune.training", str(data), str(killed),
-         "--pause-after", "2"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-m", "tests.unit.finetune.training", str(data), str(checkpoints),
+         "--step-handshake"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
     try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "paused"
+        for step in range(1, steps + 1):
+            assert process.stdout.readline().strip() == "step", f"no optimizer step {step}"
+            if step < steps:
+                process.stdin.write("go on\n")
+                process.stdin.flush()
     finally:
         process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert torch.load(killed / LAST, weights_only=False)["state"]["epoch"] == 2
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def _same_tensors(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
+def _assert_same_checkpoint(resumed: Path, reference: Path) -> None:
+    """The last checkpoints agree on weights, optimizer moments, schedule and history."""
+    a, b = (torch.load(folder / LAST, weights_only=False) for folder in (resumed, reference))
+    _same_tensors(a["model"], b["model"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for param, moments in a["optimizer"]["state"].items():
+        _same_tensors(moments, b["optimizer"]["state"][param])  # step, exp_avg, exp_avg_sq
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [
+        g["lr"] for g in b["optimizer"]["param_groups"]
+    ]
+    assert a["scheduler"] == b["scheduler"]
+    timing = ("seconds", "train_images_per_s")  # all that may differ between two runs
+    for run in (a, b):
+        run["state"]["history"] = [
+            {k: v for k, v in row.items() if k not in timing} for row in run["state"]["history"]
+        ]
+        run["state"].pop("seconds")
+    assert a["state"] == b["state"]
+    _same_tensors(
+        torch.load(resumed / BEST, weights_only=True),
+        torch.load(reference / BEST, weights_only=True),
+    )
+
+
+@pytest.mark.parametrize("steps", [2, 5, 12])
+def test_a_run_killed_after_any_optimizer_step_resumes_to_the_uninterrupted_run(
+    data: Path, uninterrupted: Trainer, tmp_path: Path, steps: int
+) -> None:
+    """Killed in epoch 1 (2 steps), mid-epoch 2 (5), or after the last step before the
+    last checkpoint (12 of 4 x 3): the resumed run ends where the uninterrupted one does.
+    Mutations that make this fail: not loading the optimizer's state in ``resume``
+    (moments restart at zero), not loading the scheduler's (the learning rate restarts
+    its warmup), resuming from ``best.pt`` instead of ``last.pt``, saving ``last.pt``
+    before the epoch's history row. (Not restoring the global RNG changes nothing:
+    every random draw of the loop comes from (seed, epoch, row), see finetune/data.py.)"""
+    reference = uninterrupted.checkpoints
+    # The best epoch is the last: the final weights are ones the resumed run wrote.
+    assert uninterrupted.state.best_epoch == OPTIONS.epochs == 4
+    assert uninterrupted.steps_per_epoch == 3
+    killed = tmp_path / "killed"
+    _kill_after_steps(data, killed, steps)
+    finished_epochs = (steps - 1) // 3  # the epoch under way left no checkpoint
+    assert torch.load(killed / LAST, weights_only=False)["state"]["epoch"] == finished_epochs
 
     resumed = make_trainer(data, killed)
     state = resumed.fit()
     assert [row["epoch"] for row in state.history] == [1, 2, 3, 4]
-    for name, tensor in resumed.model.state_dict().items():
-        assert torch.equal(tensor, reference_weights[name]), name
-    assert state.history[-1]["train_loss"] == reference.state.history[-1]["train_loss"]
+    _assert_same_checkpoint(killed, reference)
+    _same_tensors(resumed.model.state_dict(), uninterrupted.model.state_dict())
 
 
 def test_a_finished_run_is_not_trained_again(data: Path, tmp_path: Path) -> None:

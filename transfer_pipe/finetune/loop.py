@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.files import atomic_path
 from transfer_pipe.finetune.data import ImageRows, make_loader, prefetch
 from transfer_pipe.finetune.surgery import FinetuneModel, parameter_groups
 
@@ -286,9 +286,9 @@ class Trainer:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` all or nothing: a kill mid-write leaves the previous checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _rng_states() -> dict[str, Any]:

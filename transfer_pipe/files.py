@@ -1,0 +1,63 @@
+"""Small file helpers every layer shares: all-or-nothing writes, and "is this URL local?".
+
+This module sits at the bottom of the package (like ``errors``): it imports nothing from
+``transfer_pipe``, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from fsspec.core import url_to_fs
+from fsspec.utils import get_protocol
+
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+"""fsspec's names for the local filesystem (``file://``, ``local://``, or no scheme)."""
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` names the machine's own filesystem: a plain path, ``file://...`` or
+    ``local://...``; ``s3://``, ``memory://`` or a chained URL (``simplecache::...``) are
+    not, so they get no local-only treatment (atomic renames, local checkpoints)."""
+    return get_protocol(url) in LOCAL_PROTOCOLS
+
+
+def local_path(url: str) -> Path | None:
+    """The absolute filesystem path ``url`` names when it is local (see ``is_local``),
+    else None: ``local:///data/x``, ``file:///data/x`` and ``/data/x`` all give ``/data/x``."""
+    if not is_local(url):
+        return None
+    _, path = url_to_fs(url)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; write there, and on a clean exit it is
+    renamed onto ``path`` in one step, so readers (and a run resumed after a kill) find
+    the old file or the new one, never half of one. On an error the temporary file is
+    removed and ``path`` is left as it was. The parent folder is created if needed.
+
+    Example: ``with atomic_path(out) as tmp: torch.save(state, tmp)``.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name in the same folder: the rename stays on one filesystem (atomic), and
+    # two writers of the same file never share a temporary. The writer creates the file,
+    # so it gets the usual permissions (mkstemp's would be owner-only).
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace the file at ``path`` with ``text`` (UTF-8), all or nothing."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

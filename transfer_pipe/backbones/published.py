@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.registry import BackboneEntry, lookup, register_namespace
 from transfer_pipe.backbones.weights import WeightsFile, file_sha256
+from transfer_pipe.files import write_text_atomic
 
 PREFIX = "finetuned/"
 HOME_ENV = "TRANSFER_PIPE_HOME"
@@ -53,12 +53,8 @@ def publish_backbone(
         "preprocessing": preprocessing.to_dict(),
         **details,
     }
-    path = registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write a temporary file and rename it: readers never see half a registry.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(records, f, indent=2)
-    os.replace(f.name, path)
+    # Readers (every process of the machine) never see half a registry.
+    write_text_atomic(registry_path(), json.dumps(records, indent=2))
     return backbone_id
 
 

@@ -39,6 +39,9 @@ class FeatureSetSpec:
     rows: int
     shard_size: int
     backbone_metadata: dict[str, Any] = field(default_factory=dict)
+    # The local weights file the features were embedded with (an absolute path), None
+    # for the backbone id's own weights: fine-tuning loads the very same weights again.
+    weights_file: str | None = None
 
     @property
     def n_shards(self) -> int:

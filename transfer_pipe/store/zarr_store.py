@@ -25,6 +25,7 @@ import zarr
 import zarr.storage
 
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.files import is_local
 from transfer_pipe.store.base import (
     ROW_COLUMNS,
     FeatureSetSpec,
@@ -36,11 +37,6 @@ from transfer_pipe.store.base import (
 
 _SETS = "feature_sets"
 _STATS = ("embedded", "reused", "seconds")
-
-
-def _is_local(protocol: str | tuple[str, ...]) -> bool:
-    protocols = (protocol,) if isinstance(protocol, str) else protocol
-    return "file" in protocols or "local" in protocols
 
 
 class ZarrFeatureStore(FeatureStore):
@@ -61,7 +57,7 @@ class ZarrFeatureStore(FeatureStore):
     # -- plumbing ---------------------------------------------------------------------
 
     def _zarr_store(self, read_only: bool) -> zarr.storage.StoreLike:
-        if _is_local(self._fs.protocol):
+        if is_local(self.url):
             # LocalStore writes each chunk to a temporary file and renames it: atomic.
             return zarr.storage.LocalStore(self._path, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(

@@ -18,6 +18,7 @@ import fsspec
 import numpy as np
 
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.schema import TEST, TRAIN
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -35,7 +36,7 @@ FASHION_MNIST_CLASSES = (
 # The standard file names; the dot variant ("train-images.idx3-ubyte") is how
 # some mirrors ship the uncompressed files.
 _IDX_NAME = re.compile(r"^(train|t10k)-(images|labels)[.-]idx([13])-ubyte(\.gz)?$")
-_SPLIT_OF_PREFIX = {"train": "train", "t10k": "test"}
+_SPLIT_OF_PREFIX = {"train": TRAIN, "t10k": TEST}
 _GZIP_MAGIC = b"\x1f\x8b"
 _UINT8_CODE = 0x08
 # Images are [N, H, W], labels [N]; nothing else is an MNIST-layout file.

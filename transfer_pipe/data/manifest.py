@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from transfer_pipe.errors import TransferPipeError
-
-COLUMNS = ("sample_id", "uri", "label", "split", "content_hash")
+from transfer_pipe.schema import ROW_COLUMNS, SAMPLE_ID, SPLIT
 
 
 @dataclass(frozen=True)
@@ -26,11 +25,11 @@ class Manifest:
     source: str  # a human description, e.g. "folder:/data/flowers"
 
     def __post_init__(self) -> None:
-        missing = [c for c in COLUMNS if c not in self.table.columns]
+        missing = [c for c in ROW_COLUMNS if c not in self.table.columns]
         if missing:
             raise TransferPipeError(f"manifest from {self.source} lacks columns {missing}")
-        if self.table["sample_id"].duplicated().any():
-            dup = self.table.loc[self.table["sample_id"].duplicated(), "sample_id"].iloc[0]
+        if self.table[SAMPLE_ID].duplicated().any():
+            dup = self.table.loc[self.table[SAMPLE_ID].duplicated(), SAMPLE_ID].iloc[0]
             raise TransferPipeError(
                 f"manifest from {self.source} has duplicate sample_id {dup!r}; "
                 "give every image a unique sample_id."
@@ -39,8 +38,8 @@ class Manifest:
     @classmethod
     def from_rows(cls, table: pd.DataFrame, source: str) -> Manifest:
         """Normalize a table to the manifest's columns, string dtype, sorted by sample_id."""
-        table = table.loc[:, list(COLUMNS)].astype(str)
-        table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        table = table.loc[:, list(ROW_COLUMNS)].astype(str)
+        table = table.sort_values(SAMPLE_ID, kind="stable").reset_index(drop=True)
         return cls(table=table, source=source)
 
     def __len__(self) -> int:
@@ -53,7 +52,7 @@ class Manifest:
         """
         if n is None or n >= len(self):
             return self
-        groups = dict(tuple(self.table.groupby("split", sort=True)))
+        groups = dict(tuple(self.table.groupby(SPLIT, sort=True)))
         quotas = {name: len(group) * n // len(self) for name, group in groups.items()}
         largest = max(groups, key=lambda name: len(groups[name]))
         quotas[largest] += n - sum(quotas.values())  # hand the rounding remainder out

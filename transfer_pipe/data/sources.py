@@ -30,13 +30,14 @@ from transfer_pipe.data.idx import (
 )
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.schema import CONTENT_HASH, LABEL, SAMPLE_ID, SPLIT, SPLIT_ALIASES, URI
 
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_ALIAS = "fashion-mnist"
 FASHION_MNIST_ENV = "TRANSFER_PIPE_FASHION_MNIST"
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
-SPLIT_NAMES = frozenset({"train", "val", "validation", "valid", "test"})
+SPLIT_NAMES = frozenset(alias for aliases in SPLIT_ALIASES.values() for alias in aliases)
 NO_SPLIT = ""  # the split value when the source defines none
 TABLE_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -138,11 +139,11 @@ def _idx_split_rows(
     width = max(5, len(str(n - 1)))  # zero-padded so ids sort in file order
     return pd.DataFrame(
         {
-            "sample_id": [f"{split}/{i:0{width}d}" for i in range(n)],
-            "uri": [idx_uri(images_url, i) for i in range(n)],
-            "label": label_names(labels, class_names),
-            "split": split,
-            "content_hash": pixel_hashes(images),
+            SAMPLE_ID: [f"{split}/{i:0{width}d}" for i in range(n)],
+            URI: [idx_uri(images_url, i) for i in range(n)],
+            LABEL: label_names(labels, class_names),
+            SPLIT: split,
+            CONTENT_HASH: pixel_hashes(images),
         }
     )
 
@@ -184,10 +185,10 @@ def _folder_manifest(fs: AbstractFileSystem, root: str, source: str) -> Manifest
             continue
         rows.append(
             {
-                "sample_id": rel,
-                "uri": fs.unstrip_protocol(posixpath.join(root, rel)),
-                "label": parts[depth - 1],
-                "split": parts[0] if has_splits else NO_SPLIT,
+                SAMPLE_ID: rel,
+                URI: fs.unstrip_protocol(posixpath.join(root, rel)),
+                LABEL: parts[depth - 1],
+                SPLIT: parts[0] if has_splits else NO_SPLIT,
             }
         )
     if loose:
@@ -200,7 +201,7 @@ def _folder_manifest(fs: AbstractFileSystem, root: str, source: str) -> Manifest
             f"no image files under {root}; put images in {layout}, or {_SOURCE_HINT}."
         )
     table = pd.DataFrame(rows)
-    table["content_hash"] = file_hashes([str(u) for u in table["uri"]])
+    table[CONTENT_HASH] = file_hashes([str(u) for u in table[URI]])
     return Manifest.from_rows(table, source)
 
 
@@ -230,8 +231,8 @@ def _table_manifest(fs: AbstractFileSystem, path: str, kind: str, source: str) -
             table = pd.read_csv(f, dtype=str, keep_default_na=False)
         else:
             table = pd.read_parquet(f)
-    location = "uri" if "uri" in table.columns else "path"
-    missing = [c for c in (location, "label") if c not in table.columns]
+    location = URI if URI in table.columns else "path"
+    missing = [c for c in (location, LABEL) if c not in table.columns]
     if missing:
         raise TransferPipeError(
             f"manifest {source} lacks column(s) {missing}: it has {list(table.columns)}, "
@@ -243,17 +244,17 @@ def _table_manifest(fs: AbstractFileSystem, path: str, kind: str, source: str) -
     folder = posixpath.dirname(path)
     out = pd.DataFrame(
         {
-            "sample_id": (
-                _required_strings(table, "sample_id", source)
-                if "sample_id" in table.columns
+            SAMPLE_ID: (
+                _required_strings(table, SAMPLE_ID, source)
+                if SAMPLE_ID in table.columns
                 else written
             ),
-            "uri": [_resolve(fs, folder, w) for w in written],
-            "label": _required_strings(table, "label", source),
-            "split": table["split"].fillna(NO_SPLIT).astype(str) if "split" in table else NO_SPLIT,
+            URI: [_resolve(fs, folder, w) for w in written],
+            LABEL: _required_strings(table, LABEL, source),
+            SPLIT: table[SPLIT].fillna(NO_SPLIT).astype(str) if SPLIT in table else NO_SPLIT,
         }
     )
-    out["content_hash"] = file_hashes([str(u) for u in out["uri"]])
+    out[CONTENT_HASH] = file_hashes([str(u) for u in out[URI]])
     return Manifest.from_rows(out, source)
 
 
@@ -313,9 +314,9 @@ def _filter_split(manifest: Manifest, split: str | None) -> Manifest:
     """Only the rows of ``split``; raises naming the splits present when none match."""
     if split is None:
         return manifest
-    keep = manifest.table["split"] == split
+    keep = manifest.table[SPLIT] == split
     if not keep.any():
-        present = sorted(set(manifest.table["split"]) - {NO_SPLIT})
+        present = sorted(set(manifest.table[SPLIT]) - {NO_SPLIT})
         raise TransferPipeError(
             f"{manifest.source} has no split {split!r}; "
             + (f"its splits are {present}." if present else "it defines no splits; omit split.")

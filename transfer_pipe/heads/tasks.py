@@ -22,10 +22,10 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.schema import LABEL, SAMPLE_ID, SPLIT_ALIASES, SPLITS, TEST, TRAIN, VAL
 from transfer_pipe.store import FeatureStore
 
 SOURCE_TASK = "source"
-_TRAIN, _VAL, _TEST = ("train",), ("val", "valid", "validation"), ("test",)
 
 # Built-in example of a mapped task: Fashion-MNIST's 10 classes as 4 coarse groups.
 BUILTIN_MAPPINGS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -141,7 +141,7 @@ class TaskData:
         return replace(self, train=self.train.take(index), shots=shots, shot_seed=seed)
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        return {TRAIN: len(self.train), VAL: len(self.val), TEST: len(self.test)}
 
 
 def split_layers(layer: str) -> list[str]:
@@ -248,7 +248,7 @@ def _task_labels(
         return np.asarray(mapped, dtype=object).astype(str), notes
     if task.labels_file is not None:
         table = _read_labels(task.labels_file)
-        by_id = dict(zip(table["sample_id"], table["label"], strict=True))
+        by_id = dict(zip(table[SAMPLE_ID], table[LABEL], strict=True))
         labels = np.asarray([by_id.get(s, "") for s in sample_ids.astype(str)], dtype=object)
         missing = len(set(by_id) - set(sample_ids.astype(str)))
         notes = [f"{missing} labelled sample ids have no usable features"] if missing else []
@@ -264,15 +264,15 @@ def _read_labels(path: str) -> pd.DataFrame:
             table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as err:
         raise TransferPipeError(f"cannot read labels file {path}: {err}") from err
-    missing = {"sample_id", "label"} - set(table.columns)
+    missing = {SAMPLE_ID, LABEL} - set(table.columns)
     if missing:
         raise TransferPipeError(
             f"labels file {path} lacks the column(s) {sorted(missing)}; it needs sample_id and "
             f"label (it has {list(table.columns)})."
         )
     # An empty label (NaN in Parquet) leaves the row out of the task, as in a CSV.
-    table = table.fillna({"label": ""}).astype({"sample_id": str, "label": str})
-    duplicated = table["sample_id"][table["sample_id"].duplicated()]
+    table = table.fillna({LABEL: ""}).astype({SAMPLE_ID: str, LABEL: str})
+    duplicated = table[SAMPLE_ID][table[SAMPLE_ID].duplicated()]
     if len(duplicated):
         raise TransferPipeError(
             f"labels file {path} gives sample id {duplicated.iloc[0]!r} more than one label."
@@ -286,7 +286,7 @@ def _split(
     """The source's own splits when it has train and test; validation, when the source
     has none, is a stratified share of its training rows."""
     lowered = np.char.lower(splits.astype(str))
-    is_train, is_val, is_test = (np.isin(lowered, names) for names in (_TRAIN, _VAL, _TEST))
+    is_train, is_val, is_test = (np.isin(lowered, SPLIT_ALIASES[s]) for s in SPLITS)
     if is_train.any() and is_test.any():
         train, test = np.flatnonzero(is_train), np.flatnonzero(is_test)
         if is_val.any():

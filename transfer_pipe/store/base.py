@@ -18,8 +18,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from transfer_pipe.schema import FAILURE, SAMPLE_ID, URI
+
 Status = Literal["missing", "incomplete", "complete"]
-ROW_COLUMNS = ("sample_id", "uri", "label", "split", "content_hash")
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,9 @@ class FeatureStore(ABC):
 
     def failures(self, key: str) -> pd.DataFrame:
         """The failures table: sample_id, uri, reason."""
-        table = self.row_table(key, columns=("sample_id", "uri", "failure"))
-        bad = table[table["failure"] != ""]
-        return bad.loc[:, ["sample_id", "uri", "failure"]].rename(columns={"failure": "reason"})
+        table = self.row_table(key, columns=(SAMPLE_ID, URI, FAILURE))
+        bad = table[table[FAILURE] != ""]
+        return bad.loc[:, [SAMPLE_ID, URI, FAILURE]].rename(columns={FAILURE: "reason"})
 
     def info(self, key: str) -> FeatureSetInfo:
         prov = self.provenance(key)

@@ -26,8 +26,8 @@ import zarr.storage
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import is_local
+from transfer_pipe.schema import FAILURE, LABEL, ROW_COLUMNS, SAMPLE_ID, SPLIT
 from transfer_pipe.store.base import (
-    ROW_COLUMNS,
     FeatureSetSpec,
     FeatureStore,
     LoadedFeatures,
@@ -122,7 +122,7 @@ class ZarrFeatureStore(FeatureStore):
         for name in ROW_COLUMNS:
             array = group.create_array(name, shape=(spec.rows,), chunks=chunk, dtype=str)
             array[:] = rows[name].to_numpy(dtype=str)
-        group.create_array("failure", shape=(spec.rows,), chunks=chunk, dtype=str, fill_value="")
+        group.create_array(FAILURE, shape=(spec.rows,), chunks=chunk, dtype=str, fill_value="")
         features = group.create_group("features")
         for layer in spec.layers:
             features.create_array(
@@ -181,7 +181,7 @@ class ZarrFeatureStore(FeatureStore):
         for layer, values in features.items():
             array = self._array(key, f"features/{layer}", writable=True)
             array[region] = np.asarray(values, dtype=spec.dtype)
-        self._array(key, "failure", writable=True)[region] = np.asarray(failures, dtype=str)
+        self._array(key, FAILURE, writable=True)[region] = np.asarray(failures, dtype=str)
         stats_row = [stats.embedded, stats.reused, stats.seconds]
         self._array(key, "shard_stats", writable=True)[shard] = stats_row
         # Last: only now does the shard count as written.
@@ -199,7 +199,7 @@ class ZarrFeatureStore(FeatureStore):
 
     def row_table(self, key: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         spec = self.spec(key)
-        names = columns or (*ROW_COLUMNS, "failure")
+        names = columns or (*ROW_COLUMNS, FAILURE)
         table = pd.DataFrame(
             {name: np.asarray(self._array(key, name)[:]).astype(object) for name in names}
         )
@@ -251,12 +251,12 @@ class ZarrFeatureStore(FeatureStore):
             raise TransferPipeError(
                 f"feature set {key} has no layer {layer!r}; it holds {list(spec.layers)}."
             )
-        table = self.row_table(key, columns=("sample_id", "label", "split", "failure"))
-        usable = table[(table["failure"] == "") & table["done"]]
+        table = self.row_table(key, columns=(SAMPLE_ID, LABEL, SPLIT, FAILURE))
+        usable = table[(table[FAILURE] == "") & table["done"]]
         if split is not None:
-            usable = usable[usable["split"] == split]
+            usable = usable[usable[SPLIT] == split]
         if sample_ids is not None:
-            by_id = usable.reset_index().set_index("sample_id")
+            by_id = usable.reset_index().set_index(SAMPLE_ID)
             missing = [s for s in sample_ids if s not in by_id.index]
             if missing:
                 raise TransferPipeError(
@@ -274,7 +274,7 @@ class ZarrFeatureStore(FeatureStore):
             features = self.read_rows(key, layer, rows)
         return LoadedFeatures(
             features=features,
-            labels=usable["label"].to_numpy(),
-            sample_ids=usable["sample_id"].to_numpy(),
-            splits=usable["split"].to_numpy(),
+            labels=usable[LABEL].to_numpy(),
+            sample_ids=usable[SAMPLE_ID].to_numpy(),
+            splits=usable[SPLIT].to_numpy(),
         )

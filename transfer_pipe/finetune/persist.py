@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from transfer_pipe.backbones import BackboneSpec
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.files import atomic_path, local_path
 from transfer_pipe.finetune.surgery import FinetuneModel
 from transfer_pipe.store import cards
 from transfer_pipe.store.cards import CARD
@@ -38,9 +39,9 @@ def run_url(store: str, run_id: str) -> str:
 
 def checkpoint_dir(store: str, run_id: str) -> Path:
     """A local folder for the run's checkpoints."""
-    fs, path = fsspec.core.url_to_fs(run_url(store, run_id))
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return Path(path) / "checkpoints"
+    folder = local_path(run_url(store, run_id))
+    if folder is not None:
+        return folder / "checkpoints"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "transfer-pipe" / "checkpoints" / run_id
 
@@ -91,8 +92,6 @@ def export_backbone(spec: BackboneSpec, model: FinetuneModel, path: Path) -> Pat
     if unknown:
         raise TransferPipeError(f"fine-tuned tensors {unknown[:3]} are not in {spec.id}")
     state = {k: tuned.get(k, v).detach().cpu().clone() for k, v in expected.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path

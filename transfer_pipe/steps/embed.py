@@ -30,6 +30,7 @@ from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest
 from transfer_pipe.features.embedder import EmbedderConfig
 from transfer_pipe.features.shard import Reuse, ShardResult, ShardTask, run_shard
+from transfer_pipe.schema import CONTENT_HASH, FAILURE, URI
 from transfer_pipe.store import (
     FeatureSetSpec,
     FeatureStore,
@@ -94,6 +95,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         source=manifest.source,
         backbone=backbone.id,
         weights_digest=weights_digest,
+        weights_file=backbone.weights_file,
         preprocessing=preprocessing.to_dict(),
         layers=tuple(layers),
         layer_dims=layer_dims,
@@ -141,8 +143,8 @@ def _shard_tasks(
 ) -> list[ShardTask]:
     """One task per shard not yet written, the embed-heaviest first (copy-only shards
     then fill the gaps at the end)."""
-    uris = manifest.table["uri"].tolist()
-    hashes = manifest.table["content_hash"].tolist()
+    uris = manifest.table[URI].tolist()
+    hashes = manifest.table[CONTENT_HASH].tolist()
     layer_dims = tuple((layer, spec.layer_dims[layer]) for layer in spec.layers)
     tasks = []
     for shard in range(spec.n_shards):
@@ -187,9 +189,9 @@ def cached_rows(
         other = store.spec(key)
         if other.embedding_key != embedding_key or not set(layers) <= set(other.layers):
             continue
-        table = store.row_table(key, columns=("content_hash", "failure"))
-        good = table[table["done"] & (table["failure"] == "")]
-        for content_hash, row in zip(good["content_hash"], good.index, strict=True):
+        table = store.row_table(key, columns=(CONTENT_HASH, FAILURE))
+        good = table[table["done"] & (table[FAILURE] == "")]
+        for content_hash, row in zip(good[CONTENT_HASH], good.index, strict=True):
             donors.setdefault(content_hash, (key, int(row)))
     return donors
 

@@ -63,6 +63,7 @@ from transfer_pipe.report import (
     save_learning_curves,
     save_result_plots,
 )
+from transfer_pipe.schema import SAMPLE_ID, TEST, TRAIN, URI, VAL
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.train import (
     HeadRun,
@@ -133,12 +134,12 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
     backbone = _backbone(spec, config)
     preprocessing = Preprocessing.from_dict(spec["preprocessing"])
     data = probe_plan.data
-    table = store.row_table(feature_set, columns=("sample_id", "uri"))
-    uris = dict(zip(table["sample_id"], table["uri"], strict=True))
+    table = store.row_table(feature_set, columns=(SAMPLE_ID, URI))
+    uris = dict(zip(table[SAMPLE_ID], table[URI], strict=True))
     index = {label: i for i, label in enumerate(data.classes)}
     splits = {
         name: _images(rows, uris, index)
-        for name, rows in (("train", data.train), ("val", data.val), ("test", data.test))
+        for name, rows in ((TRAIN, data.train), (VAL, data.val), (TEST, data.test))
     }
     plan = FinetunePlan(
         config=config,
@@ -165,11 +166,10 @@ def _images(rows: SplitRows, uris: dict[str, str], index: dict[str, int]) -> Spl
 
 def _backbone(spec: dict[str, Any], config: FinetuneConfig) -> BackboneSpec:
     """The backbone with the very weights the feature set was embedded with."""
-    described = str(spec["backbone_metadata"].get("weights", ""))
     candidates: list[str | None] = []
     if config.embed is not None and config.embed.weights_file:
         candidates.append(config.embed.weights_file)
-    candidates += [None] + ([described[5:]] if described.startswith("file ") else [])
+    candidates += [None, spec["weights_file"]]
     for weights_file in dict.fromkeys(candidates):
         try:
             backbone = get_backbone(spec["backbone"], weights_file)
@@ -282,7 +282,7 @@ def trainer(plan: FinetunePlan) -> Trainer:
     device = resolve_device(config.device)
     if device.type == "cpu":
         torch.set_num_threads(threads_per_task())
-    augmentation = choose_augmentation(plan.splits["train"].uris, config.augment)
+    augmentation = choose_augmentation(plan.splits[TRAIN].uris, config.augment)
     # Neither says what is computed, only how fast and for how long: not in train_options.
     options = replace(
         train_options(config),
@@ -294,8 +294,8 @@ def trainer(plan: FinetunePlan) -> Trainer:
     fresh = not (checkpoints / LAST).exists()
     return Trainer(
         build_model(plan, lp_ft_head=fresh),
-        _rows(plan, "train", augmentation),
-        _rows(plan, "val", "none"),
+        _rows(plan, TRAIN, augmentation),
+        _rows(plan, VAL, "none"),
         options,
         checkpoints,
         device,
@@ -312,7 +312,7 @@ def run_finetune(
         return {**done["result"], "reused": True}
     job = trainer(plan)
     state = job.fit(on_epoch)
-    test_rows = _rows(plan, "test", "none")
+    test_rows = _rows(plan, TEST, "none")
     proba, kept = job.predict(test_rows)
     labels = np.asarray(plan.classes)[test_rows.targets[kept]]
     metrics = evaluate(labels, proba, plan.classes, seed=plan.config.split_seed)

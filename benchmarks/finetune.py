@@ -98,18 +98,18 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
     summary = embed(source)
     record["seconds"]["embed"] = time.perf_counter() - started
     record["embed"] = {
-        "images": summary["embedded"],
-        "failed": summary["failed"],
-        "images_per_s": summary["embedded"] / record["seconds"]["embed"],
-        "steady_images_per_s": summary["steady_images_per_s"],
+        "images": summary.embedded,
+        "failed": summary.failed,
+        "images_per_s": summary.embedded / record["seconds"]["embed"],
+        "steady_images_per_s": summary.steady_images_per_s,
     }
     save()
     print(
-        f"embedded {summary['embedded']} images in {record['seconds']['embed']:.0f} s", flush=True
+        f"embedded {summary.embedded} images in {record['seconds']['embed']:.0f} s", flush=True
     )
 
     config = FinetuneConfig(
-        feature_set=summary["feature_set"],
+        feature_set=summary.feature_set,
         store=store,
         policy=args.policy,
         lp_ft=args.lp_ft,
@@ -122,19 +122,19 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
         device=str(device),
         time_budget_s=args.time_budget,
     )
-    plan = prepare_finetune(config, summary["feature_set"])
+    plan = prepare_finetune(config, summary.feature_set)
     record["splits"] = {name: len(split) for name, split in plan.splits.items()}
     phase = time.perf_counter()
     probe = ensure_probe(plan)
     record["seconds"]["probe"] = time.perf_counter() - phase
     record["probe"] = {
-        "head_id": probe["head_id"],
-        "accuracy": probe["metrics"]["accuracy"],
-        "macro_f1": probe["metrics"]["macro_f1"],
-        "chosen": probe["chosen"],
+        "head_id": probe.head_id,
+        "accuracy": probe.metrics["accuracy"],
+        "macro_f1": probe.metrics["macro_f1"],
+        "chosen": probe.chosen,
     }
     save()
-    print(f"probe accuracy {probe['metrics']['accuracy']:.4f}", flush=True)
+    print(f"probe accuracy {probe.metrics['accuracy']:.4f}", flush=True)
 
     history: list[dict[str, Any]] = []
 
@@ -148,19 +148,19 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
     result = run_finetune(plan, probe, on_epoch)
     record["seconds"]["finetune"] = time.perf_counter() - phase
     final = finalize_finetune(plan, result)
-    rates = [row["train_images_per_s"] for row in result["history"]]
+    rates = [row["train_images_per_s"] for row in result.history]
     record["finetune"] = {
-        "accuracy": final["accuracy"],
-        "macro_f1": final["macro_f1"],
-        "accuracy_ci95": final["accuracy_ci95"],
-        "gain_over_probe": final["gain"],
-        "epochs": final["epochs"],
-        "best_epoch": final["best_epoch"],
-        "stopped": final["stopped"],
+        "accuracy": final.accuracy,
+        "macro_f1": final.macro_f1,
+        "accuracy_ci95": final.accuracy_ci95,
+        "gain_over_probe": final.gain,
+        "epochs": final.epochs,
+        "best_epoch": final.best_epoch,
+        "stopped": final.stopped,
         "train_images_per_s": statistics.median(rates),
-        "skipped_images": final["skipped_images"],
+        "skipped_images": final.skipped_images,
     }
-    record["history"] = result["history"]
+    record["history"] = result.history
     record["seconds"]["total"] = time.perf_counter() - started
     save()
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))

@@ -105,12 +105,12 @@ def main() -> None:
     started = time.perf_counter()
     summary = embed(config)
     embed_seconds = time.perf_counter() - started
-    print(f"embedded {summary['embedded']} images in {embed_seconds:.1f} s", flush=True)
+    print(f"embedded {summary.embedded} images in {embed_seconds:.1f} s", flush=True)
 
     options = ProtocolOptions()
     candidates = {}
     for layer in args.layers.split(","):
-        data = load_task(open_store(store), summary["feature_set"], Task(), layer, SplitOptions())
+        data = load_task(open_store(store), summary.feature_set, Task(), layer, SplitOptions())
         candidates[layer] = (data, head_summary("logreg", data, options))
     layer = max(candidates, key=lambda name: candidates[name][1]["best_val_accuracy"])
     data = candidates[layer][0]
@@ -123,13 +123,13 @@ def main() -> None:
     result = {
         "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
         "split": {**data.sizes(), "origin": data.split_origin},
-        "backbone": summary["backbone"],
+        "backbone": summary.backbone,
         "image_size": args.image_size,
         "layer": layer,
         "layer_candidates": {name: row for name, (_, row) in candidates.items()},
         "layer_choice": "the candidate whose probe scored best on validation",
         "embed": {
-            "images_embedded": summary["embedded"],
+            "images_embedded": summary.embedded,
             "seconds": embed_seconds,
             "note": "no Prefect; a fresh store, so every image is embedded",
         },

@@ -5,7 +5,6 @@ No logic lives here: each task is a plain function from ``transfer_pipe.steps``.
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from prefect import flow, task
@@ -20,6 +19,7 @@ from prefect.utilities.annotations import quote
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.features.shard import ShardResult
+from transfer_pipe.steps.results import EmbedSummary
 
 # The store, not Prefect's cache, decides what is already done: that check also works from
 # the CLI and notebooks, and across scheduled runs (Prefect's default key includes the run id).
@@ -43,16 +43,16 @@ def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
 
 
 @flow(name="embed", log_prints=True)
-def embed_flow(config: EmbedConfig) -> dict[str, Any]:
+def embed_flow(config: EmbedConfig) -> EmbedSummary:
     """Embed every image of ``config.source`` once into the feature store."""
     plan = prepare(config)
     # quote(): Prefect would otherwise walk every shard task of the plan (70,000 uris
     # for Fashion-MNIST) to track dependencies, costing seconds per task.
     results = compute(quote(plan))  # type: ignore[call-overload]  # quote is unwrapped
-    summary = finalize(quote(plan), quote(results))  # type: ignore[call-overload]
+    summary: EmbedSummary = finalize(quote(plan), quote(results))  # type: ignore[call-overload]
     create_table_artifact(
-        [{"field": k, "value": str(v)} for k, v in summary.items()],
+        [{"field": k, "value": str(v)} for k, v in summary.to_dict().items()],
         key="embed-summary",
-        description=f"feature set {summary['feature_set']}",
+        description=f"feature set {summary.feature_set}",
     )
     return summary

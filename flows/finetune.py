@@ -9,6 +9,7 @@ feature set is cached); the probe comes from the heads flow's store (fitted if m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -24,8 +25,12 @@ from prefect.utilities.annotations import quote
 
 from flows.embed import embed_flow
 from transfer_pipe.config import FinetuneConfig
+from transfer_pipe.finetune.card import FinetuneResult
+from transfer_pipe.heads.card import HeadCard
 from transfer_pipe.report import finetune_report
 from transfer_pipe.steps import finetune as steps
+from transfer_pipe.steps.results import FinetuneSummary
+from transfer_pipe.steps.target import embed_first
 
 prepare = task(name="prepare-finetune", cache_policy=NO_CACHE)(steps.prepare_finetune)
 probe = task(name="linear-probe", cache_policy=NO_CACHE)(steps.ensure_probe)
@@ -35,7 +40,7 @@ register = task(name="publish-backbone", cache_policy=NO_CACHE)(steps.publish_co
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
-def train(plan: steps.FinetunePlan, probe_card: dict[str, Any]) -> dict[str, Any]:
+def train(plan: steps.FinetunePlan, probe_card: HeadCard) -> FinetuneResult:
     """Train (resuming from the last checkpoint), evaluate and save; progress per epoch."""
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
         0.0, description=f"epochs of fine-tuning run {plan.run_id}"
@@ -59,25 +64,20 @@ def train(plan: steps.FinetunePlan, probe_card: dict[str, Any]) -> dict[str, Any
 
 
 @flow(name="finetune", log_prints=True)
-def finetune_flow(config: FinetuneConfig) -> dict[str, Any]:
+def finetune_flow(config: FinetuneConfig) -> FinetuneSummary:
     """Fine-tune the backbone for one task and compare it with the linear probe."""
-    embedded = 0
-    feature_set = config.feature_set
-    if config.embed is not None:
-        embedded_summary = embed_flow(config.embed)
-        feature_set, embedded = embedded_summary["feature_set"], embedded_summary["embedded"]
-    assert feature_set is not None  # FinetuneConfig holds a key or an embed config
+    feature_set, embedded = embed_first(config, embed_flow)
     plan = prepare(config, feature_set)
     # quote(): the plan holds the probe's feature arrays; Prefect need not walk them.
     probe_card = probe(quote(plan))  # type: ignore[call-overload]
     result = train(quote(plan), probe_card)  # type: ignore[call-overload]
-    summary = finalize(quote(plan), result, embedded)  # type: ignore[call-overload]
+    summary: FinetuneSummary = finalize(quote(plan), result, embedded)  # type: ignore[call-overload]
     create_table_artifact(
-        summary["table"],
+        summary.table,
         key="finetune-vs-probe",
-        description=f"test metrics, task {summary['task']}, feature set {summary['feature_set']}",
+        description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
     )
     if config.publish:
         published = embed_flow(register(quote(plan)))  # type: ignore[call-overload]
-        summary["published_feature_set"] = published["feature_set"]
+        summary = replace(summary, published_feature_set=published.feature_set)
     return summary

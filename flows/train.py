@@ -7,8 +7,6 @@ that embeds nothing when the feature set is already in the store).
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -16,41 +14,39 @@ from prefect.utilities.annotations import quote
 
 from flows.embed import embed_flow
 from transfer_pipe.config import TrainConfig
+from transfer_pipe.heads.card import HeadResult
 from transfer_pipe.report import markdown_report
 from transfer_pipe.steps import train as steps
+from transfer_pipe.steps.results import TrainSummary
+from transfer_pipe.steps.target import embed_first
 
 prepare = task(name="prepare-task", cache_policy=NO_CACHE)(steps.prepare_training)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_training)
 
 
 @task(name="fit-head", cache_policy=NO_CACHE, task_run_name="fit-{run.head}")
-def fit(plan: steps.TrainPlan, run: steps.HeadRun) -> dict[str, Any]:
+def fit(plan: steps.TrainPlan, run: steps.HeadRun) -> HeadResult:
     """Fit, evaluate and save one head; its report becomes a markdown artifact."""
     result = steps.train_head(plan, run)
     create_markdown_artifact(
         markdown_report(result),
-        key=f"head-{result['head']}",
-        description=f"{result['head_id']} on feature set {plan.feature_set}",
+        key=f"head-{result.head}",
+        description=f"{result.head_id} on feature set {plan.feature_set}",
     )
     return result
 
 
 @flow(name="train-heads", log_prints=True)
-def train_flow(config: TrainConfig) -> dict[str, Any]:
+def train_flow(config: TrainConfig) -> TrainSummary:
     """Fit and compare heads for one task on a cached feature set."""
-    embedded = 0
-    feature_set = config.feature_set
-    if config.embed is not None:
-        embedded_summary = embed_flow(config.embed)
-        feature_set, embedded = embedded_summary["feature_set"], embedded_summary["embedded"]
-    assert feature_set is not None  # TrainConfig holds a key or an embed config
+    feature_set, embedded = embed_first(config, embed_flow)
     plan = prepare(config, feature_set)
     # quote(): the plan holds the feature arrays; Prefect need not walk them.
     results = [fit(quote(plan), run) for run in plan.runs]  # type: ignore[call-overload]
-    summary = finalize(quote(plan), results, embedded)  # type: ignore[call-overload]
+    summary: TrainSummary = finalize(quote(plan), results, embedded)  # type: ignore[call-overload]
     create_table_artifact(
-        summary["table"],
+        summary.table,
         key="heads-metrics",
-        description=f"test metrics, task {summary['task']}, feature set {summary['feature_set']}",
+        description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
     )
     return summary

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transfer_pipe.config import (
     AUGMENTATIONS,
@@ -26,6 +26,10 @@ from transfer_pipe.config import (
     TrainConfig,
 )
 from transfer_pipe.errors import TransferPipeError
+
+if TYPE_CHECKING:  # importing transfer_pipe.steps loads torch: not for `ls`
+    from transfer_pipe.records import Record
+    from transfer_pipe.steps.results import EmbedSummary
 
 
 def _default_store() -> str:
@@ -246,7 +250,7 @@ def _embed(args: argparse.Namespace) -> int:
     summary = embed_flow(config)
     _print_summary(summary)
     if args.json:
-        print(json.dumps(summary))
+        print(summary.to_json())
     return 0
 
 
@@ -320,14 +324,14 @@ def _train(args: argparse.Namespace) -> int:
 
     summary = train_flow(config)
     print(
-        f"task {summary['task']} on feature set {summary['feature_set']} "
-        f"(layer {summary['layer']}; train/val/test {summary['splits']['train']}/"
-        f"{summary['splits']['val']}/{summary['splits']['test']}, {summary['split_origin']}); "
-        f"{summary['embedded']} images embedded by this run"
+        f"task {summary.task} on feature set {summary.feature_set} "
+        f"(layer {summary.layer}; train/val/test {summary.splits['train']}/"
+        f"{summary.splits['val']}/{summary.splits['test']}, {summary.split_origin}); "
+        f"{summary.embedded} images embedded by this run"
     )
-    print(terminal_table(summary["table"]))
+    print(terminal_table(summary.table))
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
+        print(summary.to_json(exclude=("table",)))
     return 0
 
 
@@ -378,65 +382,43 @@ def _finetune(args: argparse.Namespace) -> int:
 
     summary = finetune_flow(config)
     print(
-        f"fine-tuned {summary['run_id']} ({summary['policy']}"
-        f"{', LP-FT' if summary['lp_ft'] else ''}) on feature set {summary['feature_set']}: "
-        f"{summary['epochs']} epochs (best {summary['best_epoch']}, stopped by "
-        f"{summary['stopped']}) on {summary['device']}; {summary['embedded']} images embedded "
-        f"by this run, {summary['skipped_images']} images skipped as undecodable"
+        f"fine-tuned {summary.run_id} ({summary.policy}"
+        f"{', LP-FT' if summary.lp_ft else ''}) on feature set {summary.feature_set}: "
+        f"{summary.epochs} epochs (best {summary.best_epoch}, stopped by "
+        f"{summary.stopped}) on {summary.device}; {summary.embedded} images embedded "
+        f"by this run, {summary.skipped_images} images skipped as undecodable"
     )
-    print(terminal_table(summary["table"]))
-    print(f"accuracy {summary['accuracy']:.4f} vs probe {summary['probe_accuracy']:.4f}")
-    if summary.get("published_feature_set"):
-        print(f"published as feature set {summary['published_feature_set']}")
+    print(terminal_table(summary.table))
+    print(f"accuracy {summary.accuracy:.4f} vs probe {summary.probe_accuracy:.4f}")
+    if summary.published_feature_set:
+        print(f"published as feature set {summary.published_feature_set}")
     if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "table"}))
+        print(summary.to_json(exclude=("table",)))
     return 0
 
 
 def _finetuned(args: argparse.Namespace) -> int:
+    from transfer_pipe.finetune.card import FinetuneListing
     from transfer_pipe.finetune.persist import list_cards
 
-    rows = [
-        {
-            "run_id": c["run_id"],
-            "feature_set": c["feature_set"],
-            "task": c["task"]["name"],
-            "policy": c["policy"],
-            "lp_ft": c["lp_ft"],
-            "epochs": c["result"]["epochs"],
-            "accuracy": round(c["result"]["metrics"]["accuracy"], 4),
-            "probe_accuracy": round(c["result"]["probe"]["metrics"]["accuracy"], 4),
-            "created": c["created"],
-        }
-        for c in list_cards(args.store)
-    ]
+    rows = [FinetuneListing.of(card) for card in list_cards(args.store)]
     return _print_rows(rows, args.json, f"no fine-tuning runs in {args.store}")
 
 
 def _heads(args: argparse.Namespace) -> int:
+    from transfer_pipe.heads.card import HeadListing
     from transfer_pipe.heads.persist import list_cards
 
     cards = list_cards(args.store)
     if args.feature_set:
-        cards = [c for c in cards if c["feature_set"] == args.feature_set]
-    rows = [
-        {
-            "head_id": c["head_id"],
-            "feature_set": c["feature_set"],
-            "task": c["task"]["name"],
-            "head": c["head"],
-            "layer": c["layer"],
-            "accuracy": round(c["metrics"]["accuracy"], 4),
-            "macro_f1": round(c["metrics"]["macro_f1"], 4),
-            "created": c["created"],
-        }
-        for c in cards
-    ]
+        cards = [card for card in cards if card.feature_set == args.feature_set]
+    rows = [HeadListing.of(card) for card in cards]
     return _print_rows(rows, args.json, f"no fitted heads in {args.store}")
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, empty: str) -> int:
+def _print_rows(listing: Sequence[Record], as_json: bool, empty: str) -> int:
     """A listing as JSON, as an aligned table, or as the ``empty`` message."""
+    rows = [row.to_dict() for row in listing]
     if as_json:
         print(json.dumps(rows))
     elif not rows:
@@ -461,18 +443,18 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(
-        f"{summary['rows']} predictions written to {summary['out']}: {summary['cached']} from "
-        f"cached embeddings, {summary['embedded']} embedded now, {summary['failed']} failed"
+        f"{summary.rows} predictions written to {summary.out}: {summary.cached} from "
+        f"cached embeddings, {summary.embedded} embedded now, {summary.failed} failed"
     )
     return 0
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: EmbedSummary) -> None:
     print(
-        f"feature set {summary['feature_set']} ({summary['status']}): {summary['rows']} rows, "
-        f"{summary['embedded']} embedded now, {summary['reused']} reused, "
-        f"{summary['failed']} failed; backbone {summary['backbone']}, "
-        f"layers {', '.join(summary['layers'])}; store {summary['store']}"
+        f"feature set {summary.feature_set} ({summary.status}): {summary.rows} rows, "
+        f"{summary.embedded} embedded now, {summary.reused} reused, "
+        f"{summary.failed} failed; backbone {summary.backbone}, "
+        f"layers {', '.join(summary.layers)}; store {summary.store}"
     )
 
 

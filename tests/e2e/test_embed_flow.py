@@ -35,10 +35,10 @@ def test_embed_rerun_and_added_images(tmp_path: Path) -> None:
     config = config_for(data, tmp_path / "store")
 
     first = embed_flow(config)
-    assert first["status"] == "complete"
-    assert (first["rows"], first["failed"], first["embedded"], first["reused"]) == (22, 4, 18, 0)
+    assert first.status == "complete"
+    assert (first.rows, first.failed, first.embedded, first.reused) == (22, 4, 18, 0)
     store = open_store(str(tmp_path / "store"))
-    key = first["feature_set"]
+    key = first.feature_set
     reasons = dict(zip(*store.failures(key)[["sample_id", "reason"]].T.values, strict=True))
     assert set(reasons) == {
         "class0/empty.png",
@@ -59,15 +59,15 @@ def test_embed_rerun_and_added_images(tmp_path: Path) -> None:
     assert sorted(set(store.load(key).labels)) == ["class0", "class1", "class2"]
 
     rerun = embed_flow(config)
-    assert rerun["feature_set"] == key
-    assert (rerun["embedded"], rerun["reused"], rerun["shards_computed"]) == (0, 18, 0)
+    assert rerun.feature_set == key
+    assert (rerun.embedded, rerun.reused, rerun.shards_computed) == (0, 18, 0)
 
     make_dataset(data, classes=3, per_class=2, bad=False, start=6)  # 6 new images
     grown = embed_flow(config)
-    assert grown["feature_set"] != key
-    assert (grown["rows"], grown["embedded"], grown["reused"], grown["failed"]) == (28, 6, 18, 4)
+    assert grown.feature_set != key
+    assert (grown.rows, grown.embedded, grown.reused, grown.failed) == (28, 6, 18, 4)
     old = store.load(key, layer="penultimate")
-    new = store.load(grown["feature_set"], layer="penultimate", sample_ids=list(old.sample_ids))
+    new = store.load(grown.feature_set, layer="penultimate", sample_ids=list(old.sample_ids))
     np.testing.assert_array_equal(new.features, old.features)
     assert [info.status for info in store.catalog()] == ["complete", "complete"]
 
@@ -79,9 +79,9 @@ def test_relabelled_copy_reuses_every_embedding(tmp_path: Path) -> None:
     (tmp_path / "a").rename(tmp_path / "b")
     (tmp_path / "b" / "class0").rename(tmp_path / "b" / "shoes")
     second = embed_flow(config_for(tmp_path / "b", tmp_path / "store", layers=()))
-    assert second["feature_set"] != first["feature_set"]
-    assert (second["embedded"], second["reused"]) == (0, 8)
-    assert "shoes" in set(open_store(str(tmp_path / "store")).load(second["feature_set"]).labels)
+    assert second.feature_set != first.feature_set
+    assert (second.embedded, second.reused) == (0, 8)
+    assert "shoes" in set(open_store(str(tmp_path / "store")).load(second.feature_set).labels)
 
 
 def test_progress_artifact_reaches_100_percent(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_progress_artifact_reaches_100_percent(tmp_path: Path) -> None:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
         )
-    ours = [a for a in artifacts if summary["feature_set"] in (a.description or "")]
+    ours = [a for a in artifacts if summary.feature_set in (a.description or "")]
     assert ours and all(a.data == 100.0 for a in ours)
 
 
@@ -108,6 +108,6 @@ def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:
         )
         summary = embed_flow(config)
         shard_tasks = cluster.scheduler.task_prefixes.get("shard")
-    assert (summary["rows"], summary["embedded"]) == (10, 10)
+    assert (summary.rows, summary.embedded) == (10, 10)
     # Our scheduler, not a LocalCluster of the flow's own, finished both shard tasks.
     assert shard_tasks is not None and shard_tasks.state_counts["memory"] == 2

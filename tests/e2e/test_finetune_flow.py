@@ -39,8 +39,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
         source=str(data), store=str(store), backbone="tiny_test", shard_size=8, workers=1
     )
     summary = embed_flow(config)
-    assert summary["failed"] == 4
-    return data, store, summary["feature_set"]
+    assert summary.failed == 4
+    return data, store, summary.feature_set
 
 
 def config(store: Path, key: str, **changes: object) -> FinetuneConfig:
@@ -64,11 +64,9 @@ def test_lp_ft_starts_from_the_probe_fitted_on_training_rows(
         logits = model.head(torch.from_numpy(np.asarray(features, np.float32))).numpy()
     # The heads flow's C, refit on the training rows only (the saved probe also saw val).
     data = plan.probe_plan.data
-    train_only = fit_on_train(
-        "logreg", data, card["chosen"], protocol_options(plan.probe_plan.config)
-    )
+    train_only = fit_on_train("logreg", data, card.chosen, protocol_options(plan.probe_plan.config))
     np.testing.assert_allclose(logits, train_only.decision_function(features), rtol=1e-4, atol=1e-4)
-    assert train_only.named_steps["head"].C == saved.named_steps["head"].C == card["chosen"]["C"]
+    assert train_only.named_steps["head"].C == saved.named_steps["head"].C == card.chosen["C"]
 
 
 def test_flow_compares_with_the_probe_saves_and_reports(
@@ -76,18 +74,18 @@ def test_flow_compares_with_the_probe_saves_and_reports(
 ) -> None:
     _, store, key = embedded
     summary = finetune_flow(config(store, key, lp_ft=True))
-    assert summary["embedded"] == 0 and summary["feature_set"] == key
-    assert summary["splits"]["train"] + summary["splits"]["val"] + summary["splits"]["test"] == 42
-    assert summary["epochs"] == 2 and summary["skipped_images"] == 0
+    assert summary.embedded == 0 and summary.feature_set == key
+    assert summary.splits["train"] + summary.splits["val"] + summary.splits["test"] == 42
+    assert summary.epochs == 2 and summary.skipped_images == 0
     for field in ("accuracy", "macro_f1", "probe_accuracy"):
-        assert 0.0 <= summary[field] <= 1.0
-    assert Path(summary["checkpoint"]).exists()
-    [card] = [c for c in list_cards(str(store)) if c["run_id"] == summary["run_id"]]
-    assert card["backbone"] == "tiny_test" and card["policy"] == "top-1" and card["lp_ft"]
-    assert card["probe_head_id"] == summary["probe_head_id"]
-    assert len(card["result"]["history"]) == 2 and "torch" in card["libraries"]
-    assert card["hyperparameters"]["augment"] in ("affine", "crop-flip")
-    folder = Path(summary["url"])
+        assert 0.0 <= getattr(summary, field) <= 1.0
+    assert Path(summary.checkpoint).exists()
+    [card] = [c for c in list_cards(str(store)) if c.run_id == summary.run_id]
+    assert card.backbone == "tiny_test" and card.policy == "top-1" and card.lp_ft
+    assert card.probe_head_id == summary.probe_head_id
+    assert len(card.result.history) == 2 and "torch" in card.libraries
+    assert card.hyperparameters["augment"] in ("affine", "crop-flip")
+    folder = Path(summary.url)
     for name in ("model.safetensors", "report.md", "curves.png", "confusion.png", "card.json"):
         assert (folder / name).stat().st_size > 0, name
     assert "linear probe" in (folder / "report.md").read_text()
@@ -101,11 +99,11 @@ def test_flow_compares_with_the_probe_saves_and_reports(
         )
     rows = json.loads(tables[0].data) if isinstance(tables[0].data, str) else tables[0].data
     assert [row["head"] for row in rows] == ["linear probe", "finetune top-1 lp-ft"]
-    assert rows[0]["accuracy"] == round(summary["probe_accuracy"], 4)
+    assert rows[0]["accuracy"] == round(summary.probe_accuracy, 4)
     assert reports and "Fine-tuning" in str(reports[0].data)
 
     again = finetune_flow(config(store, key, lp_ft=True))  # finished: reused, not retrained
-    assert again["reused"] and again["accuracy"] == summary["accuracy"]
+    assert again.reused and again.accuracy == summary.accuracy
 
 
 def test_publish_registers_a_backbone_and_re_embeds_with_it(
@@ -113,7 +111,7 @@ def test_publish_registers_a_backbone_and_re_embeds_with_it(
 ) -> None:
     _, store, key = embedded
     summary = finetune_flow(config(store, key, policy="full", epochs=1, publish=True))
-    published = summary["published_feature_set"]
+    published = summary.published_feature_set
     assert published != key
     catalog = open_store(str(store))
     new, old = catalog.spec(published), catalog.spec(key)
@@ -135,7 +133,7 @@ def test_a_feature_set_without_penultimate_features_is_refused(tmp_path: Path) -
     layered = EmbedConfig(
         source=str(data), store=str(store), backbone="tiny_test", layers=("stages.1",), workers=1
     )
-    key = embed_flow(layered)["feature_set"]
+    key = embed_flow(layered).feature_set
     with pytest.raises(TransferPipeError, match="penultimate"):
         prepare_finetune(config(store, key), key)
 
@@ -165,13 +163,13 @@ def test_an_image_broken_after_embedding_is_skipped_not_fatal(tmp_path: Path) ->
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=2, per_class=8, bad=False)
     embedded = EmbedConfig(source=str(data), store=str(store), backbone="tiny_test", workers=1)
-    key = embed_flow(embedded)["feature_set"]
+    key = embed_flow(embedded).feature_set
     plan = prepare_finetune(config(store, key), key)
     victim = plan.splits["train"].uris[0]
     Path(victim.removeprefix("file://")).write_bytes(b"overwritten since it was embedded")
     summary = finetune_flow(config(store, key))
-    assert summary["epochs"] == 2 and summary["skipped_images"] == 1
+    assert summary.epochs == 2 and summary.skipped_images == 1
     [card] = list_cards(str(store))
-    [skipped] = card["result"]["skipped_images"]
-    assert skipped["sample_id"] == str(plan.splits["train"].sample_ids[0])
-    assert skipped["reason"].startswith("not-an-image")
+    [skipped] = card.result.skipped_images
+    assert skipped.sample_id == str(plan.splits["train"].sample_ids[0])
+    assert skipped.reason.startswith("not-an-image")

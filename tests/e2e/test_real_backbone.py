@@ -39,12 +39,12 @@ def test_pretrained_features_separate_fashion_mnist_classes(tmp_path: Path) -> N
         workers=2,
     )
     summary = steps.embed(config)
-    assert (summary["rows"], summary["embedded"], summary["failed"]) == (300, 300, 0)
+    assert (summary.rows, summary.embedded, summary.failed) == (300, 300, 0)
     store = open_store(config.store)
-    spec = store.spec(summary["feature_set"])
+    spec = store.spec(summary.feature_set)
     assert spec.backbone == "efficientnet_lite0.in1k"
     assert len(spec.weights_digest) == 64  # the packaged weights file's sha256
-    loaded = store.load(summary["feature_set"])
+    loaded = store.load(summary.feature_set)
     features = loaded.features
     assert features.shape == (300, 1280) and np.isfinite(features).all()
 
@@ -65,17 +65,17 @@ def test_linear_probe_on_pretrained_features_two_tasks(tmp_path: Path) -> None:
         source="fashion-mnist", store=str(tmp_path / "store"), image_size=64, limit=1000
     )
     embedded = steps.embed(config)
-    key = embedded["feature_set"]
+    key = embedded.feature_set
     fine = train(TrainConfig(feature_set=key, store=config.store, heads=("logreg", "knn")))
     coarse = train(
         TrainConfig(
             feature_set=key, store=config.store, heads=("logreg",), task="fashion-mnist-groups"
         )
     )
-    assert (fine["embedded"], coarse["embedded"]) == (0, 0)
+    assert (fine.embedded, coarse.embedded) == (0, 0)
     rows = open_store(config.store).row_table(key, columns=("split",))
-    assert fine["splits"]["test"] == (rows["split"] == "test").sum()  # the source's own
-    assert len(fine["classes"]) == 10 and coarse["classes"] == [
+    assert fine.splits["test"] == (rows["split"] == "test").sum()  # the source's own
+    assert len(fine.classes) == 10 and coarse.classes == [
         "bags",
         "bottoms",
         "footwear",
@@ -83,8 +83,8 @@ def test_linear_probe_on_pretrained_features_two_tasks(tmp_path: Path) -> None:
     ]
     # Chance is 0.10 and 0.25 (0.5 by always answering "tops"); a probe on ImageNet
     # features of ~860 images scores far above both.
-    assert fine["heads"]["logreg"]["accuracy"] > 0.7, fine["heads"]
-    assert fine["heads"]["knn"]["accuracy"] > 0.6, fine["heads"]
-    assert coarse["heads"]["logreg"]["accuracy"] > 0.85, coarse["heads"]
-    low, high = fine["heads"]["logreg"]["accuracy_ci95"]
-    assert low < fine["heads"]["logreg"]["accuracy"] < high
+    assert fine.heads["logreg"].accuracy > 0.7, fine.heads
+    assert fine.heads["knn"].accuracy > 0.6, fine.heads
+    assert coarse.heads["logreg"].accuracy > 0.85, coarse.heads
+    low, high = fine.heads["logreg"].accuracy_ci95
+    assert low < fine.heads["logreg"].accuracy < high

@@ -42,8 +42,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
     data, store = root / "images", root / "store"
     make_dataset(data, classes=3, per_class=12)
     summary = embed_flow(embed_config(data, store))
-    assert summary["status"] == "complete" and summary["failed"] == 4
-    return data, store, summary["feature_set"]
+    assert summary.status == "complete" and summary.failed == 4
+    return data, store, summary.feature_set
 
 
 def shard_stats(store: Path, key: str) -> pd.DataFrame:
@@ -70,24 +70,24 @@ def test_two_tasks_on_one_feature_set_compute_no_embedding(
     )
 
     for summary, classes in ((first, ["class0", "class1", "class2"]), (second, ["even", "odd"])):
-        assert summary["embedded"] == 0
-        assert summary["classes"] == classes
-        assert set(summary["heads"]) == set(HEADS)
-        for head in summary["heads"].values():
-            assert 0.0 <= head["accuracy"] <= 1.0 and 0.0 <= head["macro_f1"] <= 1.0
-        splits = summary["splits"]
+        assert summary.embedded == 0
+        assert summary.classes == classes
+        assert set(summary.heads) == set(HEADS)
+        for head in summary.heads.values():
+            assert 0.0 <= head.accuracy <= 1.0 and 0.0 <= head.macro_f1 <= 1.0
+        splits = summary.splits
         assert splits["train"] + splits["val"] + splits["test"] == 36  # every good image
     pd.testing.assert_frame_equal(shard_stats(store, key), before)  # nothing re-embedded
     assert len(open_store(str(store)).list_keys()) == 1
 
     cards = list_cards(str(store))
-    assert {(c["task"]["name"], c["head"]) for c in cards} == {
+    assert {(c.task.name, c.head) for c in cards} == {
         (task, head) for task in ("source", "odd-even") for head in HEADS
     }
     for card in cards:
-        assert card["feature_set"] == key and card["backbone"] == "tiny_test"
-        assert card["libraries"]["scikit-learn"] != "not installed"
-        folder = store / "heads" / card["head_id"]
+        assert card.feature_set == key and card.backbone == "tiny_test"
+        assert card.libraries["scikit-learn"] != "not installed"
+        folder = store / "heads" / card.head_id
         assert {"card.json", "confusion.png", "per_class.png", "report.md"} <= {
             p.name for p in folder.iterdir()
         }
@@ -97,7 +97,7 @@ def test_two_tasks_on_one_feature_set_compute_no_embedding(
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["heads-metrics"]))
         )
-    first_ids = {i for head in first["heads"].values() for i in head["head_ids"]}
+    first_ids = {i for head in first.heads.values() for i in head.head_ids}
     tables = [json.loads(a.data) if isinstance(a.data, str) else a.data for a in artifacts]
     assert first_ids in [{row["head_id"] for row in table} for table in tables]
 
@@ -110,9 +110,9 @@ def test_source_target_embeds_first_then_nothing(tmp_path: Path) -> None:
     )
     first = train_flow(config)
     again = train_flow(config)
-    assert (first["embedded"], again["embedded"]) == (16, 0)
-    assert again["feature_set"] == first["feature_set"]
-    assert again["heads"]["ridge"]["head_ids"] == first["heads"]["ridge"]["head_ids"]
+    assert (first.embedded, again.embedded) == (16, 0)
+    assert again.feature_set == first.feature_set
+    assert again.heads["ridge"].head_ids == first.heads["ridge"].head_ids
     assert len(list_cards(str(store))) == 1  # the rerun replaced its head, same id
 
 
@@ -121,7 +121,7 @@ def test_predict_on_new_and_cached_files_agrees(
 ) -> None:
     data, store, key = embedded
     summary = train_flow(TrainConfig(feature_set=key, store=str(store), heads=("logreg",)))
-    head_id = summary["heads"]["logreg"]["head_ids"][0]
+    head_id = summary.heads["logreg"].head_ids[0]
     cached = sorted((data / "class1").glob("*.png"))[:4]
     fresh = []
     for path in cached:  # same pixels, other bytes: not in the store, embedded anew
@@ -137,8 +137,8 @@ def test_predict_on_new_and_cached_files_agrees(
     new = predict(
         str(store), head_id, [str(p) for p in [*fresh, broken]], str(tmp_path / "new.parquet")
     )
-    assert (old["cached"], old["embedded"], old["failed"]) == (4, 0, 0)
-    assert (new["cached"], new["embedded"], new["failed"]) == (0, 4, 1)
+    assert (old.cached, old.embedded, old.failed) == (4, 0, 0)
+    assert (new.cached, new.embedded, new.failed) == (0, 4, 1)
     old_rows = pd.read_csv(tmp_path / "old.csv", keep_default_na=False)
     new_rows = pd.read_parquet(tmp_path / "new.parquet")
     assert old_rows["cached"].all() and not new_rows["cached"].any()
@@ -152,7 +152,7 @@ def test_predict_on_new_and_cached_files_agrees(
     loaded = open_store(str(store)).load(key, sample_ids=[f"class1/{p.name}" for p in cached])
     assert model.predict(loaded.features).tolist() == old_rows["class"].tolist()
     top = [json.loads(t) for t in old_rows["top_k"]]
-    assert all(len(t) == len(card["classes"]) for t in top)  # 3 classes < top-5
+    assert all(len(t) == len(card.classes) for t in top)  # 3 classes < top-5
     assert all(t[0][0] == c for t, c in zip(top, old_rows["class"], strict=True))
 
 
@@ -162,28 +162,28 @@ def test_few_shot_repeats_over_seeds(embedded: tuple[Path, Path, str]) -> None:
         feature_set=key, store=str(store), heads=("logreg",), shots=2, shot_seeds=3
     )
     summary = train(config)
-    logreg = summary["heads"]["logreg"]
-    assert len(logreg["head_ids"]) == len(set(logreg["head_ids"])) == 3
-    assert "accuracy_std" in logreg and 0.0 <= logreg["accuracy"] <= 1.0
-    cards = [c for c in list_cards(str(store)) if c["head_id"] in logreg["head_ids"]]
-    assert sorted(c["shot_seed"] for c in cards) == [0, 1, 2]
+    logreg = summary.heads["logreg"]
+    assert len(logreg.head_ids) == len(set(logreg.head_ids)) == 3
+    assert logreg.accuracy_std is not None and 0.0 <= logreg.accuracy <= 1.0
+    cards = [c for c in list_cards(str(store)) if c.head_id in logreg.head_ids]
+    assert sorted(c.shot_seed for c in cards) == [0, 1, 2]
     for card in cards:
-        assert card["shots"] == 2
-        assert card["splits"]["train"] == 2 * len(card["classes"])  # k per class, no more
-        assert card["splits"]["val"] == summary["splits"]["val"]  # judged on the same rows
+        assert card.shots == 2
+        assert card.splits.train == 2 * len(card.classes)  # k per class, no more
+        assert card.splits.val == summary.splits["val"]  # judged on the same rows
 
 
 def test_heads_read_several_layers_side_by_side(tmp_path: Path) -> None:
     make_dataset(tmp_path / "images", classes=2, per_class=6, bad=False)
     store = str(tmp_path / "store")
     config = replace(embed_config(tmp_path / "images", tmp_path / "store"), layers=("stages",))
-    key = embed(config)["feature_set"]
+    key = embed(config).feature_set
     spec = open_store(store).spec(key)
     layer = f"{spec.layers[-1]}+{spec.layers[-2]}"
     summary = train(TrainConfig(feature_set=key, store=store, heads=("logreg",), layer=layer))
-    head_id = summary["heads"]["logreg"]["head_ids"][0]
+    head_id = summary.heads["logreg"].head_ids[0]
     model, card = load_head(store, head_id)
-    assert card["layer"] == layer
+    assert card.layer == layer
     assert (
         model.n_features_in_ == spec.layer_dims[spec.layers[-1]] + spec.layer_dims[spec.layers[-2]]
     )
@@ -195,7 +195,7 @@ def test_heads_read_several_layers_side_by_side(tmp_path: Path) -> None:
         Image.open(path).save(copies[-1], format="PNG", compress_level=0)
     cached = predict(store, head_id, [str(p) for p in images], str(tmp_path / "a.csv"))
     fresh = predict(store, head_id, [str(p) for p in copies], str(tmp_path / "b.csv"))
-    assert (cached["cached"], fresh["embedded"]) == (2, 2)
+    assert (cached.cached, fresh.embedded) == (2, 2)
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert a["class"].tolist() == b["class"].tolist()
     np.testing.assert_allclose(a["probability"], b["probability"], rtol=1e-4)

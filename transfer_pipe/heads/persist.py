@@ -3,8 +3,9 @@
 Layout: ``<store>/heads/<head_id>/`` holds ``card.json`` and the model:
 ``model.safetensors`` for torch-backed heads (the scaler's statistics and the head's tensors;
 class, params and classes in its metadata), ``model.skops`` for scikit-learn ones (loaded
-back only when every type in it is one we save). The card is written last, so a head
-without one is unfinished and not listed.
+back only when every type in it is one we save). The card is written last
+(``store.cards.save_with_card``), so a head without one is unfinished: not listed, and
+``read_card`` returns ``None`` for it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import posixpath
 import tempfile
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads.card import HeadCard
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
 from transfer_pipe.store import cards
-from transfer_pipe.store.cards import CARD
+from transfer_pipe.store.cards import card_folder, save_with_card
 
 HEADS_DIR = "heads"
 _TENSOR_HEADS: dict[str, Any] = {
@@ -38,29 +42,17 @@ _SKOPS_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
 
 
 def head_url(store: str, head_id: str) -> str:
-    return posixpath.join(store.rstrip("/"), HEADS_DIR, head_id)
+    return card_folder(store, HEADS_DIR, head_id)
 
 
-def save_head(
-    store: str, head_id: str, model: Pipeline, card: dict[str, Any], files: dict[str, Path]
-) -> str:
-    """Write the model, the extra ``files`` (reports, plots) and then the card; returns the
-    head's URL. Rewriting a head with the same id replaces it."""
-    url = head_url(store, head_id)
-    fs, path = fsspec.core.url_to_fs(url)
-    if fs.exists(posixpath.join(path, CARD)):
-        fs.rm_file(posixpath.join(path, CARD))  # unfinished from here until the new card lands
-    if fs.exists(path):
-        fs.rm(path, recursive=True)  # no stale file of an earlier fit stays behind
-    fs.makedirs(path, exist_ok=True)
+def save_head(store: str, card: HeadCard, model: Pipeline, files: Iterable[Path] = ()) -> str:
+    """Write the model, the extra ``files`` (reports, plots) and then the card (see
+    ``store.cards.save_with_card``); returns the head's URL. Rewriting a head with the same
+    id replaces it."""
     with tempfile.TemporaryDirectory() as tmp:
         model_file = _write_model(model, Path(tmp))
-        for local in (model_file, *files.values()):
-            fs.put_file(str(local), posixpath.join(path, local.name))
-    card = {**card, "head_id": head_id, "model_file": model_file.name}
-    with fs.open(posixpath.join(path, CARD), "w") as f:
-        json.dump(card, f, indent=2)
-    return url
+        card = replace(card, model_file=model_file.name)
+        return save_with_card(head_url(store, card.head_id), (model_file, *files), card)
 
 
 def _write_model(model: Pipeline, folder: Path) -> Path:
@@ -83,23 +75,22 @@ def _write_model(model: Pipeline, folder: Path) -> Path:
     return out
 
 
-def read_card(store: str, head_id: str) -> dict[str, Any]:
-    fs, path = fsspec.core.url_to_fs(posixpath.join(head_url(store, head_id), CARD))
-    if not fs.exists(path):
+def read_card(store: str, head_id: str) -> HeadCard | None:
+    """The head's card, or ``None`` when the store holds no finished head ``head_id``."""
+    return cards.read_card(head_url(store, head_id), HeadCard.from_dict)
+
+
+def load_head(store: str, head_id: str) -> tuple[Pipeline, HeadCard]:
+    """The fitted model (scaler + head) and its card; a head that is missing or unfinished
+    is an error that points to ``heads ls``."""
+    card = read_card(store, head_id)
+    if card is None:
         raise TransferPipeError(
             f"no head {head_id!r} in {store}; `transfer-pipe heads ls --store {store}` lists them."
         )
-    with fs.open(path, "r") as f:
-        card: dict[str, Any] = json.load(f)
-    return card
-
-
-def load_head(store: str, head_id: str) -> tuple[Pipeline, dict[str, Any]]:
-    """The fitted model (scaler + head) and its card."""
-    card = read_card(store, head_id)
-    url = posixpath.join(head_url(store, head_id), card["model_file"])
+    url = posixpath.join(head_url(store, head_id), card.model_file)
     with fsspec.open(url, "rb") as f, tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / card["model_file"]
+        local = Path(tmp) / card.model_file
         local.write_bytes(f.read())
         model = _read_model(local)
     return model, card
@@ -134,6 +125,6 @@ def _read_model(path: Path) -> Pipeline:
     return model
 
 
-def list_cards(store: str) -> list[dict[str, Any]]:
+def list_cards(store: str) -> list[HeadCard]:
     """Cards of every finished head in the store, oldest first."""
-    return cards.list_cards(store, HEADS_DIR)
+    return cards.list_cards(store, HEADS_DIR, HeadCard.from_dict)

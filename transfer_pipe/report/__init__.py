@@ -1,9 +1,9 @@
-"""Head metrics (``transfer_pipe.heads.metrics.evaluate`` dicts) as tables, markdown and PNG plots.
+"""Results (read through the ``Scored`` protocols) as tables, markdown and PNG plots.
 
 Plain library code: no Prefect, torch or zarr. Flows turn the rows into artifacts.
 """
 
-from transfer_pipe.report.finetune import comparison_rows, finetune_report
+from transfer_pipe.report.finetune import FinetuneScored, comparison_rows, finetune_report
 from transfer_pipe.report.plots import (
     save_confusion_matrix,
     save_learning_curves,
@@ -12,6 +12,7 @@ from transfer_pipe.report.plots import (
 )
 from transfer_pipe.report.tables import (
     ROW_COLUMNS,
+    Scored,
     markdown_report,
     metrics_rows,
     terminal_table,
@@ -19,6 +20,8 @@ from transfer_pipe.report.tables import (
 
 __all__ = [
     "ROW_COLUMNS",
+    "FinetuneScored",
+    "Scored",
     "comparison_rows",
     "finetune_report",
     "markdown_report",

@@ -17,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from transfer_pipe.report.tables import Scored
+
 _DPI = 100
 # Above this many classes the per-cell counts are too small to read, so we leave them out.
 _MAX_ANNOTATED_CLASSES = 30
@@ -91,11 +93,11 @@ def save_per_class_accuracy(
     return _save(fig, path)
 
 
-def save_result_plots(folder: Path, result: Mapping[str, Any]) -> dict[str, Path]:
-    """A head result's confusion matrix and per-class accuracy on test, as PNGs in
-    ``folder``; returns ``{"confusion": path, "per_class": path}``."""
-    metrics = result["metrics"]
-    title = f"{result['head_id']} (test)"
+def save_result_plots(folder: Path, result: Scored) -> dict[str, Path]:
+    """A result's confusion matrix and per-class accuracy on test, as PNGs in ``folder``;
+    returns ``{"confusion": path, "per_class": path}``."""
+    metrics = result.metrics
+    title = f"{result.head_id} (test)"
     return {
         "confusion": save_confusion_matrix(
             folder / "confusion.png", metrics["confusion_matrix"], metrics["classes"], title

@@ -1,16 +1,14 @@
 """Head results as table rows, a plain-text table, and a markdown report.
 
-A *head result* is a dict such as::
-
-    {"head_id": "logreg-source", "head": "logreg", "task": "source", "layer": "penultimate",
-     "chosen": {"C": 0.1}, "metrics": <transfer_pipe.heads.metrics.evaluate() dict>,
-     "seconds": {"select": 1.2, "refit": 0.4}}
+The report reads a result through the :class:`Scored` protocol: a fitted head's
+``HeadResult`` and a fine-tuning run's ``FinetuneResult`` both are one (the report sits
+beside ``heads`` and ``finetune``, not above them, so it names no type of theirs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 _DIGITS = 4
 # CI ranges use an en dash (0.861 to 0.874); written as an escape so linters see no look-alike.
@@ -31,7 +29,34 @@ ROW_COLUMNS = (
 _SCORES = ("precision", "recall", "f1")
 
 
-def metrics_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+class Scored(Protocol):
+    """What the report reads of a model's result, e.g. ``head_id="source-logreg-3f2a"``,
+    ``head="logreg"``, ``chosen={"C": 0.1}``, ``metrics`` an ``evaluate()`` dict,
+    ``seconds={"select": 1.2, "refit": 0.4}`` (empty when not timed)."""
+
+    @property
+    def head_id(self) -> str: ...
+
+    @property
+    def head(self) -> str: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def layer(self) -> str: ...
+
+    @property
+    def chosen(self) -> Mapping[str, Any]: ...
+
+    @property
+    def metrics(self) -> Mapping[str, Any]: ...
+
+    @property
+    def seconds(self) -> Mapping[str, float]: ...
+
+
+def metrics_rows(results: Sequence[Scored]) -> list[dict[str, Any]]:
     """One summary row per head result (keys: :data:`ROW_COLUMNS`), floats rounded to 4 digits.
 
     Returns plain dicts, ready for a Prefect table artifact or :func:`terminal_table`.
@@ -39,20 +64,20 @@ def metrics_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """
     rows = []
     for result in results:
-        metrics = result["metrics"]
-        seconds = result.get("seconds")
+        metrics = result.metrics
+        seconds = result.seconds
         rows.append(
             {
-                "head_id": result["head_id"],
-                "head": result.get("head"),
-                "task": result.get("task"),
+                "head_id": result.head_id,
+                "head": result.head,
+                "task": result.task,
                 "accuracy": _round(metrics["accuracy"]),
                 "accuracy_ci95": format_ci(metrics["accuracy_ci95"]),
                 "top5_accuracy": _round(metrics.get("top5_accuracy")),
                 "macro_f1": _round(metrics["macro_f1"]),
                 "balanced_accuracy": _round(metrics["balanced_accuracy"]),
                 "ece": _round(metrics["ece"]),
-                "chosen": format_chosen(result.get("chosen") or {}),
+                "chosen": format_chosen(result.chosen),
                 "fit_seconds": _round(sum(seconds.values())) if seconds else None,
             }
         )
@@ -87,23 +112,23 @@ def terminal_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = N
     return "\n".join(lines)
 
 
-def markdown_report(result: Mapping[str, Any], images: Mapping[str, str] | None = None) -> str:
+def markdown_report(result: Scored, images: Mapping[str, str] | None = None) -> str:
     """A markdown report for one head result.
 
     Sections: title (head id), run details (head, task, layer, chosen hyperparameters),
     headline metrics with the 95% CI, the confusion matrix (rows = true class), a
     per-class table, and ``![name](path)`` lines for each of ``images``.
     """
-    metrics = result["metrics"]
+    metrics = result.metrics
     classes = [str(c) for c in metrics["classes"]]
     ci = format_ci(metrics["accuracy_ci95"])
     lines = [
-        f"# Head `{result['head_id']}`",
+        f"# Head `{result.head_id}`",
         "",
-        f"- Head: {result.get('head', '?')}",
-        f"- Task: {result.get('task', '?')}",
-        f"- Layer: {result.get('layer', '?')}",
-        f"- Chosen hyperparameters: {format_chosen(result.get('chosen') or {}) or '(defaults)'}",
+        f"- Head: {result.head}",
+        f"- Task: {result.task}",
+        f"- Layer: {result.layer}",
+        f"- Chosen hyperparameters: {format_chosen(result.chosen) or '(defaults)'}",
         f"- Test rows: {metrics['n']}",
         "",
         "## Headline metrics",

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from transfer_pipe.data.sources import check_source, load_manifest
 from transfer_pipe.features.embedder import EmbedderConfig
 from transfer_pipe.features.shard import Reuse, ShardResult, ShardTask, run_shard
 from transfer_pipe.schema import CONTENT_HASH, FAILURE, URI
+from transfer_pipe.steps.results import EmbedSummary
 from transfer_pipe.store import (
     FeatureSetSpec,
     FeatureStore,
@@ -220,29 +220,13 @@ def compute_shards(
     return sorted(results, key=lambda r: r.shard)
 
 
-def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> dict[str, Any]:
+def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> EmbedSummary:
     """Mark the feature set complete (once every shard is written) and summarize the run."""
     store = open_store(plan.config.store)
     key = plan.spec.key
     stats = store.shard_stats(key)
     failed = len(store.failures(key))
     embedded = sum(r.embedded for r in results)
-    summary: dict[str, Any] = {
-        "feature_set": key,
-        "store": plan.config.store,
-        "source": plan.spec.source,
-        "backbone": plan.spec.backbone,
-        "layers": list(plan.spec.layers),
-        "rows": plan.spec.rows,
-        "failed": failed,
-        "embedded": embedded,
-        "reused": plan.spec.rows - failed - embedded,
-        "shards": plan.spec.n_shards,
-        "shards_computed": len(results),
-        "shards_already_done": plan.shards_already_done,
-        "status_before": plan.status_before,
-        "steady_images_per_s": steady_rate(results),
-    }
     if store.status(key) != "complete":
         store.mark_complete(
             key,
@@ -258,11 +242,26 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> dict[
                 "seconds": {**plan.seconds, "shards": float(stats["seconds"].sum())},
             },
         )
-    summary["status"] = store.status(key)
-    return summary
+    return EmbedSummary(
+        feature_set=key,
+        store=plan.config.store,
+        source=plan.spec.source,
+        backbone=plan.spec.backbone,
+        layers=list(plan.spec.layers),
+        rows=plan.spec.rows,
+        failed=failed,
+        embedded=embedded,
+        reused=plan.spec.rows - failed - embedded,
+        shards=plan.spec.n_shards,
+        shards_computed=len(results),
+        shards_already_done=plan.shards_already_done,
+        status_before=plan.status_before,
+        steady_images_per_s=steady_rate(results),
+        status=store.status(key),
+    )
 
 
-def embed(config: EmbedConfig, on_progress: Sequence[ProgressCallback] = ()) -> dict[str, Any]:
+def embed(config: EmbedConfig, on_progress: Sequence[ProgressCallback] = ()) -> EmbedSummary:
     """The whole embed pipeline without an orchestrator (notebooks, tests)."""
     plan = prepare_embedding(config)
     return finalize_embedding(plan, compute_shards(plan, on_progress))

@@ -4,8 +4,8 @@ against the linear probe on the same rows, task and split.
     plan = prepare_finetune(config, feature_set)  # task rows, splits, backbone, run id
     probe = ensure_probe(plan)                   # the heads flow's logreg (fitted if missing)
     result = run_finetune(plan, probe)           # train (resuming a killed run), test, save
-    summary = finalize_finetune(plan, result, probe)
-    publish(plan, result)                         # optional: new weights -> new feature set
+    summary = finalize_finetune(plan, result)
+    publish(plan)                                 # optional: new weights -> new feature set
 
 The rows and splits come from the feature set exactly as the heads flow reads them (images
 that failed to decode there are not in it), and each image is decoded again from its URI
@@ -33,6 +33,7 @@ from transfer_pipe.cluster import resolve_device, threads_per_task
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.finetune.card import FinetuneCard, FinetuneResult, ProbeScore, SkippedImage
 from transfer_pipe.finetune.data import (
     ImageRows,
     choose_augmentation,
@@ -41,10 +42,11 @@ from transfer_pipe.finetune.data import (
 )
 from transfer_pipe.finetune.loop import BEST, LAST, EpochCallback, Trainer, TrainOptions, TrainState
 from transfer_pipe.finetune.persist import (
-    BACKBONE_FILE,
+    backbone_file,
     checkpoint_dir,
     export_backbone,
     read_card,
+    run_url,
     save_finetuned,
 )
 from transfer_pipe.finetune.surgery import (
@@ -53,6 +55,7 @@ from transfer_pipe.finetune.surgery import (
     init_head,
     probe_head,
 )
+from transfer_pipe.heads.card import HeadCard
 from transfer_pipe.heads.metrics import evaluate
 from transfer_pipe.heads.persist import read_card as read_head_card
 from transfer_pipe.heads.protocol import fit_on_train
@@ -65,15 +68,19 @@ from transfer_pipe.report import (
 )
 from transfer_pipe.schema import SAMPLE_ID, TEST, TRAIN, URI, VAL
 from transfer_pipe.steps.embed import embed, library_versions
+from transfer_pipe.steps.results import EmbedSummary, FinetuneSummary
+from transfer_pipe.steps.target import embed_first
 from transfer_pipe.steps.train import (
     HeadRun,
     TrainPlan,
     head_id,
     prepare_training,
     protocol_options,
+    task_ref,
     train_head,
 )
-from transfer_pipe.store import open_store
+from transfer_pipe.store import FeatureSetSpec, open_store
+from transfer_pipe.store.cards import SplitSizes
 
 PROBE_HEAD = "logreg"
 PROBE_LAYER = "penultimate"
@@ -96,7 +103,7 @@ class SplitImages:
 class FinetunePlan:
     config: FinetuneConfig
     feature_set: str
-    feature_set_spec: dict[str, Any]
+    feature_set_spec: FeatureSetSpec
     run_id: str
     backbone: BackboneSpec
     preprocessing: Preprocessing
@@ -132,7 +139,7 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
     probe_plan = prepare_training(probe_config, feature_set)
     spec = probe_plan.feature_set_spec
     backbone = _backbone(spec, config)
-    preprocessing = Preprocessing.from_dict(spec["preprocessing"])
+    preprocessing = Preprocessing.from_dict(spec.preprocessing)
     data = probe_plan.data
     table = store.row_table(feature_set, columns=(SAMPLE_ID, URI))
     uris = dict(zip(table[SAMPLE_ID], table[URI], strict=True))
@@ -164,22 +171,22 @@ def _images(rows: SplitRows, uris: dict[str, str], index: dict[str, int]) -> Spl
     )
 
 
-def _backbone(spec: dict[str, Any], config: FinetuneConfig) -> BackboneSpec:
+def _backbone(spec: FeatureSetSpec, config: FinetuneConfig) -> BackboneSpec:
     """The backbone with the very weights the feature set was embedded with."""
     candidates: list[str | None] = []
     if config.embed is not None and config.embed.weights_file:
         candidates.append(config.embed.weights_file)
-    candidates += [None, spec["weights_file"]]
+    candidates += [None, spec.weights_file]
     for weights_file in dict.fromkeys(candidates):
         try:
-            backbone = get_backbone(spec["backbone"], weights_file)
+            backbone = get_backbone(spec.backbone, weights_file)
         except TransferPipeError:
             continue
-        if backbone.weights_digest() == spec["weights_digest"]:
+        if backbone.weights_digest() == spec.weights_digest:
             return backbone
     raise TransferPipeError(
-        f"cannot find the weights feature set {spec['key']} was embedded with "
-        f"({spec['backbone']}, sha256 {spec['weights_digest'][:12]}…); embed the source with "
+        f"cannot find the weights feature set {spec.key} was embedded with "
+        f"({spec.backbone}, sha256 {spec.weights_digest[:12]}…); embed the source with "
         "--weights-file pointing at them and fine-tune that feature set."
     )
 
@@ -223,14 +230,15 @@ def train_options(config: FinetuneConfig) -> TrainOptions:
     )
 
 
-def ensure_probe(plan: FinetunePlan) -> dict[str, Any]:
+def ensure_probe(plan: FinetunePlan) -> HeadCard:
     """The probe's card: the heads flow's logreg on the same feature set, task and split,
     fitted now if the store does not hold it yet."""
-    try:
-        return read_head_card(plan.config.store, plan.probe_head_id)
-    except TransferPipeError:
+    card = read_head_card(plan.config.store, plan.probe_head_id)
+    if card is None:
         train_head(plan.probe_plan, HeadRun(PROBE_HEAD))
-        return read_head_card(plan.config.store, plan.probe_head_id)
+        card = read_head_card(plan.config.store, plan.probe_head_id)
+    assert card is not None, "a head just saved has its card"
+    return card
 
 
 def build_model(plan: FinetunePlan, lp_ft_head: bool = True) -> FinetuneModel:
@@ -261,11 +269,11 @@ def lp_ft_probe(plan: FinetunePlan) -> Pipeline:
     fitted on the training rows only. (The heads flow's saved probe was refit on train +
     validation; starting from it would let fine-tuning's early stopping, which judges on
     validation, favour the epochs closest to a head that has seen those rows.)"""
-    card = read_head_card(plan.config.store, plan.probe_head_id)
-    if tuple(card["classes"]) != plan.classes:
+    card = ensure_probe(plan)
+    if tuple(card.classes) != plan.classes:
         raise TransferPipeError(f"probe {plan.probe_head_id} has other classes than the task")
     options = protocol_options(plan.probe_plan.config)
-    return fit_on_train(PROBE_HEAD, plan.probe_plan.data, card["chosen"], options)
+    return fit_on_train(PROBE_HEAD, plan.probe_plan.data, card.chosen, options)
 
 
 def _rows(plan: FinetunePlan, split: str, augmentation: str) -> ImageRows:
@@ -303,13 +311,13 @@ def trainer(plan: FinetunePlan) -> Trainer:
 
 
 def run_finetune(
-    plan: FinetunePlan, probe_card: dict[str, Any], on_epoch: EpochCallback | None = None
-) -> dict[str, Any]:
+    plan: FinetunePlan, probe_card: HeadCard, on_epoch: EpochCallback | None = None
+) -> FinetuneResult:
     """Train (or resume, or reuse a finished run), evaluate on test, save the model with
-    its card and reports; returns the result (JSON-able)."""
+    its card and reports; returns the result."""
     done = read_card(plan.config.store, plan.run_id)
     if done is not None:
-        return {**done["result"], "reused": True}
+        return replace(done.result, url=run_url(plan.config.store, plan.run_id), reused=True)
     job = trainer(plan)
     state = job.fit(on_epoch)
     test_rows = _rows(plan, TEST, "none")
@@ -320,9 +328,9 @@ def run_finetune(
     result = _result(plan, job, state, metrics, probe_card, test_skipped)
     with tempfile.TemporaryDirectory() as tmp:
         files = _report_files(Path(tmp), result)
-        card = _card(plan, job, state, result)
-        result["url"] = save_finetuned(plan.config.store, plan.run_id, job.model, card, files)
-    return result
+        card = _card(plan, job, result)
+        url = save_finetuned(plan.config.store, card, job.model, files.values())
+    return replace(result, url=url)
 
 
 def _result(
@@ -330,54 +338,47 @@ def _result(
     job: Trainer,
     state: TrainState,
     metrics: dict[str, Any],
-    probe_card: dict[str, Any],
+    probe_card: HeadCard,
     test_skipped: list[int],
-) -> dict[str, Any]:
+) -> FinetuneResult:
     config = plan.config
-    return {
-        "run_id": plan.run_id,
-        "head_id": plan.run_id,  # the report tables name every model by this key
-        "head": f"finetune {config.policy}" + (" lp-ft" if config.lp_ft else ""),
-        "task": plan.probe_plan.data.task.name,
-        "layer": PROBE_LAYER,
-        "policy": config.policy,
-        "lp_ft": config.lp_ft,
-        "epochs": state.epoch,
-        "best_epoch": state.best_epoch,
-        "stopped": state.finished,
-        "history": state.history,
-        "skipped_images": [
-            {
-                "split": "train",
-                "sample_id": str(plan.splits["train"].sample_ids[row]),
-                "reason": reason,
-            }
-            for row, reason in sorted(state.failed.items())
-        ]
-        + [
-            {
-                "split": "test",
-                "sample_id": str(plan.splits["test"].sample_ids[row]),
-                "reason": "could not be decoded",
-            }
-            for row in test_skipped
-        ],
-        "device": str(job.device),
-        "image_size": plan.preprocessing.image_size,
-        "chosen": {"epoch": state.best_epoch},
-        "metrics": metrics,
-        "probe": {"head_id": plan.probe_head_id, "metrics": probe_card["metrics"]},
-        "seconds": {"train": state.seconds},
-        "checkpoint": str(job.checkpoints / BEST),
-    }
+    return FinetuneResult(
+        run_id=plan.run_id,
+        head=f"finetune {config.policy}" + (" lp-ft" if config.lp_ft else ""),
+        task=plan.probe_plan.data.task.name,
+        layer=PROBE_LAYER,
+        policy=config.policy,
+        lp_ft=config.lp_ft,
+        epochs=state.epoch,
+        best_epoch=state.best_epoch,
+        stopped=state.finished,
+        history=state.history,
+        skipped_images=_skipped(plan, TRAIN, sorted(state.failed.items()))
+        + _skipped(plan, TEST, [(row, "could not be decoded") for row in test_skipped]),
+        device=str(job.device),
+        image_size=plan.preprocessing.image_size,
+        chosen={"epoch": state.best_epoch},
+        metrics=metrics,
+        probe=ProbeScore(head_id=plan.probe_head_id, metrics=probe_card.metrics),
+        seconds={"train": state.seconds},
+        checkpoint=str(job.checkpoints / BEST),
+    )
 
 
-def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
+def _skipped(
+    plan: FinetunePlan, split: str, failures: Sequence[tuple[int, str]]
+) -> list[SkippedImage]:
+    """``(row, reason)`` pairs of one split as skipped images named by sample id."""
+    ids = plan.splits[split].sample_ids
+    return [SkippedImage(split, str(ids[row]), reason) for row, reason in failures]
+
+
+def _report_files(folder: Path, result: FinetuneResult) -> dict[str, Path]:
     curves = save_learning_curves(
         folder / "curves.png",
-        result["history"],
-        baseline=result["probe"]["metrics"]["accuracy"],
-        title=result["run_id"],
+        result.history,
+        baseline=result.probe.metrics["accuracy"],
+        title=result.run_id,
     )
     files = {"curves": curves, **save_result_plots(folder, result)}
     report = folder / "report.md"
@@ -385,69 +386,68 @@ def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
     return {**files, "report": report}
 
 
-def _card(
-    plan: FinetunePlan, job: Trainer, state: TrainState, result: dict[str, Any]
-) -> dict[str, Any]:
-    spec, config = plan.feature_set_spec, plan.config
-    return {
-        "feature_set": plan.feature_set,
-        "store": config.store,
-        "source": spec["source"],
-        "backbone": plan.backbone.id,
-        "weights_digest": spec["weights_digest"],
-        "preprocessing": plan.preprocessing.to_dict(),
-        "task": plan.probe_plan.data.task.to_dict() | {"digest": plan.probe_plan.data.task.digest},
-        "classes": list(plan.classes),
-        "splits": {name: len(s) for name, s in plan.splits.items()}
-        | {"origin": plan.probe_plan.data.split_origin},
-        "policy": config.policy,
-        "lp_ft": config.lp_ft,
-        "probe_head_id": plan.probe_head_id,
-        "hyperparameters": asdict(job.options)
+def _card(plan: FinetunePlan, job: Trainer, result: FinetuneResult) -> FinetuneCard:
+    spec, config, data = plan.feature_set_spec, plan.config, plan.probe_plan.data
+    sizes = {name: len(s) for name, s in plan.splits.items()}
+    return FinetuneCard(
+        run_id=plan.run_id,
+        feature_set=plan.feature_set,
+        store=config.store,
+        source=spec.source,
+        backbone=plan.backbone.id,
+        weights_digest=spec.weights_digest,
+        preprocessing=plan.preprocessing.to_dict(),
+        task=task_ref(data),
+        classes=list(plan.classes),
+        splits=SplitSizes(**sizes, origin=data.split_origin, dropped=data.dropped),
+        policy=config.policy,
+        lp_ft=config.lp_ft,
+        probe_head_id=plan.probe_head_id,
+        hyperparameters=asdict(job.options)
         | {"augment": job.train_rows.augmentation, "bn": config.bn},
-        "trainable_segments": [s.name for s in job.model.trainable_segments()],
-        "trainable_parameters": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
-        "result": {k: v for k, v in result.items() if k != "url"},
-        "libraries": library_versions(_LIBRARIES),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+        trainable_segments=[s.name for s in job.model.trainable_segments()],
+        trainable_parameters=sum(p.numel() for p in job.model.parameters() if p.requires_grad),
+        result=result,
+        libraries=library_versions(_LIBRARIES),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def finalize_finetune(
-    plan: FinetunePlan, result: dict[str, Any], embedded: int = 0
-) -> dict[str, Any]:
+    plan: FinetunePlan, result: FinetuneResult, embedded: int = 0
+) -> FinetuneSummary:
     """The run's summary: test metrics next to the probe's, and where the model lives."""
-    metrics, probe = result["metrics"], result["probe"]["metrics"]
-    return {
-        "run_id": plan.run_id,
-        "feature_set": plan.feature_set,
-        "store": plan.config.store,
-        "task": result["task"],
-        "classes": list(plan.classes),
-        "splits": {name: len(s) for name, s in plan.splits.items()},
-        "policy": result["policy"],
-        "lp_ft": result["lp_ft"],
-        "epochs": result["epochs"],
-        "best_epoch": result["best_epoch"],
-        "stopped": result["stopped"],
-        "image_size": result["image_size"],
-        "device": result["device"],
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "balanced_accuracy": metrics["balanced_accuracy"],
-        "accuracy_ci95": metrics["accuracy_ci95"],
-        "probe_head_id": result["probe"]["head_id"],
-        "probe_accuracy": probe["accuracy"],
-        "probe_macro_f1": probe["macro_f1"],
-        "gain": metrics["accuracy"] - probe["accuracy"],
-        "skipped_images": len(result["skipped_images"]),
-        "train_seconds": result["seconds"]["train"],
-        "checkpoint": result["checkpoint"],
-        "url": result.get("url"),
-        "reused": bool(result.get("reused")),
-        "embedded": embedded,
-        "table": comparison_rows(result),
-    }
+    metrics, probe = result.metrics, result.probe.metrics
+    return FinetuneSummary(
+        run_id=plan.run_id,
+        feature_set=plan.feature_set,
+        store=plan.config.store,
+        task=result.task,
+        classes=list(plan.classes),
+        splits={name: len(s) for name, s in plan.splits.items()},
+        policy=result.policy,
+        lp_ft=result.lp_ft,
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        stopped=result.stopped,
+        image_size=result.image_size,
+        device=result.device,
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["macro_f1"],
+        balanced_accuracy=metrics["balanced_accuracy"],
+        accuracy_ci95=list(metrics["accuracy_ci95"]),
+        probe_head_id=result.probe.head_id,
+        probe_accuracy=probe["accuracy"],
+        probe_macro_f1=probe["macro_f1"],
+        gain=metrics["accuracy"] - probe["accuracy"],
+        skipped_images=len(result.skipped_images),
+        train_seconds=result.seconds["train"],
+        checkpoint=result.checkpoint,
+        url=result.url,
+        reused=result.reused,
+        embedded=embedded,
+        table=comparison_rows(result),
+    )
 
 
 def publish_config(plan: FinetunePlan) -> EmbedConfig:
@@ -455,8 +455,8 @@ def publish_config(plan: FinetunePlan) -> EmbedConfig:
     next to the run) and return the embed run that re-embeds the dataset with it: a new
     feature-set key, since the weights digest differs."""
     checkpoints = checkpoint_dir(plan.config.store, plan.run_id)
-    weights = checkpoints.parent / BACKBONE_FILE
-    if not weights.exists():
+    weights = backbone_file(plan.config.store, plan.run_id)
+    if not weights.exists():  # a rerun of the same (deterministic) run id: the same weights
         model = build_model(plan, lp_ft_head=False)
         model.load_state_dict(torch.load(checkpoints / BEST, map_location="cpu"))
         export_backbone(plan.backbone, model, weights)
@@ -471,33 +471,27 @@ def publish_config(plan: FinetunePlan) -> EmbedConfig:
     if base is None:
         spec = plan.feature_set_spec
         base = EmbedConfig(
-            source=source_from_description(spec["source"]), store=plan.config.store,
-            limit=spec["rows"], layers=tuple(spec["layers"]),
+            source=source_from_description(spec.source), store=plan.config.store,
+            limit=spec.rows, layers=spec.layers,
         )  # fmt: skip
     # The published entry carries the fine-tuning preprocessing: image_size None uses it.
     return replace(base, backbone=backbone, weights_file=None, image_size=None)
 
 
-def publish(plan: FinetunePlan) -> dict[str, Any]:
+def publish(plan: FinetunePlan) -> EmbedSummary:
     """Re-embed the dataset with the fine-tuned backbone; returns the embed summary."""
     return embed(publish_config(plan))
 
 
-def finetune(config: FinetuneConfig) -> dict[str, Any]:
+def finetune(config: FinetuneConfig) -> FinetuneSummary:
     """The whole fine-tuning pipeline without an orchestrator (notebooks, tests)."""
-    embedded = 0
-    feature_set = config.feature_set
-    if config.embed is not None:
-        summary = embed(config.embed)
-        feature_set, embedded = summary["feature_set"], summary["embedded"]
-    assert feature_set is not None
+    feature_set, embedded = embed_first(config, embed)
     plan = prepare_finetune(config, feature_set)
     probe = ensure_probe(plan)
     result = run_finetune(plan, probe)
     summary = finalize_finetune(plan, result, embedded)
     if config.publish:
-        published = publish(plan)
-        summary["published_feature_set"] = published["feature_set"]
+        summary = replace(summary, published_feature_set=publish(plan).feature_set)
     return summary
 
 

@@ -14,7 +14,7 @@ import json
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads.card import HeadCard, HeadResult
 from transfer_pipe.heads.persist import save_head
 from transfer_pipe.heads.protocol import FittedHead, ProtocolOptions, fit_head, head_kind
 from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_task, split_layers
@@ -32,7 +33,10 @@ from transfer_pipe.report import (
     save_result_plots,
 )
 from transfer_pipe.steps.embed import embed, library_versions
-from transfer_pipe.store import open_store
+from transfer_pipe.steps.results import HeadSummary, TrainSummary
+from transfer_pipe.steps.target import embed_first
+from transfer_pipe.store import FeatureSetSpec, open_store
+from transfer_pipe.store.cards import SplitSizes, TaskRef
 
 _LIBRARIES = ("transfer-pipe", "torch", "scikit-learn", "numpy", "skops", "safetensors")
 _HEADLINE = ("accuracy", "macro_f1", "balanced_accuracy", "top5_accuracy", "ece")
@@ -52,7 +56,7 @@ class TrainPlan:
     feature_set: str
     data: TaskData
     runs: tuple[HeadRun, ...]
-    feature_set_spec: dict[str, Any]
+    feature_set_spec: FeatureSetSpec
 
 
 def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
@@ -88,7 +92,7 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
         )
     else:
         runs = tuple(HeadRun(head) for head in config.heads)
-    return TrainPlan(config, feature_set, data, runs, asdict(spec))
+    return TrainPlan(config, feature_set, data, runs, spec)
 
 
 def protocol_options(config: TrainConfig) -> ProtocolOptions:
@@ -122,69 +126,73 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
     return f"{task}-{run.head}{shot}-{digest}"
 
 
-def train_head(plan: TrainPlan, run: HeadRun) -> dict[str, Any]:
+def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
     """Fit one head by the protocol, save it with its card, report files and plots; returns
-    its result (JSON-able: ids, chosen hyperparameters, metrics, seconds, where it lives)."""
+    its result (ids, chosen hyperparameters, metrics, seconds, where it lives)."""
     data = plan.data
     if run.shot_seed is not None and plan.config.shots is not None:
         data = data.few_shot(plan.config.shots, run.shot_seed)
     fitted = fit_head(run.head, data, protocol_options(plan.config))
-    identity = head_id(plan, run)
-    result = {
-        "head_id": identity,
-        "head": run.head,
-        "task": data.task.name,
-        "layer": data.layer,
-        "shots": data.shots,
-        "shot_seed": data.shot_seed,
-        "chosen": fitted.chosen,
-        "metrics": fitted.metrics,
-        "seconds": fitted.seconds,
-    }
+    result = HeadResult(
+        head_id=head_id(plan, run),
+        head=run.head,
+        task=data.task.name,
+        layer=data.layer,
+        shots=data.shots,
+        shot_seed=data.shot_seed,
+        chosen=fitted.chosen,
+        metrics=fitted.metrics,
+        seconds=fitted.seconds,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         files = _report_files(Path(tmp), result)
-        result["url"] = save_head(
-            plan.config.store, identity, fitted.model, _card(plan, data, fitted), files
-        )
-    return result
+        card = _card(plan, data, fitted, result.head_id)
+        url = save_head(plan.config.store, card, fitted.model, files.values())
+    return replace(result, url=url)
 
 
-def _report_files(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
+def _report_files(folder: Path, result: HeadResult) -> dict[str, Path]:
     files = save_result_plots(folder, result)
     report = folder / "report.md"
     report.write_text(markdown_report(result, {k: p.name for k, p in files.items()}))
     return {**files, "report": report}
 
 
-def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead) -> dict[str, Any]:
+def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, identity: str) -> HeadCard:
     """The model card: everything needed to trust, reproduce and reuse the head."""
     spec = plan.feature_set_spec
     estimator = fitted.model.named_steps["head"]
-    return {
-        "feature_set": plan.feature_set,
-        "store": plan.config.store,
-        "source": spec["source"],
-        "backbone": spec["backbone"],
-        "weights_digest": spec["weights_digest"],
-        "preprocessing": spec["preprocessing"],
-        "embedding_key": spec["embedding_key"],
-        "dtype": spec["dtype"],
-        "layer": data.layer,
-        "task": {**data.task.to_dict(), "digest": data.task.digest},
-        "classes": list(data.classes),
-        "splits": {**data.sizes(), "origin": data.split_origin, "dropped": data.dropped},
-        "shots": data.shots,
-        "shot_seed": data.shot_seed,
-        "head": fitted.head,
-        "estimator": type(estimator).__name__,
-        "params": {k: v for k, v in estimator.get_params().items() if _jsonable(v)},
-        "chosen": fitted.chosen,
-        "validation_curve": fitted.validation,
-        "metrics": fitted.metrics,
-        "seconds": fitted.seconds,
-        "libraries": library_versions(_LIBRARIES),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    return HeadCard(
+        head_id=identity,
+        feature_set=plan.feature_set,
+        store=plan.config.store,
+        source=spec.source,
+        backbone=spec.backbone,
+        weights_digest=spec.weights_digest,
+        preprocessing=dict(spec.preprocessing),
+        embedding_key=spec.embedding_key,
+        dtype=spec.dtype,
+        layer=data.layer,
+        task=task_ref(data),
+        classes=list(data.classes),
+        splits=SplitSizes(**data.sizes(), origin=data.split_origin, dropped=data.dropped),
+        shots=data.shots,
+        shot_seed=data.shot_seed,
+        head=fitted.head,
+        estimator=type(estimator).__name__,
+        params={k: v for k, v in estimator.get_params().items() if _jsonable(v)},
+        chosen=fitted.chosen,
+        validation_curve=fitted.validation,
+        metrics=fitted.metrics,
+        seconds=fitted.seconds,
+        libraries=library_versions(_LIBRARIES),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def task_ref(data: TaskData) -> TaskRef:
+    """The task as a card records it: its definition and the digest that identifies it."""
+    return TaskRef.from_dict({**data.task.to_dict(), "digest": data.task.digest})
 
 
 def _jsonable(value: Any) -> bool:
@@ -196,54 +204,55 @@ def _jsonable(value: Any) -> bool:
 
 
 def finalize_training(
-    plan: TrainPlan, results: Sequence[dict[str, Any]], embedded: int = 0
-) -> dict[str, Any]:
+    plan: TrainPlan, results: Sequence[HeadResult], embedded: int = 0
+) -> TrainSummary:
     """The run's summary: per head its test metrics (the mean over seeds for few-shot
     runs), the metrics table rows, and ``embedded`` (forward passes this run paid for)."""
-    heads: dict[str, dict[str, Any]] = {}
+    heads = {}
     for name in plan.config.heads:
-        mine = [r for r in results if r["head"] == name]
-        if not mine:
-            continue
-        entry: dict[str, Any] = {}
-        for metric in _HEADLINE:
-            values = [r["metrics"][metric] for r in mine if metric in r["metrics"]]
-            if values:
-                entry[metric] = float(np.mean(values))
-                if len(values) > 1:
-                    entry[f"{metric}_std"] = float(np.std(values))
-        if len(mine) == 1:
-            entry["accuracy_ci95"] = mine[0]["metrics"]["accuracy_ci95"]
-            entry["chosen"] = mine[0]["chosen"]
-        entry["head_ids"] = [r["head_id"] for r in mine]
-        entry["fit_seconds"] = float(sum(sum(r["seconds"].values()) for r in mine))
-        heads[name] = entry
+        mine = [r for r in results if r.head == name]
+        if mine:
+            heads[name] = _head_summary(mine)
     data = plan.data
-    return {
-        "feature_set": plan.feature_set,
-        "store": plan.config.store,
-        "task": data.task.name,
-        "layer": data.layer,
-        "classes": list(data.classes),
-        "splits": data.sizes(),
-        "split_origin": data.split_origin,
-        "shots": plan.config.shots,
-        "notes": list(data.notes),
-        "embedded": embedded,
-        "heads": heads,
-        "table": metrics_rows(results),
-    }
+    return TrainSummary(
+        feature_set=plan.feature_set,
+        store=plan.config.store,
+        task=data.task.name,
+        layer=data.layer,
+        classes=list(data.classes),
+        splits=data.sizes(),
+        split_origin=data.split_origin,
+        shots=plan.config.shots,
+        notes=list(data.notes),
+        embedded=embedded,
+        heads=heads,
+        table=metrics_rows(results),
+    )
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def _head_summary(results: Sequence[HeadResult]) -> HeadSummary:
+    """One head kind's results (several for few-shot seeds): mean metrics, their spread."""
+    stats: dict[str, Any] = {}
+    for metric in _HEADLINE:
+        values = [r.metrics[metric] for r in results if metric in r.metrics]
+        if values:
+            stats[metric] = float(np.mean(values))
+            if len(values) > 1:
+                stats[f"{metric}_std"] = float(np.std(values))
+    if len(results) == 1:
+        stats["accuracy_ci95"] = list(results[0].metrics["accuracy_ci95"])
+        stats["chosen"] = results[0].chosen
+    return HeadSummary(
+        **stats,
+        head_ids=[r.head_id for r in results],
+        fit_seconds=float(sum(sum(r.seconds.values()) for r in results)),
+    )
+
+
+def train(config: TrainConfig) -> TrainSummary:
     """The whole heads pipeline without an orchestrator (notebooks, tests): embeds first
     when ``config.embed`` is given (a no-op for a cached feature set)."""
-    embedded = 0
-    feature_set = config.feature_set
-    if config.embed is not None:
-        summary = embed(config.embed)
-        feature_set, embedded = summary["feature_set"], summary["embedded"]
-    assert feature_set is not None
+    feature_set, embedded = embed_first(config, embed)
     plan = prepare_training(config, feature_set)
     results = [train_head(plan, run) for run in plan.runs]
     return finalize_training(plan, results, embedded)

@@ -1,18 +1,120 @@
 """Model cards beside the feature sets: ``<store>/<folder>/<id>/card.json``, one per fitted
-head or fine-tuning run, each written last so that a folder without one is unfinished."""
+head or fine-tuning run, and the one way such a folder is written and read.
+
+:func:`save_with_card` writes the model files first and the card last, so **a card's
+presence means the files are complete**. A folder without a card is unfinished (or was
+never written): :func:`read_card` returns ``None`` for it and :func:`list_cards` skips it.
+Callers decide what a missing card means to the user (``load_head`` raises, a fine-tuning
+run trains).
+"""
 
 from __future__ import annotations
 
 import json
 import posixpath
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
 
 import fsspec
+
+from transfer_pipe.records import Record, known_fields
 
 CARD = "card.json"
 
 
-def list_cards(store: str, folder: str) -> list[dict[str, Any]]:
+class Card(Protocol):
+    """What the store needs of a card: its id, when it was made, and its JSON form."""
+
+    @property
+    def card_id(self) -> str: ...
+
+    @property
+    def created(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+C = TypeVar("C", bound=Card)
+CardParser = Callable[[Mapping[str, Any]], C]
+
+
+@dataclass(frozen=True)
+class TaskRef(Record):
+    """The task a model was trained for, as its card records it (``Task.to_dict()`` and
+    the digest that identifies the label definition)."""
+
+    name: str
+    digest: str
+    mapping: dict[str, str] | None = None
+    labels_file: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**known_fields(cls, data, "a card's task"))
+
+
+@dataclass(frozen=True)
+class SplitSizes(Record):
+    """Rows per split, where the split came from (the source's, or stratified with a seed),
+    and the usable rows the task gave no label."""
+
+    train: int
+    val: int
+    test: int
+    origin: str
+    dropped: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**known_fields(cls, data, "a card's splits"))
+
+
+def card_folder(store: str, folder: str, card_id: str) -> str:
+    """``<store>/<folder>/<card_id>``: where one model's files and card live."""
+    return posixpath.join(store.rstrip("/"), folder, card_id)
+
+
+def save_with_card(url: str, files: Iterable[Path], card: Card) -> str:
+    """Copy the local ``files`` into the folder ``url``, then write ``card`` last; returns
+    ``url``.
+
+    An earlier card is removed first, so from then until the new one lands the folder reads
+    as unfinished; files an earlier save left directly in the folder are removed too (no
+    stale report or model survives a rewrite), sub-folders (a local run's checkpoints) stay.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    card_path = posixpath.join(path, CARD)
+    if fs.exists(card_path):
+        fs.rm_file(card_path)
+    if fs.exists(path):
+        for entry in fs.ls(path, detail=True):
+            if entry["type"] == "file":
+                fs.rm_file(entry["name"])
+    fs.makedirs(path, exist_ok=True)
+    for local in files:
+        fs.put_file(str(local), posixpath.join(path, local.name))
+    # Written aside and moved into place: a crash mid-write leaves no half card to parse.
+    partial = card_path + ".partial"
+    fs.pipe_file(partial, json.dumps(card.to_dict(), indent=2).encode())
+    fs.mv(partial, card_path)
+    return url
+
+
+def read_card(url: str, parse: CardParser[C]) -> C | None:
+    """The card in the folder ``url``, or ``None`` when it has none (never written, or a
+    save that did not finish)."""
+    fs, path = fsspec.core.url_to_fs(posixpath.join(url, CARD))
+    try:
+        with fs.open(path, "r") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    return parse(data)
+
+
+def list_cards(store: str, folder: str, parse: CardParser[C]) -> list[C]:
     """Every finished card under ``<store>/<folder>/*/``, oldest first."""
     fs, path = fsspec.core.url_to_fs(posixpath.join(store.rstrip("/"), folder))
     if not fs.exists(path):
@@ -20,10 +122,5 @@ def list_cards(store: str, folder: str) -> list[dict[str, Any]]:
     cards = []
     for card_path in fs.glob(posixpath.join(path, "*", CARD)):
         with fs.open(card_path, "r") as f:
-            cards.append(json.load(f))
-    return sorted(cards, key=lambda card: (card.get("created", ""), _card_id(card)))
-
-
-def _card_id(card: dict[str, Any]) -> str:
-    """The id a card names itself by (heads and fine-tuning runs differ)."""
-    return str(card.get("head_id") or card.get("run_id") or "")
+            cards.append(parse(json.load(f)))
+    return sorted(cards, key=lambda card: (card.created, card.card_id))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
-from tests.unit.report.test_report import CLASSES, PNG_SIGNATURE, head_result
+from tests.unit.report.test_report import CLASSES, PNG_SIGNATURE, evaluated
+from transfer_pipe.finetune.card import FinetuneResult, ProbeScore, SkippedImage
 from transfer_pipe.report import comparison_rows, finetune_report, save_learning_curves
 
 HISTORY = [
@@ -17,13 +17,14 @@ HISTORY = [
 ]  # fmt: skip
 
 
-def finetune_result() -> dict[str, Any]:
-    probe = head_result("probe", CLASSES, seed=3)
-    return head_result(
-        "source-top-2-abc", CLASSES, seed=4, head="finetune top-2", run_id="source-top-2-abc",
-        policy="top-2", lp_ft=True, epochs=3, best_epoch=3, stopped="epochs", image_size=64,
-        device="cpu", skipped_images=[], history=HISTORY,
-        probe={"head_id": "source-logreg-x", "metrics": probe["metrics"]},
+def finetune_result() -> FinetuneResult:
+    return FinetuneResult(
+        run_id="source-top-2-abc", head="finetune top-2", task="source", layer="penultimate",
+        policy="top-2", lp_ft=True, epochs=3, best_epoch=3, stopped="epochs", history=HISTORY,
+        skipped_images=[SkippedImage("train", "train/7", "not-an-image")], device="cpu",
+        image_size=64, chosen={"epoch": 3}, metrics=evaluated(CLASSES, seed=4),
+        probe=ProbeScore("source-logreg-x", evaluated(CLASSES, seed=7)),  # 0.89 vs 0.8633
+        seconds={"train": 12.5}, checkpoint="/tmp/best.pt",
     )  # fmt: skip
 
 
@@ -31,14 +32,17 @@ def test_comparison_puts_the_probe_first_with_its_own_metrics() -> None:
     result = finetune_result()
     probe_row, tuned_row = comparison_rows(result)
     assert (probe_row["head"], probe_row["head_id"]) == ("linear probe", "source-logreg-x")
-    assert probe_row["accuracy"] == round(result["probe"]["metrics"]["accuracy"], 4)
-    assert tuned_row["accuracy"] == round(result["metrics"]["accuracy"], 4)
-    assert tuned_row["head"] == "finetune top-2"
+    # Mutation: giving the probe's row the fine-tuned metrics makes this fail.
+    assert probe_row["accuracy"] == round(result.probe.metrics["accuracy"], 4)
+    assert tuned_row["accuracy"] == round(result.metrics["accuracy"], 4)
+    assert tuned_row["head"] == "finetune top-2" and tuned_row["head_id"] == result.run_id
+    assert probe_row["fit_seconds"] is None and tuned_row["fit_seconds"] == 12.5
 
 
 def test_report_shows_the_comparison_curves_and_per_class_table() -> None:
     text = finetune_report(finetune_result(), {"curves": "curves.png", "confusion": "c.png"})
     assert "# Fine-tuning source-top-2-abc" in text and "with LP-FT" in text
+    assert "1 images skipped" in text  # Mutation: printing a fixed count makes this fail.
     assert "| linear probe |" in text and "| finetune top-2 |" in text
     assert "![learning curves](curves.png)" in text and "c.png" in text
     assert all(name in text for name in CLASSES)

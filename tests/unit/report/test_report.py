@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from transfer_pipe.heads.card import HeadResult
 from transfer_pipe.heads.metrics import evaluate, softmax
 from transfer_pipe.report import (
     ROW_COLUMNS,
@@ -26,25 +28,31 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["T-shirt/top", "Trouser", "Ankle boot"]
 
 
-def head_result(head_id: str, classes: list[str], seed: int, **extra: Any) -> dict[str, Any]:
+def evaluated(classes: list[str], seed: int) -> dict[str, Any]:
+    """Real ``evaluate()`` metrics of a noisy but informative classifier."""
     rng = np.random.default_rng(seed)
     y_idx = rng.integers(0, len(classes), size=300)
     scores = rng.normal(size=(300, len(classes))) + 2.0 * np.eye(len(classes))[y_idx]
-    metrics = evaluate(np.array(classes)[y_idx], softmax(scores), classes, bootstrap=200)
-    return {
-        "head_id": head_id,
-        "head": "logreg",
-        "task": "source",
-        "layer": "penultimate",
-        "chosen": {"C": 0.1},
-        "metrics": metrics,
-        "seconds": {"select": 1.25, "refit": 0.5},
-        **extra,
-    }
+    return evaluate(np.array(classes)[y_idx], softmax(scores), classes, bootstrap=200)
+
+
+def head_result(head_id: str, classes: list[str], seed: int, **changes: Any) -> HeadResult:
+    result = HeadResult(
+        head_id=head_id,
+        head="logreg",
+        task="source",
+        layer="penultimate",
+        shots=None,
+        shot_seed=None,
+        chosen={"C": 0.1},
+        metrics=evaluated(classes, seed),
+        seconds={"select": 1.25, "refit": 0.5},
+    )
+    return replace(result, **changes)
 
 
 @pytest.fixture
-def results() -> list[dict[str, Any]]:
+def results() -> list[HeadResult]:
     many = [f"class{i}" for i in range(7)]
     return [
         head_result("logreg-a", CLASSES, seed=0),
@@ -52,13 +60,13 @@ def results() -> list[dict[str, Any]]:
     ]
 
 
-def test_metrics_rows_one_row_per_head_with_values_from_input(results: list[dict]) -> None:
+def test_metrics_rows_one_row_per_head_with_values_from_input(results: list[HeadResult]) -> None:
     rows = metrics_rows(results)
     assert [row["head_id"] for row in rows] == ["logreg-a", "svm-b"]
     for row, result in zip(rows, results, strict=True):
-        m = result["metrics"]
+        m = result.metrics
         assert tuple(row) == ROW_COLUMNS
-        assert row["head"] == result["head"] and row["task"] == "source"
+        assert row["head"] == result.head and row["task"] == "source"
         assert row["accuracy"] == round(m["accuracy"], 4)
         assert row["macro_f1"] == round(m["macro_f1"], 4)
         assert row["balanced_accuracy"] == round(m["balanced_accuracy"], 4)
@@ -67,21 +75,21 @@ def test_metrics_rows_one_row_per_head_with_values_from_input(results: list[dict
         assert row["accuracy_ci95"] == f"{low:.3f}\u2013{high:.3f}"
         assert row["fit_seconds"] == 1.75
     assert rows[0]["top5_accuracy"] is None  # 3 classes: no top-5
-    assert rows[1]["top5_accuracy"] == round(results[1]["metrics"]["top5_accuracy"], 4)
+    assert rows[1]["top5_accuracy"] == round(results[1].metrics["top5_accuracy"], 4)
     assert rows[0]["chosen"] == "C=0.1"
     assert rows[1]["chosen"] == "C=1e-05, loss=hinge"
 
 
 def test_metrics_rows_rounds_to_four_digits() -> None:
-    result = head_result("x", CLASSES, seed=2)
-    result["metrics"]["accuracy"] = 0.123456789
-    del result["seconds"]
+    result = head_result("x", CLASSES, seed=2, seconds={})
+    result.metrics["accuracy"] = 0.123456789
     (row,) = metrics_rows([result])
     assert row["accuracy"] == 0.1235
+    # Mutation: summing an empty seconds dict to 0.0 instead of None makes this fail.
     assert row["fit_seconds"] is None
 
 
-def test_terminal_table_aligns_columns(results: list[dict]) -> None:
+def test_terminal_table_aligns_columns(results: list[HeadResult]) -> None:
     rows = metrics_rows(results)
     text = terminal_table(rows, columns=["head_id", "accuracy", "top5_accuracy", "chosen"])
     lines = text.splitlines()
@@ -98,15 +106,15 @@ def test_terminal_table_aligns_columns(results: list[dict]) -> None:
         assert line[acc_a:acc_b].endswith(str(row["accuracy"]))
 
 
-def test_terminal_table_defaults_to_all_columns(results: list[dict]) -> None:
+def test_terminal_table_defaults_to_all_columns(results: list[HeadResult]) -> None:
     text = terminal_table(metrics_rows(results))
     header = text.splitlines()[0].split()
     assert header == list(ROW_COLUMNS)
 
 
-def test_markdown_report_has_classes_counts_and_ci(results: list[dict]) -> None:
+def test_markdown_report_has_classes_counts_and_ci(results: list[HeadResult]) -> None:
     result = results[0]
-    m = result["metrics"]
+    m = result.metrics
     text = markdown_report(result, images={"confusion": "cm.png"})
     assert "logreg-a" in text and "penultimate" in text and "C=0.1" in text
     for name in CLASSES:
@@ -126,10 +134,10 @@ def test_markdown_report_has_classes_counts_and_ci(results: list[dict]) -> None:
         assert f"| {row['support']} |" in text
 
 
-def test_markdown_report_without_images_and_with_top5(results: list[dict]) -> None:
+def test_markdown_report_without_images_and_with_top5(results: list[HeadResult]) -> None:
     text = markdown_report(results[1])
     assert "![" not in text
-    assert f"{results[1]['metrics']['top5_accuracy']:.4f}" in text
+    assert f"{results[1].metrics['top5_accuracy']:.4f}" in text
 
 
 def assert_png(path: Path, min_side: int = 200) -> tuple[int, int]:
@@ -143,8 +151,8 @@ def assert_png(path: Path, min_side: int = 200) -> tuple[int, int]:
     return width, height
 
 
-def test_save_confusion_matrix_writes_png(tmp_path: Path, results: list[dict]) -> None:
-    m = results[0]["metrics"]
+def test_save_confusion_matrix_writes_png(tmp_path: Path, results: list[HeadResult]) -> None:
+    m = results[0].metrics
     out = save_confusion_matrix(
         tmp_path / "sub" / "cm.png", m["confusion_matrix"], m["classes"], title="logreg"
     )
@@ -160,8 +168,8 @@ def test_save_confusion_matrix_rejects_wrong_shape(tmp_path: Path) -> None:
         save_confusion_matrix(tmp_path / "x.png", [[1, 2], [3, 4]], CLASSES)
 
 
-def test_save_per_class_accuracy_writes_png(tmp_path: Path, results: list[dict]) -> None:
-    out = save_per_class_accuracy(tmp_path / "acc.png", results[1]["metrics"]["per_class"], "svm")
+def test_save_per_class_accuracy_writes_png(tmp_path: Path, results: list[HeadResult]) -> None:
+    out = save_per_class_accuracy(tmp_path / "acc.png", results[1].metrics["per_class"], "svm")
     assert_png(out)
 
 

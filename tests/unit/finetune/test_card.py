@@ -1,0 +1,90 @@
+"""Model cards already in users' stores keep reading, and cards written now keep every
+key and value of the shape written before they became types (heads and fine-tuning)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.finetune.card import FinetuneCard, FinetuneListing
+from transfer_pipe.heads.card import HeadCard, HeadListing
+
+METRICS = {"accuracy": 0.75, "macro_f1": 0.7, "accuracy_ci95": [0.6, 0.9], "n": 4}
+TASK = {"name": "source", "mapping": None, "labels_file": None, "digest": "ab" * 32}
+# Cards as the dict-building code wrote them (same keys, values shortened).
+OLD_FINETUNE_CARD: dict[str, Any] = {
+    "feature_set": "0123456789abcdef", "store": "/s", "source": "folder /data",
+    "backbone": "tiny_test", "weights_digest": "d" * 64, "preprocessing": {"image_size": 32},
+    "task": TASK, "classes": ["a", "b"], "splits": {"train": 8, "val": 2, "test": 4,
+                                                     "origin": "source"},
+    "policy": "top-1", "lp_ft": True, "probe_head_id": "source-logreg-1",
+    "hyperparameters": {"lr": 1e-4, "augment": "affine", "bn": "frozen"},
+    "trainable_segments": ["stages.1", "head"], "trainable_parameters": 1234,
+    "result": {
+        "run_id": "source-top-1-lpft-9", "head_id": "source-top-1-lpft-9",
+        "head": "finetune top-1 lp-ft", "task": "source", "layer": "penultimate",
+        "policy": "top-1", "lp_ft": True, "epochs": 2, "best_epoch": 2, "stopped": "epochs",
+        "history": [{"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5}],
+        "skipped_images": [{"split": "train", "sample_id": "train/3", "reason": "not-an-image"}],
+        "device": "cpu", "image_size": 32, "chosen": {"epoch": 2}, "metrics": METRICS,
+        "probe": {"head_id": "source-logreg-1", "metrics": {**METRICS, "accuracy": 0.5}},
+        "seconds": {"train": 3.5}, "checkpoint": "/s/finetune/x/checkpoints/best.pt",
+    },
+    "libraries": {"torch": "2.5"}, "created": "2025-01-01T00:00:00+00:00",
+    "run_id": "source-top-1-lpft-9", "model_file": "model.safetensors",
+}  # fmt: skip
+OLD_HEAD_CARD: dict[str, Any] = {
+    "feature_set": "0123456789abcdef", "store": "/s", "source": "folder /data",
+    "backbone": "tiny_test", "weights_digest": "d" * 64, "preprocessing": {"image_size": 32},
+    "embedding_key": "e" * 16, "dtype": "float32", "layer": "penultimate", "task": TASK,
+    "classes": ["a", "b"], "splits": {"train": 8, "val": 2, "test": 4, "origin": "source",
+                                      "dropped": 0},
+    "shots": None, "shot_seed": None, "head": "logreg", "estimator": "LBFGSLinearClassifier",
+    "params": {"C": 1.0}, "chosen": {"C": 1.0}, "validation_curve": [{"C": 1.0, "val": 0.5}],
+    "metrics": METRICS, "seconds": {"select": 1.0, "refit": 0.5},
+    "libraries": {"numpy": "2.1"}, "created": "2025-01-01T00:00:00+00:00",
+    "head_id": "source-logreg-1", "model_file": "model.safetensors",
+}  # fmt: skip
+
+
+def assert_keeps(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "card") -> None:
+    """Every key of ``old`` is in ``new`` with the same value (new keys may be added)."""
+    for key, value in old.items():
+        assert key in new, f"{where}.{key} is gone"
+        if isinstance(value, Mapping):
+            assert_keeps(value, new[key], f"{where}.{key}")
+        else:
+            assert new[key] == value, f"{where}.{key}"
+
+
+def test_an_old_finetune_card_reads_and_writes_back_every_key() -> None:
+    card = FinetuneCard.from_dict(json.loads(json.dumps(OLD_FINETUNE_CARD)))
+    assert card.result.probe.metrics["accuracy"] == 0.5
+    assert card.result.skipped_images[0].sample_id == "train/3"
+    assert card.task.name == "source" and card.splits.test == 4
+    # Mutation: dropping head_id from FinetuneResult.to_dict (older readers key the
+    # report tables by it) makes this fail.
+    assert_keeps(OLD_FINETUNE_CARD, json.loads(json.dumps(card.to_dict())))
+    assert FinetuneCard.from_dict(card.to_dict()) == card
+    listing = FinetuneListing.of(card)
+    assert (listing.accuracy, listing.probe_accuracy, listing.epochs) == (0.75, 0.5, 2)
+
+
+def test_an_old_head_card_reads_and_writes_back_every_key() -> None:
+    card = HeadCard.from_dict(json.loads(json.dumps(OLD_HEAD_CARD)))
+    assert card.task.digest == "ab" * 32 and card.splits.origin == "source"
+    assert_keeps(OLD_HEAD_CARD, json.loads(json.dumps(card.to_dict())))
+    assert HeadCard.from_dict(card.to_dict()) == card
+    assert HeadListing.of(card).task == "source"
+
+
+def test_a_card_missing_a_field_names_the_card_and_the_field() -> None:
+    broken = copy.deepcopy(OLD_FINETUNE_CARD)
+    del broken["result"]["best_epoch"]
+    with pytest.raises(TransferPipeError, match=r"source-top-1-lpft-9.*best_epoch"):
+        FinetuneCard.from_dict(broken)

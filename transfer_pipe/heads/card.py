@@ -1,0 +1,102 @@
+"""A fitted head's result and model card, as types.
+
+``HeadResult`` is what fitting one head returns (and what the report reads);
+``HeadCard`` is ``<store>/heads/<head_id>/card.json``: everything needed to trust,
+reproduce and reuse the head; ``HeadListing`` is one row of ``transfer-pipe heads ls``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from transfer_pipe.records import Record, known_fields
+from transfer_pipe.store.cards import SplitSizes, TaskRef
+
+
+@dataclass(frozen=True)
+class HeadResult(Record):
+    """One fitted head: ids, chosen hyperparameters, test metrics (an ``evaluate()``
+    dict), seconds per protocol stage, and the URL of its folder in the store."""
+
+    head_id: str
+    head: str
+    task: str
+    layer: str
+    shots: int | None
+    shot_seed: int | None
+    chosen: dict[str, Any]
+    metrics: dict[str, Any]
+    seconds: dict[str, float]
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class HeadCard(Record):
+    """The model card of a saved head (``model_file`` is set when it is saved)."""
+
+    head_id: str
+    feature_set: str
+    store: str
+    source: str
+    backbone: str
+    weights_digest: str
+    preprocessing: dict[str, Any]
+    embedding_key: str
+    dtype: str
+    layer: str
+    task: TaskRef
+    classes: list[str]
+    splits: SplitSizes
+    shots: int | None
+    shot_seed: int | None
+    head: str
+    estimator: str
+    params: dict[str, Any]
+    chosen: dict[str, Any]
+    validation_curve: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    seconds: dict[str, float]
+    libraries: dict[str, str]
+    created: str
+    model_file: str = ""
+
+    @property
+    def card_id(self) -> str:
+        return self.head_id
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The card as read back from ``card.json``."""
+        fields = known_fields(cls, data, f"card of head {data.get('head_id', '?')!r}")
+        fields["task"] = TaskRef.from_dict(fields["task"])
+        fields["splits"] = SplitSizes.from_dict(fields["splits"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class HeadListing(Record):
+    """One row of ``transfer-pipe heads ls`` (and of its ``--json`` list)."""
+
+    head_id: str
+    feature_set: str
+    task: str
+    head: str
+    layer: str
+    accuracy: float
+    macro_f1: float
+    created: str
+
+    @classmethod
+    def of(cls, card: HeadCard) -> Self:
+        return cls(
+            head_id=card.head_id,
+            feature_set=card.feature_set,
+            task=card.task.name,
+            head=card.head,
+            layer=card.layer,
+            accuracy=round(card.metrics["accuracy"], 4),
+            macro_f1=round(card.metrics["macro_f1"], 4),
+            created=card.created,
+        )

@@ -1,0 +1,125 @@
+"""What each pipeline step returns: one summary type per step, in one place.
+
+The flows return them, the CLI prints them (``--json`` prints ``to_json()``), and Prefect
+artifacts show them. A summary is computed, never read back from disk, so it has no
+``from_dict``; the model cards that are read back live next to what writes them
+(``heads.card``, ``finetune.card``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transfer_pipe.records import Record
+
+
+@dataclass(frozen=True)
+class EmbedSummary(Record):
+    """An embed run: the feature set it completed and what this run paid for."""
+
+    feature_set: str
+    store: str
+    source: str
+    backbone: str
+    layers: list[str]
+    rows: int
+    failed: int
+    embedded: int  # forward passes run by this run
+    reused: int  # rows copied from other feature sets or written by an earlier run
+    shards: int
+    shards_computed: int
+    shards_already_done: int  # by an earlier, interrupted run of the same feature set
+    status_before: str  # "missing" | "incomplete" | "complete"
+    steady_images_per_s: float | None
+    status: str
+
+
+@dataclass(frozen=True)
+class HeadSummary(Record):
+    """One head kind of a train run: test metrics (the mean over seeds, with ``*_std``, for
+    few-shot runs), the ids of the heads fitted and their fitting seconds."""
+
+    accuracy: float
+    macro_f1: float
+    balanced_accuracy: float
+    ece: float
+    head_ids: list[str]
+    fit_seconds: float
+    top5_accuracy: float | None = None  # only with more than five classes
+    accuracy_std: float | None = None
+    macro_f1_std: float | None = None
+    balanced_accuracy_std: float | None = None
+    top5_accuracy_std: float | None = None
+    ece_std: float | None = None
+    accuracy_ci95: list[float] | None = None  # a single head (no seed repeats) only
+    chosen: dict[str, Any] | None = None  # a single head only
+
+    def to_dict(self) -> dict[str, Any]:
+        # An absent value is an absent key, as in the JSON the CLI printed before.
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TrainSummary(Record):
+    """A train run: the task and split, per head kind its summary, and the metrics table
+    (one row per fitted head)."""
+
+    feature_set: str
+    store: str
+    task: str
+    layer: str
+    classes: list[str]
+    splits: dict[str, int]
+    split_origin: str
+    shots: int | None
+    notes: list[str]
+    embedded: int  # images embedded first by this run (given a source)
+    heads: dict[str, HeadSummary]
+    table: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class FinetuneSummary(Record):
+    """A fine-tuning run: test metrics next to the probe's, and where the model lives."""
+
+    run_id: str
+    feature_set: str
+    store: str
+    task: str
+    classes: list[str]
+    splits: dict[str, int]
+    policy: str
+    lp_ft: bool
+    epochs: int
+    best_epoch: int
+    stopped: str
+    image_size: int
+    device: str
+    accuracy: float
+    macro_f1: float
+    balanced_accuracy: float
+    accuracy_ci95: list[float]
+    probe_head_id: str
+    probe_accuracy: float
+    probe_macro_f1: float
+    gain: float  # accuracy minus the probe's
+    skipped_images: int
+    train_seconds: float
+    checkpoint: str
+    url: str | None
+    reused: bool
+    embedded: int  # images embedded first by this run (given a source)
+    table: list[dict[str, Any]]
+    published_feature_set: str | None = None  # with publish: the re-embedded feature set
+
+
+@dataclass(frozen=True)
+class PredictSummary(Record):
+    """A predict run: where the predictions went and how each row got its features."""
+
+    out: str
+    rows: int
+    cached: int  # features found in the store
+    embedded: int  # embedded now
+    failed: int  # unreadable or undecodable: a row with an error

@@ -9,35 +9,92 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import sys
+import typing
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from transfer_pipe.config import (
-    AUGMENTATIONS,
-    DEFAULT_BACKBONE,
-    DEFAULT_HEADS,
-    DEFAULT_STORE,
-    FREEZE_POLICY_HINT,
+    REQUIRED,
     EmbedConfig,
     FinetuneConfig,
+    PredictConfig,
     TrainConfig,
+    options,
 )
 from transfer_pipe.errors import TransferPipeError
 
-if TYPE_CHECKING:  # importing transfer_pipe.steps loads torch: not for `ls`
+if typing.TYPE_CHECKING:  # importing transfer_pipe.steps loads torch: not for `ls`
     from transfer_pipe.records import Record
     from transfer_pipe.steps.results import EmbedSummary
 
-
-def _default_store() -> str:
-    return os.environ.get("TRANSFER_PIPE_STORE", DEFAULT_STORE)
+T = TypeVar("T")
 
 
-def _layers(text: str) -> tuple[str, ...]:
+def _words(text: str) -> tuple[str, ...]:
+    """A comma- (or space-) separated list, as the CLI takes layers and heads."""
     return tuple(part for part in text.replace(",", " ").split() if part)
+
+
+# What to embed first when a command's TARGET is a source rather than a feature-set key.
+_SOURCE_OPTIONS = ("backbone", "weights_file", "image_size", "limit")
+
+
+def add_options(
+    parser: argparse.ArgumentParser | Any,
+    config_class: type,
+    only: tuple[str, ...] | None = None,
+) -> None:
+    """Offer the fields of ``config_class`` (see ``transfer_pipe.config.option``) as
+    arguments: name, type, default, choices and help all come from the field."""
+    for opt in options(config_class, only):
+        default = opt.default
+        if opt.name == "store":  # a session-wide default store, without repeating --store
+            default = os.environ.get("TRANSFER_PIPE_STORE", default)
+        help_text = opt.help
+        if not any(default is nothing for nothing in (None, False, (), REQUIRED)):
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            help_text += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%")}  # argparse formats it
+        base = opt.base_type
+        if base is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(base) is tuple and opt.positional:
+            kwargs["nargs"] = "+"
+        elif typing.get_origin(base) is tuple:
+            kwargs["type"] = _words
+        elif opt.choices is not None:
+            kwargs["choices"] = opt.choices
+        elif base in (int, float):
+            kwargs["type"] = base
+        if opt.positional:
+            parser.add_argument(opt.name, **kwargs)
+        elif opt.required:
+            parser.add_argument(opt.flag, dest=opt.name, required=True, **kwargs)
+        else:
+            parser.add_argument(opt.flag, dest=opt.name, default=default, **kwargs)
+
+
+def config_from(
+    config_class: type[T],
+    args: argparse.Namespace,
+    only: tuple[str, ...] | None = None,
+    **values: Any,
+) -> T:
+    """``config_class`` built from the parsed ``args`` it offered (``only``: just those
+    options), plus ``values``."""
+    offered = options(config_class, only)
+    fields = {o.name: getattr(args, o.name) for o in offered if o.name in args}
+    # nargs="+" parses to a list; configs are frozen and hold tuples.
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return config_class(**{**fields, **values})
+
+
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, EmbedConfig, only=("store",))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,171 +105,56 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed a dataset into the feature store")
-    embed.add_argument(
-        "source",
-        help="image folder, CSV/Parquet manifest, IDX folder, fsspec URL, or 'fashion-mnist'",
-    )
-    embed.add_argument("--store", default=_default_store(), help="feature store folder or URL")
-    embed.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone id (see backbones)")
-    embed.add_argument("--weights-file", help="local state dict for the backbone")
-    embed.add_argument(
-        "--layers",
-        type=_layers,
-        default=(),
-        help="comma-separated layers to pool ('penultimate' default, 'stages' = every stage)",
-    )
-    embed.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
-    embed.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    embed.add_argument("--shard-size", type=int, default=512, help="images per shard task")
-    embed.add_argument("--batch-size", type=int, default=64)
-    embed.add_argument("--limit", type=int, help="embed only N images (each split its share)")
-    embed.add_argument("--dask-address", help="existing Dask scheduler (or DASK_SCHEDULER_ADDRESS)")
-    embed.add_argument(
-        "--workers",
-        type=int,
-        help="threads of the local Dask worker (default: one per core, at most 4)",
-    )
-    embed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    embed.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none")
+    add_options(embed, EmbedConfig)
     embed.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
     ls = commands.add_parser("ls", help="list the feature sets in a store")
-    ls.add_argument("--store", default=_default_store())
+    _store_option(ls)
     ls.add_argument("--json", action="store_true")
 
     show = commands.add_parser("show", help="print a feature set's provenance and failures")
     show.add_argument("key")
-    show.add_argument("--store", default=_default_store())
+    _store_option(show)
     show.add_argument("--json", action="store_true")
 
     commands.add_parser("backbones", help="list registered backbone ids")
 
     finetuned = commands.add_parser("finetuned", help="list fine-tuning runs and their results")
-    finetuned.add_argument("--store", default=_default_store())
+    _store_option(finetuned)
     finetuned.add_argument("--json", action="store_true")
-    _add_train(commands)
-    _add_finetune(commands)
+
+    for name, config_class, help_text in (
+        (
+            "train",
+            TrainConfig,
+            "fit and evaluate heads on a cached feature set (embedding it if needed)",
+        ),
+        (
+            "finetune",
+            FinetuneConfig,
+            "fine-tune the backbone for a task and compare it with the linear probe",
+        ),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(
+            "target", help="feature set key, or a source to embed first (see `embed`)"
+        )
+        add_options(command, config_class)
+        add_options(
+            command.add_argument_group("when TARGET is a source"), EmbedConfig, _SOURCE_OPTIONS
+        )
+        command.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
     heads = commands.add_parser("heads", help="fitted heads in a store")
     heads_commands = heads.add_subparsers(dest="heads_command", required=True)
     heads_ls = heads_commands.add_parser("ls", help="list fitted heads and their test metrics")
-    heads_ls.add_argument("--store", default=_default_store())
+    _store_option(heads_ls)
     heads_ls.add_argument("--feature-set", help="only heads of this feature set")
     heads_ls.add_argument("--json", action="store_true")
-    _add_predict(commands)
-    return parser
 
-
-def _add_train(commands: Any) -> None:
-    train = commands.add_parser(
-        "train", help="fit and evaluate heads on a cached feature set (embedding it if needed)"
-    )
-    train.add_argument("target", help="feature set key, or a source to embed first (see `embed`)")
-    train.add_argument("--store", default=_default_store(), help="feature store folder or URL")
-    train.add_argument(
-        "--task",
-        default="source",
-        help="'source' (the source's labels), 'fashion-mnist-groups', a JSON task file, or a "
-        "CSV/Parquet file of sample_id,label",
-    )
-    train.add_argument(
-        "--heads",
-        type=_layers,
-        default=DEFAULT_HEADS,
-        help=f"comma-separated heads (default {','.join(DEFAULT_HEADS)})",
-    )
-    train.add_argument(
-        "--layer",
-        help="feature layer (default: the feature set's first); 'a+b' puts layers side by side",
-    )
-    _add_split_options(train)
-    train.add_argument("--shots", type=int, help="few-shot: labelled training rows per class")
-    train.add_argument("--shot-seeds", type=int, default=5, help="few-shot repeats")
-    train.add_argument("--c-min", type=float, default=1e-6, help="logreg C grid start")
-    train.add_argument("--c-max", type=float, default=1e5, help="logreg C grid end")
-    train.add_argument("--c-values", type=int, default=45, help="logreg C grid size")
-    train.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per C")
-    train.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CI")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda ... (torch heads)")
-    _add_source_options(train)
-    train.add_argument("--json", action="store_true", help="end with one JSON summary line")
-
-
-def _add_split_options(parser: argparse.ArgumentParser) -> None:
-    """How rows become train / validation / test: the heads and fine-tuning flows share it."""
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="when no source split")
-    parser.add_argument("--split-seed", type=int, default=0)
-
-
-def _add_source_options(parser: argparse.ArgumentParser) -> None:
-    """What to embed first when the target is a source rather than a feature set key."""
-    embedding = parser.add_argument_group("when TARGET is a source")
-    embedding.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    embedding.add_argument("--weights-file")
-    embedding.add_argument("--image-size", type=int)
-    embedding.add_argument("--limit", type=int)
-
-
-def _add_finetune(commands: Any) -> None:
-    finetune = commands.add_parser(
-        "finetune",
-        help="fine-tune the backbone for a task and compare it with the linear probe",
-    )
-    finetune.add_argument("target", help="feature set key, or a source to embed first")
-    finetune.add_argument("--store", default=_default_store(), help="feature store folder or URL")
-    finetune.add_argument("--task", default="source", help="as for `train`")
-    finetune.add_argument(
-        "--policy", default="top-2", help=f"what to train: {FREEZE_POLICY_HINT} (default top-2)"
-    )
-    finetune.add_argument(
-        "--lp-ft", action="store_true", help="start from the linear probe's weights (LP-FT)"
-    )
-    finetune.add_argument("--epochs", type=int, default=10)
-    finetune.add_argument("--batch-size", type=int, default=128)
-    finetune.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
-    finetune.add_argument(
-        "--lr",
-        type=float,
-        default=1e-4,
-        help="learning rate at the top of the backbone (a new head: 10x; LP-FT's head: 1x)",
-    )
-    finetune.add_argument(
-        "--lr-decay", type=float, default=0.7, help="learning-rate factor per stage downwards"
-    )
-    finetune.add_argument("--weight-decay", type=float, default=0.05)
-    finetune.add_argument("--warmup-epochs", type=float, default=1.0)
-    finetune.add_argument("--label-smoothing", type=float, default=0.1)
-    finetune.add_argument("--augment", choices=AUGMENTATIONS, default="auto")
-    finetune.add_argument("--patience", type=int, default=3, help="early-stopping epochs")
-    finetune.add_argument(
-        "--bn",
-        choices=["frozen", "train"],
-        default="frozen",
-        help="BatchNorm statistics: keep the pretrained ones, or update them in trained blocks",
-    )
-    finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--time-budget", type=float, help="seconds; stop after that epoch")
-    _add_split_options(finetune)
-    finetune.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
-    finetune.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="bf16")
-    finetune.add_argument(
-        "--publish",
-        action="store_true",
-        help="re-embed the dataset with the fine-tuned backbone into a new feature set",
-    )
-    _add_source_options(finetune)
-    finetune.add_argument("--json", action="store_true", help="end with one JSON summary line")
-
-
-def _add_predict(commands: Any) -> None:
     predict = commands.add_parser("predict", help="classify image files with a fitted head")
-    predict.add_argument("paths", nargs="+", help="image files or URLs")
-    predict.add_argument("--store", default=_default_store())
-    predict.add_argument("--head", required=True, help="head id (see `heads ls`)")
-    predict.add_argument("--out", required=True, help="predictions file, .csv or .parquet")
-    predict.add_argument("--top-k", type=int, default=5)
-    predict.add_argument("--weights-file", help="the local weights the feature set used")
-    predict.add_argument("--device", default="auto")
+    add_options(predict, PredictConfig)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,26 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    config = EmbedConfig(
-        source=args.source,
-        store=args.store,
-        backbone=args.backbone,
-        weights_file=args.weights_file,
-        layers=args.layers,
-        image_size=args.image_size,
-        dtype=args.dtype,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        dask_address=args.dask_address,
-        workers=args.workers,
-        device=args.device,
-        autocast=args.autocast,
-    )
-    _prefect_settings()
-    from transfer_pipe.steps import check_embed_inputs
-
-    check_embed_inputs(config)  # seconds, where a failed flow run would take a server start
+    config = config_from(EmbedConfig, args)
+    _check_before_prefect(config)
     from flows.embed import embed_flow
 
     summary = embed_flow(config)
@@ -254,11 +178,40 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prefect_settings() -> None:
-    # A temporary Prefect server needs 20-40 s to start on a small machine, and offline it
-    # cannot send telemetry (it would log an error on every run).
+def _check_before_prefect(config: EmbedConfig | TrainConfig | FinetuneConfig) -> None:
+    """Check every input, the source's content included, in seconds, before a Prefect
+    server starts (20-40 s on a small machine); then quiet Prefect's own tracebacks for
+    the errors whose message already says what to fix."""
+    from transfer_pipe.steps.checks import check_inputs
+
+    check_inputs(config)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Offline, telemetry would log an error on every run.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _quiet_prefect_tracebacks()
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback; for a ``TransferPipeError``
+    the one-line message is the whole story, so drop the traceback and keep the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TransferPipeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # Prefect's handlers exist from here on; later setups only adjust levels
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name) for name in logging.root.manager.loggerDict if name[:7] == "prefect"
+    ]
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
+            handler.addFilter(_NoTracebackForUserErrors())
 
 
 def _target(
@@ -269,56 +222,29 @@ def _target(
     from transfer_pipe.store import open_store
 
     if open_store(args.store).status(args.target) != "missing":
+        source_options = options(EmbedConfig, _SOURCE_OPTIONS)
+        given = [o.flag for o in source_options if getattr(args, o.name) != o.default]
+        if given:
+            raise TransferPipeError(
+                f"{', '.join(given)} choose what to embed; feature set {args.target} already "
+                "fixes them. Pass the source instead of the feature set key."
+            )
         return args.target, None
     if re.fullmatch(r"[0-9a-f]{16}", args.target) and not os.path.exists(args.target):
         raise TransferPipeError(
             f"feature set {args.target} is not in {args.store}; "
             f"`transfer-pipe ls --store {args.store}` lists the feature sets it holds."
         )
-    embed = EmbedConfig(
-        source=args.target,
-        store=args.store,
-        backbone=args.backbone,
-        weights_file=args.weights_file,
-        layers=layers,
-        image_size=args.image_size,
-        limit=args.limit,
+    embed = config_from(
+        EmbedConfig, args, ("store", *_SOURCE_OPTIONS), source=args.target, layers=layers
     )
     return None, embed
 
 
 def _train(args: argparse.Namespace) -> int:
     feature_set, embed = _target(args, tuple(args.layer.split("+")) if args.layer else ())
-    config = TrainConfig(
-        feature_set=feature_set,
-        embed=embed,
-        store=args.store,
-        task=args.task,
-        heads=args.heads,
-        layer=args.layer,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        split_seed=args.split_seed,
-        shots=args.shots,
-        shot_seeds=args.shot_seeds,
-        c_min=args.c_min,
-        c_max=args.c_max,
-        c_values=args.c_values,
-        max_iter=args.max_iter,
-        device=args.device,
-        bootstrap=args.bootstrap,
-    )
-    _prefect_settings()
-    from transfer_pipe.heads.protocol import head_kind
-    from transfer_pipe.heads.tasks import parse_task
-
-    for name in config.heads:  # seconds, where a failed flow run would take a server start
-        head_kind(name)
-    parse_task(config.task)
-    if embed is not None:
-        from transfer_pipe.steps import check_embed_inputs
-
-        check_embed_inputs(embed)
+    config = config_from(TrainConfig, args, feature_set=feature_set, embed=embed)
+    _check_before_prefect(config)
     from flows.train import train_flow
     from transfer_pipe.report import terminal_table
 
@@ -337,46 +263,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     feature_set, embed = _target(args)
-    if feature_set is not None and (args.image_size or args.limit):
-        raise TransferPipeError(
-            "--image-size and --limit choose what to embed; a feature set already fixes both. "
-            "Pass the source instead of the feature set key."
-        )
-    config = FinetuneConfig(
-        feature_set=feature_set,
-        embed=embed,
-        store=args.store,
-        task=args.task,
-        policy=args.policy,
-        lp_ft=args.lp_ft,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        accumulate=args.accumulate,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        augment=args.augment,
-        patience=args.patience,
-        bn=args.bn,
-        seed=args.seed,
-        device=args.device,
-        autocast=args.autocast,
-        time_budget_s=args.time_budget,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        split_seed=args.split_seed,
-        publish=args.publish,
-    )
-    _prefect_settings()
-    from transfer_pipe.heads.tasks import parse_task
-
-    parse_task(config.task)  # seconds, where a failed flow run would take a server start
-    if embed is not None:
-        from transfer_pipe.steps import check_embed_inputs
-
-        check_embed_inputs(embed)
+    config = config_from(FinetuneConfig, args, feature_set=feature_set, embed=embed)
+    _check_before_prefect(config)
     from flows.finetune import finetune_flow
     from transfer_pipe.report import terminal_table
 
@@ -433,14 +321,15 @@ def _print_rows(listing: Sequence[Record], as_json: bool, empty: str) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from transfer_pipe.steps.predict import predict
 
+    config = config_from(PredictConfig, args)
     summary = predict(
-        args.store,
-        args.head,
-        args.paths,
-        args.out,
-        top_k=args.top_k,
-        weights_file=args.weights_file,
-        device=args.device,
+        config.store,
+        config.head,
+        list(config.paths),
+        config.out,
+        top_k=config.top_k,
+        weights_file=config.weights_file,
+        device=config.device,
     )
     print(
         f"{summary.rows} predictions written to {summary.out}: {summary.cached} from "

@@ -1,174 +1,333 @@
-"""Frozen run configurations: validated values, no I/O."""
+"""Frozen run configurations: validated values, no I/O.
+
+Every option is written once, here: its name, type, default, allowed values, bounds and
+help text live on the config field (``option(...)``). The CLI builds its parsers from
+these fields (``transfer_pipe.cli``) and the checks below read the same metadata, so a
+default or a description cannot drift between the command line, the flows and the docs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from transfer_pipe.errors import TransferPipeError
 
 DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
 DEFAULT_STORE = "./feature-store"
+DEFAULT_HEADS = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
 Dtype = Literal["float32", "float16"]
 Autocast = Literal["none", "bf16", "fp16"]
+Augment = Literal["auto", "affine", "crop-flip", "none"]
+BatchNorm = Literal["frozen", "train"]
+FREEZE_POLICY_HINT = "head, top-N (N = how many of the backbone's stages to train) or full"
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    flag: str | None = None,
+    positional: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A config field that carries what the CLI (and any other form) needs to offer it.
+
+    ``default=REQUIRED`` makes the field required. ``minimum``/``maximum`` bound a number
+    (inclusive), ``above`` excludes its bound; allowed values come from a ``Literal``
+    type; ``flag`` overrides the ``--field-name`` spelling; ``positional`` makes it a
+    positional argument; ``cli=False`` keeps the field off the command line.
+    """
+    metadata = {
+        "help": help,
+        "minimum": minimum,
+        "maximum": maximum,
+        "above": above,
+        "flag": flag,
+        "positional": positional,
+        "cli": cli,
+    }
+    if isinstance(default, list):  # mutable defaults are tuples here; guard the mistake
+        raise TypeError("use a tuple default")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+REQUIRED: Any = dataclasses.MISSING
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
-    """Everything one embed run needs; small enough to be a Prefect flow parameter."""
+class Option:
+    """One field of a config as a form sees it."""
 
-    source: str
-    store: str = DEFAULT_STORE
-    backbone: str = DEFAULT_BACKBONE
-    weights_file: str | None = None
-    layers: tuple[str, ...] = ()  # empty: the pooled penultimate features
-    image_size: int | None = None  # None: the backbone's own input size
-    dtype: Dtype = "float32"
-    shard_size: int = 512
-    batch_size: int = 64
-    limit: int | None = None
-    dask_address: str | None = None
-    workers: int | None = None  # local Dask worker threads; None: one per core (at most 4)
-    device: str = "auto"  # "auto" picks CUDA when present
-    autocast: Autocast = "none"  # only used on CUDA; CPU always runs float32
+    name: str
+    type: Any  # the resolved annotation
+    default: Any
+    help: str
+    flag: str
+    positional: bool
+    minimum: float | None
+    maximum: float | None
+    above: float | None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        """The allowed values of a ``Literal`` field (``None`` for any other type)."""
+        base = self.base_type
+        return typing.get_args(base) if typing.get_origin(base) is Literal else None
+
+    @property
+    def optional(self) -> bool:
+        return type(None) in typing.get_args(self.type)
+
+    @property
+    def base_type(self) -> Any:
+        """The type without ``| None``."""
+        args = typing.get_args(self.type)
+        if typing.get_origin(self.type) in (typing.Union, types.UnionType) and type(None) in args:
+            (rest,) = (a for a in args if a is not type(None))
+            return rest
+        return self.type
+
+
+def options(config_class: type, only: tuple[str, ...] | None = None) -> Iterator[Option]:
+    """The command-line options of ``config_class`` in field order (``only``: those names,
+    in that order)."""
+    hints = _hints(config_class)
+    fields = {f.name: f for f in dataclasses.fields(config_class) if f.metadata.get("cli")}
+    for name in only if only is not None else tuple(fields):
+        f = fields[name]
+        flag = f.metadata["flag"] or "--" + name.replace("_", "-")
+        yield Option(
+            name=name,
+            type=hints[name],
+            default=f.default,
+            help=f.metadata["help"],
+            flag=flag,
+            positional=f.metadata["positional"],
+            minimum=f.metadata["minimum"],
+            maximum=f.metadata["maximum"],
+            above=f.metadata["above"],
+        )
+
+
+@functools.cache
+def _hints(config_class: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_class)
+
+
+class _Validated:
+    """Checks every field against its option metadata (allowed values, bounds), then the
+    class's own cross-field rules; all problems are reported together, each naming the
+    option to fix."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.dtype not in ("float32", "float16"):
-            problems.append(f"--dtype must be float32 or float16, not {self.dtype!r}")
-        if self.autocast not in ("none", "bf16", "fp16"):
-            problems.append(f"--autocast must be none, bf16 or fp16, not {self.autocast!r}")
-        if self.shard_size < 1:
-            problems.append(f"--shard-size must be at least 1, not {self.shard_size}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.image_size is not None and not 8 <= self.image_size <= 4096:
-            problems.append(f"--image-size must be between 8 and 4096, not {self.image_size}")
-        if self.limit is not None and self.limit < 1:
-            problems.append(f"--limit must be at least 1, not {self.limit}")
-        if self.workers is not None and self.workers < 1:
-            problems.append(f"--workers must be at least 1, not {self.workers}")
+        problems = [*self._option_problems(), *self._problems()]
         if problems:
             raise TransferPipeError("; ".join(problems) + ".")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def _option_problems(self) -> Iterator[str]:
+        for opt in options(type(self)):
+            value = getattr(self, opt.name)
+            if value is None:
+                continue
+            if opt.choices is not None and value not in opt.choices:
+                allowed = ", ".join(map(str, opt.choices))
+                yield f"{opt.flag} must be one of {allowed}, not {value!r}"
+            if opt.minimum is not None and value < opt.minimum:
+                yield f"{opt.flag} must be at least {opt.minimum:g}, not {value}"
+            if opt.above is not None and value <= opt.above:
+                yield f"{opt.flag} must be greater than {opt.above:g}, not {value}"
+            if opt.maximum is not None and value > opt.maximum:
+                yield f"{opt.flag} must be at most {opt.maximum:g}, not {value}"
 
-
-DEFAULT_HEADS = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
+    def _problems(self) -> list[str]:
+        return []
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One heads run: a feature set (by key, or by the embed run that makes it), a task,
-    the heads to fit, and the protocol's knobs."""
+class EmbedConfig(_Validated):
+    """Everything one embed run needs; small enough to be a Prefect flow parameter."""
 
-    feature_set: str | None = None  # a key of a complete feature set in ``store``
-    embed: EmbedConfig | None = None  # or: embed this first (a no-op when it is cached)
-    store: str = DEFAULT_STORE
-    task: str = "source"  # "source", a built-in mapping, a JSON task file or a labels file
-    heads: tuple[str, ...] = DEFAULT_HEADS
-    layer: str | None = None  # None: the feature set's first layer
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    shots: int | None = None  # few-shot: labelled training rows per class
-    shot_seeds: int = 5  # few-shot repeats, seeds 0..shot_seeds-1
-    c_min: float = 1e-6
-    c_max: float = 1e5
-    c_values: int = 45
-    max_iter: int = 100
-    device: str = "auto"
-    bootstrap: int = 1000
+    source: str = option(
+        REQUIRED,
+        "image folder, CSV/Parquet manifest, IDX folder, fsspec URL, or 'fashion-mnist'",
+        positional=True,
+    )
+    store: str = option(DEFAULT_STORE, "feature store folder or URL")
+    backbone: str = option(DEFAULT_BACKBONE, "backbone id (`transfer-pipe backbones` lists them)")
+    weights_file: str | None = option(None, "local state dict for the backbone")
+    layers: tuple[str, ...] = option(
+        (),
+        "comma-separated layers to pool (default: the pooled penultimate features; "
+        "'stages' = every stage)",
+    )
+    image_size: int | None = option(
+        None, "input size in pixels (default: the backbone's)", minimum=8, maximum=4096
+    )
+    dtype: Dtype = option("float32", "dtype the features are stored in")
+    shard_size: int = option(512, "images per shard task", minimum=1)
+    batch_size: int = option(64, "images per forward pass", minimum=1)
+    limit: int | None = option(
+        None,
+        "embed only N images: each split keeps its share, and the rows of a smaller limit "
+        "are a subset of those of a larger one",
+        minimum=1,
+    )
+    dask_address: str | None = option(
+        None, "address of an existing Dask scheduler (default: DASK_SCHEDULER_ADDRESS, else local)"
+    )
+    workers: int | None = option(
+        None, "threads of the local Dask worker (default: one per core, at most 4)", minimum=1
+    )
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    autocast: Autocast = option("none", "reduced-precision forward pass; CUDA only")
 
-    def __post_init__(self) -> None:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskOptions(_Validated):
+    """What the heads and fine-tuning flows share: which features, which labels, which rows
+    are train, validation and test."""
+
+    feature_set: str | None = option(None, "a key of a complete feature set", cli=False)
+    embed: EmbedConfig | None = option(None, "or: embed this source first", cli=False)
+    store: str = option(DEFAULT_STORE, "feature store folder or URL")
+    task: str = option(
+        "source",
+        "'source' (the source's labels), 'fashion-mnist-groups', a JSON task file, or a "
+        "CSV/Parquet file of sample_id,label",
+    )
+    val_fraction: float = option(
+        0.1, "share of the training rows held out for validation", minimum=0.01, maximum=0.9
+    )
+    test_fraction: float = option(
+        0.2, "share of rows for test when the source has no split", minimum=0.01, maximum=0.9
+    )
+    split_seed: int = option(0, "seed of the stratified splits")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda ...")
+
+    def _problems(self) -> list[str]:
         problems = []
         if (self.feature_set is None) == (self.embed is None):
             problems.append("give either a feature set key or a source to embed, not both")
         if self.embed is not None and self.embed.store != self.store:
-            problems.append("the embed run must write to the same store the heads read")
-        if not self.heads:
-            problems.append("--heads names no head")
-        if self.shots is not None and self.shots < 1:
-            problems.append(f"--shots must be at least 1, not {self.shots}")
-        if self.shot_seeds < 1:
-            problems.append(f"--shot-seeds must be at least 1, not {self.shot_seeds}")
-        if not (0 < self.c_min < self.c_max) or self.c_values < 1:
-            problems.append("the C grid needs 0 < --c-min < --c-max and at least one value")
-        if self.max_iter < 1 or self.bootstrap < 1:
-            problems.append("--max-iter and --bootstrap must be at least 1")
-        if problems:
-            raise TransferPipeError("; ".join(problems) + ".")
-
-
-FREEZE_POLICY_HINT = "head, top-N (N = how many of the backbone's stages to train) or full"
-AUGMENTATIONS = ("auto", "affine", "crop-flip", "none")
+            problems.append("the embed run must write to the same store this run reads")
+        return problems
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class TrainConfig(TaskOptions):
+    """One heads run: a feature set (by key, or by the embed run that makes it), a task,
+    the heads to fit, and the protocol's knobs."""
+
+    heads: tuple[str, ...] = option(DEFAULT_HEADS, "comma-separated heads to fit")
+    layer: str | None = option(
+        None, "feature layer (default: the feature set's first); 'a+b' puts layers side by side"
+    )
+    shots: int | None = option(None, "few-shot: labelled training rows per class", minimum=1)
+    shot_seeds: int = option(5, "few-shot repeats, seeds 0..N-1", minimum=1)
+    c_min: float = option(1e-6, "logreg C grid start (log-spaced)")
+    c_max: float = option(1e5, "logreg C grid end")
+    c_values: int = option(45, "logreg C grid size", minimum=1)
+    max_iter: int = option(100, "L-BFGS iterations per C", minimum=1)
+    bootstrap: int = option(1000, "bootstrap resamples for the 95% interval", minimum=1)
+
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
+        if not self.heads:
+            problems.append("--heads names no head")
+        if not 0 < self.c_min < self.c_max:
+            problems.append("the C grid needs 0 < --c-min < --c-max")
+        return problems
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TaskOptions):
     """One fine-tuning run: a feature set (or the embed run that makes it) whose rows,
     task and splits it shares with the heads flow, how much of the backbone to train,
     and the optimizer's knobs. The linear probe for the same task and split is its
     baseline (and, with ``lp_ft``, its starting head)."""
 
-    feature_set: str | None = None
-    embed: EmbedConfig | None = None
-    store: str = DEFAULT_STORE
-    task: str = "source"
-    policy: str = "top-2"  # "head", "top-N" or "full"
-    lp_ft: bool = False  # start from the linear probe's weights (LP-FT)
-    epochs: int = 10
-    batch_size: int = 128
-    accumulate: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-4  # the top of the backbone's (the head: 10x, or 1x with LP-FT);
-    # each stage further down gets lr_decay times less
-    lr_decay: float = 0.7
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    augment: str = "auto"  # "affine" (small greyscale), "crop-flip" (photos), "none"
-    bn: str = "frozen"  # "frozen": BatchNorm statistics stay; "train": trained blocks update them
-    patience: int = 3  # epochs without a better validation accuracy before stopping
-    seed: int = 0
-    device: str = "auto"
-    autocast: Autocast = "bf16"  # CUDA only; CPU trains in float32
-    loader_workers: int | None = None  # DataLoader processes; None: cores - 1 (at most 8)
-    loader_threads: int | None = None  # decode threads without processes; None: per core
-    time_budget_s: float | None = None  # stop after the epoch that crosses it
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    publish: bool = False  # register the weights as a backbone and re-embed the dataset
+    policy: str = option("top-2", f"what to train: {FREEZE_POLICY_HINT}")
+    lp_ft: bool = option(False, "start from the linear probe's weights (LP-FT)")
+    epochs: int = option(10, "training epochs at most", minimum=1)
+    batch_size: int = option(128, "images per micro-batch", minimum=1)
+    accumulate: int = option(1, "micro-batches per optimizer step", minimum=1)
+    lr: float = option(
+        1e-4,
+        "learning rate at the top of the backbone (a new head: 10x; LP-FT's head: 1x); "
+        "each stage further down gets --lr-decay times less",
+        above=0,
+    )
+    lr_decay: float = option(0.7, "learning-rate factor per stage downwards", above=0, maximum=1)
+    weight_decay: float = option(0.05, "AdamW weight decay (not on biases and norms)", minimum=0)
+    warmup_epochs: float = option(1.0, "linear warmup before the cosine schedule", minimum=0)
+    label_smoothing: float = option(0.1, "label smoothing", minimum=0, maximum=0.99)
+    augment: Augment = option(
+        "auto", "'affine' (small greyscale), 'crop-flip' (photos), 'none'; auto picks"
+    )
+    bn: BatchNorm = option(
+        "frozen",
+        "BatchNorm statistics: keep the pretrained ones, or update them in trained stages",
+    )
+    patience: int = option(
+        3, "epochs without a better validation accuracy before stopping", minimum=1
+    )
+    seed: int = option(0, "seed of initialisation, shuffling and augmentation")
+    autocast: Autocast = option("bf16", "reduced-precision training; CUDA only")
+    loader_workers: int | None = option(
+        None, "DataLoader processes (default: cores - 1, at most 8; none on 2 cores)", cli=False
+    )
+    loader_threads: int | None = option(
+        None, "decode threads without processes (default: one per core)", cli=False
+    )
+    time_budget_s: float | None = option(
+        None,
+        "seconds; the schedule is fitted to it and training stops after the epoch that crosses it",
+        above=0,
+        flag="--time-budget",
+    )
+    publish: bool = option(
+        False, "register the weights as a backbone and re-embed the dataset with them"
+    )
 
-    def __post_init__(self) -> None:
-        problems = []
-        if (self.feature_set is None) == (self.embed is None):
-            problems.append("give either a feature set key or a source to embed, not both")
-        if self.embed is not None and self.embed.store != self.store:
-            problems.append("the embed run must write to the same store fine-tuning reads")
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
         try:
             parse_policy(self.policy)
         except TransferPipeError as err:
             problems.append(str(err))
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
-            problems.append("--epochs, --batch-size and --accumulate must be at least 1")
-        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
-            problems.append("--lr must be positive and --lr-decay in (0, 1]")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
-            problems.append("--weight-decay, --warmup-epochs >= 0 and --label-smoothing in [0, 1)")
-        if self.augment not in AUGMENTATIONS:
-            problems.append(f"--augment must be one of {', '.join(AUGMENTATIONS)}")
-        if self.bn not in ("frozen", "train"):
-            problems.append(f"--bn must be frozen or train, not {self.bn!r}")
-        if self.patience < 1:
-            problems.append(f"--patience must be at least 1, not {self.patience}")
-        if self.autocast not in ("none", "bf16", "fp16"):
-            problems.append(f"--autocast must be none, bf16 or fp16, not {self.autocast!r}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            problems.append("--time-budget must be positive")
-        if problems:
-            raise TransferPipeError("; ".join(problems) + ".")
+        return problems
+
+
+@dataclass(frozen=True)
+class PredictConfig(_Validated):
+    """Classify image files with a fitted head."""
+
+    paths: tuple[str, ...] = option(REQUIRED, "image files or URLs", positional=True)
+    head: str = option(REQUIRED, "head id (`transfer-pipe heads ls` lists them)")
+    out: str = option(REQUIRED, "predictions file, .csv or .parquet")
+    store: str = option(DEFAULT_STORE, "feature store folder or URL")
+    top_k: int = option(5, "classes per prediction", minimum=1)
+    weights_file: str | None = option(None, "the local weights file the feature set used")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda ...")
+
+    def _problems(self) -> list[str]:
+        return [] if self.paths else ["give at least one image file"]
 
 
 def parse_policy(policy: str) -> int | None:

@@ -46,18 +46,22 @@ class Manifest:
         return len(self.table)
 
     def limit(self, n: int | None) -> Manifest:
-        """At most ``n`` rows (all when None), every split keeping its share of them.
+        """At most ``n`` rows (all when None), every split keeping its share of them (to
+        within one row), and a smaller limit's rows always a subset of a larger one's.
 
-        Rows are taken in sample_id order, so the same ``n`` always picks the same images.
+        Rows are taken in sample_id order within each split, the splits interleaved by
+        how far through themselves each row lies, and the first ``n`` of that one order
+        kept: the same ``n`` always picks the same images, and raising ``n`` only adds.
         """
         if n is None or n >= len(self):
             return self
-        groups = dict(tuple(self.table.groupby(SPLIT, sort=True)))
-        quotas = {name: len(group) * n // len(self) for name, group in groups.items()}
-        largest = max(groups, key=lambda name: len(groups[name]))
-        quotas[largest] += n - sum(quotas.values())  # hand the rounding remainder out
-        parts = [group.head(quotas[name]) for name, group in groups.items()]
-        return Manifest.from_rows(pd.concat(parts), self.source)
+        split = self.table[SPLIT]
+        position = split.groupby(split, sort=False).cumcount()
+        through = (position + 0.5) / split.map(split.value_counts())
+        order = pd.DataFrame({"through": through, "split": split}).sort_values(
+            ["through", "split"], kind="stable"
+        )
+        return Manifest.from_rows(self.table.loc[order.index[:n]], self.source)
 
     def digest(self) -> str:
         """sha256 over every row: changes when any image, label, split or id changes."""

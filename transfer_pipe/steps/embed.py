@@ -55,17 +55,38 @@ class EmbedPlan:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def check_embed_inputs(config: EmbedConfig) -> tuple[BackboneSpec, list[str]]:
+def check_embed_inputs(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
     """Fail fast, before any orchestration starts and before anything is written, on the
-    mistakes a user makes most: a missing dataset, an unknown backbone or layer, a weights
-    file that does not fit, a store that cannot be written. Returns the backbone and the
-    resolved layer names."""
+    mistakes a user makes most: an unknown backbone or layer, a weights file that does not
+    fit, a missing dataset or one whose content cannot be read (an empty folder, a manifest
+    without its columns or naming missing files), a store that cannot be written. Returns
+    the backbone, the resolved layer names and the (limited) manifest."""
     backbone = get_backbone(config.backbone, config.weights_file)
     # Building the model also checks that a --weights-file matches the backbone.
     layers = resolve_layers(backbone, _driver_model(backbone), list(config.layers))
     check_source(config.source)
-    open_store(config.store).ensure_writable()
-    return backbone, layers
+    manifest = load_manifest(config.source).limit(config.limit)
+    open_store(config.store).ensure_writable()  # last: it may create the store's folder
+    _checked_manifests[config] = manifest
+    while len(_checked_manifests) > 4:  # only the runs about to start; never a cache
+        del _checked_manifests[next(iter(_checked_manifests))]
+    return backbone, layers, manifest
+
+
+# The manifest a check just loaded, taken (once) by the run that follows it in the same
+# process, so a source is listed and hashed once, not twice. Taken, not kept: a long-lived
+# process (a worker running scheduled runs) lists the source afresh every run.
+_checked_manifests: dict[EmbedConfig, Manifest] = {}
+
+
+def _checked(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
+    """``check_embed_inputs``, reusing the manifest of a check just made for ``config``."""
+    manifest = _checked_manifests.pop(config, None)
+    if manifest is None:
+        return check_embed_inputs(config)
+    backbone = get_backbone(config.backbone, config.weights_file)
+    layers = resolve_layers(backbone, _driver_model(backbone), list(config.layers))
+    return backbone, layers, manifest
 
 
 def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
@@ -75,15 +96,13 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     the store is written to.
     """
     started = time.perf_counter()
-    backbone, layers = check_embed_inputs(config)
+    backbone, layers, manifest = _checked(config)
+    checked_seconds = time.perf_counter() - started
     preprocessing = backbone.preprocessing
     if config.image_size is not None:
         preprocessing = preprocessing.replace(image_size=config.image_size)
     layer_dims = _layer_dims(_driver_model(backbone), layers, preprocessing.image_size)
 
-    manifest_started = time.perf_counter()
-    manifest = load_manifest(config.source).limit(config.limit)
-    manifest_seconds = time.perf_counter() - manifest_started
     store = open_store(config.store)
     weights_digest = backbone.weights_digest()
     emb_key = embedding_key(backbone.id, weights_digest, preprocessing.to_dict(), config.dtype)
@@ -129,7 +148,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         status_before=status,
         tasks=tasks,
         shards_already_done=int(done.sum()),
-        seconds={"manifest": manifest_seconds, "prepare": time.perf_counter() - started},
+        seconds={"check": checked_seconds, "prepare": time.perf_counter() - started},
     )
 
 

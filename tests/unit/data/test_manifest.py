@@ -41,3 +41,31 @@ def test_duplicate_sample_ids_are_refused() -> None:
     table.loc[1, "sample_id"] = table.loc[0, "sample_id"]
     with pytest.raises(TransferPipeError, match="unique sample_id"):
         Manifest(table, "test")
+
+
+def test_a_larger_limit_keeps_every_row_of_a_smaller_one() -> None:
+    # Three splits whose shares cross their rounding boundaries at different n: with
+    # per-split floor quotas plus a remainder, n=4 held fewer train rows than n=3.
+    # Mutation: restoring those quotas (group.head(floor share) + remainder to the largest
+    # split) makes this fail.
+    rows = [
+        {
+            "sample_id": f"{split}{i:03d}",
+            "uri": f"file:///{split}{i}",
+            "label": str(i % 3),
+            "split": split,
+            "content_hash": f"{split}{i}",
+        }
+        for split, count in (("train", 50), ("val", 25), ("test", 25))
+        for i in range(count)
+    ]
+    full = Manifest.from_rows(pd.DataFrame(rows), "test")
+    previous: set[str] = set()
+    for n in range(1, len(full) + 1):
+        limited = full.limit(n)
+        ids = set(limited.table["sample_id"])
+        assert len(ids) == n and previous <= ids, n
+        counts = limited.table["split"].value_counts()
+        for split, count in (("train", 50), ("val", 25), ("test", 25)):
+            assert abs(counts.get(split, 0) - n * count / len(full)) <= 1, (n, split)
+        previous = ids

@@ -1,0 +1,122 @@
+"""Options are written once, on the config fields: the CLI, its help and the checks read them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from transfer_pipe.cli import build_parser, config_from
+from transfer_pipe.config import (
+    EmbedConfig,
+    FinetuneConfig,
+    PredictConfig,
+    TrainConfig,
+    options,
+)
+from transfer_pipe.errors import TransferPipeError
+
+
+def _parsed(*argv: str):  # type: ignore[no-untyped-def]
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "config_class", "extra"),
+    [
+        (("embed", "src"), EmbedConfig, {}),
+        (("train", "src"), TrainConfig, {"feature_set": "k"}),
+        (("finetune", "src"), FinetuneConfig, {"feature_set": "k"}),
+        (("predict", "a.png", "--head", "h", "--out", "o.csv"), PredictConfig, {}),
+    ],
+)
+def test_the_command_line_defaults_are_the_config_defaults(
+    argv: tuple[str, ...], config_class: type, extra: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Mutation: a default written again in the parser (e.g. --lr default 1e-3, or --c-values
+    # 40) makes the parsed config differ from the field's default.
+    monkeypatch.delenv("TRANSFER_PIPE_STORE", raising=False)
+    args = _parsed(*argv)
+    from_cli = config_from(config_class, args, **extra)
+    required = {"source": "src", "paths": ("a.png",), "head": "h", "out": "o.csv"}
+    names = {f.name for f in dataclasses.fields(config_class)}
+    direct = config_class(**{k: v for k, v in required.items() if k in names}, **extra)
+    assert from_cli == direct
+    # Every option of the config is offered by the command (none forgotten).
+    assert {o.name for o in options(config_class)} <= set(vars(args))
+
+
+def test_help_and_choices_come_from_the_fields() -> None:
+    # Mutation: dropping the choices from add_options lets --dtype float64 through.
+    with pytest.raises(SystemExit) as exit_info:
+        _parsed("embed", "src", "--dtype", "float64")
+    assert exit_info.value.code == 2
+    help_text = build_parser()._subparsers._group_actions[0].choices["finetune"].format_help()  # type: ignore[union-attr]
+    for opt in options(FinetuneConfig):
+        assert opt.flag in help_text
+    assert "--time-budget" in help_text and "--bn {frozen,train}" in help_text
+
+
+def test_the_store_default_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFER_PIPE_STORE", "/data/store")
+    assert _parsed("embed", "src").store == "/data/store"
+    assert _parsed("ls").store == "/data/store"
+
+
+@pytest.mark.parametrize(
+    ("values", "flag"),
+    [
+        ({"shard_size": 0}, "--shard-size"),
+        ({"image_size": 5000}, "--image-size"),
+        ({"dtype": "float64"}, "--dtype"),
+        ({"autocast": "fp8"}, "--autocast"),
+        ({"limit": 0}, "--limit"),
+    ],
+)
+def test_bad_embed_values_name_the_option(values: dict, flag: str) -> None:
+    # Mutation: skipping _option_problems in __post_init__ accepts every one of these.
+    with pytest.raises(TransferPipeError, match=flag):
+        EmbedConfig(source="src", **values)
+
+
+@pytest.mark.parametrize(
+    ("values", "flag"),
+    [
+        ({"lr": 0.0}, "--lr"),
+        ({"lr_decay": 1.5}, "--lr-decay"),
+        ({"time_budget_s": 0.0}, "--time-budget"),
+        ({"bn": "both"}, "--bn"),
+        ({"augment": "mixup"}, "--augment"),
+        ({"policy": "top-zero"}, "freeze policy"),
+        ({"val_fraction": 0.0}, "--val-fraction"),
+    ],
+)
+def test_bad_finetune_values_name_the_option(values: dict, flag: str) -> None:
+    with pytest.raises(TransferPipeError, match=flag):
+        FinetuneConfig(feature_set="k", **values)
+
+
+def test_all_problems_are_reported_together() -> None:
+    with pytest.raises(TransferPipeError) as err:
+        TrainConfig(feature_set="k", heads=(), c_min=1.0, c_max=0.5, bootstrap=0)
+    message = str(err.value)
+    assert "--heads" in message and "--c-min" in message and "--bootstrap" in message
+
+
+def test_a_feature_set_or_a_source_never_both() -> None:
+    with pytest.raises(TransferPipeError, match="not both"):
+        TrainConfig()
+    with pytest.raises(TransferPipeError, match="same store"):
+        TrainConfig(embed=EmbedConfig(source="s", store="a"), store="b")
+
+
+def test_the_readme_lists_every_option() -> None:
+    # Mutation: a new config field (an option) not added to the README's CLI block fails here.
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    cli_block = readme.split("## CLI", 1)[1].split("```", 2)[1]
+    for config_class in (EmbedConfig, TrainConfig, FinetuneConfig, PredictConfig):
+        for opt in options(config_class):
+            if not opt.positional:
+                assert opt.flag in cli_block, f"{opt.flag} of {config_class.__name__}"

@@ -1,0 +1,26 @@
+"""Every check that can run before a flow starts, in one place: the CLI calls it before a
+Prefect server starts (seconds, not the 20-40 s of a server start), and a flow can call it
+as its first step, so a bad value fails the same way from either door."""
+
+from __future__ import annotations
+
+from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
+from transfer_pipe.heads.protocol import head_kind
+from transfer_pipe.heads.tasks import parse_task
+from transfer_pipe.steps.embed import check_embed_inputs
+
+
+def check_inputs(config: EmbedConfig | TrainConfig | FinetuneConfig) -> None:
+    """Raise ``TransferPipeError`` naming what to fix: an unknown head or task, an unknown
+    backbone, layer or weights file, a missing source, a source whose content cannot be
+    read as a dataset (an empty folder, a manifest without its columns or naming missing
+    files), a store that cannot be written. Nothing is written."""
+    if isinstance(config, EmbedConfig):
+        check_embed_inputs(config)
+        return
+    if isinstance(config, TrainConfig):
+        for name in config.heads:
+            head_kind(name)
+    parse_task(config.task)
+    if config.embed is not None:
+        check_embed_inputs(config.embed)

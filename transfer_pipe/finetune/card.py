@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from transfer_pipe.records import Record, known_fields
-from transfer_pipe.store.cards import SplitSizes, TaskRef
+from transfer_pipe.store.cards import ModelCard
 
 MODEL_FILE = "model.safetensors"
 
@@ -81,19 +81,10 @@ class FinetuneResult(Record):
 
 
 @dataclass(frozen=True)
-class FinetuneCard(Record):
+class FinetuneCard(ModelCard):
     """The model card of a saved fine-tuning run."""
 
     run_id: str
-    feature_set: str
-    store: str
-    source: str
-    backbone: str
-    weights_digest: str
-    preprocessing: dict[str, Any]
-    task: TaskRef
-    classes: list[str]
-    splits: SplitSizes
     policy: str
     lp_ft: bool
     probe_head_id: str
@@ -101,8 +92,6 @@ class FinetuneCard(Record):
     trainable_segments: list[str]
     trainable_parameters: int
     result: FinetuneResult  # as trained: without ``url`` and ``reused``
-    libraries: dict[str, str]
-    created: str
     model_file: str = MODEL_FILE
 
     @property
@@ -112,11 +101,8 @@ class FinetuneCard(Record):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """The card as read back from ``card.json``."""
-        fields = known_fields(cls, data, f"card of fine-tuning run {data.get('run_id', '?')!r}")
-        fields["task"] = TaskRef.from_dict(fields["task"])
-        fields["splits"] = SplitSizes.from_dict(fields["splits"])
-        fields["result"] = FinetuneResult.from_dict(fields["result"])
-        return cls(**fields)
+        fields = cls._read_fields(data, f"card of fine-tuning run {data.get('run_id', '?')!r}")
+        return cls(**{**fields, "result": FinetuneResult.from_dict(fields["result"])})
 
 
 @dataclass(frozen=True)

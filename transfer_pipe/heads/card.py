@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from transfer_pipe.records import Record, known_fields
-from transfer_pipe.store.cards import SplitSizes, TaskRef
+from transfer_pipe.records import Record
+from transfer_pipe.store.cards import ModelCard
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,13 @@ class HeadResult(Record):
 
 
 @dataclass(frozen=True)
-class HeadCard(Record):
+class HeadCard(ModelCard):
     """The model card of a saved head (``model_file`` is set when it is saved)."""
 
     head_id: str
-    feature_set: str
-    store: str
-    source: str
-    backbone: str
-    weights_digest: str
-    preprocessing: dict[str, Any]
     embedding_key: str
     dtype: str
     layer: str
-    task: TaskRef
-    classes: list[str]
-    splits: SplitSizes
     shots: int | None
     shot_seed: int | None
     head: str
@@ -58,8 +49,6 @@ class HeadCard(Record):
     validation_curve: list[dict[str, Any]]
     metrics: dict[str, Any]
     seconds: dict[str, float]
-    libraries: dict[str, str]
-    created: str
     model_file: str = ""
 
     @property
@@ -69,10 +58,7 @@ class HeadCard(Record):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """The card as read back from ``card.json``."""
-        fields = known_fields(cls, data, f"card of head {data.get('head_id', '?')!r}")
-        fields["task"] = TaskRef.from_dict(fields["task"])
-        fields["splits"] = SplitSizes.from_dict(fields["splits"])
-        return cls(**fields)
+        return cls(**cls._read_fields(data, f"card of head {data.get('head_id', '?')!r}"))
 
 
 @dataclass(frozen=True)

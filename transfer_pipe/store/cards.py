@@ -71,6 +71,34 @@ class SplitSizes(Record):
         return cls(**known_fields(cls, data, "a card's splits"))
 
 
+@dataclass(frozen=True)
+class ModelCard(Record):
+    """What every model card records (a head's and a fine-tuning run's add their own):
+    the feature set and where it came from, the weights and preprocessing, the task, its
+    classes and split, the library versions and when it was made."""
+
+    feature_set: str
+    store: str
+    source: str
+    backbone: str
+    weights_digest: str
+    preprocessing: dict[str, Any]
+    task: TaskRef
+    classes: list[str]
+    splits: SplitSizes
+    libraries: dict[str, str]
+    created: str
+
+    @classmethod
+    def _read_fields(cls, data: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """``cls``'s fields from ``data`` (see ``known_fields``), the shared nested ones
+        parsed; a subclass's ``from_dict`` parses its own nested fields on top."""
+        fields = known_fields(cls, data, what)
+        fields["task"] = TaskRef.from_dict(fields["task"])
+        fields["splits"] = SplitSizes.from_dict(fields["splits"])
+        return fields
+
+
 def card_folder(store: str, folder: str, card_id: str) -> str:
     """``<store>/<folder>/<card_id>``: where one model's files and card live."""
     return posixpath.join(store.rstrip("/"), folder, card_id)

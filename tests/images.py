@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 GOOD_KINDS = ("png", "jpeg", "gray", "palette", "rgba", "cmyk", "png16", "gif_animated", "exif")
 BAD_FILES = {
@@ -88,3 +88,80 @@ def make_dataset(
         Image.new("1", (20_000, 10_000)).save(bomb, format="PNG")
         written.append(bomb)
     return written
+
+
+# -- image sets that carry their class ------------------------------------------------------
+# The sets above are random patterns: a head can only score chance on them. The sets below
+# carry their class in their pixels, so a test can demand accuracy well above chance.
+
+SHAPES = ("circle", "square", "triangle")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def draw_shape(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A light ``kind`` (one of SHAPES) on a dark background: random side (40-85% of the
+    image), position and grey levels, so neither brightness nor place gives the class away
+    as plainly as the outline does. Its area does differ by class (a triangle covers half
+    its box, a circle 79%), one cue among several for a feature extractor."""
+    background, foreground = int(rng.integers(0, 100)), int(rng.integers(160, 256))
+    image = Image.new("RGB", (size, size), (background,) * 3)
+    side = int(rng.integers(int(0.4 * size), int(0.85 * size) + 1))
+    x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    box = (x, y, x + side - 1, y + side - 1)
+    draw = ImageDraw.Draw(image)
+    if kind == "circle":
+        draw.ellipse(box, fill=(foreground,) * 3)
+    elif kind == "square":
+        draw.rectangle(box, fill=(foreground,) * 3)
+    elif kind == "triangle":
+        apex = (x + (side - 1) / 2, y)
+        draw.polygon(
+            [(x, y + side - 1), (x + side - 1, y + side - 1), apex], fill=(foreground,) * 3
+        )
+    else:
+        raise ValueError(kind)
+    return image
+
+
+def make_shapes(root: Path, per_class: int, *, seed: int = 0, size: int = 32) -> list[Path]:
+    """A ``root/<shape>/<file>.png`` tree: ``per_class`` drawn images of each of SHAPES."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for i in range(per_class):
+        for kind in SHAPES:  # interleaved: every class sees the same stretch of the RNG
+            path = root / kind / f"{kind}{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw_shape(kind, rng, size).save(path, format="PNG")
+            written.append(path)
+    return written
+
+
+def fashion_mnist_folder() -> Path | None:
+    """The folder of Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist), or None."""
+    return FASHION_MNIST if (FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").exists() else None
+
+
+def make_fashion_mnist(root: Path, per_class: int, folder: Path = FASHION_MNIST) -> list[Path]:
+    """A ``root/<class>/<file>.png`` tree of the first ``per_class`` images of every class
+    of Fashion-MNIST's test file, written as real PNG files (28x28 greyscale)."""
+    from transfer_pipe.data.idx import FASHION_MNIST_CLASSES, read_idx
+
+    images = read_idx(folder / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+    written = []
+    for label, name in enumerate(FASHION_MNIST_CLASSES):
+        for index in np.flatnonzero(labels == label)[:per_class]:
+            path = root / name.replace("/", "-") / f"{index:05d}.png"  # "T-shirt/top"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[index]).save(path, format="PNG")
+            written.append(path)
+    return written
+
+
+def beyond_luck(rows: int, rate: float, odds: float = 1e-3) -> float:
+    """The accuracy on ``rows`` test rows that a classifier right on each row with
+    probability ``rate`` (chance: 1 / classes; or another model's accuracy) reaches with
+    probability at most ``odds``. An accuracy at or above it is not luck."""
+    from scipy.stats import binom
+
+    return float(binom.isf(odds, rows, rate) + 1) / rows

@@ -116,7 +116,7 @@ def test_publish_registers_a_backbone_and_re_embeds_with_it(
     catalog = open_store(str(store))
     new, old = catalog.spec(published), catalog.spec(key)
     assert catalog.status(published) == "complete"
-    backbone = f"finetuned/{summary['run_id']}"
+    backbone = f"finetuned/{summary.run_id}"
     assert new.backbone == backbone and backbone in list_backbones()
     assert new.preprocessing == old.preprocessing
     spec = get_backbone(backbone)  # resolvable by id in any process of this machine

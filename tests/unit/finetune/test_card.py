@@ -1,17 +1,23 @@
 """Model cards already in users' stores keep reading, and cards written now keep every
-key and value of the shape written before they became types (heads and fine-tuning)."""
+key and value of the shape written before they became types (heads and fine-tuning); a
+fine-tuning run saves and reads back, and an unfinished one reads as None."""
 
 from __future__ import annotations
 
 import copy
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+from safetensors import safe_open
 
+from transfer_pipe.backbones import get_backbone
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.card import FinetuneCard, FinetuneListing
+from transfer_pipe.finetune.persist import list_cards, read_card, save_finetuned
+from transfer_pipe.finetune.surgery import build_finetune_model
 from transfer_pipe.heads.card import HeadCard, HeadListing
 
 METRICS = {"accuracy": 0.75, "macro_f1": 0.7, "accuracy_ci95": [0.6, 0.9], "n": 4}
@@ -88,3 +94,18 @@ def test_a_card_missing_a_field_names_the_card_and_the_field() -> None:
     del broken["result"]["best_epoch"]
     with pytest.raises(TransferPipeError, match=r"source-top-1-lpft-9.*best_epoch"):
         FinetuneCard.from_dict(broken)
+
+
+def test_a_saved_run_reads_back_and_an_unfinished_one_reads_as_none(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    card = FinetuneCard.from_dict(OLD_FINETUNE_CARD)
+    model = build_finetune_model(get_backbone("tiny_test"), 2, "top-1", 32)
+    assert read_card(store, card.run_id) is None  # never started
+    folder = Path(save_finetuned(store, card, model))
+    assert read_card(store, card.run_id) == card and list_cards(store) == [card]
+    with safe_open(str(folder / card.model_file), framework="pt") as f:
+        assert json.loads(f.metadata()["classes"]) == card.classes
+        assert set(f.keys()) == set(model.state_dict())
+    # Mutation: a read_card that raises on a missing card (the heads' old behaviour) fails.
+    (folder / "card.json").unlink()  # as if the save was cut short
+    assert read_card(store, card.run_id) is None and list_cards(store) == []

@@ -58,8 +58,8 @@ class Manifest:
         split = self.table[SPLIT]
         position = split.groupby(split, sort=False).cumcount()
         through = (position + 0.5) / split.map(split.value_counts())
-        order = pd.DataFrame({"through": through, "split": split}).sort_values(
-            ["through", "split"], kind="stable"
+        order = pd.DataFrame({"through": through, SPLIT: split}).sort_values(
+            ["through", SPLIT], kind="stable"
         )
         return Manifest.from_rows(self.table.loc[order.index[:n]], self.source)
 

@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.preprocessing import StandardScaler
 
 from tests.unit.heads.synthetic import CLASSES, blobs, task_data
+from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads import protocol
 from transfer_pipe.heads.protocol import (
@@ -23,6 +24,7 @@ from transfer_pipe.heads.protocol import (
     head_kind,
 )
 from transfer_pipe.heads.tasks import SplitRows, TaskData
+from transfer_pipe.steps.train import protocol_options
 
 FAST = ProtocolOptions(c_values=9, max_iter=50, refit_max_iter=200, device="cpu", bootstrap=20)
 
@@ -224,6 +226,24 @@ def test_linear_heads_refit_with_the_refit_iteration_budget() -> None:
     head = fitted.model.named_steps["head"]
     assert (head.max_iter, head.warm_start, head.loss) == (200, False, "squared_hinge")
     np.testing.assert_allclose([p["C"] for p in fitted.validation], np.logspace(-6, 0, 7))
+
+
+def test_the_default_c_grid_is_45_log_spaced_values_from_1e_6_to_1e5() -> None:
+    """The README's probe: C from 45 log-spaced values between 1e-6 and 1e5, as a heads
+    run gets them by default, and walked in full, in ascending order, by the logreg head."""
+    # Mutation: a default of 44 values, or c_max 1e4, in TrainConfig fails the first loop;
+    # the same in ProtocolOptions fails it too; a grid walked in reverse fails the last line.
+    for grid in (
+        protocol_options(TrainConfig(feature_set="any")).c_grid(),
+        ProtocolOptions().c_grid(),
+    ):
+        assert len(grid) == 45
+        assert grid[0] == pytest.approx(1e-6, rel=1e-9) and grid[-1] == pytest.approx(1e5, rel=1e-9)
+        steps = np.diff(np.log10(grid))
+        np.testing.assert_allclose(steps, 11 / 44)  # 11 decades in 44 equal steps
+    quick = ProtocolOptions(max_iter=2, refit_max_iter=5, device="cpu", bootstrap=2)
+    fitted = fit_head("logreg", _separable_problem(), quick)
+    assert [point["C"] for point in fitted.validation] == list(ProtocolOptions().c_grid())
 
 
 # -- class probabilities and head lookup -------------------------------------------------

@@ -34,7 +34,7 @@ def test_resolve_layers_defaults_expands_and_dedupes(tiny: nn.Module) -> None:
         "stages.2",
         PENULTIMATE,
     ]
-    assert resolve_layers(spec, tiny, "stages") == spec.stage_layers()
+    assert resolve_layers(spec, tiny, "stages") == ["stages.0", "stages.1", "stages.2"]
 
 
 def test_resolve_layers_rejects_unknown_names_with_examples(tiny: nn.Module) -> None:
@@ -63,6 +63,30 @@ def test_stage_taps_give_one_vector_per_stage_in_one_forward(tiny: nn.Module) ->
             h = stage(h)
             torch.testing.assert_close(out[f"stages.{i}"], h.mean(dim=(2, 3)))
     torch.testing.assert_close(out[PENULTIMATE], out["stages.2"])  # pool -> classifier input
+
+
+# Output channels of each stage, shallow to deep, written out from the architectures
+# (EfficientNet-Lite0: the published block table, 16 ... 320) rather than read from the
+# model or the spec, so that a wrong stage list cannot agree with itself.
+STAGE_WIDTHS = {
+    "tiny_test": [8, 16, 32],
+    "efficientnet_lite0.in1k": [16, 24, 40, 80, 112, 192, 320],
+}
+
+
+@pytest.mark.parametrize("backbone_id", sorted(STAGE_WIDTHS))
+def test_stages_are_the_architectures_stages_shallow_to_deep(backbone_id: str) -> None:
+    """Mutations seen to fail it: a backbone's ``stages`` listing one stage too few
+    (``range(len(...) - 1)`` in builtin.py) or listing them deep to shallow."""
+    spec = get_backbone(backbone_id)
+    model = spec.build()
+    widths = STAGE_WIDTHS[backbone_id]
+    layers = resolve_layers(spec, model, ["stages"])
+    assert layers == [f"stages.{i}" for i in range(len(widths))]
+    size = spec.preprocessing.image_size
+    with LayerTap(model, layers) as tap, torch.inference_mode():
+        out = tap(torch.zeros(1, 3, size, size))
+    assert [out[layer].shape[1] for layer in layers] == widths
 
 
 def test_outputs_are_float32_contiguous_with_channels_last_and_autocast(tiny: nn.Module) -> None:

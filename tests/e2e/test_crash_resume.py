@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 from tests.images import make_dataset
@@ -76,3 +77,133 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, prefect_
     assert killed.failures(key).equals(clean.failures(key))
     assert len(clean.failures(key)) == 4
     assert not list(killed_store.rglob("*.partial")), "a killed write left a temporary file"
+
+
+# --- a kill while the store is created, and while the run commits -----------------------
+
+# Runs `transfer-pipe` and SIGKILLs its own process at one write of the store, chosen by
+# what is written, not by a point the product code offers: zarr writes every file to a
+# temporary "<name>.<uuid>.partial" and renames it into place, and the kill comes just
+# before that rename, so the new content is on disk but not yet in place.
+_KILLING_RUNNER = """
+import json, os, pathlib, signal, sys
+
+from transfer_pipe.cli import main
+from transfer_pipe.store.zarr_store import ZarrFeatureStore
+
+point = os.environ["KILL_AT"]
+inside: set[str] = set()
+
+
+def during(name, method):
+    def wrapped(*args, **kwargs):
+        inside.add(name)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            inside.discard(name)
+    return wrapped
+
+
+ZarrFeatureStore.create = during("create", ZarrFeatureStore.create)
+ZarrFeatureStore.mark_complete = during("mark_complete", ZarrFeatureStore.mark_complete)
+rename = pathlib.Path.replace
+
+
+def attributes(partial):
+    return json.loads(partial.read_bytes()).get("attributes", {})
+
+
+def killing_rename(self, target):
+    target = pathlib.Path(target)
+    metadata = target.name == "zarr.json"
+    if point == "create-midway" and "create" in inside and metadata:
+        die = target.parent.parent.name == "features"  # the first layer's array
+    elif point == "create-commit" and "create" in inside and metadata:
+        die = "spec" in attributes(self)
+    elif point == "finalize-commit" and "mark_complete" in inside and metadata:
+        die = attributes(self).get("status") == "complete"
+    else:
+        die = False
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, target)
+
+
+pathlib.Path.replace = killing_rename
+sys.exit(main(sys.argv[1:]))
+"""
+KILL_POINTS = ("create-midway", "create-commit", "finalize-commit")
+
+
+def _small_command(data: Path, store: Path) -> list[str]:
+    return [
+        "embed", str(data), "--store", str(store), "--backbone", "tiny_test",
+        "--layers", "penultimate,stages", "--shard-size", "4", "--workers", "1", "--json",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small_uninterrupted(
+    tmp_path_factory: pytest.TempPathFactory, prefect_api: str
+) -> tuple[Path, Path]:
+    """12 good images and 4 bad files (4 shards), embedded by one uninterrupted run."""
+    root = tmp_path_factory.mktemp("crash-points")
+    data, store = root / "images", root / "clean"
+    make_dataset(data, classes=2, per_class=6)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    command = [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, store)]
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    return data, store
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_while_creating_or_committing_resumes_to_the_uninterrupted_result(
+    point: str, small_uninterrupted: tuple[Path, Path], tmp_path: Path, prefect_api: str
+) -> None:
+    # Mutation: create() writing the spec first (not last) leaves a spec after the midway
+    # kill; the rerun resumes into arrays that were never created and fails.
+    # Mutation: status() counting a group without its spec as "incomplete" (not missing).
+    # Mutation: create_group without overwrite=True: the rerun cannot recreate the group.
+    # Mutation: recover() not removing *.partial leaves the killed commit's temporary file.
+    # Mutation: finalize skipping mark_complete when no shard was computed leaves the
+    # feature set incomplete after the finalize kill.
+    data, clean_store = small_uninterrupted
+    store = tmp_path / "killed"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    runner = tmp_path / "killing_runner.py"
+    runner.write_text(_KILLING_RUNNER)
+    killed = subprocess.run(
+        [sys.executable, str(runner), *_small_command(data, store)],
+        env={**env, "KILL_AT": point}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert list(store.rglob("*.partial")), "the kill did not come in the middle of a write"
+    at_kill = open_store(str(store))
+    [key] = open_store(str(clean_store)).list_keys()
+    if point.startswith("create"):
+        assert at_kill.list_keys() == [], "a half-created feature set counts as existing"
+    else:
+        assert at_kill.status(key) == "incomplete"
+        assert bool(at_kill.shards_done(key).all())
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, store)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["shards_computed"] == (0 if point == "finalize-commit" else 4)
+
+    resumed, clean = open_store(str(store)), open_store(str(clean_store))
+    assert resumed.list_keys() == [key]
+    assert resumed.status(key) == "complete"
+    assert resumed.row_table(key).equals(clean.row_table(key))
+    for layer in clean.spec(key).layers:
+        np.testing.assert_array_equal(
+            resumed.load(key, layer=layer).features, clean.load(key, layer=layer).features
+        )
+    assert resumed.failures(key).equals(clean.failures(key))
+    assert resumed.provenance(key)["counts"] == clean.provenance(key)["counts"]
+    assert not list(store.rglob("*.partial")), "a killed write left a temporary file"

@@ -22,7 +22,7 @@ from tests.images import SHAPES, beyond_luck, fashion_mnist_folder, make_fashion
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.store import open_store
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 def embed_config(data: Path, store: Path) -> EmbedConfig:

@@ -23,6 +23,7 @@ from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.store import open_store
 
+pytestmark = pytest.mark.slow
 KNOWN, NEW = 8, 2
 
 

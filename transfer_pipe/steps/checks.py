@@ -8,11 +8,13 @@ from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.heads.protocol import head_kind
 from transfer_pipe.heads.tasks import parse_task
 from transfer_pipe.steps.embed import check_embed_inputs
+from transfer_pipe.steps.train import check_features
 
 
 def check_inputs(config: EmbedConfig | TrainConfig | FinetuneConfig) -> None:
     """Raise ``TransferPipeError`` naming what to fix: an unknown head or task, an unknown
-    backbone, layer or weights file, a missing source, a source whose content cannot be
+    backbone, layer or weights file, a feature set that is not complete or lacks the
+    layer asked for, a missing source, a source whose content cannot be
     read as a dataset (an empty folder, a manifest without its columns or naming missing
     files), a store that cannot be written. Nothing is written."""
     if isinstance(config, EmbedConfig):
@@ -24,3 +26,6 @@ def check_inputs(config: EmbedConfig | TrainConfig | FinetuneConfig) -> None:
     parse_task(config.task)
     if config.embed is not None:
         check_embed_inputs(config.embed)
+    elif config.feature_set is not None:
+        layer = config.layer if isinstance(config, TrainConfig) else None
+        check_features(config.store, config.feature_set, layer)

@@ -39,7 +39,6 @@ from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.cards import SplitSizes, TaskRef
 
 _LIBRARIES = ("transfer-pipe", "torch", "scikit-learn", "numpy", "skops", "safetensors")
-_HEADLINE = ("accuracy", "macro_f1", "balanced_accuracy", "top5_accuracy", "ece")
 
 
 @dataclass(frozen=True)
@@ -65,24 +64,7 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     for name in config.heads:
         head_kind(name)
     store = open_store(config.store)
-    status = store.status(feature_set)
-    if status != "complete":
-        raise TransferPipeError(
-            f"feature set {feature_set} is {status} in {config.store}; "
-            + (
-                "run `transfer-pipe embed` again to finish it."
-                if status == "incomplete"
-                else f"`transfer-pipe ls --store {config.store}` lists the feature sets."
-            )
-        )
-    spec = store.spec(feature_set)
-    layer = config.layer or spec.layers[0]
-    missing = [name for name in split_layers(layer) if name not in spec.layers]
-    if missing:
-        raise TransferPipeError(
-            f"feature set {feature_set} has no layer {missing[0]!r}; it holds "
-            f"{list(spec.layers)} (join several with '+')."
-        )
+    spec, layer = check_features(config.store, feature_set, config.layer)
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
     data = load_task(store, feature_set, parse_task(config.task), layer, splits)
     if config.shots is not None:
@@ -93,6 +75,33 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     else:
         runs = tuple(HeadRun(head) for head in config.heads)
     return TrainPlan(config, feature_set, data, runs, spec)
+
+
+def check_features(
+    store_url: str, feature_set: str, layer: str | None
+) -> tuple[FeatureSetSpec, str]:
+    """The spec of a complete feature set and the layer to read (``a+b``: side by side;
+    None: its first), or an error that says what to run or pass instead."""
+    store = open_store(store_url)
+    status = store.status(feature_set)
+    if status != "complete":
+        raise TransferPipeError(
+            f"feature set {feature_set} is {status} in {store_url}; "
+            + (
+                "run `transfer-pipe embed` again to finish it."
+                if status == "incomplete"
+                else f"`transfer-pipe ls --store {store_url}` lists the feature sets."
+            )
+        )
+    spec = store.spec(feature_set)
+    layer = layer or spec.layers[0]
+    missing = [name for name in split_layers(layer) if name not in spec.layers]
+    if missing:
+        raise TransferPipeError(
+            f"feature set {feature_set} has no layer {missing[0]!r}; it holds "
+            f"{list(spec.layers)} (join several with '+')."
+        )
+    return spec, layer
 
 
 def protocol_options(config: TrainConfig) -> ProtocolOptions:
@@ -231,22 +240,37 @@ def finalize_training(
 
 
 def _head_summary(results: Sequence[HeadResult]) -> HeadSummary:
-    """One head kind's results (several for few-shot seeds): mean metrics, their spread."""
-    stats: dict[str, Any] = {}
-    for metric in _HEADLINE:
-        values = [r.metrics[metric] for r in results if metric in r.metrics]
-        if values:
-            stats[metric] = float(np.mean(values))
-            if len(values) > 1:
-                stats[f"{metric}_std"] = float(np.std(values))
-    if len(results) == 1:
-        stats["accuracy_ci95"] = list(results[0].metrics["accuracy_ci95"])
-        stats["chosen"] = results[0].chosen
+    """One head kind's results (several for few-shot seeds): mean metrics, their spread
+    (with several seeds), and the CI and chosen hyperparameters of a single head."""
+    metrics = [r.metrics for r in results]
+    accuracy, accuracy_std = _spread([m.accuracy for m in metrics])
+    macro_f1, macro_f1_std = _spread([m.macro_f1 for m in metrics])
+    balanced, balanced_std = _spread([m.balanced_accuracy for m in metrics])
+    ece, ece_std = _spread([m.ece for m in metrics])
+    top5 = [m.top5_accuracy for m in metrics if m.top5_accuracy is not None]
+    top5_accuracy, top5_std = _spread(top5) if top5 else (None, None)
+    single = results[0] if len(results) == 1 else None
     return HeadSummary(
-        **stats,
+        accuracy=accuracy,
+        macro_f1=macro_f1,
+        balanced_accuracy=balanced,
+        ece=ece,
+        top5_accuracy=top5_accuracy,
+        accuracy_std=accuracy_std,
+        macro_f1_std=macro_f1_std,
+        balanced_accuracy_std=balanced_std,
+        top5_accuracy_std=top5_std,
+        ece_std=ece_std,
+        accuracy_ci95=list(single.metrics.accuracy_ci95) if single else None,
+        chosen=single.chosen if single else None,
         head_ids=[r.head_id for r in results],
         fit_seconds=float(sum(sum(r.seconds.values()) for r in results)),
     )
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean of ``values`` and, when there are several, their standard deviation."""
+    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else None
 
 
 def train(config: TrainConfig) -> TrainSummary:

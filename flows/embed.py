@@ -29,16 +29,19 @@ finalize = task(name="finalize", cache_policy=NO_CACHE)(steps.finalize_embedding
 
 @task(name="compute-shards", cache_policy=NO_CACHE)
 def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
-    """Run the pending shards on Dask, mirroring progress into a Prefect progress artifact."""
+    """Run the pending shards on Dask, mirroring progress into a Prefect progress artifact:
+    the share of the feature set's shards written, by this run or an interrupted one."""
+    shards, before = max(1, plan.spec.n_shards), plan.shards_already_done
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
-        0.0, description=f"shards of feature set {plan.spec.key} written by this run"
+        100.0 * before / shards, description=f"shards of feature set {plan.spec.key} written"
     )
 
-    def report(done: int, total: int) -> None:
-        update_progress_artifact(artifact, 100.0 * done / total)
+    def report(done: int, pending: int) -> None:
+        update_progress_artifact(artifact, 100.0 * (before + done) / shards)
 
     results = steps.compute_shards(plan, on_progress=[report])
-    update_progress_artifact(artifact, 100.0)
+    # 100 % only when every shard is written: the shards done before plus those returned.
+    update_progress_artifact(artifact, 100.0 * (before + len(results)) / shards)
     return results
 
 

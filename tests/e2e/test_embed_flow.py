@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from uuid import UUID
 
 import numpy as np
 import pytest
@@ -84,18 +85,40 @@ def test_relabelled_copy_reuses_every_embedding(tmp_path: Path) -> None:
     assert "shoes" in set(open_store(str(tmp_path / "store")).load(second.feature_set).labels)
 
 
-def test_progress_artifact_reaches_100_percent(tmp_path: Path) -> None:
+def progress_of_run(flow_run_id: UUID) -> list[float]:
+    """The progress artifacts of one flow run (the server is shared by the whole session)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
 
-    make_dataset(tmp_path / "data", classes=2, per_class=5, bad=False)
-    summary = embed_flow(config_for(tmp_path / "data", tmp_path / "store", layers=()))
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+            artifact_filter=ArtifactFilter(
+                type=ArtifactFilterType(any_=["progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
         )
-    ours = [a for a in artifacts if summary.feature_set in (a.description or "")]
-    assert ours and all(a.data == 100.0 for a in ours)
+    return [float(a.data) for a in artifacts]
+
+
+def test_progress_artifact_reaches_100_percent_when_every_shard_is_written(
+    tmp_path: Path,
+) -> None:
+    """Mutations seen to fail it: compute_shards leaving one pending shard out
+    (``plan.tasks[:-1]``): the artifact reads 50 %, where flows/embed.py used to set 100
+    unconditionally; counting only this run's shards (``before = 0`` in flows/embed.py):
+    a rerun with nothing to write reads 0 %."""
+    make_dataset(tmp_path / "data", classes=2, per_class=5, bad=False)  # 10 images: 2 shards
+    config = config_for(tmp_path / "data", tmp_path / "store", layers=())
+    first = embed_flow(config, return_state=True)
+    assert progress_of_run(first.state_details.flow_run_id) == [100.0]
+    assert (first.result().shards, first.result().shards_computed) == (2, 2)
+    again = embed_flow(config, return_state=True)  # nothing left to write: 100 % already
+    assert progress_of_run(again.state_details.flow_run_id) == [100.0]
+    assert again.result().shards_computed == 0
 
 
 def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:

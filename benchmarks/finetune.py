@@ -104,9 +104,7 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
         "steady_images_per_s": summary.steady_images_per_s,
     }
     save()
-    print(
-        f"embedded {summary.embedded} images in {record['seconds']['embed']:.0f} s", flush=True
-    )
+    print(f"embedded {summary.embedded} images in {record['seconds']['embed']:.0f} s", flush=True)
 
     config = FinetuneConfig(
         feature_set=summary.feature_set,
@@ -129,12 +127,12 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
     record["seconds"]["probe"] = time.perf_counter() - phase
     record["probe"] = {
         "head_id": probe.head_id,
-        "accuracy": probe.metrics["accuracy"],
-        "macro_f1": probe.metrics["macro_f1"],
+        "accuracy": probe.metrics.accuracy,
+        "macro_f1": probe.metrics.macro_f1,
         "chosen": probe.chosen,
     }
     save()
-    print(f"probe accuracy {probe.metrics['accuracy']:.4f}", flush=True)
+    print(f"probe accuracy {probe.metrics.accuracy:.4f}", flush=True)
 
     history: list[dict[str, Any]] = []
 

@@ -70,10 +70,10 @@ def head_summary(name: str, data: TaskData, options: ProtocolOptions) -> dict[st
         "best_val_accuracy": max(
             (p["val_accuracy"] for p in fitted.validation if "val_accuracy" in p), default=None
         ),
-        "accuracy": metrics["accuracy"],
-        "accuracy_ci95": metrics["accuracy_ci95"],
-        "macro_f1": metrics["macro_f1"],
-        "ece": metrics["ece"],
+        "accuracy": metrics.accuracy,
+        "accuracy_ci95": list(metrics.accuracy_ci95),
+        "macro_f1": metrics.macro_f1,
+        "ece": metrics.ece,
         "chosen": fitted.chosen,
         "seconds": {**fitted.seconds, "total": total},
     }

@@ -79,7 +79,7 @@ def _fit_logreg_noting_threads(data: TaskData) -> dict[str, Any]:
         fitted = fit_head("logreg", data, ProtocolOptions(bootstrap=10))
         return {
             "chosen": fitted.chosen,
-            "accuracy": fitted.metrics["accuracy"],
+            "accuracy": fitted.metrics.accuracy,
             "seen": seen,
             "before": before,
             "after": torch.get_num_threads(),
@@ -215,4 +215,4 @@ def test_heads_in_a_dask_process_worker_use_its_share_of_the_cores(
 
     here = fit_head("logreg", data, ProtocolOptions(bootstrap=10))
     assert in_worker["chosen"] == here.chosen
-    assert in_worker["accuracy"] == here.metrics["accuracy"]
+    assert in_worker["accuracy"] == here.metrics.accuracy

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from transfer_pipe.records import Record, known_fields
+from transfer_pipe.scores import Metrics
 from transfer_pipe.store.cards import ModelCard
 
 MODEL_FILE = "model.safetensors"
@@ -31,7 +32,12 @@ class ProbeScore(Record):
     """The linear probe the run is judged against: its head id and test metrics."""
 
     head_id: str
-    metrics: dict[str, Any]
+    metrics: Metrics
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        fields = known_fields(cls, data, "a probe")
+        return cls(**{**fields, "metrics": Metrics.from_dict(fields["metrics"])})
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class FinetuneResult(Record):
     device: str
     image_size: int
     chosen: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: Metrics
     probe: ProbeScore
     seconds: dict[str, float]
     checkpoint: str
@@ -76,7 +82,8 @@ class FinetuneResult(Record):
             SkippedImage(**known_fields(SkippedImage, item, "a skipped image"))
             for item in fields["skipped_images"]
         ]
-        fields["probe"] = ProbeScore(**known_fields(ProbeScore, fields["probe"], "a probe"))
+        fields["probe"] = ProbeScore.from_dict(fields["probe"])
+        fields["metrics"] = Metrics.from_dict(fields["metrics"])
         return cls(**fields)
 
 
@@ -128,7 +135,7 @@ class FinetuneListing(Record):
             policy=card.policy,
             lp_ft=card.lp_ft,
             epochs=card.result.epochs,
-            accuracy=round(card.result.metrics["accuracy"], 4),
-            probe_accuracy=round(card.result.probe.metrics["accuracy"], 4),
+            accuracy=round(card.result.metrics.accuracy, 4),
+            probe_accuracy=round(card.result.probe.metrics.accuracy, 4),
             created=card.created,
         )

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from transfer_pipe.records import Record
+from transfer_pipe.scores import Metrics
 from transfer_pipe.store.cards import ModelCard
 
 
 @dataclass(frozen=True)
 class HeadResult(Record):
-    """One fitted head: ids, chosen hyperparameters, test metrics (an ``evaluate()``
-    dict), seconds per protocol stage, and the URL of its folder in the store."""
+    """One fitted head: ids, chosen hyperparameters, test metrics, seconds per protocol
+    stage, and the URL of its folder in the store."""
 
     head_id: str
     head: str
@@ -27,7 +28,7 @@ class HeadResult(Record):
     shots: int | None
     shot_seed: int | None
     chosen: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: Metrics
     seconds: dict[str, float]
     url: str | None = None
 
@@ -47,7 +48,7 @@ class HeadCard(ModelCard):
     params: dict[str, Any]
     chosen: dict[str, Any]
     validation_curve: list[dict[str, Any]]
-    metrics: dict[str, Any]
+    metrics: Metrics
     seconds: dict[str, float]
     model_file: str = ""
 
@@ -58,7 +59,8 @@ class HeadCard(ModelCard):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """The card as read back from ``card.json``."""
-        return cls(**cls._read_fields(data, f"card of head {data.get('head_id', '?')!r}"))
+        fields = cls._read_fields(data, f"card of head {data.get('head_id', '?')!r}")
+        return cls(**{**fields, "metrics": Metrics.from_dict(fields["metrics"])})
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class HeadListing(Record):
             task=card.task.name,
             head=card.head,
             layer=card.layer,
-            accuracy=round(card.metrics["accuracy"], 4),
-            macro_f1=round(card.metrics["macro_f1"], 4),
+            accuracy=round(card.metrics.accuracy, 4),
+            macro_f1=round(card.metrics.macro_f1, 4),
             created=card.created,
         )

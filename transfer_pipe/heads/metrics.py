@@ -1,17 +1,18 @@
 """Test-set metrics for a classifier head: accuracy with a bootstrap CI, F1, calibration.
 
-Everything :func:`evaluate` returns is plain JSON (floats, ints, strings, lists), so it
-can be written next to a saved head, shown as a Prefect artifact, or fed to
-:mod:`transfer_pipe.report` without conversion.
+:func:`evaluate` returns a typed :class:`~transfer_pipe.scores.Metrics` whose fields are
+plain Python numbers, strings and lists; its ``to_dict()`` is the JSON written next to a
+saved head or shown as a Prefect artifact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from transfer_pipe.scores import ClassScores, Metrics
 
 ECE_BINS = 15
 _TOP_K = 5
@@ -42,16 +43,15 @@ def evaluate(
     *,
     bootstrap: int = 1000,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Metrics:
     """Score predicted class probabilities against true labels.
 
     ``proba`` is ``[n, len(classes)]`` with columns in ``classes`` order; the prediction
-    is the argmax. Returns a JSON-serializable dict with keys ``n``, ``classes``,
-    ``accuracy``, ``accuracy_ci95`` (``[low, high]``, percentile bootstrap over
-    ``bootstrap`` resamples), ``top5_accuracy`` (only with more than 5 classes),
-    ``macro_f1``, ``balanced_accuracy``, ``ece``, ``ece_bins``, ``per_class`` (one
-    ``{"class", "precision", "recall", "f1", "support"}`` per class, ``classes`` order)
-    and ``confusion_matrix`` (rows = true class, columns = predicted).
+    is the argmax. Returns :class:`Metrics`: ``accuracy`` with ``accuracy_ci95`` (a
+    percentile bootstrap over ``bootstrap`` resamples), ``top5_accuracy`` (only with more
+    than 5 classes), ``macro_f1``, ``balanced_accuracy``, ``ece`` over ``ECE_BINS`` bins,
+    ``per_class`` scores in ``classes`` order and the ``confusion_matrix`` (rows = true
+    class, columns = predicted).
 
     Raises ``ValueError`` for labels not in ``classes`` or mismatched shapes.
     """
@@ -69,38 +69,28 @@ def evaluate(
     labels = np.arange(len(classes))
     pred = proba.argmax(axis=1)
     correct = pred == y_idx
-    accuracy = float(correct.mean())
     precision, recall, f1, support = precision_recall_fscore_support(
         y_idx, pred, labels=labels, zero_division=0
     )
-    metrics: dict[str, Any] = {
-        "n": len(y_idx),
-        "classes": classes,
-        "accuracy": accuracy,
-        "accuracy_ci95": _bootstrap_accuracy_ci(correct, bootstrap, seed),
-    }
-    if len(classes) > _TOP_K:
-        metrics["top5_accuracy"] = _top_k_accuracy(proba, y_idx, _TOP_K)
-    metrics["macro_f1"] = float(
-        f1_score(y_idx, pred, labels=labels, average="macro", zero_division=0)
+    return Metrics(
+        n=len(y_idx),
+        classes=classes,
+        accuracy=float(correct.mean()),
+        accuracy_ci95=_bootstrap_accuracy_ci(correct, bootstrap, seed),
+        top5_accuracy=_top_k_accuracy(proba, y_idx, _TOP_K) if len(classes) > _TOP_K else None,
+        macro_f1=float(f1_score(y_idx, pred, labels=labels, average="macro", zero_division=0)),
+        # Mean recall over the classes present in y_true: sklearn's balanced_accuracy_score,
+        # computed from the recalls we already have (sklearn's warns when a class is only
+        # predicted).
+        balanced_accuracy=float(recall[support > 0].mean()),
+        ece=expected_calibration_error(proba.max(axis=1), correct, ECE_BINS),
+        ece_bins=ECE_BINS,
+        per_class=[
+            ClassScores(name=name, precision=float(p), recall=float(r), f1=float(f), support=int(s))
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        ],
+        confusion_matrix=confusion_matrix(y_idx, pred, labels=labels).tolist(),
     )
-    # Mean recall over the classes present in y_true: sklearn's balanced_accuracy_score,
-    # computed from the recalls we already have (sklearn's warns when a class is only predicted).
-    metrics["balanced_accuracy"] = float(recall[support > 0].mean())
-    metrics["ece"] = expected_calibration_error(proba.max(axis=1), correct, ECE_BINS)
-    metrics["ece_bins"] = ECE_BINS
-    metrics["per_class"] = [
-        {
-            "class": name,
-            "precision": float(p),
-            "recall": float(r),
-            "f1": float(f),
-            "support": int(s),
-        }
-        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
-    ]
-    metrics["confusion_matrix"] = confusion_matrix(y_idx, pred, labels=labels).tolist()
-    return metrics
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
@@ -142,8 +132,8 @@ def _top_k_accuracy(proba: np.ndarray, y_idx: np.ndarray, k: int) -> float:
     return float((top_k == y_idx[:, None]).any(axis=1).mean())
 
 
-def _bootstrap_accuracy_ci(correct: np.ndarray, resamples: int, seed: int) -> list[float]:
-    """95% percentile bootstrap interval of the mean of ``correct``, as ``[low, high]``.
+def _bootstrap_accuracy_ci(correct: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``correct``, as ``(low, high)``.
 
     Resampling n rows with replacement and counting the correct ones is exactly a draw
     from Binomial(n, accuracy), so we draw the counts directly: the same distribution
@@ -153,4 +143,4 @@ def _bootstrap_accuracy_ci(correct: np.ndarray, resamples: int, seed: int) -> li
     rng = np.random.default_rng(seed)
     accuracies = rng.binomial(n, float(correct.mean()), size=resamples) / n
     low, high = np.percentile(accuracies, [2.5, 97.5])
-    return [float(low), float(high)]
+    return float(low), float(high)

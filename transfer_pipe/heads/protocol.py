@@ -35,6 +35,7 @@ from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.metrics import evaluate, softmax
 from transfer_pipe.heads.tasks import SplitRows, TaskData
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
+from transfer_pipe.scores import Metrics
 
 Selection = Literal["grid", "early-stopping"]
 
@@ -132,7 +133,7 @@ class FittedHead:
     model: Pipeline  # StandardScaler -> estimator
     chosen: dict[str, Any]
     validation: list[dict[str, Any]]  # one entry per candidate: its params and val accuracy
-    metrics: dict[str, Any]
+    metrics: Metrics
     seconds: dict[str, float] = field(default_factory=dict)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from transfer_pipe.report.tables import Scored, markdown_report, markdown_table, metrics_rows
+from transfer_pipe.scores import Metrics
 
 
 class ProbeScored(Protocol):
@@ -17,7 +18,7 @@ class ProbeScored(Protocol):
     def head_id(self) -> str: ...
 
     @property
-    def metrics(self) -> Mapping[str, Any]: ...
+    def metrics(self) -> Metrics: ...
 
 
 class FinetuneScored(Scored, Protocol):
@@ -63,7 +64,7 @@ class _ProbeRow:
 
     head_id: str
     task: str
-    metrics: Mapping[str, Any]
+    metrics: Metrics
     head: str = "linear probe"
     layer: str = ""
     chosen: Mapping[str, Any] = field(default_factory=dict)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -18,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from transfer_pipe.report.tables import Scored
+from transfer_pipe.scores import ClassScores
 
 _DPI = 100
 # Above this many classes the per-cell counts are too small to read, so we leave them out.
@@ -64,16 +64,16 @@ def save_confusion_matrix(
 
 def save_per_class_accuracy(
     path: str | Path,
-    per_class: Sequence[Mapping[str, Any]],
+    per_class: Sequence[ClassScores],
     title: str = "",
 ) -> Path:
     """Write a bar chart of each class's recall (its accuracy) as PNG; returns the path.
 
-    ``per_class`` is the ``per_class`` list of an ``evaluate()`` result; a dashed line
+    ``per_class`` is the ``per_class`` list of a result's metrics; a dashed line
     marks the mean over classes (the balanced accuracy when every class has support).
     """
-    names = [str(row["class"]) for row in per_class]
-    recall = np.array([float(row["recall"]) for row in per_class])
+    names = [row.name for row in per_class]
+    recall = np.array([row.recall for row in per_class], dtype=np.float64)
     fig = Figure(figsize=(min(4.0 + 0.4 * len(names), 40.0), 4.5), dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
     positions = np.arange(len(names))
@@ -100,9 +100,9 @@ def save_result_plots(folder: Path, result: Scored) -> dict[str, Path]:
     title = f"{result.head_id} (test)"
     return {
         "confusion": save_confusion_matrix(
-            folder / "confusion.png", metrics["confusion_matrix"], metrics["classes"], title
+            folder / "confusion.png", metrics.confusion_matrix, metrics.classes, title
         ),
-        "per_class": save_per_class_accuracy(folder / "per_class.png", metrics["per_class"], title),
+        "per_class": save_per_class_accuracy(folder / "per_class.png", metrics.per_class, title),
     }
 
 

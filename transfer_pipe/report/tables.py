@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from transfer_pipe.scores import Metrics
+
 _DIGITS = 4
 # CI ranges use an en dash (0.861 to 0.874); written as an escape so linters see no look-alike.
 _EN_DASH = "\u2013"
@@ -31,7 +33,7 @@ _SCORES = ("precision", "recall", "f1")
 
 class Scored(Protocol):
     """What the report reads of a model's result, e.g. ``head_id="source-logreg-3f2a"``,
-    ``head="logreg"``, ``chosen={"C": 0.1}``, ``metrics`` an ``evaluate()`` dict,
+    ``head="logreg"``, ``chosen={"C": 0.1}``, ``metrics`` its test :class:`Metrics`,
     ``seconds={"select": 1.2, "refit": 0.4}`` (empty when not timed)."""
 
     @property
@@ -50,7 +52,7 @@ class Scored(Protocol):
     def chosen(self) -> Mapping[str, Any]: ...
 
     @property
-    def metrics(self) -> Mapping[str, Any]: ...
+    def metrics(self) -> Metrics: ...
 
     @property
     def seconds(self) -> Mapping[str, float]: ...
@@ -71,12 +73,12 @@ def metrics_rows(results: Sequence[Scored]) -> list[dict[str, Any]]:
                 "head_id": result.head_id,
                 "head": result.head,
                 "task": result.task,
-                "accuracy": _round(metrics["accuracy"]),
-                "accuracy_ci95": format_ci(metrics["accuracy_ci95"]),
-                "top5_accuracy": _round(metrics.get("top5_accuracy")),
-                "macro_f1": _round(metrics["macro_f1"]),
-                "balanced_accuracy": _round(metrics["balanced_accuracy"]),
-                "ece": _round(metrics["ece"]),
+                "accuracy": _round(metrics.accuracy),
+                "accuracy_ci95": format_ci(metrics.accuracy_ci95),
+                "top5_accuracy": _round(metrics.top5_accuracy),
+                "macro_f1": _round(metrics.macro_f1),
+                "balanced_accuracy": _round(metrics.balanced_accuracy),
+                "ece": _round(metrics.ece),
                 "chosen": format_chosen(result.chosen),
                 "fit_seconds": _round(sum(seconds.values())) if seconds else None,
             }
@@ -120,8 +122,8 @@ def markdown_report(result: Scored, images: Mapping[str, str] | None = None) -> 
     per-class table, and ``![name](path)`` lines for each of ``images``.
     """
     metrics = result.metrics
-    classes = [str(c) for c in metrics["classes"]]
-    ci = format_ci(metrics["accuracy_ci95"])
+    classes = metrics.classes
+    ci = format_ci(metrics.accuracy_ci95)
     lines = [
         f"# Head `{result.head_id}`",
         "",
@@ -129,20 +131,20 @@ def markdown_report(result: Scored, images: Mapping[str, str] | None = None) -> 
         f"- Task: {result.task}",
         f"- Layer: {result.layer}",
         f"- Chosen hyperparameters: {format_chosen(result.chosen) or '(defaults)'}",
-        f"- Test rows: {metrics['n']}",
+        f"- Test rows: {metrics.n}",
         "",
         "## Headline metrics",
         "",
         "| metric | value |",
         "|---|---|",
-        f"| accuracy | {metrics['accuracy']:.4f} (95% CI {ci}) |",
+        f"| accuracy | {metrics.accuracy:.4f} (95% CI {ci}) |",
     ]
-    if "top5_accuracy" in metrics:
-        lines.append(f"| top-5 accuracy | {metrics['top5_accuracy']:.4f} |")
+    if metrics.top5_accuracy is not None:
+        lines.append(f"| top-5 accuracy | {metrics.top5_accuracy:.4f} |")
     lines += [
-        f"| macro F1 | {metrics['macro_f1']:.4f} |",
-        f"| balanced accuracy | {metrics['balanced_accuracy']:.4f} |",
-        f"| ECE ({metrics.get('ece_bins', 15)} bins) | {metrics['ece']:.4f} |",
+        f"| macro F1 | {metrics.macro_f1:.4f} |",
+        f"| balanced accuracy | {metrics.balanced_accuracy:.4f} |",
+        f"| ECE ({metrics.ece_bins} bins) | {metrics.ece:.4f} |",
         "",
         "## Confusion matrix",
         "",
@@ -152,7 +154,7 @@ def markdown_report(result: Scored, images: Mapping[str, str] | None = None) -> 
             ["true \\ predicted", *classes],
             [
                 [name, *counts]
-                for name, counts in zip(classes, metrics["confusion_matrix"], strict=True)
+                for name, counts in zip(classes, metrics.confusion_matrix, strict=True)
             ],
         ),
         "",
@@ -161,8 +163,12 @@ def markdown_report(result: Scored, images: Mapping[str, str] | None = None) -> 
         markdown_table(
             ["class", *_SCORES, "support"],
             [
-                [row["class"], *(f"{row[key]:.4f}" for key in _SCORES), row["support"]]
-                for row in metrics["per_class"]
+                [
+                    row.name,
+                    *(f"{score:.4f}" for score in (row.precision, row.recall, row.f1)),
+                    row.support,
+                ]
+                for row in metrics.per_class
             ],
         ),
     ]

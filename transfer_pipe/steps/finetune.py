@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +66,7 @@ from transfer_pipe.report import (
     save_result_plots,
 )
 from transfer_pipe.schema import SAMPLE_ID, TEST, TRAIN, URI, VAL
+from transfer_pipe.scores import Metrics
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.results import EmbedSummary, FinetuneSummary
 from transfer_pipe.steps.target import embed_first
@@ -337,7 +337,7 @@ def _result(
     plan: FinetunePlan,
     job: Trainer,
     state: TrainState,
-    metrics: dict[str, Any],
+    metrics: Metrics,
     probe_card: HeadCard,
     test_skipped: list[int],
 ) -> FinetuneResult:
@@ -377,7 +377,7 @@ def _report_files(folder: Path, result: FinetuneResult) -> dict[str, Path]:
     curves = save_learning_curves(
         folder / "curves.png",
         result.history,
-        baseline=result.probe.metrics["accuracy"],
+        baseline=result.probe.metrics.accuracy,
         title=result.run_id,
     )
     files = {"curves": curves, **save_result_plots(folder, result)}
@@ -432,14 +432,14 @@ def finalize_finetune(
         stopped=result.stopped,
         image_size=result.image_size,
         device=result.device,
-        accuracy=metrics["accuracy"],
-        macro_f1=metrics["macro_f1"],
-        balanced_accuracy=metrics["balanced_accuracy"],
-        accuracy_ci95=list(metrics["accuracy_ci95"]),
+        accuracy=metrics.accuracy,
+        macro_f1=metrics.macro_f1,
+        balanced_accuracy=metrics.balanced_accuracy,
+        accuracy_ci95=list(metrics.accuracy_ci95),
         probe_head_id=result.probe.head_id,
-        probe_accuracy=probe["accuracy"],
-        probe_macro_f1=probe["macro_f1"],
-        gain=metrics["accuracy"] - probe["accuracy"],
+        probe_accuracy=probe.accuracy,
+        probe_macro_f1=probe.macro_f1,
+        gain=metrics.accuracy - probe.accuracy,
         skipped_images=len(result.skipped_images),
         train_seconds=result.seconds["train"],
         checkpoint=result.checkpoint,

@@ -19,8 +19,39 @@ from transfer_pipe.finetune.card import FinetuneCard, FinetuneListing
 from transfer_pipe.finetune.persist import list_cards, read_card, save_finetuned
 from transfer_pipe.finetune.surgery import build_finetune_model
 from transfer_pipe.heads.card import HeadCard, HeadListing
+from transfer_pipe.scores import Metrics
 
-METRICS = {"accuracy": 0.75, "macro_f1": 0.7, "accuracy_ci95": [0.6, 0.9], "n": 4}
+# Test metrics as evaluate() wrote them into card.json while they were a plain dict, with
+# five classes or fewer (no top-5 key) and with more (the key present, after the CI).
+METRICS: dict[str, Any] = {
+    "n": 4,
+    "classes": ["a", "b"],
+    "accuracy": 0.75,
+    "accuracy_ci95": [0.25, 1.0],
+    "macro_f1": 0.7333333333333334,
+    "balanced_accuracy": 0.75,
+    "ece": 0.30000000000000004,
+    "ece_bins": 15,
+    "per_class": [
+        {"class": "a", "precision": 1.0, "recall": 0.5, "f1": 0.6666666666666666, "support": 2},
+        {"class": "b", "precision": 0.6666666666666666, "recall": 1.0, "f1": 0.8, "support": 2},
+    ],
+    "confusion_matrix": [[1, 1], [0, 2]],
+}
+METRICS_6: dict[str, Any] = {
+    "n": 3, "classes": ["c0", "c1", "c2", "c3", "c4", "c5"], "accuracy": 0.6666666666666666,
+    "accuracy_ci95": [0.0, 1.0], "top5_accuracy": 0.6666666666666666,
+    "macro_f1": 0.27777777777777773, "balanced_accuracy": 0.6666666666666666,
+    "ece": 0.16666666666666666, "ece_bins": 15,
+    "per_class": [
+        {"class": f"c{i}", "precision": p, "recall": r, "f1": f, "support": n}
+        for i, (p, r, f, n) in enumerate([(0.5, 1.0, 0.6666666666666666, 1), (1.0, 1.0, 1.0, 1),
+                                          (0.0, 0.0, 0.0, 0), (0.0, 0.0, 0.0, 0),
+                                          (0.0, 0.0, 0.0, 0), (0.0, 0.0, 0.0, 1)])
+    ],
+    "confusion_matrix": [[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0],
+                         [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]],
+}  # fmt: skip
 TASK = {"name": "source", "mapping": None, "labels_file": None, "digest": "ab" * 32}
 # Cards as the dict-building code wrote them (same keys, values shortened).
 OLD_FINETUNE_CARD: dict[str, Any] = {
@@ -38,7 +69,7 @@ OLD_FINETUNE_CARD: dict[str, Any] = {
         "history": [{"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5}],
         "skipped_images": [{"split": "train", "sample_id": "train/3", "reason": "not-an-image"}],
         "device": "cpu", "image_size": 32, "chosen": {"epoch": 2}, "metrics": METRICS,
-        "probe": {"head_id": "source-logreg-1", "metrics": {**METRICS, "accuracy": 0.5}},
+        "probe": {"head_id": "source-logreg-1", "metrics": {**METRICS_6, "accuracy": 0.5}},
         "seconds": {"train": 3.5}, "checkpoint": "/s/finetune/x/checkpoints/best.pt",
     },
     "libraries": {"torch": "2.5"}, "created": "2025-01-01T00:00:00+00:00",
@@ -70,7 +101,9 @@ def assert_keeps(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "c
 
 def test_an_old_finetune_card_reads_and_writes_back_every_key() -> None:
     card = FinetuneCard.from_dict(json.loads(json.dumps(OLD_FINETUNE_CARD)))
-    assert card.result.probe.metrics["accuracy"] == 0.5
+    assert card.result.probe.metrics.accuracy == 0.5
+    assert card.result.probe.metrics.top5_accuracy == METRICS_6["top5_accuracy"]
+    assert card.result.metrics.per_class[1].name == "b"
     assert card.result.skipped_images[0].sample_id == "train/3"
     assert card.task.name == "source" and card.splits.test == 4
     # Mutation: dropping head_id from FinetuneResult.to_dict (older readers key the
@@ -87,6 +120,42 @@ def test_an_old_head_card_reads_and_writes_back_every_key() -> None:
     assert_keeps(OLD_HEAD_CARD, json.loads(json.dumps(card.to_dict())))
     assert HeadCard.from_dict(card.to_dict()) == card
     assert HeadListing.of(card).task == "source"
+
+
+@pytest.mark.parametrize("old", [METRICS, METRICS_6], ids=["2 classes", "6 classes"])
+def test_old_metrics_read_back_and_write_the_same_json(old: dict[str, Any]) -> None:
+    """The metrics of a card.json written before they were typed read back field by field
+    and write back the same JSON text: the same keys, values and order, no key added.
+    Mutation: renaming ``Metrics.macro_f1`` (mypy also flags every reader), or writing
+    ``top5_accuracy: null`` for five classes or fewer, makes this fail."""
+    metrics = Metrics.from_dict(json.loads(json.dumps(old)))
+    assert metrics.macro_f1 == old["macro_f1"] and metrics.ece_bins == 15
+    assert metrics.accuracy_ci95 == tuple(old["accuracy_ci95"])
+    assert [row.name for row in metrics.per_class] == old["classes"]
+    assert metrics.per_class[0].support == old["per_class"][0]["support"]
+    assert json.dumps(metrics.to_dict()) == json.dumps(old)
+    assert Metrics.from_dict(metrics.to_dict()) == metrics
+
+
+def test_old_card_metrics_round_trip_through_the_cards() -> None:
+    """A whole old card's ``metrics`` (a head's, a run's and its probe's) comes back as
+    the same JSON after reading the card and writing it again."""
+    head = HeadCard.from_dict(json.loads(json.dumps(OLD_HEAD_CARD)))
+    # Mutation: a card's from_dict that leaves its metrics a dict fails these equalities.
+    assert head.metrics == Metrics.from_dict(METRICS)
+    assert json.dumps(head.to_dict()["metrics"]) == json.dumps(METRICS)
+    run = FinetuneCard.from_dict(json.loads(json.dumps(OLD_FINETUNE_CARD)))
+    assert run.result.metrics == Metrics.from_dict(METRICS)
+    assert run.result.probe.metrics == Metrics.from_dict({**METRICS_6, "accuracy": 0.5})
+    written = run.to_dict()["result"]
+    assert json.dumps(written["metrics"]) == json.dumps(METRICS)
+    assert written["probe"]["metrics"] == {**METRICS_6, "accuracy": 0.5}
+
+
+def test_metrics_missing_a_field_names_it() -> None:
+    broken = {k: v for k, v in METRICS.items() if k != "ece"}
+    with pytest.raises(TransferPipeError, match=r"metrics.*'ece'"):
+        Metrics.from_dict(broken)
 
 
 def test_a_card_missing_a_field_names_the_card_and_the_field() -> None:

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from transfer_pipe.heads.metrics import evaluate, expected_calibration_error, softmax
+from transfer_pipe.scores import Metrics
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -23,7 +24,7 @@ def one_hot_proba(pred: list[int], n_classes: int, confidence: float = 0.8) -> n
 
 
 @pytest.fixture
-def small_case() -> dict:
+def small_case() -> Metrics:
     # true:  cat cat cat dog dog fox
     # pred:  cat cat dog dog fox fox
     y = np.array(["cat", "cat", "cat", "dog", "dog", "fox"])
@@ -31,32 +32,33 @@ def small_case() -> dict:
     return evaluate(y, proba, CLASSES, bootstrap=200)
 
 
-def test_hand_computed_small_case(small_case: dict) -> None:
+def test_hand_computed_small_case(small_case: Metrics) -> None:
     m = small_case
-    assert m["n"] == 6
-    assert m["classes"] == CLASSES
-    assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    by_class = {row["class"]: row for row in m["per_class"]}
-    assert [row["class"] for row in m["per_class"]] == CLASSES
+    assert m.n == 6
+    assert m.classes == CLASSES
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.confusion_matrix == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    by_class = {row.name: row for row in m.per_class}
+    assert [row.name for row in m.per_class] == CLASSES
     # cat: tp 2, fp 0, fn 1; dog: tp 1, fp 1, fn 1; fox: tp 1, fp 1, fn 0
-    assert by_class["cat"]["precision"] == pytest.approx(1.0)
-    assert by_class["cat"]["recall"] == pytest.approx(2 / 3)
-    assert by_class["cat"]["f1"] == pytest.approx(0.8)
-    assert by_class["dog"]["precision"] == pytest.approx(0.5)
-    assert by_class["dog"]["recall"] == pytest.approx(0.5)
-    assert by_class["fox"]["precision"] == pytest.approx(0.5)
-    assert by_class["fox"]["f1"] == pytest.approx(2 / 3)
-    assert [row["support"] for row in m["per_class"]] == [3, 2, 1]
-    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
-    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 0.5 + 1.0) / 3)
+    assert by_class["cat"].precision == pytest.approx(1.0)
+    assert by_class["cat"].recall == pytest.approx(2 / 3)
+    assert by_class["cat"].f1 == pytest.approx(0.8)
+    assert by_class["dog"].precision == pytest.approx(0.5)
+    assert by_class["dog"].recall == pytest.approx(0.5)
+    assert by_class["fox"].precision == pytest.approx(0.5)
+    assert by_class["fox"].f1 == pytest.approx(2 / 3)
+    assert [row.support for row in m.per_class] == [3, 2, 1]
+    assert m.macro_f1 == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m.balanced_accuracy == pytest.approx((2 / 3 + 0.5 + 1.0) / 3)
     # All rows have confidence 0.8 (one bin), accuracy 4/6: ECE = |4/6 - 0.8|.
-    assert m["ece"] == pytest.approx(abs(4 / 6 - 0.8))
-    assert m["ece_bins"] == 15
-    assert "top5_accuracy" not in m
+    assert m.ece == pytest.approx(abs(4 / 6 - 0.8))
+    assert m.ece_bins == 15
+    assert m.top5_accuracy is None
+    assert "top5_accuracy" not in m.to_dict()
 
 
-def test_result_is_plain_json(small_case: dict) -> None:
+def test_result_is_plain_json(small_case: Metrics) -> None:
     def assert_plain(value: object) -> None:
         if isinstance(value, dict):
             for v in value.values():
@@ -67,8 +69,10 @@ def test_result_is_plain_json(small_case: dict) -> None:
         else:
             assert type(value) in (int, float, str), f"{value!r} is {type(value)}"
 
-    assert_plain(small_case)
-    assert json.loads(json.dumps(small_case)) == small_case
+    as_dict = small_case.to_dict()
+    assert_plain(as_dict)
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    assert Metrics.from_dict(json.loads(json.dumps(as_dict))) == small_case
 
 
 def test_matches_sklearn_on_random_predictions() -> None:
@@ -78,17 +82,17 @@ def test_matches_sklearn_on_random_predictions() -> None:
     proba = softmax(rng.normal(size=(500, 4)) + 1.5 * np.eye(4)[y_idx])
     m = evaluate(np.array(classes)[y_idx], proba, classes)
     pred = proba.argmax(axis=1)
-    assert m["accuracy"] == pytest.approx(np.mean(pred == y_idx))
-    assert m["macro_f1"] == pytest.approx(f1_score(y_idx, pred, average="macro"))
-    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_idx, pred))
-    assert np.array(m["confusion_matrix"]).sum() == 500
-    assert np.trace(np.array(m["confusion_matrix"])) == np.sum(pred == y_idx)
+    assert m.accuracy == pytest.approx(np.mean(pred == y_idx))
+    assert m.macro_f1 == pytest.approx(f1_score(y_idx, pred, average="macro"))
+    assert m.balanced_accuracy == pytest.approx(balanced_accuracy_score(y_idx, pred))
+    assert np.array(m.confusion_matrix).sum() == 500
+    assert np.trace(np.array(m.confusion_matrix)) == np.sum(pred == y_idx)
 
 
 def test_top5_accuracy_present_only_above_five_classes() -> None:
     five = [f"c{i}" for i in range(5)]
     proba5 = one_hot_proba([0, 1], 5)
-    assert "top5_accuracy" not in evaluate(np.array(["c0", "c2"]), proba5, five)
+    assert evaluate(np.array(["c0", "c2"]), proba5, five).top5_accuracy is None
 
     six = [*five, "c5"]
     # Row 0: true class ranks 1st; row 1: ranks 5th (in top 5); row 2: ranks 6th (last).
@@ -100,8 +104,8 @@ def test_top5_accuracy_present_only_above_five_classes() -> None:
         ]
     )
     m = evaluate(np.array(["c0", "c4", "c5"]), proba, six)
-    assert m["top5_accuracy"] == pytest.approx(2 / 3)
-    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m.top5_accuracy == pytest.approx(2 / 3)
+    assert m.accuracy == pytest.approx(1 / 3)
 
 
 def test_unknown_labels_raise_naming_them() -> None:
@@ -128,8 +132,8 @@ def test_ece_near_zero_when_calibrated_and_large_when_overconfident() -> None:
     pred = np.where(right, y_idx, 1 - y_idx)
     proba = np.where(pred[:, None] == np.arange(2), 0.99, 0.01)
     m = evaluate(np.array(["a", "b"])[y_idx], proba, ["a", "b"], bootstrap=10)
-    assert m["ece"] == pytest.approx(0.99 - m["accuracy"], abs=1e-9)
-    assert m["ece"] > 0.3
+    assert m.ece == pytest.approx(0.99 - m.accuracy, abs=1e-9)
+    assert m.ece > 0.3
 
 
 def test_ece_sums_over_bins_independently() -> None:
@@ -153,8 +157,8 @@ def test_ci_contains_accuracy_and_narrows_with_more_rows() -> None:
     for n in (200, 5_000):
         y, proba = make_accuracy_case(n, 0.8)
         m = evaluate(y, proba, ["a", "b"])
-        low, high = m["accuracy_ci95"]
-        assert low < m["accuracy"] < high
+        low, high = m.accuracy_ci95
+        assert low < m.accuracy < high
         widths.append(high - low)
     assert widths[1] < widths[0] / 3  # width ~ 1/sqrt(n): 5x narrower in theory
 
@@ -166,11 +170,8 @@ def test_ci_matches_index_resampling_bootstrap_and_is_seeded() -> None:
     resampled = correct[rng.integers(0, 400, size=(4000, 400))].mean(axis=1)
     reference = np.percentile(resampled, [2.5, 97.5])
     m = evaluate(y, proba, ["a", "b"], bootstrap=4000, seed=5)
-    assert m["accuracy_ci95"] == pytest.approx(reference, abs=0.01)
-    assert (
-        evaluate(y, proba, ["a", "b"], bootstrap=4000, seed=5)["accuracy_ci95"]
-        == (m["accuracy_ci95"])
-    )
+    assert m.accuracy_ci95 == pytest.approx(reference, abs=0.01)
+    assert evaluate(y, proba, ["a", "b"], bootstrap=4000, seed=5).accuracy_ci95 == m.accuracy_ci95
 
 
 def test_bootstrap_work_grows_with_resamples_not_with_rows_times_resamples() -> None:

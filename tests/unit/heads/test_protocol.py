@@ -87,9 +87,9 @@ def test_logreg_test_rows_influence_only_the_test_metrics() -> None:
     np.testing.assert_array_equal(scaler.mean_, other_scaler.mean_)
     np.testing.assert_array_equal(scaler.scale_, other_scaler.scale_)
     # ... while the test metrics do follow the test rows.
-    assert first.metrics["accuracy"] != second.metrics["accuracy"]
+    assert first.metrics.accuracy != second.metrics.accuracy
     predicted = first.model.predict(data.test.features)
-    assert first.metrics["accuracy"] == pytest.approx(np.mean(predicted == data.test.labels))
+    assert first.metrics.accuracy == pytest.approx(np.mean(predicted == data.test.labels))
 
     # The grid is the one asked for, and the chosen C is its first best validation value.
     grid = [point["C"] for point in first.validation]
@@ -198,9 +198,9 @@ def test_every_head_learns_a_three_class_problem(name: str) -> None:
     assert fitted.head == name
     assert set(fitted.chosen) == _CHOSEN_KEYS[name]
     assert fitted.validation
-    assert fitted.metrics["accuracy"] > 0.8
-    assert 0.0 <= fitted.metrics["macro_f1"] <= 1.0 and fitted.metrics["macro_f1"] > 0.8
-    assert fitted.metrics["n"] == len(data.test)
+    assert fitted.metrics.accuracy > 0.8
+    assert 0.0 <= fitted.metrics.macro_f1 <= 1.0 and fitted.metrics.macro_f1 > 0.8
+    assert fitted.metrics.n == len(data.test)
     assert set(fitted.seconds) == {"select", "refit", "evaluate"}
     assert all(s >= 0 for s in fitted.seconds.values())
     assert list(fitted.model.named_steps) == ["scale", "head"]
@@ -209,7 +209,7 @@ def test_every_head_learns_a_three_class_problem(name: str) -> None:
     assert {k: head.get_params()[k] for k in fitted.chosen} == fitted.chosen
     predicted = fitted.model.predict(data.test.features)
     assert set(predicted) <= set(CLASSES)
-    assert fitted.metrics["accuracy"] == pytest.approx(np.mean(predicted == data.test.labels))
+    assert fitted.metrics.accuracy == pytest.approx(np.mean(predicted == data.test.labels))
 
 
 def test_torch_heads_refit_for_the_chosen_number_of_epochs() -> None:

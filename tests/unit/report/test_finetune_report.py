@@ -33,8 +33,8 @@ def test_comparison_puts_the_probe_first_with_its_own_metrics() -> None:
     probe_row, tuned_row = comparison_rows(result)
     assert (probe_row["head"], probe_row["head_id"]) == ("linear probe", "source-logreg-x")
     # Mutation: giving the probe's row the fine-tuned metrics makes this fail.
-    assert probe_row["accuracy"] == round(result.probe.metrics["accuracy"], 4)
-    assert tuned_row["accuracy"] == round(result.metrics["accuracy"], 4)
+    assert probe_row["accuracy"] == round(result.probe.metrics.accuracy, 4)
+    assert tuned_row["accuracy"] == round(result.metrics.accuracy, 4)
     assert tuned_row["head"] == "finetune top-2" and tuned_row["head_id"] == result.run_id
     assert probe_row["fit_seconds"] is None and tuned_row["fit_seconds"] == 12.5
 

@@ -23,12 +23,13 @@ from transfer_pipe.report import (
     save_per_class_accuracy,
     terminal_table,
 )
+from transfer_pipe.scores import Metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["T-shirt/top", "Trouser", "Ankle boot"]
 
 
-def evaluated(classes: list[str], seed: int) -> dict[str, Any]:
+def evaluated(classes: list[str], seed: int) -> Metrics:
     """Real ``evaluate()`` metrics of a noisy but informative classifier."""
     rng = np.random.default_rng(seed)
     y_idx = rng.integers(0, len(classes), size=300)
@@ -67,22 +68,22 @@ def test_metrics_rows_one_row_per_head_with_values_from_input(results: list[Head
         m = result.metrics
         assert tuple(row) == ROW_COLUMNS
         assert row["head"] == result.head and row["task"] == "source"
-        assert row["accuracy"] == round(m["accuracy"], 4)
-        assert row["macro_f1"] == round(m["macro_f1"], 4)
-        assert row["balanced_accuracy"] == round(m["balanced_accuracy"], 4)
-        assert row["ece"] == round(m["ece"], 4)
-        low, high = m["accuracy_ci95"]
+        assert row["accuracy"] == round(m.accuracy, 4)
+        assert row["macro_f1"] == round(m.macro_f1, 4)
+        assert row["balanced_accuracy"] == round(m.balanced_accuracy, 4)
+        assert row["ece"] == round(m.ece, 4)
+        low, high = m.accuracy_ci95
         assert row["accuracy_ci95"] == f"{low:.3f}\u2013{high:.3f}"
         assert row["fit_seconds"] == 1.75
     assert rows[0]["top5_accuracy"] is None  # 3 classes: no top-5
-    assert rows[1]["top5_accuracy"] == round(results[1].metrics["top5_accuracy"], 4)
+    assert rows[1]["top5_accuracy"] == round(results[1].metrics.top5_accuracy, 4)
     assert rows[0]["chosen"] == "C=0.1"
     assert rows[1]["chosen"] == "C=1e-05, loss=hinge"
 
 
 def test_metrics_rows_rounds_to_four_digits() -> None:
     result = head_result("x", CLASSES, seed=2, seconds={})
-    result.metrics["accuracy"] = 0.123456789
+    result = replace(result, metrics=replace(result.metrics, accuracy=0.123456789))
     (row,) = metrics_rows([result])
     assert row["accuracy"] == 0.1235
     # Mutation: summing an empty seconds dict to 0.0 instead of None makes this fail.
@@ -119,25 +120,26 @@ def test_markdown_report_has_classes_counts_and_ci(results: list[HeadResult]) ->
     assert "logreg-a" in text and "penultimate" in text and "C=0.1" in text
     for name in CLASSES:
         assert name in text
-    low, high = m["accuracy_ci95"]
+    low, high = m.accuracy_ci95
     assert f"{low:.3f}\u2013{high:.3f}" in text
     assert "top-5" not in text
     assert "![confusion](cm.png)" in text
     # Confusion matrix rows: the class name then its counts, in order.
-    for name, counts in zip(CLASSES, m["confusion_matrix"], strict=True):
+    for name, counts in zip(CLASSES, m.confusion_matrix, strict=True):
         expected = "| " + " | ".join([name, *map(str, counts)]) + " |"
         assert expected in text.splitlines()
     # Per-class rows carry precision/recall/f1/support.
-    for row in m["per_class"]:
-        cells = f"| {row['class']} | {row['precision']:.4f} | {row['recall']:.4f} |"
+    # Mutation: printing the recall in the F1 column makes this fail.
+    for row in m.per_class:
+        cells = f"| {row.name} | {row.precision:.4f} | {row.recall:.4f} | {row.f1:.4f} |"
         assert cells in text
-        assert f"| {row['support']} |" in text
+        assert f"| {row.support} |" in text
 
 
 def test_markdown_report_without_images_and_with_top5(results: list[HeadResult]) -> None:
     text = markdown_report(results[1])
     assert "![" not in text
-    assert f"{results[1].metrics['top5_accuracy']:.4f}" in text
+    assert f"{results[1].metrics.top5_accuracy:.4f}" in text
 
 
 def assert_png(path: Path, min_side: int = 200) -> tuple[int, int]:
@@ -154,7 +156,7 @@ def assert_png(path: Path, min_side: int = 200) -> tuple[int, int]:
 def test_save_confusion_matrix_writes_png(tmp_path: Path, results: list[HeadResult]) -> None:
     m = results[0].metrics
     out = save_confusion_matrix(
-        tmp_path / "sub" / "cm.png", m["confusion_matrix"], m["classes"], title="logreg"
+        tmp_path / "sub" / "cm.png", m.confusion_matrix, m.classes, title="logreg"
     )
     assert out == tmp_path / "sub" / "cm.png"
     small = assert_png(out)
@@ -169,7 +171,7 @@ def test_save_confusion_matrix_rejects_wrong_shape(tmp_path: Path) -> None:
 
 
 def test_save_per_class_accuracy_writes_png(tmp_path: Path, results: list[HeadResult]) -> None:
-    out = save_per_class_accuracy(tmp_path / "acc.png", results[1].metrics["per_class"], "svm")
+    out = save_per_class_accuracy(tmp_path / "acc.png", results[1].metrics.per_class, "svm")
     assert_png(out)
 
 

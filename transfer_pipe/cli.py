@@ -154,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="classify image files with a fitted head")
     add_options(predict, PredictConfig)
+
+    serve = commands.add_parser(
+        "serve", help="run a Prefect server, work pools, deployments and a worker until Ctrl-C"
+    )
+    _store_option(serve)
+    serve.add_argument("--port", type=int, default=4200, help="loopback port (default: 4200)")
+    serve.add_argument(
+        "--database-url",
+        help="Prefect's database, e.g. postgresql+asyncpg://user:pw@host/prefect "
+        "(default: SQLite under $TRANSFER_PIPE_HOME)",
+    )
+    serve.add_argument(
+        "--gpu-worker", action="store_true", help="also run a worker on the gpu pool here"
+    )
     return parser
 
 
@@ -185,6 +199,9 @@ def _check_before_prefect(config: EmbedConfig | TrainConfig | FinetuneConfig) ->
     from transfer_pipe.steps.checks import check_inputs
 
     check_inputs(config)
+    from transfer_pipe.serve import use_running_server
+
+    use_running_server()  # a running `transfer-pipe serve`, else Prefect's temporary server
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Offline, telemetry would log an error on every run.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -391,6 +408,19 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from transfer_pipe.serve import ServeOptions, serve
+
+    return serve(
+        ServeOptions(
+            store=args.store,
+            port=args.port,
+            database_url=args.database_url,
+            gpu_worker=args.gpu_worker,
+        )
+    )
+
+
 def _backbones(args: argparse.Namespace) -> int:
     from transfer_pipe.backbones import list_backbones
 
@@ -409,6 +439,7 @@ _COMMANDS = {
     "finetuned": _finetuned,
     "heads": _heads,
     "predict": _predict,
+    "serve": _serve,
 }
 
 if __name__ == "__main__":

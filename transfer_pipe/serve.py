@@ -1,0 +1,483 @@
+"""``transfer-pipe serve``: a Prefect server, work pools, deployments and a worker that stay up.
+
+Plain processes, no Prefect import (the library never imports it): the server, the pool
+set-up, ``prefect deploy`` and the worker are ``prefect`` CLI subprocesses, and the server
+is asked over HTTP whether it is healthy. Where it runs is recorded in
+``<home>/server.json`` (home: ``$TRANSFER_PIPE_HOME``, default ``~/.transfer-pipe``), so
+every other ``transfer-pipe`` command finds it (``use_running_server``) instead of
+starting Prefect's temporary server (15-40 s, and its history thrown away).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from transfer_pipe.errors import TransferPipeError
+
+HOME_ENV = "TRANSFER_PIPE_HOME"  # the same home as published backbones (backbones.published)
+ROOT_ENV = "TRANSFER_PIPE_ROOT"  # the project checkout workers run the flows from
+STORE_ENV = "TRANSFER_PIPE_STORE"  # the CLI's default store, and the deployments'
+RECORD_NAME = "server.json"
+PREFECT_FILE = Path("deploy") / "prefect.yaml"
+HOST = "127.0.0.1"  # loopback only: the server has no authentication
+WORK_POOLS = {"cpu": None, "gpu": 1}
+"""The work pools serve creates and their concurrency limits (one run per GPU)."""
+
+
+def home() -> Path:
+    """The transfer-pipe home: ``$TRANSFER_PIPE_HOME``, default ``~/.transfer-pipe``."""
+    return Path(os.environ.get(HOME_ENV) or "~/.transfer-pipe").expanduser()
+
+
+def project_root() -> Path:
+    """The checkout holding ``deploy/prefect.yaml`` and ``flows/``: ``$TRANSFER_PIPE_ROOT``,
+    else the one this package was installed from (``pip install -e``)."""
+    root = Path(os.environ.get(ROOT_ENV) or Path(__file__).resolve().parents[1])
+    if not (root / PREFECT_FILE).is_file():
+        raise TransferPipeError(
+            f"{root / PREFECT_FILE} does not exist: `transfer-pipe serve` deploys the flows "
+            f"of a transfer-pipe checkout. Set {ROOT_ENV}=/path/to/the/checkout."
+        )
+    return root
+
+
+# --- where a server runs ------------------------------------------------------------------
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def read_record(at: Path | None = None) -> dict[str, Any] | None:
+    """What ``<home>/server.json`` says (url, api_url, port, pid), or None without one."""
+    path = (at or home()) / RECORD_NAME
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record
+
+
+def running_server(at: Path | None = None) -> str | None:
+    """The API URL of the ``serve`` recorded under the home when its process is alive and
+    its server answers ``/api/health``; else None (no record, or a stale one)."""
+    record = read_record(at)
+    if not record or not _alive(int(record.get("pid", 0))):
+        return None
+    api_url = str(record.get("api_url", ""))
+    return api_url if _healthy(api_url) else None
+
+
+def use_running_server() -> str | None:
+    """Point Prefect at the running ``transfer-pipe serve`` (``PREFECT_API_URL``) unless a
+    server is chosen already; returns the URL used, or None when Prefect will start its
+    temporary server. Call before Prefect is imported: it reads settings from the env."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    api_url = running_server()
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+    return api_url
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``transfer-pipe serve`` runs: its store, port and database."""
+
+    store: str
+    port: int = 4200
+    database_url: str | None = None
+    gpu_worker: bool = False
+    startup_timeout_s: float = 300.0
+    stop_timeout_s: float = 15.0
+    home: Path = field(default_factory=home)
+
+
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+def serve(options: ServeOptions, out: IO[str] = sys.stdout) -> int:
+    """Run the stack in the foreground until Ctrl-C or SIGTERM; stop everything it started.
+
+    Raises ``TransferPipeError`` when a serve already runs on this home or the port is
+    taken; returns 1 when a part of the stack fails or exits on its own."""
+    root = project_root()
+    options.home.mkdir(parents=True, exist_ok=True)
+    with _exclusive(options.home):
+        _check_port_free(options.port)
+        env = _environment(options, root)
+        children: list[_Child] = []
+        stop = _StopSignal()
+        try:
+            with stop.installed():
+                return _run(options, root, env, children, stop, out)
+        finally:
+            _stop_all(children, options.stop_timeout_s)
+            _remove_record(options.home)
+
+
+def _run(
+    options: ServeOptions,
+    root: Path,
+    env: dict[str, str],
+    children: list[_Child],
+    stop: _StopSignal,
+    out: IO[str],
+) -> int:
+    api_url = env["PREFECT_API_URL"]
+    logs = options.home / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.monotonic()
+    print(f"starting a Prefect server on {api_url} (log: {logs / 'server.log'})", file=out)
+    server = _spawn(
+        "server",
+        _prefect("server", "start", "--host", HOST, "--port", str(options.port)),
+        env,
+        root,
+        logs,
+    )
+    children.append(server)
+    _write_record(options.home, options.port, api_url)
+    if not _wait_healthy(api_url, server, options.startup_timeout_s, stop):
+        return _failed(server, logs, stop, out)
+    print(f"server healthy after {time.monotonic() - started:.0f} s", file=out)
+    _ensure_work_pools(api_url, env, root)
+    for pool in ("cpu", "gpu") if options.gpu_worker else ("cpu",):
+        worker = _prefect("worker", "start", "--pool", pool, "--type", "process")
+        children.append(_spawn(f"worker-{pool}", worker, env, root, logs))
+    deployed = _deploy(env, root)
+    _print_ready(options, api_url, deployed, time.monotonic() - started, out)
+    return _wait(children, stop, logs, out)
+
+
+def _environment(options: ServeOptions, root: Path) -> dict[str, str]:
+    """The environment of every child: Prefect's home, database and URLs point at this
+    serve (the UI calls the API on this same port), no analytics (often offline)."""
+    api_url = f"http://{HOST}:{options.port}/api"
+    store = options.store if "://" in options.store else os.path.abspath(options.store)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(options.home / "prefect"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(options.port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+        ROOT_ENV: str(root),
+        STORE_ENV: store,
+        HOME_ENV: str(options.home),
+    }
+    env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "transfer_pipe")
+    if options.database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = options.database_url
+    else:  # SQLite under the home, whatever the caller's environment says
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    return env
+
+
+def _prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def _spawn(name: str, command: list[str], env: dict[str, str], root: Path, logs: Path) -> _Child:
+    """Start ``command`` in its own process group (stopped as a group), output to a log."""
+    with open(logs / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return _Child(name, process)
+
+
+def _run_prefect(args: Sequence[str], env: dict[str, str], root: Path) -> None:
+    """Run a short ``prefect`` command; its output becomes the error when it fails."""
+    done = subprocess.run(
+        _prefect(*args), env=env, cwd=root, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise TransferPipeError(
+            f"`prefect {' '.join(args)}` failed:\n{(done.stdout + done.stderr).strip()[-3000:]}"
+        )
+
+
+def _wait_healthy(api_url: str, server: _Child, timeout_s: float, stop: _StopSignal) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop.requested:
+        if server.process.poll() is not None:
+            return False
+        if _healthy(api_url):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _failed(server: _Child, logs: Path, stop: _StopSignal, out: IO[str]) -> int:
+    if stop.requested:
+        return 0
+    tail = _tail(logs / "server.log")
+    print(f"the Prefect server did not become healthy; its log ends:\n{tail}", file=out)
+    return 1
+
+
+def _api(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    return json.loads(text) if text else None
+
+
+def _ensure_work_pools(api_url: str, env: dict[str, str], root: Path) -> None:
+    """Create the missing process pools (Prefect's CLI fills in the process worker's job
+    template), in parallel (each ``prefect`` command costs seconds to start), then set
+    their concurrency limits."""
+    missing = []
+    for name in WORK_POOLS:
+        try:
+            _api("GET", f"{api_url}/work_pools/{name}")
+        except urllib.error.HTTPError as err:
+            if err.code != 404:
+                raise
+            missing.append(name)
+    creating = [
+        subprocess.Popen(
+            _prefect("work-pool", "create", name, "--type", "process"),
+            env=env,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in missing
+    ]
+    for name, process in zip(missing, creating, strict=True):
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            raise TransferPipeError(f"could not create work pool {name}:\n{output.strip()}")
+    for name, limit in WORK_POOLS.items():
+        _api("PATCH", f"{api_url}/work_pools/{name}", {"concurrency_limit": limit})
+
+
+def deployable(root: Path) -> list[str]:
+    """The names of the deployments in ``deploy/prefect.yaml`` whose entrypoint file exists
+    in ``root`` (a flow still being written is left out, not a failed deploy)."""
+    import yaml
+
+    config = yaml.safe_load((root / PREFECT_FILE).read_text())
+    return [
+        entry["name"]
+        for entry in config.get("deployments") or []
+        if (root / entry["entrypoint"].split(":")[0]).is_file()
+    ]
+
+
+def _deploy(env: dict[str, str], root: Path) -> list[str]:
+    names = deployable(root)
+    selected = [arg for name in names for arg in ("--name", name)]
+    _run_prefect(["deploy", "--prefect-file", str(PREFECT_FILE), *selected], env, root)
+    return names
+
+
+def _print_ready(
+    options: ServeOptions, api_url: str, deployed: list[str], seconds: float, out: IO[str]
+) -> None:
+    ui = api_url.removesuffix("/api")
+    workers = "cpu and gpu pools" if options.gpu_worker else "cpu pool"
+    print(
+        f"\ntransfer-pipe serve is ready after {seconds:.0f} s\n"
+        f"  UI:          {ui}\n"
+        f"  API:         {api_url}\n"
+        f"  deployments: {', '.join(deployed)}\n"
+        f"  worker:      process worker on the {workers}\n"
+        f"  store:       {options.store}\n"
+        f"  logs:        {options.home / 'logs'}\n\n"
+        "Try, in another terminal (transfer-pipe commands find this server by themselves):\n"
+        f"  transfer-pipe embed fashion-mnist --store {options.store} --limit 1000\n"
+        f"  PREFECT_API_URL={api_url} prefect deployment run 'embed/embed' "
+        f"-p source=fashion-mnist\n"
+        f"  PREFECT_API_URL={api_url} prefect deployment ls\n\n"
+        "Ctrl-C stops the server and the worker.",
+        file=out,
+        flush=True,
+    )
+
+
+def _wait(children: list[_Child], stop: _StopSignal, logs: Path, out: IO[str]) -> int:
+    """Stay in the foreground until a stop signal (0) or a child exiting on its own (1)."""
+    while not stop.requested:
+        for child in children:
+            if child.process.poll() is not None:
+                print(
+                    f"{child.name} exited with status {child.process.returncode}; stopping. "
+                    f"Its log ends:\n{_tail(logs / f'{child.name}.log')}",
+                    file=out,
+                )
+                return 1
+        stop.wait(1.0)
+    print("stopping the worker and the server", file=out, flush=True)
+    return 0
+
+
+# --- signals, processes, the record ----------------------------------------------------
+
+
+class _StopSignal:
+    """Ctrl-C (SIGINT) and SIGTERM set a flag that the wait loops check."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)  # a signal ends the sleep early; the loop checks the flag
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc): a flow run started by the worker may
+    sit in a process group of its own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (in parentheses) may hold spaces: split after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_tree(child: _Child, signum: int) -> None:
+    pids = [child.process.pid, *_descendants(child.process.pid)]
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.process.pid, signum)  # the group: start_new_session made pid its id
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _stop_all(children: list[_Child], timeout_s: float) -> None:
+    """Terminate every child's process tree (the worker first, so it stops taking runs),
+    then kill whatever is left after ``timeout_s``."""
+    trees = {c.name: [c.process.pid, *_descendants(c.process.pid)] for c in children}
+    for child in reversed(children):
+        _signal_tree(child, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for child in reversed(children):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+    for child in reversed(children):
+        _signal_tree(child, signal.SIGKILL)
+        for pid in trees[child.name]:  # orphans re-parented to init are no longer below
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        child.process.wait()
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise TransferPipeError(
+                f"port {port} on {HOST} is in use; pass --port with a free one."
+            ) from None
+
+
+@contextlib.contextmanager
+def _exclusive(at: Path) -> Iterator[None]:
+    """Hold ``<home>/serve.lock`` for the serve's lifetime: one serve per home."""
+    with open(at / "serve.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            record = read_record(at) or {}
+            raise TransferPipeError(
+                f"a transfer-pipe server is already running for {at}: "
+                f"{record.get('url', '(starting)')} (pid {record.get('pid', '?')}). "
+                "Stop it with Ctrl-C in its terminal, or use another TRANSFER_PIPE_HOME."
+            ) from None
+        yield
+
+
+def _write_record(at: Path, port: int, api_url: str) -> None:
+    from transfer_pipe.files import write_text_atomic
+
+    record = {
+        "url": api_url.removesuffix("/api"),
+        "api_url": api_url,
+        "port": port,
+        "pid": os.getpid(),
+    }
+    write_text_atomic(at / RECORD_NAME, json.dumps(record))
+
+
+def _remove_record(at: Path) -> None:
+    record = read_record(at)
+    if record and record.get("pid") == os.getpid():
+        (at / RECORD_NAME).unlink(missing_ok=True)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

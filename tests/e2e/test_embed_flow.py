@@ -8,9 +8,9 @@ from uuid import UUID
 import numpy as np
 import pytest
 
-from flows.embed import embed_flow
+from flows.embed import embed_flow, run_embed
 from tests.images import make_dataset
-from transfer_pipe.config import EmbedConfig
+from transfer_pipe.config import EmbedConfig, run_values
 from transfer_pipe.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -35,7 +35,7 @@ def test_embed_rerun_and_added_images(tmp_path: Path) -> None:
     make_dataset(data, classes=3, per_class=6)  # 18 good images of every kind, 4 bad files
     config = config_for(data, tmp_path / "store")
 
-    first = embed_flow(config)
+    first = run_embed(config)
     assert first.status == "complete"
     assert (first.rows, first.failed, first.embedded, first.reused) == (22, 4, 18, 0)
     store = open_store(str(tmp_path / "store"))
@@ -59,14 +59,17 @@ def test_embed_rerun_and_added_images(tmp_path: Path) -> None:
         assert np.isfinite(loaded.features).all()
     assert sorted(set(store.load(key).labels)) == ["class0", "class1", "class2"]
 
-    rerun = embed_flow(config)
+    rerun = run_embed(config)
     assert rerun.feature_set == key
-    assert (rerun.embedded, rerun.reused, rerun.shards_computed) == (0, 18, 0)
+    # Reuse counted against the first run's forward passes, not restated from the summary.
+    assert (rerun.embedded, rerun.reused, rerun.shards_computed) == (0, first.embedded, 0)
 
     make_dataset(data, classes=3, per_class=2, bad=False, start=6)  # 6 new images
-    grown = embed_flow(config)
+    grown = run_embed(config)
     assert grown.feature_set != key
-    assert (grown.rows, grown.embedded, grown.reused, grown.failed) == (28, 6, 18, 4)
+    assert (grown.rows, grown.embedded, grown.reused, grown.failed) == (28, 6, first.embedded, 4)
+    # The shards themselves counted the rows they copied by content hash.
+    assert int(store.shard_stats(grown.feature_set)["reused"].sum()) == first.embedded
     old = store.load(key, layer="penultimate")
     new = store.load(grown.feature_set, layer="penultimate", sample_ids=list(old.sample_ids))
     np.testing.assert_array_equal(new.features, old.features)
@@ -76,13 +79,22 @@ def test_embed_rerun_and_added_images(tmp_path: Path) -> None:
 def test_relabelled_copy_reuses_every_embedding(tmp_path: Path) -> None:
     """Reuse is by content hash: the same images under other names cost no forward pass."""
     make_dataset(tmp_path / "a", classes=2, per_class=4, bad=False)
-    first = embed_flow(config_for(tmp_path / "a", tmp_path / "store", layers=()))
+    first = run_embed(config_for(tmp_path / "a", tmp_path / "store", layers=()))
     (tmp_path / "a").rename(tmp_path / "b")
     (tmp_path / "b" / "class0").rename(tmp_path / "b" / "shoes")
-    second = embed_flow(config_for(tmp_path / "b", tmp_path / "store", layers=()))
+    second = run_embed(config_for(tmp_path / "b", tmp_path / "store", layers=()))
     assert second.feature_set != first.feature_set
-    assert (second.embedded, second.reused) == (0, 8)
-    assert "shoes" in set(open_store(str(tmp_path / "store")).load(second.feature_set).labels)
+    store = open_store(str(tmp_path / "store"))
+    # Mutations seen to fail it: _copy_reused in features/shard.py copying nothing (the
+    # rows stay NaN); the shard stats recording 0 reused rows.
+    assert (first.embedded, second.embedded, second.reused) == (8, 0, first.embedded)
+    assert int(store.shard_stats(second.feature_set)["reused"].sum()) == first.embedded
+    assert "shoes" in set(store.load(second.feature_set).labels)
+    before, after = store.load(first.feature_set), store.load(second.feature_set)
+    renamed = [s.replace("shoes/", "class0/") for s in after.sample_ids.tolist()]
+    row_of = {sample_id: row for row, sample_id in enumerate(renamed)}
+    order = [row_of[sample_id] for sample_id in before.sample_ids.tolist()]
+    np.testing.assert_array_equal(after.features[order], before.features)
 
 
 def progress_of_run(flow_run_id: UUID) -> list[float]:
@@ -113,10 +125,12 @@ def test_progress_artifact_reaches_100_percent_when_every_shard_is_written(
     a rerun with nothing to write reads 0 %."""
     make_dataset(tmp_path / "data", classes=2, per_class=5, bad=False)  # 10 images: 2 shards
     config = config_for(tmp_path / "data", tmp_path / "store", layers=())
-    first = embed_flow(config, return_state=True)
+    first = embed_flow(**run_values(config), return_state=True)
     assert progress_of_run(first.state_details.flow_run_id) == [100.0]
     assert (first.result().shards, first.result().shards_computed) == (2, 2)
-    again = embed_flow(config, return_state=True)  # nothing left to write: 100 % already
+    again = embed_flow(
+        **run_values(config), return_state=True
+    )  # nothing left to write: 100 % already
     assert progress_of_run(again.state_details.flow_run_id) == [100.0]
     assert again.result().shards_computed == 0
 
@@ -129,7 +143,7 @@ def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:
         config = config_for(
             tmp_path / "data", tmp_path / "store", dask_address=cluster.scheduler_address
         )
-        summary = embed_flow(config)
+        summary = run_embed(config)
         shard_tasks = cluster.scheduler.task_prefixes.get("shard")
     assert (summary.rows, summary.embedded) == (10, 10)
     # Our scheduler, not a LocalCluster of the flow's own, finished both shard tasks.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.images import make_dataset
@@ -77,15 +79,48 @@ def test_resumed_plan_skips_done_shards_and_reuse_copies_rows(tmp_path: Path) ->
     )
 
 
-def test_embedder_is_loaded_once_per_process(tmp_path: Path) -> None:
-    config = EmbedderConfig(
-        backbone="tiny_test",
-        weights_file=None,
-        layers=("penultimate",),
-        preprocessing=get_backbone("tiny_test").preprocessing,
-        threads=1,
-    )
-    assert get_embedder(config) is get_embedder(config)
+def _count_model_loads() -> None:
+    """Run inside a Dask worker: count the Embedders built there (each loads a model)."""
+    from transfer_pipe.features import embedder
+
+    build = embedder.Embedder.__init__
+
+    def counting(self: embedder.Embedder, config: EmbedderConfig) -> None:
+        embedder.model_loads = getattr(embedder, "model_loads", 0) + 1  # type: ignore[attr-defined]
+        build(self, config)
+
+    embedder.Embedder.__init__ = counting  # type: ignore[method-assign]
+
+
+def _model_loads() -> int:
+    from transfer_pipe.features import embedder
+
+    return int(getattr(embedder, "model_loads", 0))
+
+
+@pytest.mark.slow
+def test_the_model_is_loaded_once_per_dask_worker_process(tmp_path: Path) -> None:
+    """Four shards, one batch each, on a Dask worker process of two threads: one load.
+    Mutation: get_embedder building ``Embedder(config)`` on every call (no per-process
+    cache) makes this count 4 loads and fail."""
+    from distributed import Client, LocalCluster
+
+    make_dataset(tmp_path / "data", classes=2, per_class=8, bad=False)  # 16 images
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        config = _config(tmp_path, shard_size=4, dask_address=cluster.scheduler_address)
+        plan = steps.prepare_embedding(config)
+        client.run(_count_model_loads)
+        results = steps.compute_shards(plan)
+        loads = client.run(_model_loads)
+        worker_pids = client.run(os.getpid)
+    assert len(results) == 4 and sum(r.embedded for r in results) == 16
+    assert os.getpid() not in worker_pids.values()  # the shards ran in another process
+    assert list(loads.values()) == [1]
 
 
 def test_cpu_ignores_autocast_and_repeats_numbers_exactly() -> None:

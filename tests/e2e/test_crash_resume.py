@@ -53,6 +53,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, prefect_
     run.wait()
     done_at_kill = _shards_done(killed_store)
     assert 5 <= done_at_kill < 31
+    at_kill = open_store(str(killed_store))
+    stats_at_kill = at_kill.shard_stats(at_kill.list_keys()[0])
+    embedded_before = int(stats_at_kill.loc[stats_at_kill["done"], "embedded"].sum())
 
     resumed = subprocess.run(
         [*_command(data, killed_store), "--json"], env=env, check=True, capture_output=True
@@ -61,6 +64,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, prefect_
     # No shard marked done is computed again; every other one is computed exactly once.
     assert summary["shards_already_done"] == done_at_kill
     assert summary["shards_computed"] == 31 - done_at_kill
+    # The rows the killed run wrote are reused, counted from the store at the kill; only
+    # the rest is embedded now. Mutation: finalize_embedding counting `embedded` from every
+    # shard's stats instead of this run's results makes this fail (reused 0).
+    assert (summary["reused"], summary["embedded"]) == (embedded_before, 240 - embedded_before)
     clean_store = tmp_path / "clean"
     subprocess.run(_command(data, clean_store), env=env, check=True, capture_output=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,17 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # Published backbones are recorded here, not in the user's home.
 os.environ.setdefault("TRANSFER_PIPE_HOME", tempfile.mkdtemp(prefix="transfer-pipe-home-"))
+
+
+_E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every end-to-end test is ``slow`` (a Prefect server, subprocesses, real models), so
+    that ``pytest -m "not slow"`` is a fast inner loop; plain ``pytest`` runs them all."""
+    for item in items:
+        if _E2E in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

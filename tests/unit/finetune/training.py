@@ -23,7 +23,7 @@ from torch import nn
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.data.idx import to_url
 from transfer_pipe.finetune.data import ImageRows
-from transfer_pipe.finetune.loop import Trainer, TrainOptions
+from transfer_pipe.finetune.loop import BEST, LAST, Trainer, TrainOptions
 from transfer_pipe.finetune.surgery import build_finetune_model
 
 # On the images of make_data these options raise validation accuracy every epoch
@@ -34,13 +34,13 @@ OPTIONS = TrainOptions(epochs=4, batch_size=8, lr=6e-4, head_lr=6e-3, warmup_epo
 CLASSES, PER_CLASS = 3, 8
 
 
-def make_data(root: Path) -> None:
+def make_data(root: Path, per_class: int = PER_CLASS) -> None:
     """Three classes of real image files whose class is their dominant colour channel
     (noise on top), so a few epochs of training measurably improve on the last; PNG and
     JPEG. No bad files: those are another test's."""
     rng = np.random.default_rng(0)
     for c in range(CLASSES):
-        for i in range(PER_CLASS):
+        for i in range(per_class):
             pixels = rng.integers(0, 120, size=(24, 24, 3), dtype=np.uint8)
             pixels[..., c] += 100
             suffix = ".jpg" if i % 4 == 3 else ".png"
@@ -66,6 +66,37 @@ def make_trainer(root: Path, checkpoints: Path, options: TrainOptions = OPTIONS)
     # must restore to draw the masks the uninterrupted run drew.
     model.backbone.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Dropout(0.2))
     return Trainer(model, rows(root), rows(root, "none"), options, checkpoints, torch.device("cpu"))
+
+
+def same_tensors(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two state dicts hold bit-identical tensors under the same names."""
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
+def assert_same_checkpoints(resumed: Path, reference: Path) -> None:
+    """The last checkpoints agree on weights, optimizer moments, schedule and history."""
+    a, b = (torch.load(folder / LAST, weights_only=False) for folder in (resumed, reference))
+    same_tensors(a["model"], b["model"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for param, moments in a["optimizer"]["state"].items():
+        same_tensors(moments, b["optimizer"]["state"][param])  # step, exp_avg, exp_avg_sq
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [
+        g["lr"] for g in b["optimizer"]["param_groups"]
+    ]
+    assert a["scheduler"] == b["scheduler"]
+    timing = ("seconds", "train_images_per_s")  # all that may differ between two runs
+    for run in (a, b):
+        run["state"]["history"] = [
+            {k: v for k, v in row.items() if k not in timing} for row in run["state"]["history"]
+        ]
+        run["state"].pop("seconds")
+    assert a["state"] == b["state"]
+    same_tensors(
+        torch.load(resumed / BEST, weights_only=True),
+        torch.load(reference / BEST, weights_only=True),
+    )
 
 
 def _wait_for_the_test(optimizer: torch.optim.Optimizer, *_: Any) -> None:

@@ -5,6 +5,7 @@ No logic lives here: each task is a plain function from ``transfer_pipe.steps``.
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from prefect import flow, task
@@ -16,10 +17,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from flows.parameters import run_parameters
 from transfer_pipe import steps
-from transfer_pipe.config import EmbedConfig
+from transfer_pipe.config import EmbedConfig, run_values
 from transfer_pipe.features.shard import ShardResult
 from transfer_pipe.steps.results import EmbedSummary
+from transfer_pipe.steps.target import run_config
 
 # The store, not Prefect's cache, decides what is already done: that check also works from
 # the CLI and notebooks, and across scheduled runs (Prefect's default key includes the run id).
@@ -46,8 +49,10 @@ def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
 
 
 @flow(name="embed", log_prints=True)
-def embed_flow(config: EmbedConfig) -> EmbedSummary:
-    """Embed every image of ``config.source`` once into the feature store."""
+@run_parameters(EmbedConfig)
+def embed_flow(**values: Any) -> EmbedSummary:
+    """Embed every image of a source once into the feature store."""
+    config = run_config(EmbedConfig, values)  # a bad value fails here, as in the CLI
     plan = prepare(config)
     # quote(): Prefect would otherwise walk every shard task of the plan (70,000 uris
     # for Fashion-MNIST) to track dependencies, costing seconds per task.
@@ -59,3 +64,8 @@ def embed_flow(config: EmbedConfig) -> EmbedSummary:
         description=f"feature set {summary.feature_set}",
     )
     return summary
+
+
+def run_embed(config: EmbedConfig) -> EmbedSummary:
+    """Run the embed flow on a config (its flat parameters are the config's fields)."""
+    return embed_flow(**run_values(config))

@@ -23,14 +23,15 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from flows.embed import embed_flow
-from transfer_pipe.config import FinetuneConfig
+from flows.embed import run_embed
+from flows.parameters import run_parameters
+from transfer_pipe.config import FinetuneConfig, run_values
 from transfer_pipe.finetune.card import FinetuneResult
 from transfer_pipe.heads.card import HeadCard
 from transfer_pipe.report import finetune_report
 from transfer_pipe.steps import finetune as steps
 from transfer_pipe.steps.results import FinetuneSummary
-from transfer_pipe.steps.target import embed_first
+from transfer_pipe.steps.target import embed_first, run_config
 
 prepare = task(name="prepare-finetune", cache_policy=NO_CACHE)(steps.prepare_finetune)
 probe = task(name="linear-probe", cache_policy=NO_CACHE)(steps.ensure_probe)
@@ -64,9 +65,12 @@ def train(plan: steps.FinetunePlan, probe_card: HeadCard) -> FinetuneResult:
 
 
 @flow(name="finetune", log_prints=True)
-def finetune_flow(config: FinetuneConfig) -> FinetuneSummary:
-    """Fine-tune the backbone for one task and compare it with the linear probe."""
-    feature_set, embedded = embed_first(config, embed_flow)
+@run_parameters(FinetuneConfig)
+def finetune_flow(**values: Any) -> FinetuneSummary:
+    """Fine-tune the backbone for one task and compare it with the linear probe (embedding
+    the source first when given one: a no-op when the store holds it)."""
+    config = run_config(FinetuneConfig, values)  # a bad value fails here, as in the CLI
+    feature_set, embedded = embed_first(config, run_embed)
     plan = prepare(config, feature_set)
     # quote(): the plan holds the probe's feature arrays; Prefect need not walk them.
     probe_card = probe(quote(plan))  # type: ignore[call-overload]
@@ -78,6 +82,11 @@ def finetune_flow(config: FinetuneConfig) -> FinetuneSummary:
         description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
     )
     if config.publish:
-        published = embed_flow(register(quote(plan)))  # type: ignore[call-overload]
+        published = run_embed(register(quote(plan)))  # type: ignore[call-overload]
         summary = replace(summary, published_feature_set=published.feature_set)
     return summary
+
+
+def run_finetune(config: FinetuneConfig) -> FinetuneSummary:
+    """Run the fine-tuning flow on a config (its flat parameters: ``config.run_values``)."""
+    return finetune_flow(**run_values(config))

@@ -7,18 +7,21 @@ that embeds nothing when the feature set is already in the store).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from flows.embed import embed_flow
-from transfer_pipe.config import TrainConfig
+from flows.embed import run_embed
+from flows.parameters import run_parameters
+from transfer_pipe.config import TrainConfig, run_values
 from transfer_pipe.heads.card import HeadResult
 from transfer_pipe.report import markdown_report
 from transfer_pipe.steps import train as steps
 from transfer_pipe.steps.results import TrainSummary
-from transfer_pipe.steps.target import embed_first
+from transfer_pipe.steps.target import embed_first, run_config
 
 prepare = task(name="prepare-task", cache_policy=NO_CACHE)(steps.prepare_training)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_training)
@@ -37,9 +40,12 @@ def fit(plan: steps.TrainPlan, run: steps.HeadRun) -> HeadResult:
 
 
 @flow(name="train-heads", log_prints=True)
-def train_flow(config: TrainConfig) -> TrainSummary:
-    """Fit and compare heads for one task on a cached feature set."""
-    feature_set, embedded = embed_first(config, embed_flow)
+@run_parameters(TrainConfig)
+def train_flow(**values: Any) -> TrainSummary:
+    """Fit and compare heads for one task on a cached feature set (embedding the source
+    first when given one: a no-op when the store holds it)."""
+    config = run_config(TrainConfig, values)  # a bad value fails here, as in the CLI
+    feature_set, embedded = embed_first(config, run_embed)
     plan = prepare(config, feature_set)
     # quote(): the plan holds the feature arrays; Prefect need not walk them.
     results = [fit(quote(plan), run) for run in plan.runs]  # type: ignore[call-overload]
@@ -50,3 +56,8 @@ def train_flow(config: TrainConfig) -> TrainSummary:
         description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
     )
     return summary
+
+
+def run_train(config: TrainConfig) -> TrainSummary:
+    """Run the heads flow on a config (its flat parameters: ``config.run_values``)."""
+    return train_flow(**run_values(config))

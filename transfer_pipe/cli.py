@@ -11,19 +11,20 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from transfer_pipe.config import (
     REQUIRED,
     EmbedConfig,
     FinetuneConfig,
+    Option,
     PredictConfig,
     TrainConfig,
     options,
+    run_options,
 )
 from transfer_pipe.errors import TransferPipeError
 
@@ -39,18 +40,10 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.replace(",", " ").split() if part)
 
 
-# What to embed first when a command's TARGET is a source rather than a feature-set key.
-_SOURCE_OPTIONS = ("backbone", "weights_file", "image_size", "limit")
-
-
-def add_options(
-    parser: argparse.ArgumentParser | Any,
-    config_class: type,
-    only: tuple[str, ...] | None = None,
-) -> None:
-    """Offer the fields of ``config_class`` (see ``transfer_pipe.config.option``) as
-    arguments: name, type, default, choices and help all come from the field."""
-    for opt in options(config_class, only):
+def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]) -> None:
+    """Offer config options (``transfer_pipe.config.option``) as arguments: name, type,
+    default, choices and help all come from the config field."""
+    for opt in offered:
         default = opt.default
         if opt.name == "store":  # a session-wide default store, without repeating --store
             default = os.environ.get("TRANSFER_PIPE_STORE", default)
@@ -78,23 +71,15 @@ def add_options(
             parser.add_argument(opt.flag, dest=opt.name, default=default, **kwargs)
 
 
-def config_from(
-    config_class: type[T],
-    args: argparse.Namespace,
-    only: tuple[str, ...] | None = None,
-    **values: Any,
-) -> T:
-    """``config_class`` built from the parsed ``args`` it offered (``only``: just those
-    options), plus ``values``."""
-    offered = options(config_class, only)
-    fields = {o.name: getattr(args, o.name) for o in offered if o.name in args}
+def run_values_from(config_class: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The run's flat values (``config.run_options``) as parsed from the command line."""
+    values = {o.name: getattr(args, o.name) for o in run_options(config_class)}
     # nargs="+" parses to a list; configs are frozen and hold tuples.
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    return config_class(**{**fields, **values})
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
-    add_options(parser, EmbedConfig, only=("store",))
+    add_options(parser, options(EmbedConfig, only=("store",)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed a dataset into the feature store")
-    add_options(embed, EmbedConfig)
+    add_options(embed, run_options(EmbedConfig))
     embed.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
     ls = commands.add_parser("ls", help="list the feature sets in a store")
@@ -136,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument(
-            "target", help="feature set key, or a source to embed first (see `embed`)"
-        )
-        add_options(command, config_class)
+        own = {o.name for o in options(config_class)}
+        offered = run_options(config_class)
+        add_options(command, [o for o in offered if o.name in own or o.positional])
         add_options(
-            command.add_argument_group("when TARGET is a source"), EmbedConfig, _SOURCE_OPTIONS
+            command.add_argument_group("how to embed SOURCE (when it is not a feature set key)"),
+            [o for o in offered if o.name not in own and not o.positional],
         )
         command.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
@@ -153,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads_ls.add_argument("--json", action="store_true")
 
     predict = commands.add_parser("predict", help="classify image files with a fitted head")
-    add_options(predict, PredictConfig)
+    add_options(predict, run_options(PredictConfig))
 
     serve = commands.add_parser(
         "serve", help="run a Prefect server, work pools, deployments and a worker until Ctrl-C"
@@ -180,12 +165,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _run(config_class: type[T], args: argparse.Namespace) -> tuple[T, dict[str, Any]]:
+    """The run's config, checked (the source's content included) before Prefect starts,
+    and its flat values: the flow's parameters."""
+    from transfer_pipe.steps.target import run_config
+
+    values = run_values_from(config_class, args)
+    config = run_config(config_class, values)
+    _check_before_prefect(config)  # type: ignore[arg-type]
+    return config, values
+
+
 def _embed(args: argparse.Namespace) -> int:
-    config = config_from(EmbedConfig, args)
-    _check_before_prefect(config)
+    _, values = _run(EmbedConfig, args)
     from flows.embed import embed_flow
 
-    summary = embed_flow(config)
+    summary = embed_flow(**values)
     _print_summary(summary)
     if args.json:
         print(summary.to_json())
@@ -231,41 +226,12 @@ def _quiet_prefect_tracebacks() -> None:
             handler.addFilter(_NoTracebackForUserErrors())
 
 
-def _target(
-    args: argparse.Namespace, layers: tuple[str, ...] = ()
-) -> tuple[str | None, EmbedConfig | None]:
-    """``args.target`` as (feature-set key, None) when the store holds it, else as
-    (None, the embed run that makes it from a source)."""
-    from transfer_pipe.store import open_store
-
-    if open_store(args.store).status(args.target) != "missing":
-        source_options = options(EmbedConfig, _SOURCE_OPTIONS)
-        given = [o.flag for o in source_options if getattr(args, o.name) != o.default]
-        if given:
-            raise TransferPipeError(
-                f"{', '.join(given)} choose what to embed; feature set {args.target} already "
-                "fixes them. Pass the source instead of the feature set key."
-            )
-        return args.target, None
-    if re.fullmatch(r"[0-9a-f]{16}", args.target) and not os.path.exists(args.target):
-        raise TransferPipeError(
-            f"feature set {args.target} is not in {args.store}; "
-            f"`transfer-pipe ls --store {args.store}` lists the feature sets it holds."
-        )
-    embed = config_from(
-        EmbedConfig, args, ("store", *_SOURCE_OPTIONS), source=args.target, layers=layers
-    )
-    return None, embed
-
-
 def _train(args: argparse.Namespace) -> int:
-    feature_set, embed = _target(args, tuple(args.layer.split("+")) if args.layer else ())
-    config = config_from(TrainConfig, args, feature_set=feature_set, embed=embed)
-    _check_before_prefect(config)
+    _, values = _run(TrainConfig, args)
     from flows.train import train_flow
     from transfer_pipe.report import terminal_table
 
-    summary = train_flow(config)
+    summary = train_flow(**values)
     print(
         f"task {summary.task} on feature set {summary.feature_set} "
         f"(layer {summary.layer}; train/val/test {summary.splits['train']}/"
@@ -279,13 +245,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    feature_set, embed = _target(args)
-    config = config_from(FinetuneConfig, args, feature_set=feature_set, embed=embed)
-    _check_before_prefect(config)
+    _, values = _run(FinetuneConfig, args)
     from flows.finetune import finetune_flow
     from transfer_pipe.report import terminal_table
 
-    summary = finetune_flow(config)
+    summary = finetune_flow(**values)
     print(
         f"fine-tuned {summary.run_id} ({summary.policy}"
         f"{', LP-FT' if summary.lp_ft else ''}) on feature set {summary.feature_set}: "
@@ -338,7 +302,7 @@ def _print_rows(listing: Sequence[Record], as_json: bool, empty: str) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from transfer_pipe.steps.predict import predict
 
-    config = config_from(PredictConfig, args)
+    config = PredictConfig(**run_values_from(PredictConfig, args))
     summary = predict(
         config.store,
         config.head,

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -340,3 +340,79 @@ def parse_policy(policy: str) -> int | None:
     if policy.startswith("top-") and policy[4:].isdigit() and int(policy[4:]) >= 1:
         return int(policy[4:])
     raise TransferPipeError(f"unknown freeze policy {policy!r}; use {FREEZE_POLICY_HINT}")
+
+
+# -- a run's flat options: what a CLI command and a flow's parameter form both offer ---------
+
+SOURCE = Option(
+    name="source",
+    type=str,
+    default=REQUIRED,
+    help="a source to embed first (as for embed), or the key of a feature set in the store",
+    flag="--source",
+    positional=True,
+    minimum=None,
+    maximum=None,
+    above=None,
+)
+Config = EmbedConfig | TrainConfig | FinetuneConfig | PredictConfig
+SHARED_OPTIONS = ("store", "device")
+
+
+def run_options(config_class: type) -> tuple[Option, ...]:
+    """The flat options of one run of ``config_class``, each offered once: for heads and
+    fine-tuning runs, ``source`` (a source or a feature-set key), the run's own options,
+    then the embed options that say how to embed the source. A name the run already has
+    is the run's own (a fine-tuning run's ``batch_size``), except ``SHARED_OPTIONS``, which
+    the embedding of its source uses too."""
+    own = tuple(options(config_class))
+    if not issubclass(config_class, TaskOptions):
+        return own
+    names = {o.name for o in own}
+    embed = tuple(o for o in options(EmbedConfig) if o.name not in names | {"source"})
+    return (SOURCE, *own, *embed)
+
+
+def split_run_values(
+    config_class: type, values: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's flat ``values`` (see ``run_options``) as (the run config's own fields, the
+    embed config's fields for its source). A train run reads the layers it embeds from
+    ``layer`` (``a+b``: both) unless ``layers`` is given."""
+    unknown = set(values) - {o.name for o in run_options(config_class)}
+    if unknown:
+        raise TransferPipeError(f"unknown option(s) {', '.join(sorted(unknown))}")
+    own_names = {o.name for o in options(config_class)}
+    own = {k: v for k, v in values.items() if k in own_names}
+    embed_names = {o.name for o in options(EmbedConfig)} - (own_names - set(SHARED_OPTIONS))
+    embed_names.discard("source")  # the run's own ``source`` may be a feature-set key
+    embed = {k: v for k, v in values.items() if k in embed_names}
+    if not embed.get("layers") and own.get("layer"):
+        embed["layers"] = tuple(own["layer"].split("+"))
+    return own, embed
+
+
+def run_values(config: Config) -> dict[str, Any]:
+    """The flat values of ``config`` (the inverse of building it from ``run_options``): what
+    a flow is called with. Raises ``ValueError`` for an embed config that the flat options
+    cannot express (a value of a name the run shares or does not offer)."""
+    own = {o.name: getattr(config, o.name) for o in options(type(config))}
+    if not isinstance(config, TaskOptions):
+        return own
+    if config.embed is None:
+        assert config.feature_set is not None  # the config's validation holds one of the two
+        return {"source": config.feature_set, **own}
+    offered = {o.name for o in run_options(type(config))}
+    values = {"source": config.embed.source, **own}
+    for opt in options(EmbedConfig):
+        value = getattr(config.embed, opt.name)
+        if opt.name in offered and opt.name not in own:
+            values[opt.name] = value
+        elif opt.name != "source" and value != (
+            own[opt.name] if opt.name in SHARED_OPTIONS else opt.default
+        ):
+            raise ValueError(
+                f"the embed option {opt.name}={value!r} cannot be given to a "
+                f"{type(config).__name__} run; embed first, then pass the feature set key"
+            )
+    return values

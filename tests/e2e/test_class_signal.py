@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.finetune import finetune_flow
-from flows.train import train_flow
+from flows.finetune import run_finetune
+from flows.train import run_train
 from tests.images import SHAPES, beyond_luck, fashion_mnist_folder, make_fashion_mnist, make_shapes
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.store import open_store
@@ -40,7 +40,7 @@ def test_heads_find_fashion_mnist_classes_and_not_shuffled_labels(tmp_path: Path
     config = TrainConfig(
         embed=embed_config(tmp_path / "images", store), store=str(store), heads=heads
     )
-    summary = train_flow(config)
+    summary = run_train(config)
     assert len(summary.classes) == 10 and summary.splits["test"] == 60
     luck = beyond_luck(summary.splits["test"], 1 / len(summary.classes))
     # Mutation: writing a shard's features in reversed row order (features/shard.py)
@@ -53,7 +53,7 @@ def test_heads_find_fashion_mnist_classes_and_not_shuffled_labels(tmp_path: Path
     shuffled = tmp_path / "shuffled.csv"
     labels = np.random.default_rng(0).permutation(rows.labels)
     pd.DataFrame({"sample_id": rows.sample_ids, "label": labels}).to_csv(shuffled, index=False)
-    control = train_flow(
+    control = run_train(
         TrainConfig(
             feature_set=summary.feature_set, store=str(store), heads=heads, task=str(shuffled)
         )
@@ -81,7 +81,7 @@ def test_training_the_top_stages_beats_the_probe_on_drawn_shapes(tmp_path: Path)
         loader_workers=0,
         test_fraction=0.3,  # 90 test images: a bound with room between probe and luck
     )
-    summary = finetune_flow(config)
+    summary = run_finetune(config)
     assert summary.classes == sorted(SHAPES) and summary.splits["test"] == 90
     assert summary.embedded == 300 and summary.skipped_images == 0
     rows = summary.splits["test"]

@@ -12,8 +12,8 @@ import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.embed import embed_flow
-from flows.finetune import finetune_flow
+from flows.embed import run_embed
+from flows.finetune import run_finetune
 from tests.e2e.test_cli import cli
 from tests.images import make_dataset
 from transfer_pipe.backbones import get_backbone, list_backbones
@@ -38,7 +38,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
     config = EmbedConfig(
         source=str(data), store=str(store), backbone="tiny_test", shard_size=8, workers=1
     )
-    summary = embed_flow(config)
+    summary = run_embed(config)
     assert summary.failed == 4
     return data, store, summary.feature_set
 
@@ -73,7 +73,7 @@ def test_flow_compares_with_the_probe_saves_and_reports(
     embedded: tuple[Path, Path, str],
 ) -> None:
     _, store, key = embedded
-    summary = finetune_flow(config(store, key, lp_ft=True))
+    summary = run_finetune(config(store, key, lp_ft=True))
     assert summary.embedded == 0 and summary.feature_set == key
     assert summary.splits["train"] + summary.splits["val"] + summary.splits["test"] == 42
     assert summary.epochs == 2 and summary.skipped_images == 0
@@ -102,7 +102,7 @@ def test_flow_compares_with_the_probe_saves_and_reports(
     assert rows[0]["accuracy"] == round(summary.probe_accuracy, 4)
     assert reports and "Fine-tuning" in str(reports[0].data)
 
-    again = finetune_flow(config(store, key, lp_ft=True))  # finished: reused, not retrained
+    again = run_finetune(config(store, key, lp_ft=True))  # finished: reused, not retrained
     assert again.reused and again.accuracy == summary.accuracy
 
 
@@ -110,7 +110,7 @@ def test_publish_registers_a_backbone_and_re_embeds_with_it(
     embedded: tuple[Path, Path, str],
 ) -> None:
     _, store, key = embedded
-    summary = finetune_flow(config(store, key, policy="full", epochs=1, publish=True))
+    summary = run_finetune(config(store, key, policy="full", epochs=1, publish=True))
     published = summary.published_feature_set
     assert published != key
     catalog = open_store(str(store))
@@ -133,7 +133,7 @@ def test_a_feature_set_without_penultimate_features_is_refused(tmp_path: Path) -
     layered = EmbedConfig(
         source=str(data), store=str(store), backbone="tiny_test", layers=("stages.1",), workers=1
     )
-    key = embed_flow(layered).feature_set
+    key = run_embed(layered).feature_set
     with pytest.raises(TransferPipeError, match="penultimate"):
         prepare_finetune(config(store, key), key)
 
@@ -163,11 +163,11 @@ def test_an_image_broken_after_embedding_is_skipped_not_fatal(tmp_path: Path) ->
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=2, per_class=8, bad=False)
     embedded = EmbedConfig(source=str(data), store=str(store), backbone="tiny_test", workers=1)
-    key = embed_flow(embedded).feature_set
+    key = run_embed(embedded).feature_set
     plan = prepare_finetune(config(store, key), key)
     victim = plan.splits["train"].uris[0]
     Path(victim.removeprefix("file://")).write_bytes(b"overwritten since it was embedded")
-    summary = finetune_flow(config(store, key))
+    summary = run_finetune(config(store, key))
     assert summary.epochs == 2 and summary.skipped_images == 1
     [card] = list_cards(str(store))
     [skipped] = card.result.skipped_images

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.embed import embed_flow
+from flows.embed import run_embed
 from tests.images import make_dataset
 from transfer_pipe.cli import main
 from transfer_pipe.config import EmbedConfig
@@ -93,7 +93,7 @@ def test_csv_manifest_with_relative_paths_through_the_embed_flow(
     assert all(p.startswith("..") for p in paths)
     table.assign(path=paths).to_csv(csv, index=False)
 
-    summary = embed_flow(config(str(csv), tmp_path / "store"))
+    summary = run_embed(config(str(csv), tmp_path / "store"))
     # Mutation: dropping the `split` column when reading a manifest (data/sources.py)
     # leaves every row without a split, and the test split comes back empty; resolving
     # relative paths against the working directory instead of the manifest's folder
@@ -138,7 +138,7 @@ def memory_copy(reference: Reference) -> Iterator[str]:
 def test_folder_on_an_fsspec_memory_filesystem_through_the_embed_flow(
     reference: Reference, memory_copy: str, tmp_path: Path
 ) -> None:
-    summary = embed_flow(config(memory_copy, tmp_path / "store"))
+    summary = run_embed(config(memory_copy, tmp_path / "store"))
     # Mutation: opening images with a plain open() instead of fsspec (data/read.py)
     # records every memory:// row as a failure.
     assert (summary.rows, summary.failed, summary.embedded) == (GOOD + BAD, BAD, GOOD)

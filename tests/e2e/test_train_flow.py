@@ -14,8 +14,8 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.embed import embed_flow
-from flows.train import train_flow
+from flows.embed import run_embed
+from flows.train import run_train
 from tests.images import make_dataset
 from transfer_pipe.config import EmbedConfig, TrainConfig
 from transfer_pipe.errors import TransferPipeError
@@ -41,7 +41,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
     root = tmp_path_factory.mktemp("train-flow")
     data, store = root / "images", root / "store"
     make_dataset(data, classes=3, per_class=12)
-    summary = embed_flow(embed_config(data, store))
+    summary = run_embed(embed_config(data, store))
     assert summary.status == "complete" and summary.failed == 4
     return data, store, summary.feature_set
 
@@ -64,8 +64,8 @@ def test_two_tasks_on_one_feature_set_compute_no_embedding(
         for sample_id in reversed(rows.sample_ids.tolist()):
             writer.writerow([sample_id, "odd" if int(sample_id[-5]) % 2 else "even"])
 
-    first = train_flow(TrainConfig(feature_set=key, store=str(store), heads=HEADS))
-    second = train_flow(
+    first = run_train(TrainConfig(feature_set=key, store=str(store), heads=HEADS))
+    second = run_train(
         TrainConfig(feature_set=key, store=str(store), heads=HEADS, task=str(labels))
     )
 
@@ -108,8 +108,8 @@ def test_source_target_embeds_first_then_nothing(tmp_path: Path) -> None:
     config = TrainConfig(
         embed=embed_config(tmp_path / "images", store), store=str(store), heads=("ridge",)
     )
-    first = train_flow(config)
-    again = train_flow(config)
+    first = run_train(config)
+    again = run_train(config)
     assert (first.embedded, again.embedded) == (16, 0)
     assert again.feature_set == first.feature_set
     assert again.heads["ridge"].head_ids == first.heads["ridge"].head_ids
@@ -120,7 +120,7 @@ def test_predict_on_new_and_cached_files_agrees(
     embedded: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
     data, store, key = embedded
-    summary = train_flow(TrainConfig(feature_set=key, store=str(store), heads=("logreg",)))
+    summary = run_train(TrainConfig(feature_set=key, store=str(store), heads=("logreg",)))
     head_id = summary.heads["logreg"].head_ids[0]
     cached = sorted((data / "class1").glob("*.png"))[:4]
     fresh = []

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import pytest
 
-from transfer_pipe.cli import build_parser, config_from
+from transfer_pipe.cli import build_parser, run_values_from
 from transfer_pipe.config import (
+    Config,
     EmbedConfig,
     FinetuneConfig,
     PredictConfig,
     TrainConfig,
     options,
+    run_options,
+    run_values,
 )
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.steps.target import run_config
 
 
 def _parsed(*argv: str):  # type: ignore[no-untyped-def]
@@ -22,28 +26,61 @@ def _parsed(*argv: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    ("argv", "config_class", "extra"),
+    ("argv", "expected"),
     [
-        (("embed", "src"), EmbedConfig, {}),
-        (("train", "src"), TrainConfig, {"feature_set": "k"}),
-        (("finetune", "src"), FinetuneConfig, {"feature_set": "k"}),
-        (("predict", "a.png", "--head", "h", "--out", "o.csv"), PredictConfig, {}),
+        (("embed", "src"), EmbedConfig(source="src")),
+        (("train", "src"), TrainConfig(embed=EmbedConfig(source="src"))),
+        (("finetune", "src"), FinetuneConfig(embed=EmbedConfig(source="src"))),
+        (
+            ("predict", "a.png", "--head", "h", "--out", "o.csv"),
+            PredictConfig(paths=("a.png",), head="h", out="o.csv"),
+        ),
     ],
 )
 def test_the_command_line_defaults_are_the_config_defaults(
-    argv: tuple[str, ...], config_class: type, extra: dict, monkeypatch: pytest.MonkeyPatch
+    argv: tuple[str, ...], expected: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Mutation: a default written again in the parser (e.g. --lr default 1e-3, or --c-values
     # 40) makes the parsed config differ from the field's default.
     monkeypatch.delenv("TRANSFER_PIPE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
     args = _parsed(*argv)
-    from_cli = config_from(config_class, args, **extra)
-    required = {"source": "src", "paths": ("a.png",), "head": "h", "out": "o.csv"}
-    names = {f.name for f in dataclasses.fields(config_class)}
-    direct = config_class(**{k: v for k, v in required.items() if k in names}, **extra)
-    assert from_cli == direct
-    # Every option of the config is offered by the command (none forgotten).
-    assert {o.name for o in options(config_class)} <= set(vars(args))
+    values = run_values_from(type(expected), args)
+    assert run_config(type(expected), values) == expected
+    # The flat values are exactly what the flow takes, and they round-trip.
+    assert values == run_values(expected)
+    # Every option of the run is offered by the command (none forgotten).
+    assert {o.name for o in run_options(type(expected))} <= set(vars(args))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(
+            embed=EmbedConfig(source="src", image_size=32, layers=("a", "b"), workers=1),
+            layer="a+b",
+            heads=("logreg",),
+        ),
+        FinetuneConfig(embed=EmbedConfig(source="src", limit=10), policy="full", lr=0.01),
+        EmbedConfig(source="src", dtype="float16", batch_size=8),
+    ],
+)
+def test_a_config_round_trips_through_its_flat_values(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Mutation: dropping the embed options from run_values (or from split_run_values) loses
+    # image_size / workers / limit on the way through a flow's parameters.
+    monkeypatch.chdir(tmp_path)
+    assert run_config(type(config), run_values(config)) == config
+
+
+def test_a_run_config_refuses_what_its_flat_values_cannot_say() -> None:
+    # A fine-tuning run's batch size is its own; the embed run's cannot be passed beside it.
+    config = FinetuneConfig(embed=EmbedConfig(source="src", batch_size=8))
+    with pytest.raises(ValueError, match="batch_size"):
+        run_values(config)
+    with pytest.raises(TransferPipeError, match="unknown option"):
+        run_config(TrainConfig, {"source": "src", "heds": ("logreg",)})
 
 
 def test_help_and_choices_come_from_the_fields() -> None:
@@ -112,11 +149,9 @@ def test_a_feature_set_or_a_source_never_both() -> None:
 
 def test_the_readme_lists_every_option() -> None:
     # Mutation: a new config field (an option) not added to the README's CLI block fails here.
-    from pathlib import Path
-
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     cli_block = readme.split("## CLI", 1)[1].split("```", 2)[1]
     for config_class in (EmbedConfig, TrainConfig, FinetuneConfig, PredictConfig):
-        for opt in options(config_class):
+        for opt in run_options(config_class):
             if not opt.positional:
                 assert opt.flag in cli_block, f"{opt.flag} of {config_class.__name__}"

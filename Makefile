@@ -9,7 +9,7 @@ LIMIT ?= 10000
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint install data benchmark
+.PHONY: run test lint install data benchmark serve
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ run: install data
 		$(if $(filter all,$(LIMIT)),,--limit $(LIMIT))
 	$(BIN)/transfer-pipe ls --store $(STORE)
 	$(BIN)/transfer-pipe heads ls --store $(STORE)
+
+# A Prefect server with the UI, the work pools, the deployments of deploy/prefect.yaml and
+# a worker, in the foreground until Ctrl-C; other transfer-pipe commands then run against it.
+serve: install
+	$(BIN)/transfer-pipe serve --store $(STORE)
 
 lint: install
 	$(BIN)/ruff check .

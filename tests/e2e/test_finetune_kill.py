@@ -64,13 +64,15 @@ def test_a_killed_finetune_command_resumes_to_the_uninterrupted_result(
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     killed = tmp_path / "killed"
 
-    run = subprocess.Popen(
-        _command(data, killed), env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = tmp_path / "killed-run.log"
+    with log.open("w") as output:
+        run = subprocess.Popen(
+            _command(data, killed), env=env, start_new_session=True,
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     deadline = time.monotonic() + 600
     while (state := _checkpoint_state(killed)) is None or state["epoch"] < 1:
-        assert run.poll() is None, "the run ended before it could be killed"
+        assert run.poll() is None, f"the run ended before it could be killed:\n{log.read_text()}"
         assert time.monotonic() < deadline, "no epoch finished in time"
         time.sleep(0.05)
     # A moment within the next epoch or so, drawn at random: not a point the code chose.

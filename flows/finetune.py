@@ -30,9 +30,11 @@ from transfer_pipe.finetune.card import FinetuneResult
 from transfer_pipe.heads.card import HeadCard
 from transfer_pipe.report import finetune_report
 from transfer_pipe.steps import finetune as steps
+from transfer_pipe.steps.checks import check_inputs
 from transfer_pipe.steps.results import FinetuneSummary
 from transfer_pipe.steps.target import embed_first, run_config
 
+check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
 prepare = task(name="prepare-finetune", cache_policy=NO_CACHE)(steps.prepare_finetune)
 probe = task(name="linear-probe", cache_policy=NO_CACHE)(steps.ensure_probe)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_finetune)
@@ -70,6 +72,7 @@ def finetune_flow(**values: Any) -> FinetuneSummary:
     """Fine-tune the backbone for one task and compare it with the linear probe (embedding
     the source first when given one: a no-op when the store holds it)."""
     config = run_config(FinetuneConfig, values)  # a bad value fails here, as in the CLI
+    check(config, embed_inputs=False)  # heads, task, feature set: before anything is embedded
     feature_set, embedded = embed_first(config, run_embed)
     plan = prepare(config, feature_set)
     # quote(): the plan holds the probe's feature arrays; Prefect need not walk them.

@@ -20,9 +20,11 @@ from transfer_pipe.config import TrainConfig, run_values
 from transfer_pipe.heads.card import HeadResult
 from transfer_pipe.report import markdown_report
 from transfer_pipe.steps import train as steps
+from transfer_pipe.steps.checks import check_inputs
 from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.target import embed_first, run_config
 
+check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
 prepare = task(name="prepare-task", cache_policy=NO_CACHE)(steps.prepare_training)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_training)
 
@@ -45,6 +47,7 @@ def train_flow(**values: Any) -> TrainSummary:
     """Fit and compare heads for one task on a cached feature set (embedding the source
     first when given one: a no-op when the store holds it)."""
     config = run_config(TrainConfig, values)  # a bad value fails here, as in the CLI
+    check(config, embed_inputs=False)  # heads, task, feature set: before anything is embedded
     feature_set, embedded = embed_first(config, run_embed)
     plan = prepare(config, feature_set)
     # quote(): the plan holds the feature arrays; Prefect need not walk them.

@@ -236,7 +236,8 @@ def _train(args: argparse.Namespace) -> int:
         f"task {summary.task} on feature set {summary.feature_set} "
         f"(layer {summary.layer}; train/val/test {summary.splits['train']}/"
         f"{summary.splits['val']}/{summary.splits['test']}, {summary.split_origin}); "
-        f"{summary.embedded} images embedded by this run"
+        f"{summary.embedded} images embedded, {summary.heads_fitted} heads fitted and "
+        f"{summary.heads_reused} reused (same features, task, split and options) by this run"
     )
     print(terminal_table(summary.table))
     if args.json:

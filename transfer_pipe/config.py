@@ -245,6 +245,11 @@ class TrainConfig(TaskOptions):
     c_values: int = option(45, "logreg C grid size", minimum=1)
     max_iter: int = option(100, "L-BFGS iterations per C", minimum=1)
     bootstrap: int = option(1000, "bootstrap resamples for the 95% interval", minimum=1)
+    refit: bool = option(
+        False,
+        "fit every head again, even one the store holds for the same features, task, split "
+        "and options (by default such a head is reused, not refitted)",
+    )
 
     def _problems(self) -> list[str]:
         problems = super()._problems()
@@ -328,6 +333,54 @@ class PredictConfig(_Validated):
 
     def _problems(self) -> list[str]:
         return [] if self.paths else ["give at least one image file"]
+
+
+def option_of(config_class: type, name: str) -> Any:
+    """Another config's option, default and help included, offered again under a new name
+    (the pipeline's ``finetune_epochs`` is fine-tuning's ``epochs``): written once."""
+    (source,) = (f for f in dataclasses.fields(config_class) if f.name == name)
+    return dataclasses.field(default=source.default, metadata={**source.metadata, "flag": None})
+
+
+@dataclass(frozen=True)
+class PipelineConfig(TrainConfig):
+    """A scheduled run over a source that grows: embed it (only the images the store lacks),
+    fit the heads the store lacks for the task, and optionally fine-tune."""
+
+    finetune: bool = option(
+        False, "also fine-tune the top of the backbone and compare it with the linear probe"
+    )
+    finetune_policy: str = option_of(FinetuneConfig, "policy")
+    finetune_epochs: int = option_of(FinetuneConfig, "epochs")
+    finetune_lp_ft: bool = option_of(FinetuneConfig, "lp_ft")
+    finetune_time_budget_s: float | None = option_of(FinetuneConfig, "time_budget_s")
+
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
+        if self.embed is None:
+            problems.append("a pipeline embeds a source: give a source, not a feature set key")
+        try:
+            parse_policy(self.finetune_policy)
+        except TransferPipeError as err:
+            problems.append(str(err))
+        return problems
+
+    def train_config(self, feature_set: str) -> TrainConfig:
+        """The heads run on the feature set this pipeline embedded."""
+        names = {f.name for f in dataclasses.fields(TrainConfig)} - {"feature_set", "embed"}
+        return TrainConfig(feature_set=feature_set, **{n: getattr(self, n) for n in names})
+
+    def finetune_config(self, feature_set: str) -> FinetuneConfig:
+        """The fine-tuning run on that feature set, on the same task and split."""
+        shared = ("store", "task", "val_fraction", "test_fraction", "split_seed", "device")
+        return FinetuneConfig(
+            feature_set=feature_set,
+            policy=self.finetune_policy,
+            epochs=self.finetune_epochs,
+            lp_ft=self.finetune_lp_ft,
+            time_budget_s=self.finetune_time_budget_s,
+            **{n: getattr(self, n) for n in shared},
+        )
 
 
 def parse_policy(policy: str) -> int | None:

@@ -31,6 +31,24 @@ class HeadResult(Record):
     metrics: Metrics
     seconds: dict[str, float]
     url: str | None = None
+    reused: bool = False  # read from the store: fitted by an earlier run
+
+    @classmethod
+    def of(cls, card: HeadCard, url: str) -> Self:
+        """The result a saved head recorded (a head reused, not refitted)."""
+        return cls(
+            head_id=card.head_id,
+            head=card.head,
+            task=card.task.name,
+            layer=card.layer,
+            shots=card.shots,
+            shot_seed=card.shot_seed,
+            chosen=card.chosen,
+            metrics=card.metrics,
+            seconds=card.seconds,
+            url=url,
+            reused=True,
+        )
 
 
 @dataclass(frozen=True)

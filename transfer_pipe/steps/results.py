@@ -75,6 +75,8 @@ class TrainSummary(Record):
     shots: int | None
     notes: list[str]
     embedded: int  # images embedded first by this run (given a source)
+    heads_fitted: int  # heads fitted by this run
+    heads_reused: int  # heads the store held already (same features, task, split, options)
     heads: dict[str, HeadSummary]
     table: list[dict[str, Any]]
 
@@ -123,3 +125,14 @@ class PredictSummary(Record):
     cached: int  # features found in the store
     embedded: int  # embedded now
     failed: int  # unreadable or undecodable: a row with an error
+
+
+@dataclass(frozen=True)
+class PipelineSummary(Record):
+    """A pipeline run: what its embed, heads and (optional) fine-tuning runs did, and the
+    one line that says it (the run's final message)."""
+
+    message: str
+    embed: EmbedSummary
+    train: TrainSummary
+    finetune: FinetuneSummary | None = None

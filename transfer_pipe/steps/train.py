@@ -24,7 +24,7 @@ import numpy as np
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, HeadResult
-from transfer_pipe.heads.persist import save_head
+from transfer_pipe.heads.persist import head_url, read_card, save_head
 from transfer_pipe.heads.protocol import FittedHead, ProtocolOptions, fit_head, head_kind
 from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_task, split_layers
 from transfer_pipe.report import (
@@ -137,13 +137,19 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
 
 def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
     """Fit one head by the protocol, save it with its card, report files and plots; returns
-    its result (ids, chosen hyperparameters, metrics, seconds, where it lives)."""
+    its result (ids, chosen hyperparameters, metrics, seconds, where it lives). A head the
+    store already holds under the same id (same features, task, split and options) is
+    reused, unless the config asks to refit."""
+    identity = head_id(plan, run)
+    saved = None if plan.config.refit else read_card(plan.config.store, identity)
+    if saved is not None:
+        return HeadResult.of(saved, head_url(plan.config.store, identity))
     data = plan.data
     if run.shot_seed is not None and plan.config.shots is not None:
         data = data.few_shot(plan.config.shots, run.shot_seed)
     fitted = fit_head(run.head, data, protocol_options(plan.config))
     result = HeadResult(
-        head_id=head_id(plan, run),
+        head_id=identity,
         head=run.head,
         task=data.task.name,
         layer=data.layer,
@@ -234,6 +240,8 @@ def finalize_training(
         shots=plan.config.shots,
         notes=list(data.notes),
         embedded=embedded,
+        heads_fitted=sum(not r.reused for r in results),
+        heads_reused=sum(r.reused for r in results),
         heads=heads,
         table=metrics_rows(results),
     )

@@ -13,7 +13,8 @@ def _summary(heads: dict[str, HeadSummary]) -> TrainSummary:
     return TrainSummary(
         feature_set="0123456789abcdef", store="/s", task="source", layer="penultimate",
         classes=["a", "b"], splits={"train": 8, "val": 2, "test": 4}, split_origin="source",
-        shots=None, notes=[], embedded=0, heads=heads, table=[{"head_id": "x"}],
+        shots=None, notes=[], embedded=0, heads_fitted=1, heads_reused=0, heads=heads,
+        table=[{"head_id": "x"}],
     )  # fmt: skip
 
 

@@ -1,0 +1,49 @@
+"""The pipeline flow a schedule runs over a source that grows: the embed flow (only the
+images the store lacks), the heads flow on the feature set it made (only the heads the store
+lacks), and optionally the fine-tuning flow, as subflows. Its final state's message says
+what it did, e.g. "no new images: 0 embedded, 10000 reused, heads up to date".
+
+No logic lives here: ``transfer_pipe.steps.pipeline`` says what a run did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
+
+from flows.embed import run_embed
+from flows.finetune import run_finetune
+from flows.parameters import run_parameters
+from flows.train import run_train
+from transfer_pipe.config import PipelineConfig, run_values
+from transfer_pipe.steps.checks import check_inputs
+from transfer_pipe.steps.pipeline import summarize
+from transfer_pipe.steps.results import PipelineSummary
+from transfer_pipe.steps.target import run_config
+
+# Seconds, before any embedding: a bad value from the run form fails the run at once.
+check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
+
+
+@flow(name="pipeline", log_prints=True)
+@run_parameters(PipelineConfig)
+def pipeline_flow(**values: Any) -> State[PipelineSummary]:
+    """Embed a source, fit the heads for its task, optionally fine-tune: each step a no-op
+    where the store is already current."""
+    config = run_config(PipelineConfig, values)  # a bad value fails here, as in the CLI
+    check(config, embed_inputs=False)  # heads, task, feature set: before anything is embedded
+    assert config.embed is not None  # PipelineConfig's validation requires a source
+    embedded = run_embed(config.embed)
+    trained = run_train(config.train_config(embedded.feature_set))
+    tuned = run_finetune(config.finetune_config(embedded.feature_set)) if config.finetune else None
+    summary = summarize(embedded, trained, tuned)
+    print(summary.message)
+    return Completed(message=summary.message, data=summary)
+
+
+def run_pipeline(config: PipelineConfig) -> PipelineSummary:
+    """Run the pipeline flow on a config (its flat parameters: ``config.run_values``)."""
+    return pipeline_flow(**run_values(config))  # type: ignore[return-value]  # the state's data

@@ -1,0 +1,83 @@
+"""The pipeline flow a schedule runs: embed (only new images), the heads the store lacks,
+and a final message that says what happened; nothing recomputed on unchanged data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import pipeline_flow
+from tests.images import make_dataset
+from transfer_pipe.config import EmbedConfig, PipelineConfig, run_values
+from transfer_pipe.heads.persist import list_cards
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _config(data: Path, store: Path) -> PipelineConfig:
+    embed = EmbedConfig(
+        source=str(data), store=str(store), backbone="tiny_test", shard_size=8, workers=1
+    )
+    return PipelineConfig(embed=embed, store=str(store), heads=("logreg", "ridge"))
+
+
+def test_a_scheduled_rerun_does_nothing_and_new_images_only_are_embedded(
+    tmp_path: Path,
+) -> None:
+    data, store = tmp_path / "images", tmp_path / "store"
+    written = make_dataset(data, classes=2, per_class=8)  # 16 good images, bad files too
+    config = _config(data, store)
+
+    first = pipeline_flow(**run_values(config), return_state=True)
+    summary = first.result()
+    failed = summary.embed.failed
+    assert failed == len(written) - 16 > 0
+    assert (summary.embed.embedded, summary.train.heads_fitted) == (16, 2)
+    assert f"{failed} images failed" in first.message
+
+    # Mutation: fitting heads whatever the store holds (refit) makes heads_fitted 2 here;
+    # the message then no longer says "heads up to date".
+    again = pipeline_flow(**run_values(config), return_state=True)
+    unchanged = again.result()
+    assert again.is_completed()
+    assert again.message.startswith("no new images: 0 embedded, ")
+    assert "heads up to date" in again.message
+    assert unchanged.embed.feature_set == summary.embed.feature_set
+    assert (unchanged.embed.embedded, unchanged.train.heads_fitted) == (0, 0)
+    assert unchanged.train.heads_reused == 2
+
+    make_dataset(data, classes=2, per_class=2, bad=False, start=8)  # 4 new images
+    grown = pipeline_flow(**run_values(config), return_state=True).result()
+    assert grown.embed.feature_set != summary.embed.feature_set
+    assert (grown.embed.embedded, grown.embed.reused, grown.embed.failed) == (4, 16, failed)
+    assert grown.train.heads_fitted == 2
+    assert {c.feature_set for c in list_cards(str(store))} == {
+        summary.embed.feature_set,
+        grown.embed.feature_set,
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"source": "/no/such/folder"}, "does not exist"),
+        ({"source": "SRC", "backbone": "no-such-net"}, "no-such-net"),
+        ({"source": "SRC", "heads": ("logreg", "forest")}, "forest"),
+    ],
+)
+def test_bad_input_fails_in_seconds_with_the_cli_message_and_writes_nothing(
+    tmp_path: Path, values: dict, message: str
+) -> None:
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=2, per_class=2, bad=False)
+    values = {**values, "source": values["source"].replace("SRC", str(data))}
+    started = time.monotonic()
+    state = pipeline_flow(store=str(store), workers=1, **values, return_state=True)
+    assert state.is_failed()
+    assert message in state.message
+    assert time.monotonic() - started < 60  # seconds, not a run: nothing was embedded
+    # Mutation: dropping the check-inputs task embeds the source before the unknown head
+    # fails the heads run, leaving a feature set in the store.
+    assert not store.exists() or not any(store.rglob("*.json"))

@@ -40,6 +40,12 @@ def test_embed_json_then_ls_and_show(tmp_path: Path, prefect_api: str) -> None:
         10,
         0,
     )
+    # A rerun reuses exactly the rows the first run embedded (a count from that run, not
+    # rows - failed - embedded). Mutation: a rerun that re-embeds (store status ignored)
+    # gives embedded 10 here.
+    again = cli(*args, "--shard-size", "4", "--workers", "1", "--json", api=prefect_api)
+    rerun = json.loads(again.stdout.strip().splitlines()[-1])
+    assert (rerun["embedded"], rerun["reused"]) == (0, summary["embedded"])
     listed = json.loads(cli("ls", "--store", store, "--json", api=prefect_api).stdout)
     assert [(f["key"], f["rows"], f["failed"], f["status"]) for f in listed] == [
         (summary["feature_set"], 14, 4, "complete")

@@ -1,11 +1,12 @@
-"""The embed flow: orders the library's steps; Prefect shows runs, progress and a summary.
+"""The embed flow: orders the library's steps; Prefect shows runs, progress, a summary and
+the images that failed.
 
 No logic lives here: each task is a plain function from ``transfer_pipe.steps``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, task
@@ -15,22 +16,65 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 from prefect.utilities.annotations import quote
 
 from flows.parameters import run_parameters
+from flows.runs import (
+    RETRIES,
+    RETRY_DELAY_SECONDS,
+    artifact_key,
+    capture_library_logs,
+    dataset_name,
+    run_name,
+    tagged,
+    transient_error,
+)
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig, run_values
 from transfer_pipe.features.shard import ShardResult
+from transfer_pipe.steps.embed import embed_message
+from transfer_pipe.steps.failures import FAILURE_ROWS, failure_report
 from transfer_pipe.steps.results import EmbedSummary
 from transfer_pipe.steps.target import run_config
+from transfer_pipe.store import open_store
+
+capture_library_logs()
+
+# Tasks that touch the store or a device retry transient errors (I/O, timeouts), never a
+# user's mistake; each retry redoes only what the store lacks.
+_RETRY: dict[str, Any] = {
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAY_SECONDS,
+    "retry_condition_fn": transient_error,
+}
+
+
+def _prepare_name(parameters: dict[str, Any]) -> str:
+    config = parameters["config"]
+    return f"prepare-{dataset_name(config.source)}-{config.backbone}"
+
+
+def _plan_name(verb: str) -> Any:
+    def name(parameters: dict[str, Any]) -> str:
+        plan = parameters["plan"]
+        plan = plan.unquote() if isinstance(plan, quote) else plan
+        return f"{verb}-{plan.spec.key}"
+
+    return name
+
 
 # The store, not Prefect's cache, decides what is already done: that check also works from
 # the CLI and notebooks, and across scheduled runs (Prefect's default key includes the run id).
-prepare = task(name="prepare", cache_policy=NO_CACHE)(steps.prepare_embedding)
-finalize = task(name="finalize", cache_policy=NO_CACHE)(steps.finalize_embedding)
+prepare = task(name="prepare", cache_policy=NO_CACHE, task_run_name=_prepare_name, **_RETRY)(  # type: ignore[arg-type]
+    steps.prepare_embedding
+)
+finalize = task(
+    name="finalize", cache_policy=NO_CACHE, task_run_name=_plan_name("finalize"), **_RETRY
+)(steps.finalize_embedding)
 
 
-@task(name="compute-shards", cache_policy=NO_CACHE)
+@task(name="compute-shards", cache_policy=NO_CACHE, task_run_name=_plan_name("shards"), **_RETRY)
 def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
     """Run the pending shards on Dask, mirroring progress into a Prefect progress artifact:
     the share of the feature set's shards written, by this run or an interrupted one."""
@@ -48,24 +92,50 @@ def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
     return results
 
 
-@flow(name="embed", log_prints=True)
-@run_parameters(EmbedConfig)
-def embed_flow(**values: Any) -> EmbedSummary:
-    """Embed every image of a source once into the feature store."""
-    config = run_config(EmbedConfig, values)  # a bad value fails here, as in the CLI
-    plan = prepare(config)
-    # quote(): Prefect would otherwise walk every shard task of the plan (70,000 uris
-    # for Fashion-MNIST) to track dependencies, costing seconds per task.
-    results = compute(quote(plan))  # type: ignore[call-overload]  # quote is unwrapped
-    summary: EmbedSummary = finalize(quote(plan), quote(results))  # type: ignore[call-overload]
+def _report(summary: EmbedSummary) -> None:
+    """The summary table and, when images failed, the failures table (first rows, total)."""
     create_table_artifact(
         [{"field": k, "value": str(v)} for k, v in summary.to_dict().items()],
-        key="embed-summary",
-        description=f"feature set {summary.feature_set}",
+        key=artifact_key("embed-summary", summary.source),
+        description=f"feature set {summary.feature_set} of {summary.source}",
     )
-    return summary
+    if not summary.failed:
+        return
+    failures = failure_report(open_store(summary.store), summary.feature_set, FAILURE_ROWS)
+    shown = "" if failures.total <= FAILURE_ROWS else f" (the first {FAILURE_ROWS} shown)"
+    create_table_artifact(
+        failures.rows,
+        key=artifact_key("embed-failures", summary.source),
+        description=(
+            f"{failures.message} in feature set {summary.feature_set}{shown}; "
+            f"`transfer-pipe show {summary.feature_set}` lists them all"
+        ),
+    )
+
+
+@flow(name="embed", log_prints=True, flow_run_name=run_name("backbone", "image_size"))
+@run_parameters(EmbedConfig)
+def embed_flow(**values: Any) -> EmbedSummary:
+    """Embed every image of a source once into the feature store; the final state's message
+    says what was embedded, reused, and how many images failed."""
+    config = run_config(EmbedConfig, values)  # a bad value fails here, as in the CLI
+    with tagged():
+        plan = prepare(config)
+        # quote(): Prefect would otherwise walk every shard task of the plan (70,000 uris
+        # for Fashion-MNIST) to track dependencies, costing seconds per task.
+        results = compute(quote(plan))  # type: ignore[call-overload]  # quote is unwrapped
+        summary: EmbedSummary = finalize(quote(plan), quote(results))  # type: ignore[call-overload]
+        _report(summary)
+    # A caller gets the state's data, the summary; the UI shows the message.
+    return Completed(message=embed_message(summary), data=summary)  # type: ignore[return-value]
 
 
 def run_embed(config: EmbedConfig) -> EmbedSummary:
-    """Run the embed flow on a config (its flat parameters are the config's fields)."""
-    return embed_flow(**run_values(config))
+    """Run the embed flow on a config (its flat parameters are the config's fields).
+
+    The summary comes from the run's final state, not the call's return value: Prefect
+    links a returned object to the subflow that made it, and a task given it would then
+    list a flow run as its input, which the default UI's Task Runs tab cannot show."""
+    state = cast(State[EmbedSummary], embed_flow(**run_values(config), return_state=True))
+    summary: EmbedSummary = state.result()  # raises the run's error when it failed
+    return summary

@@ -10,7 +10,7 @@ feature set is cached); the probe comes from the heads flow's store (fitted if m
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, task
@@ -21,10 +21,20 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from flows.embed import run_embed
 from flows.parameters import run_parameters
+from flows.runs import (
+    RETRIES,
+    RETRY_DELAY_SECONDS,
+    artifact_key,
+    capture_library_logs,
+    run_name,
+    tagged,
+    transient_error,
+)
 from transfer_pipe.config import FinetuneConfig, run_values
 from transfer_pipe.finetune.card import FinetuneResult
 from transfer_pipe.heads.card import HeadCard
@@ -34,15 +44,37 @@ from transfer_pipe.steps.checks import check_inputs
 from transfer_pipe.steps.results import FinetuneSummary
 from transfer_pipe.steps.target import embed_first, run_config
 
+capture_library_logs()
+
+# Training runs on a device and checkpoints to the store: retry transient errors (it
+# resumes from the last checkpoint), never a user's mistake.
+_RETRY: dict[str, Any] = {
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAY_SECONDS,
+    "retry_condition_fn": transient_error,
+}
+
+
+def _plan_name(verb: str) -> Any:
+    def name(parameters: dict[str, Any]) -> str:
+        plan = parameters["plan"]
+        plan = plan.unquote() if isinstance(plan, quote) else plan
+        return f"{verb}-{plan.run_id}"
+
+    return name
+
+
 check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
-prepare = task(name="prepare-finetune", cache_policy=NO_CACHE)(steps.prepare_finetune)
-probe = task(name="linear-probe", cache_policy=NO_CACHE)(steps.ensure_probe)
+prepare = task(name="prepare-finetune", cache_policy=NO_CACHE, **_RETRY)(steps.prepare_finetune)
+probe = task(
+    name="linear-probe", cache_policy=NO_CACHE, task_run_name=_plan_name("probe"), **_RETRY
+)(steps.ensure_probe)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_finetune)
 # Exports the weights and registers the backbone id: library work, so a task of its own.
 register = task(name="publish-backbone", cache_policy=NO_CACHE)(steps.publish_config)
 
 
-@task(name="fine-tune", cache_policy=NO_CACHE)
+@task(name="fine-tune", cache_policy=NO_CACHE, task_run_name=_plan_name("fine-tune"), **_RETRY)
 def train(plan: steps.FinetunePlan, probe_card: HeadCard) -> FinetuneResult:
     """Train (resuming from the last checkpoint), evaluate and save; progress per epoch."""
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
@@ -60,36 +92,40 @@ def train(plan: steps.FinetunePlan, probe_card: HeadCard) -> FinetuneResult:
     update_progress_artifact(artifact, 100.0)
     create_markdown_artifact(
         finetune_report(result),
-        key="finetune-report",
+        key=artifact_key("finetune-report", plan.feature_set_spec.source, plan.config.task),
         description=f"{plan.run_id} on feature set {plan.feature_set}",
     )
     return result
 
 
-@flow(name="finetune", log_prints=True)
+@flow(name="finetune", log_prints=True, flow_run_name=run_name("backbone", "task", "policy"))
 @run_parameters(FinetuneConfig)
 def finetune_flow(**values: Any) -> FinetuneSummary:
     """Fine-tune the backbone for one task and compare it with the linear probe (embedding
     the source first when given one: a no-op when the store holds it)."""
     config = run_config(FinetuneConfig, values)  # a bad value fails here, as in the CLI
-    check(config, embed_inputs=False)  # heads, task, feature set: before anything is embedded
-    feature_set, embedded = embed_first(config, run_embed)
-    plan = prepare(config, feature_set)
-    # quote(): the plan holds the probe's feature arrays; Prefect need not walk them.
-    probe_card = probe(quote(plan))  # type: ignore[call-overload]
-    result = train(quote(plan), probe_card)  # type: ignore[call-overload]
-    summary: FinetuneSummary = finalize(quote(plan), result, embedded)  # type: ignore[call-overload]
-    create_table_artifact(
-        summary.table,
-        key="finetune-vs-probe",
-        description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
-    )
-    if config.publish:
-        published = run_embed(register(quote(plan)))  # type: ignore[call-overload]
-        summary = replace(summary, published_feature_set=published.feature_set)
+    with tagged():
+        check(config, embed_inputs=False)  # heads, task, feature set: before any embedding
+        feature_set, embedded = embed_first(config, run_embed)
+        plan = prepare(config, feature_set)
+        # quote(): the plan holds the probe's feature arrays; Prefect need not walk them.
+        probe_card = probe(quote(plan))  # type: ignore[call-overload]
+        result = train(quote(plan), probe_card)  # type: ignore[call-overload]
+        summary: FinetuneSummary = finalize(quote(plan), result, embedded)  # type: ignore[call-overload]
+        create_table_artifact(
+            summary.table,
+            key=artifact_key("finetune-vs-probe", plan.feature_set_spec.source, summary.task),
+            description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
+        )
+        if config.publish:
+            published = run_embed(register(quote(plan)))  # type: ignore[call-overload]
+            summary = replace(summary, published_feature_set=published.feature_set)
     return summary
 
 
 def run_finetune(config: FinetuneConfig) -> FinetuneSummary:
-    """Run the fine-tuning flow on a config (its flat parameters: ``config.run_values``)."""
-    return finetune_flow(**run_values(config))
+    """Run the fine-tuning flow on a config (its flat parameters: ``config.run_values``);
+    the summary comes from the final state (see ``flows.embed.run_embed`` for why)."""
+    state = cast(State[FinetuneSummary], finetune_flow(**run_values(config), return_state=True))
+    summary: FinetuneSummary = state.result()
+    return summary

@@ -17,6 +17,7 @@ from prefect.states import Completed, State
 from flows.embed import run_embed
 from flows.finetune import run_finetune
 from flows.parameters import run_parameters
+from flows.runs import capture_library_logs, run_name, tagged
 from flows.train import run_train
 from transfer_pipe.config import PipelineConfig, run_values
 from transfer_pipe.steps.checks import check_inputs
@@ -24,21 +25,26 @@ from transfer_pipe.steps.pipeline import summarize
 from transfer_pipe.steps.results import PipelineSummary
 from transfer_pipe.steps.target import run_config
 
+capture_library_logs()
+
 # Seconds, before any embedding: a bad value from the run form fails the run at once.
 check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", log_prints=True, flow_run_name=run_name("backbone", "image_size", "task"))
 @run_parameters(PipelineConfig)
 def pipeline_flow(**values: Any) -> State[PipelineSummary]:
     """Embed a source, fit the heads for its task, optionally fine-tune: each step a no-op
     where the store is already current."""
     config = run_config(PipelineConfig, values)  # a bad value fails here, as in the CLI
-    check(config, embed_inputs=False)  # heads, task, feature set: before anything is embedded
     assert config.embed is not None  # PipelineConfig's validation requires a source
-    embedded = run_embed(config.embed)
-    trained = run_train(config.train_config(embedded.feature_set))
-    tuned = run_finetune(config.finetune_config(embedded.feature_set)) if config.finetune else None
+    with tagged():
+        check(config, embed_inputs=False)  # heads, task, feature set: before any embedding
+        embedded = run_embed(config.embed)
+        trained = run_train(config.train_config(embedded.feature_set))
+        tuned = (
+            run_finetune(config.finetune_config(embedded.feature_set)) if config.finetune else None
+        )
     summary = summarize(embedded, trained, tuned)
     print(summary.message)
     return Completed(message=summary.message, data=summary)

@@ -7,60 +7,103 @@ that embeds nothing when the feature set is already in the store).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from flows.embed import run_embed
 from flows.parameters import run_parameters
+from flows.runs import (
+    RETRIES,
+    RETRY_DELAY_SECONDS,
+    artifact_key,
+    capture_library_logs,
+    run_name,
+    tagged,
+    transient_error,
+)
 from transfer_pipe.config import TrainConfig, run_values
 from transfer_pipe.heads.card import HeadResult
-from transfer_pipe.report import markdown_report
 from transfer_pipe.steps import train as steps
 from transfer_pipe.steps.checks import check_inputs
 from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.target import embed_first, run_config
 
+capture_library_logs()
+
+# Reading features and saving heads touch the store; heads may run on a device.
+_RETRY: dict[str, Any] = {
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAY_SECONDS,
+    "retry_condition_fn": transient_error,
+}
+
+
+def _prepare_name(parameters: dict[str, Any]) -> str:
+    return f"prepare-{parameters['config'].task}-{parameters['feature_set']}"
+
+
+def _fit_name(parameters: dict[str, Any]) -> str:
+    plan, run = parameters["plan"], parameters["run"]
+    plan = plan.unquote() if isinstance(plan, quote) else plan
+    seed = f"-seed{run.shot_seed}" if run.shot_seed is not None else ""
+    return f"fit-{run.head}{seed}-{plan.data.task.name}-{plan.feature_set}"
+
+
 check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
-prepare = task(name="prepare-task", cache_policy=NO_CACHE)(steps.prepare_training)
+# (Prefect's type for a name callable that takes the parameters is a Protocol with a
+# classmethod, which no plain function satisfies: hence the ignores.)
+prepare = task(
+    name="prepare-task",
+    cache_policy=NO_CACHE,
+    task_run_name=_prepare_name,  # type: ignore[arg-type]
+    **_RETRY,
+)(steps.prepare_training)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_training)
 
 
-@task(name="fit-head", cache_policy=NO_CACHE, task_run_name="fit-{run.head}")
+@task(name="fit-head", cache_policy=NO_CACHE, task_run_name=_fit_name, **_RETRY)  # type: ignore[arg-type]
 def fit(plan: steps.TrainPlan, run: steps.HeadRun) -> HeadResult:
-    """Fit, evaluate and save one head; its report becomes a markdown artifact."""
+    """Fit, evaluate and save one head (or reuse the saved one); its report, plots inline
+    and where it is saved, becomes a markdown artifact."""
     result = steps.train_head(plan, run)
+    source = plan.feature_set_spec.source
     create_markdown_artifact(
-        markdown_report(result),
-        key=f"head-{result.head}",
-        description=f"{result.head_id} on feature set {plan.feature_set}",
+        steps.head_report(plan.config.store, result),
+        key=artifact_key("head", source, result.task, result.head),
+        description=f"{result.head_id} on feature set {plan.feature_set} of {source}",
     )
     return result
 
 
-@flow(name="train-heads", log_prints=True)
+@flow(name="train-heads", log_prints=True, flow_run_name=run_name("backbone", "task"))
 @run_parameters(TrainConfig)
 def train_flow(**values: Any) -> TrainSummary:
     """Fit and compare heads for one task on a cached feature set (embedding the source
     first when given one: a no-op when the store holds it)."""
     config = run_config(TrainConfig, values)  # a bad value fails here, as in the CLI
-    check(config, embed_inputs=False)  # heads, task, feature set: before anything is embedded
-    feature_set, embedded = embed_first(config, run_embed)
-    plan = prepare(config, feature_set)
-    # quote(): the plan holds the feature arrays; Prefect need not walk them.
-    results = [fit(quote(plan), run) for run in plan.runs]  # type: ignore[call-overload]
-    summary: TrainSummary = finalize(quote(plan), results, embedded)  # type: ignore[call-overload]
-    create_table_artifact(
-        summary.table,
-        key="heads-metrics",
-        description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
-    )
+    with tagged():
+        check(config, embed_inputs=False)  # heads, task, feature set: before any embedding
+        feature_set, embedded = embed_first(config, run_embed)
+        plan = prepare(config, feature_set)
+        # quote(): the plan holds the feature arrays; Prefect need not walk them.
+        results = [fit(quote(plan), run) for run in plan.runs]  # type: ignore[call-overload]
+        summary: TrainSummary = finalize(quote(plan), results, embedded)  # type: ignore[call-overload]
+        create_table_artifact(
+            summary.table,
+            key=artifact_key("heads-metrics", plan.feature_set_spec.source, summary.task),
+            description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
+        )
     return summary
 
 
 def run_train(config: TrainConfig) -> TrainSummary:
-    """Run the heads flow on a config (its flat parameters: ``config.run_values``)."""
-    return train_flow(**run_values(config))
+    """Run the heads flow on a config (its flat parameters: ``config.run_values``); the
+    summary comes from the final state (see ``flows.embed.run_embed`` for why)."""
+    state = cast(State[TrainSummary], train_flow(**run_values(config), return_state=True))
+    summary: TrainSummary = state.result()
+    return summary

@@ -200,6 +200,8 @@ def _check_before_prefect(config: EmbedConfig | TrainConfig | FinetuneConfig) ->
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Offline, telemetry would log an error on every run.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The library's own log lines (what is embedded, failures, chosen C) in the run's logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "transfer_pipe")
     _quiet_prefect_tracebacks()
 
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.embed import run_embed
-from flows.finetune import run_finetune
+from flows.finetune import finetune_flow, run_finetune
 from tests.e2e.test_cli import cli
 from tests.images import make_dataset
 from transfer_pipe.backbones import get_backbone, list_backbones
-from transfer_pipe.config import EmbedConfig, FinetuneConfig
+from transfer_pipe.config import EmbedConfig, FinetuneConfig, run_values
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.persist import list_cards
 from transfer_pipe.heads.persist import load_head
@@ -73,7 +73,8 @@ def test_flow_compares_with_the_probe_saves_and_reports(
     embedded: tuple[Path, Path, str],
 ) -> None:
     _, store, key = embedded
-    summary = run_finetune(config(store, key, lp_ft=True))
+    state = finetune_flow(**run_values(config(store, key, lp_ft=True)), return_state=True)
+    summary = state.result()
     assert summary.embedded == 0 and summary.feature_set == key
     assert summary.splits["train"] + summary.splits["val"] + summary.splits["test"] == 42
     assert summary.epochs == 2 and summary.skipped_images == 0
@@ -90,13 +91,15 @@ def test_flow_compares_with_the_probe_saves_and_reports(
         assert (folder / name).stat().st_size > 0, name
     assert "linear probe" in (folder / "report.md").read_text()
 
+    # This run's own artifacts (the session's server is shared), keyed per dataset and task.
     with get_client(sync_client=True) as client:
-        tables = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-vs-probe"]))
+        mine = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
         )
-        reports = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-report"]))
-        )
+    tables = [a for a in mine if (a.key or "").startswith("finetune-vs-probe-")]
+    reports = [a for a in mine if (a.key or "").startswith("finetune-report-")]
     rows = json.loads(tables[0].data) if isinstance(tables[0].data, str) else tables[0].data
     assert [row["head"] for row in rows] == ["linear probe", "finetune top-1 lp-ft"]
     assert rows[0]["accuracy"] == round(summary.probe_accuracy, 4)

@@ -106,7 +106,7 @@ def test_two_tasks_on_one_feature_set_compute_no_embedding(
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["heads-metrics"]),
+                key=ArtifactFilterKey(like_="heads-metrics-%"),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.state_details.flow_run_id]),
             )
         )

@@ -7,6 +7,7 @@ from which a killed run resumes to the same weights it would have reached uninte
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -23,6 +24,8 @@ from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import atomic_path
 from transfer_pipe.finetune.data import ImageRows, make_loader, prefetch
 from transfer_pipe.finetune.surgery import FinetuneModel, parameter_groups
+
+logger = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -173,7 +176,14 @@ class Trainer:
         epochs, or the time budget is spent (the schedule is fitted to it after the first
         epoch); resumes from ``last.pt`` when present."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        if not self.resume():
+        if self.resume():
+            logger.info(
+                "fine-tuning resumes after epoch %d of %d (checkpoint %s)",
+                self.state.epoch,
+                self.planned_epochs,
+                self.checkpoints / LAST,
+            )
+        else:
             torch.manual_seed(self.options.seed)
             self.save()  # epoch 0: a run killed in its first epoch restarts cleanly
         started = time.perf_counter() - self.state.seconds
@@ -192,9 +202,24 @@ class Trainer:
                 _atomic_save(self.model.state_dict(), self.checkpoints / BEST)
             self.state.finished = self._stop_reason(epoch)
             self.save()
+            logger.info(
+                "fine-tuning epoch %d of %d: train loss %.4f, val accuracy %.4f%s",
+                epoch,
+                self.planned_epochs,
+                record.get("train_loss", math.nan),
+                val["val_accuracy"],
+                f"; stopping ({self.state.finished})" if self.state.finished else "",
+            )
             if on_epoch is not None:
                 on_epoch(record)
         self.load_best()
+        logger.info(
+            "fine-tuning done after %d epochs (%s); best validation accuracy %.4f at epoch %d",
+            self.state.epoch,
+            self.state.finished,
+            self.state.best_accuracy,
+            self.state.best_epoch,
+        )
         return self.state
 
     def _stop_reason(self, epoch: int) -> str:

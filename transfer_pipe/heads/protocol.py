@@ -12,6 +12,7 @@ Test rows reach step 4 only: changing them changes nothing before it (tested).
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from transfer_pipe.heads.metrics import evaluate, softmax
 from transfer_pipe.heads.tasks import SplitRows, TaskData
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
 from transfer_pipe.scores import Metrics
+
+logger = logging.getLogger(__name__)
 
 Selection = Literal["grid", "early-stopping"]
 
@@ -148,6 +151,12 @@ def fit_head(name: str, data: TaskData, options: ProtocolOptions) -> FittedHead:
             started = time.perf_counter()
             chosen, curve = _select(kind, data, options)
             selected = time.perf_counter()
+            logger.info(
+                "%s: chose %s on the %d validation rows; refitting on train + validation",
+                name,
+                _format_params(chosen),
+                len(data.val),
+            )
             model = _chosen_pipeline(kind, options, chosen)
             both = SplitRows.concat(data.train, data.val)
             model.fit(both.features, both.labels)
@@ -164,6 +173,14 @@ def fit_head(name: str, data: TaskData, options: ProtocolOptions) -> FittedHead:
     seconds = {"select": selected - started, "refit": refitted - selected}
     seconds["evaluate"] = time.perf_counter() - refitted
     return FittedHead(name, model, chosen, curve, metrics, seconds)
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    """``{"C": 0.1, "penalty": "l2"}`` -> ``C=0.1, penalty=l2`` (for the logs)."""
+    text = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+    return text or "the defaults"
 
 
 def _chosen_pipeline(kind: HeadKind, options: ProtocolOptions, chosen: dict[str, Any]) -> Pipeline:

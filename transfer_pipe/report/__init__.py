@@ -5,6 +5,7 @@ Plain library code: no Prefect, torch or zarr. Flows turn the rows into artifact
 
 from transfer_pipe.report.finetune import FinetuneScored, comparison_rows, finetune_report
 from transfer_pipe.report.plots import (
+    png_data_uri,
     save_confusion_matrix,
     save_learning_curves,
     save_per_class_accuracy,
@@ -26,6 +27,7 @@ __all__ = [
     "finetune_report",
     "markdown_report",
     "metrics_rows",
+    "png_data_uri",
     "save_confusion_matrix",
     "save_learning_curves",
     "save_per_class_accuracy",

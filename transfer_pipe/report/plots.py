@@ -8,6 +8,7 @@ and headless machines, and it leaves the process's matplotlib backend alone.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -91,6 +92,12 @@ def save_per_class_accuracy(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def png_data_uri(png: bytes) -> str:
+    """A PNG as a ``data:`` URI: an image a markdown report carries inline (the Prefect
+    UI renders it), so it shows where the report is read, not only where it was written."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def save_result_plots(folder: Path, result: Scored) -> dict[str, Path]:

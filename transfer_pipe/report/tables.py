@@ -114,12 +114,17 @@ def terminal_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = N
     return "\n".join(lines)
 
 
-def markdown_report(result: Scored, images: Mapping[str, str] | None = None) -> str:
+def markdown_report(
+    result: Scored,
+    images: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> str:
     """A markdown report for one head result.
 
     Sections: title (head id), run details (head, task, layer, chosen hyperparameters),
     headline metrics with the 95% CI, the confusion matrix (rows = true class), a
-    per-class table, and ``![name](path)`` lines for each of ``images``.
+    per-class table, ``![name](src)`` lines for each of ``images`` (a path, a URL or a
+    ``data:`` URI), and where each of ``files`` lives (e.g. the head's folder, model, card).
     """
     metrics = result.metrics
     classes = metrics.classes
@@ -175,6 +180,9 @@ def markdown_report(result: Scored, images: Mapping[str, str] | None = None) -> 
     if images:
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({path})" for name, path in images.items()]
+    if files:
+        lines += ["", "## Files", "", "| file | where |", "|---|---|"]
+        lines += [f"| {name} | `{where}` |" for name, where in files.items()]
     return "\n".join(lines) + "\n"
 
 

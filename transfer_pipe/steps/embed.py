@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +29,11 @@ from transfer_pipe.cluster import dask_client, plan_cluster
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest
+from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.features.embedder import EmbedderConfig
 from transfer_pipe.features.shard import Reuse, ShardResult, ShardTask, run_shard
 from transfer_pipe.schema import CONTENT_HASH, FAILURE, URI
+from transfer_pipe.steps.failures import StepFailed, failure_report
 from transfer_pipe.steps.results import EmbedSummary
 from transfer_pipe.store import (
     FeatureSetSpec,
@@ -39,6 +43,7 @@ from transfer_pipe.store import (
     open_store,
 )
 
+logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 _LIBRARIES = ("transfer-pipe", "torch", "torchvision", "numpy", "zarr", "dask", "pillow")
 
@@ -142,6 +147,21 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     )
     donors = reusable_rows(store, spec) if not done.all() else {}
     tasks = _shard_tasks(config, spec, manifest, done, donors, embedder)
+    logger.info(
+        "feature set %s: %d images of %s through %s at %d px (layers %s), %s; "
+        "%d of %d shards to write, %d already written, %d rows to copy from other feature sets",
+        key,
+        spec.rows,
+        spec.source,
+        spec.backbone,
+        preprocessing.image_size,
+        ", ".join(spec.layers),
+        status,
+        len(tasks),
+        spec.n_shards,
+        int(done.sum()),
+        sum(len(task.reuse) for task in tasks),
+    )
     return EmbedPlan(
         config=config,
         spec=spec,
@@ -231,12 +251,39 @@ def compute_shards(
         futures = client.map(
             run_shard, plan.tasks, key=[f"shard-{plan.spec.key}-{t.shard}" for t in plan.tasks]
         )
+        shard_of = {f.key: t.shard for f, t in zip(futures, plan.tasks, strict=True)}
         for future in as_completed(futures):
-            results.append(future.result())
+            results.append(_shard_result(future, shard_of[future.key], plan))
             bar.update(1)
             for callback in on_progress:
                 callback(len(results), total)
+    logger.info(
+        "feature set %s: %d shards written, %d images embedded, %d copied, %d failed",
+        plan.spec.key,
+        len(results),
+        sum(r.embedded for r in results),
+        sum(r.reused for r in results),
+        sum(r.failed for r in results),
+    )
     return sorted(results, key=lambda r: r.shard)
+
+
+def _shard_result(future: Any, shard: int, plan: EmbedPlan) -> ShardResult:
+    """The shard's summary, or ``StepFailed`` naming the shard and the cause (a user's
+    mistake, ``TransferPipeError``, passes as it is). The shards written before stay
+    written: the next run resumes from them."""
+    try:
+        result: ShardResult = future.result()
+    except TransferPipeError:
+        raise
+    except Exception as exc:
+        raise StepFailed(
+            f"shard {shard} of {plan.spec.n_shards} (rows {plan.spec.shard_rows(shard).start}-"
+            f"{plan.spec.shard_rows(shard).stop - 1}) of feature set {plan.spec.key} failed: "
+            f"{type(exc).__name__}: {exc}. Shards already written are kept; run again to "
+            "resume from them."
+        ) from exc
+    return result
 
 
 def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> EmbedSummary:
@@ -244,7 +291,17 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
     store = open_store(plan.config.store)
     key = plan.spec.key
     stats = store.shard_stats(key)
-    failed = len(store.failures(key))
+    failures = failure_report(store, key, limit=0)
+    failed = failures.total
+    if failed:
+        logger.warning(
+            "feature set %s: %s, out of %d images; the run's failures table and "
+            "`transfer-pipe show %s` list them",
+            key,
+            failures.message,
+            plan.spec.rows,
+            key,
+        )
     embedded = sum(r.embedded for r in results)
     if store.status(key) != "complete":
         store.mark_complete(
@@ -278,6 +335,18 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
         steady_images_per_s=steady_rate(results),
         status=store.status(key),
     )
+
+
+def embed_message(summary: EmbedSummary) -> str:
+    """One line on what an embed run did, e.g. ``feature set 3f..: 18 images embedded, 0
+    reused; 4 images failed (see the failures table)``."""
+    message = (
+        f"feature set {summary.feature_set}: {summary.embedded} images embedded, "
+        f"{summary.reused} reused"
+    )
+    if summary.failed:
+        message += f"; {summary.failed} images failed (see the failures table)"
+    return message
 
 
 def embed(config: EmbedConfig, on_progress: Sequence[ProgressCallback] = ()) -> EmbedSummary:
@@ -324,6 +393,7 @@ __all__ = [
     "EmbedPlan",
     "compute_shards",
     "embed",
+    "embed_message",
     "finalize_embedding",
     "prepare_embedding",
     "reusable_rows",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import posixpath
 import re
 import tempfile
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from transfer_pipe.config import TrainConfig
@@ -30,14 +33,17 @@ from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_t
 from transfer_pipe.report import (
     markdown_report,
     metrics_rows,
+    png_data_uri,
     save_result_plots,
 )
 from transfer_pipe.steps.embed import embed, library_versions
+from transfer_pipe.steps.failures import StepFailed
 from transfer_pipe.steps.results import HeadSummary, TrainSummary
 from transfer_pipe.steps.target import embed_first
 from transfer_pipe.store import FeatureSetSpec, open_store
-from transfer_pipe.store.cards import SplitSizes, TaskRef
+from transfer_pipe.store.cards import CARD, SplitSizes, TaskRef
 
+logger = logging.getLogger(__name__)
 _LIBRARIES = ("transfer-pipe", "torch", "scikit-learn", "numpy", "skops", "safetensors")
 
 
@@ -74,6 +80,16 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
         )
     else:
         runs = tuple(HeadRun(head) for head in config.heads)
+    logger.info(
+        "task %s on feature set %s, layer %s: %d classes, splits %s (%s); heads %s",
+        data.task.name,
+        feature_set,
+        data.layer,
+        len(data.classes),
+        data.sizes(),
+        data.split_origin,
+        ", ".join(config.heads),
+    )
     return TrainPlan(config, feature_set, data, runs, spec)
 
 
@@ -143,7 +159,22 @@ def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
     identity = head_id(plan, run)
     saved = None if plan.config.refit else read_card(plan.config.store, identity)
     if saved is not None:
+        logger.info("head %s: reused (the store holds it for these features and options)", identity)
         return HeadResult.of(saved, head_url(plan.config.store, identity))
+    try:
+        return _fit_and_save(plan, run, identity)
+    except TransferPipeError:
+        raise
+    except Exception as exc:
+        raise StepFailed(
+            f"head {run.head} ({identity}) on feature set {plan.feature_set} failed: "
+            f"{type(exc).__name__}: {exc}. Heads already saved are kept; run again to "
+            "fit the rest."
+        ) from exc
+
+
+def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
+    """Fit head ``run`` by the protocol and save it, its card, report and plots."""
     data = plan.data
     if run.shot_seed is not None and plan.config.shots is not None:
         data = data.few_shot(plan.config.shots, run.shot_seed)
@@ -163,7 +194,35 @@ def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
         files = _report_files(Path(tmp), result)
         card = _card(plan, data, fitted, result.head_id)
         url = save_head(plan.config.store, card, fitted.model, files.values())
+    logger.info(
+        "head %s: fitted, test accuracy %.4f, macro F1 %.4f; saved to %s",
+        identity,
+        fitted.metrics.accuracy,
+        fitted.metrics.macro_f1,
+        url,
+    )
     return replace(result, url=url)
+
+
+def head_report(store: str, result: HeadResult) -> str:
+    """A saved head's markdown report for a viewer that has no access to the store (the
+    Prefect UI): its plots inline as ``data:`` URIs, and where its folder, model file and
+    card live."""
+    url = result.url or head_url(store, result.head_id)
+    card = read_card(store, result.head_id)
+    files = {"head folder": url, "card": posixpath.join(url, CARD)}
+    if card is not None and card.model_file:
+        files["model"] = posixpath.join(url, card.model_file)
+    fs, folder = fsspec.core.url_to_fs(url)
+    images = {}
+    for name in _PLOTS:
+        path = posixpath.join(folder, f"{name}.png")
+        if fs.exists(path):
+            images[name] = png_data_uri(fs.cat_file(path))
+    return markdown_report(result, images, files)
+
+
+_PLOTS = ("confusion", "per_class")  # the PNGs ``save_result_plots`` writes
 
 
 def _report_files(folder: Path, result: HeadResult) -> dict[str, Path]:

@@ -1,0 +1,157 @@
+"""A ``transfer-pipe serve`` stack for benchmark scripts: started as a user starts it (a
+subprocess with its own home and a free loopback port), driven through Prefect's REST API,
+stopped with SIGTERM. (The tests have their own, pytest-aware copy in tests/e2e/test_serve.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+READY = "transfer-pipe serve is ready"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def api(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    """One call to Prefect's REST API; the decoded JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read().decode() or "null")
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """A user's shell with their own transfer-pipe home and no Prefect server chosen, so
+    that serve picks its own and the CLI finds it through the home's record."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.pop("PREFECT_HOME", None)
+    return {**env, "TRANSFER_PIPE_HOME": str(home)}
+
+
+def cli(home: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    """``transfer-pipe ARGS`` as a user in ``home`` runs it (a home where serve runs: against
+    that server; any other: Prefect's temporary server)."""
+    return subprocess.run(
+        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        env=user_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the script through ``sys.exit``, so that its ``finally`` blocks stop the
+    stack it started (Python's default would die at once and leave serve running)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass
+class Stack:
+    """A running ``transfer-pipe serve``."""
+
+    process: subprocess.Popen[bytes]
+    home: Path
+    port: int
+    log: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+        """``transfer-pipe ARGS`` in this stack's home: it runs against the stack's server."""
+        return cli(self.home, *args, timeout=timeout)
+
+    def run_deployment(self, name: str, parameters: dict[str, Any]) -> str:
+        """Create a run of deployment ``flow/deployment`` (Scheduled for now, as the
+        scheduler does); its id. The worker picks it up."""
+        deployment = api("GET", f"{self.api_url}/deployments/name/{name}")
+        body = {"parameters": parameters}
+        run = api("POST", f"{self.api_url}/deployments/{deployment['id']}/create_flow_run", body)
+        return str(run["id"])
+
+    def wait_for_run(self, run_id: str, timeout_s: float = 7200) -> dict[str, Any]:
+        """The flow run once it reached a final state."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run: dict[str, Any] = api("GET", f"{self.api_url}/flow_runs/{run_id}")
+            if run["state_type"] in TERMINAL:
+                return run
+            time.sleep(1)
+        raise TimeoutError(f"flow run {run_id} did not finish in {timeout_s} s")
+
+    def timings(self, run_id: str) -> dict[str, float]:
+        """Seconds of a finished run, from its state history: ``picked_up_s`` from the
+        worker taking it (Pending) to its end, ``running_s`` from Running (the flow's
+        ``start_time``) to its end, ``queued_s`` from creation to pick-up."""
+        run = api("GET", f"{self.api_url}/flow_runs/{run_id}")
+        states = api("GET", f"{self.api_url}/flow_run_states/?flow_run_id={run_id}")
+        pending = min(parse_time(s["timestamp"]) for s in states if s["type"] == "PENDING")
+        end, start = parse_time(run["end_time"]), parse_time(run["start_time"])
+        return {
+            "picked_up_s": round((end - pending).total_seconds(), 2),
+            "running_s": round((end - start).total_seconds(), 2),
+            "queued_s": round((pending - parse_time(run["created"])).total_seconds(), 2),
+        }
+
+
+@contextmanager
+def serve_stack(base: Path, store: Path, timeout_s: float = 900) -> Iterator[Stack]:
+    """``transfer-pipe serve --store STORE`` with its home under ``base``, on a free port;
+    yields once it printed that it is ready, and stops it (SIGTERM) afterwards."""
+    home, port, log = base / "home", free_port(), base / "serve.log"
+    home.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "transfer_pipe.cli", "serve", "--store", str(store)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            env=user_env(home),
+            cwd=base,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    stack = Stack(process, home, port, log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while READY not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not become ready:\n{log.read_text()}")
+            time.sleep(1)
+        yield stack
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()

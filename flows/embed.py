@@ -134,8 +134,9 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     """Run the embed flow on a config (its flat parameters are the config's fields).
 
     The summary comes from the run's final state, not the call's return value: Prefect
-    links a returned object to the subflow that made it, and a task given it would then
-    list a flow run as its input, which the default UI's Task Runs tab cannot show."""
+    links a subflow's returned object (and its fields) to that flow run, and a task given
+    one would then list a flow run as its input, which the default UI's Task Runs tab
+    cannot show ("Invalid TaskInputResponse"). Pass plain values taken from the state."""
     state = cast(State[EmbedSummary], embed_flow(**run_values(config), return_state=True))
     summary: EmbedSummary = state.result()  # raises the run's error when it failed
     return summary

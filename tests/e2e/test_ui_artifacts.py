@@ -173,8 +173,9 @@ def test_heads_runs_per_dataset_with_library_logs_plots_and_plain_task_inputs(
 
     # Every task input is one the default UI's Task Runs tab can show: no flow run
     # (a subflow's result) passed to a task.
-    # Mutation: run_embed returning embed_flow(...)'s return value (linked by Prefect to the
-    # embed subflow) gives prepare-task a flow_run input and makes this fail.
+    # Mutation: embed_flow returning the bare summary and run_embed returning the call's
+    # value (which Prefect links to the embed subflow) gives prepare-task flow_run inputs
+    # and makes this fail; either of the two alone keeps the link broken.
     runs = [shoes, *(sub.id for sub in subflows_of(shoes))]
     task_runs = task_runs_of(runs)
     assert any(t.name.startswith("fit-logreg-") for t in task_runs)

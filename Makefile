@@ -56,3 +56,4 @@ benchmark: install data
 	$(BIN)/python benchmarks/heads_probe.py
 	$(BIN)/python benchmarks/finetune.py --device cpu --image-size 64 --policy top-2 \
 		--epochs 6 --time-budget 2400
+	$(BIN)/python benchmarks/pipeline_rerun.py --limit $(LIMIT) --image-size $(IMAGE_SIZE)

@@ -54,7 +54,7 @@ def photograph(stack: Stack, url: str, run_id: str, output: Path, work: Path) ->
     run = api("GET", f"{stack.api_url}/flow_runs/{run_id}")
     body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
     artifacts = api("POST", f"{stack.api_url}/artifacts/filter", body)
-    table = next(a for a in artifacts if a["type"] == "table")
+    table = next(a for a in artifacts if (a["key"] or "").startswith("heads-metrics"))
     with Browser(width=1400, height=1250) as browser:
         browser.open(url)
         # Rendered once the UI's JavaScript fetched the run: wait for what a person reads.

@@ -105,7 +105,9 @@ def test_the_heads_table_artifact_shows_each_head(
     served: Served, train_run: tuple[str, str], tmp_path: Path
 ) -> None:
     _, run_id = train_run
-    (table,) = [a for a in artifacts_of(served, run_id) if a["type"] == "table"]
+    (table,) = [
+        a for a in artifacts_of(served, run_id) if (a["key"] or "").startswith("heads-metrics")
+    ]
     with Browser(width=1400, height=900) as browser:
         browser.open(f"http://127.0.0.1:{served.port}/artifacts/artifact/{table['id']}")
         # One row per fitted head, with its metrics, as the CLI's table prints them.

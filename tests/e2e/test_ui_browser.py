@@ -111,5 +111,7 @@ def test_the_heads_table_artifact_shows_each_head(
     with Browser(width=1400, height=900) as browser:
         browser.open(f"http://127.0.0.1:{served.port}/artifacts/artifact/{table['id']}")
         # One row per fitted head, with its metrics, as the CLI's table prints them.
+        # Mutation checked: a heads-metrics table of its first row only (summary.table[:1]
+        # in flows/train.py) never shows "2 Items" nor "ridge", and this fails.
         browser.wait_for_text(table["key"], "2 Items", "accuracy", "macro_f1", "logreg", "ridge")
         assert_not_blank(browser.screenshot(tmp_path / "heads-table.png"))

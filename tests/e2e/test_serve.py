@@ -38,7 +38,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def api(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+def api(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json"}

@@ -15,13 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from flows.embed import run_embed
-from flows.finetune import run_finetune
 from flows.parameters import run_parameters
 from flows.runs import capture_library_logs, run_name, tagged
 from flows.train import run_train
 from transfer_pipe.config import PipelineConfig, run_values
 from transfer_pipe.steps.checks import check_inputs
-from transfer_pipe.steps.pipeline import summarize
 from transfer_pipe.steps.results import PipelineSummary
 from transfer_pipe.steps.target import run_config
 
@@ -42,10 +40,13 @@ def pipeline_flow(**values: Any) -> State[PipelineSummary]:
         check(config, embed_inputs=False)  # heads, task, feature set: before any embedding
         embedded = run_embed(config.embed)
         trained = run_train(config.train_config(embedded.feature_set))
-        tuned = (
-            run_finetune(config.finetune_config(embedded.feature_set)) if config.finetune else None
-        )
-    summary = summarize(embedded, trained, tuned)
+        tuned = None
+        if config.finetune:
+            # Imported here: seconds of imports a scheduled run without fine-tuning never pays.
+            from flows.finetune import run_finetune
+
+            tuned = run_finetune(config.finetune_config(embedded.feature_set))
+    summary = PipelineSummary.of(embedded, trained, tuned)
     print(summary.message)
     return Completed(message=summary.message, data=summary)
 

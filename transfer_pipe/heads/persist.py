@@ -20,7 +20,6 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import skops.io
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -70,6 +69,8 @@ def _write_model(model: Pipeline, folder: Path) -> Path:
         out = folder / "model.safetensors"
         save_file(tensors, str(out), metadata=metadata)
         return out
+    import skops.io  # seconds to import: only when a scikit-learn head is saved or loaded
+
     out = folder / "model.skops"
     skops.io.dump(model, out)
     return out
@@ -116,6 +117,8 @@ def _read_model(path: Path) -> Pipeline:
         scaler.var_ = scaler.scale_**2
         scaler.n_features_in_ = len(scaler.mean_)
         return Pipeline([("scale", scaler), ("head", head)])
+    import skops.io
+
     untrusted = skops.io.get_untrusted_types(file=path)
     unknown = [t for t in untrusted if not t.startswith(_SKOPS_TRUSTED_PREFIXES)]
     if unknown:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from transfer_pipe.report.tables import Scored
 from transfer_pipe.scores import ClassScores
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _DPI = 100
 # Above this many classes the per-cell counts are too small to read, so we leave them out.
@@ -44,7 +46,7 @@ def save_confusion_matrix(
     shares = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
 
     side = min(4.0 + 0.45 * k, 40.0)
-    fig = Figure(figsize=(side + 1.0, side), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(side + 1.0, side), dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label="share of true class")
@@ -75,7 +77,7 @@ def save_per_class_accuracy(
     """
     names = [row.name for row in per_class]
     recall = np.array([row.recall for row in per_class], dtype=np.float64)
-    fig = Figure(figsize=(min(4.0 + 0.4 * len(names), 40.0), 4.5), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(min(4.0 + 0.4 * len(names), 40.0), 4.5), dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
     positions = np.arange(len(names))
     bars = ax.bar(positions, recall, color="tab:blue")
@@ -122,7 +124,7 @@ def save_learning_curves(
     """Loss (train, validation) and accuracy (train, validation, and ``baseline``, e.g. the
     linear probe's test accuracy, as a dashed line) per epoch, side by side, as PNG."""
     epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(10, 4), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(10, 4), dpi=_DPI, layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, metric, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
         for split, style in (("train", "o-"), ("val", "s-")):
@@ -148,10 +150,20 @@ def _class_ticks(ax: Axes, classes: Sequence[str], axis: str) -> None:
         ax.set_yticks(positions, list(classes))
 
 
+def _figure(**options: Any) -> Figure:
+    # matplotlib is imported when a plot is drawn, not with the library: a flow that draws
+    # none (a scheduled rerun with nothing to fit) starts a second sooner.
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
     """Render ``fig`` with Agg to a PNG at ``path`` (parent folders created)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     fig.savefig(out, format="png")
     return out

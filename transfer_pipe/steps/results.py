@@ -136,3 +136,25 @@ class PipelineSummary(Record):
     embed: EmbedSummary
     train: TrainSummary
     finetune: FinetuneSummary | None = None
+
+    @classmethod
+    def of(
+        cls, embedded: EmbedSummary, trained: TrainSummary, tuned: FinetuneSummary | None = None
+    ) -> PipelineSummary:
+        """The pipeline's summary and its message, e.g. ``no new images: 0 embedded, 10000
+        reused, heads up to date``."""
+        if embedded.embedded == 0 and trained.heads_fitted == 0:
+            message = f"no new images: 0 embedded, {embedded.reused} reused, heads up to date"
+        else:
+            message = (
+                f"{embedded.embedded} images embedded, {embedded.reused} reused; "
+                f"{trained.heads_fitted} heads fitted, {trained.heads_reused} up to date"
+            )
+        if embedded.failed:
+            message += f"; {embedded.failed} images failed (see the feature set's failures table)"
+        if tuned is not None:
+            message += (
+                f"; fine-tuned {tuned.run_id}: accuracy {tuned.accuracy:.4f} vs probe "
+                f"{tuned.probe_accuracy:.4f}"
+            )
+        return cls(message=message, embed=embedded, train=trained, finetune=tuned)

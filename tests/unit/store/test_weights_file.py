@@ -44,4 +44,3 @@ def test_the_spec_keeps_the_weights_file_and_fine_tuning_finds_it(tmp_path: Path
     # Mutation: dropping spec.weights_file from the candidates makes _backbone raise.
     assert backbone.weights_file == str(weights)
     assert backbone.weights_digest() == spec.weights_digest
-

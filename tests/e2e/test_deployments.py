@@ -171,8 +171,8 @@ def test_scheduled_runs_embed_only_what_is_new(
     assert first["state_type"] == "COMPLETED", first["state"]
     assert first["state"]["message"].startswith(f"{GOOD} images embedded, 0 reused; 2 heads")
 
-    # Mutation: fitting heads whatever the store holds (refit=True in the deployment's
-    # defaults) makes this run fit 2 heads: the message no longer says "up to date".
+    # Mutation: `refit: true` in the nightly deployment's parameters (deploy/prefect.yaml)
+    # makes this run fit 2 heads again: the message no longer says "heads up to date".
     unchanged = scheduled_run(served, nightly, values)
     assert unchanged["state_type"] == "COMPLETED", unchanged["state"]
     message = unchanged["state"]["message"]
@@ -210,8 +210,8 @@ def test_bad_input_fails_the_deployment_run_in_seconds_writing_nothing(
     values = {**parameters(data, store), **overrides}
     run = wait_for_run(served, trigger(served, nightly, values))
     assert run["state_type"] == "FAILED", run["state"]
-    # Mutation: dropping run_config's validation from flows/pipeline.py lets the run go on
-    # to embed (or fail later with another message).
+    # Mutation: state.result(raise_on_failure=False) in flows/embed.py's run_embed swallows
+    # the embed run's error: the pipeline then fails on an AttributeError naming neither.
     assert message in run["state"]["message"]
     assert seconds(run) < 60  # a check, not a run: nothing was embedded
     assert not store.exists() or not any(store.rglob("*.json"))

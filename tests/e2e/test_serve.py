@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,12 +40,20 @@ def free_port() -> int:
 
 
 def api(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -> Any:
+    """One REST call. A 503 is retried, as Prefect's own client does: the server answers
+    it when SQLite is busy, which happens on two loaded cores while a worker runs flows."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read().decode() or "null")
+    for attempt in range(5):
+        request = urllib.request.Request(
+            url, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read().decode() or "null")
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == 4:
+                raise
+            time.sleep(2 * (attempt + 1))
 
 
 def user_env(home: Path) -> dict[str, str]:

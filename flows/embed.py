@@ -21,14 +21,12 @@ from prefect.utilities.annotations import quote
 
 from flows.parameters import run_parameters
 from flows.runs import (
-    RETRIES,
-    RETRY_DELAY_SECONDS,
+    RETRY,
     artifact_key,
     capture_library_logs,
     dataset_name,
     run_name,
     tagged,
-    transient_error,
 )
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig, run_values
@@ -40,14 +38,6 @@ from transfer_pipe.steps.target import run_config
 from transfer_pipe.store import open_store
 
 capture_library_logs()
-
-# Tasks that touch the store or a device retry transient errors (I/O, timeouts), never a
-# user's mistake; each retry redoes only what the store lacks.
-_RETRY: dict[str, Any] = {
-    "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAY_SECONDS,
-    "retry_condition_fn": transient_error,
-}
 
 
 def _prepare_name(parameters: dict[str, Any]) -> str:
@@ -66,15 +56,20 @@ def _plan_name(verb: str) -> Any:
 
 # The store, not Prefect's cache, decides what is already done: that check also works from
 # the CLI and notebooks, and across scheduled runs (Prefect's default key includes the run id).
-prepare = task(name="prepare", cache_policy=NO_CACHE, task_run_name=_prepare_name, **_RETRY)(  # type: ignore[arg-type]
+prepare = task(name="prepare", cache_policy=NO_CACHE, task_run_name=_prepare_name, **RETRY)(  # type: ignore[arg-type]
     steps.prepare_embedding
 )
 finalize = task(
-    name="finalize", cache_policy=NO_CACHE, task_run_name=_plan_name("finalize"), **_RETRY
+    name="finalize", cache_policy=NO_CACHE, task_run_name=_plan_name("finalize"), **RETRY
 )(steps.finalize_embedding)
 
 
-@task(name="compute-shards", cache_policy=NO_CACHE, task_run_name=_plan_name("shards"), **_RETRY)
+@task(
+    name="compute-shards",
+    cache_policy=NO_CACHE,
+    task_run_name=_plan_name("shards"),
+    **RETRY,
+)
 def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
     """Run the pending shards on Dask, mirroring progress into a Prefect progress artifact:
     the share of the feature set's shards written, by this run or an interrupted one."""

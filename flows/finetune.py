@@ -27,13 +27,11 @@ from prefect.utilities.annotations import quote
 from flows.embed import run_embed
 from flows.parameters import run_parameters
 from flows.runs import (
-    RETRIES,
-    RETRY_DELAY_SECONDS,
+    RETRY,
     artifact_key,
     capture_library_logs,
     run_name,
     tagged,
-    transient_error,
 )
 from transfer_pipe.config import FinetuneConfig, run_values
 from transfer_pipe.finetune.card import FinetuneResult
@@ -46,14 +44,6 @@ from transfer_pipe.steps.target import embed_first, run_config
 
 capture_library_logs()
 
-# Training runs on a device and checkpoints to the store: retry transient errors (it
-# resumes from the last checkpoint), never a user's mistake.
-_RETRY: dict[str, Any] = {
-    "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAY_SECONDS,
-    "retry_condition_fn": transient_error,
-}
-
 
 def _plan_name(verb: str) -> Any:
     def name(parameters: dict[str, Any]) -> str:
@@ -65,16 +55,21 @@ def _plan_name(verb: str) -> Any:
 
 
 check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
-prepare = task(name="prepare-finetune", cache_policy=NO_CACHE, **_RETRY)(steps.prepare_finetune)
+prepare = task(name="prepare-finetune", cache_policy=NO_CACHE, **RETRY)(steps.prepare_finetune)
 probe = task(
-    name="linear-probe", cache_policy=NO_CACHE, task_run_name=_plan_name("probe"), **_RETRY
+    name="linear-probe", cache_policy=NO_CACHE, task_run_name=_plan_name("probe"), **RETRY
 )(steps.ensure_probe)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_finetune)
 # Exports the weights and registers the backbone id: library work, so a task of its own.
 register = task(name="publish-backbone", cache_policy=NO_CACHE)(steps.publish_config)
 
 
-@task(name="fine-tune", cache_policy=NO_CACHE, task_run_name=_plan_name("fine-tune"), **_RETRY)
+@task(
+    name="fine-tune",
+    cache_policy=NO_CACHE,
+    task_run_name=_plan_name("fine-tune"),
+    **RETRY,
+)
 def train(plan: steps.FinetunePlan, probe_card: HeadCard) -> FinetuneResult:
     """Train (resuming from the last checkpoint), evaluate and save; progress per epoch."""
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]

@@ -49,6 +49,16 @@ def transient_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) 
     return is_transient(error if isinstance(error, BaseException) else None)
 
 
+# Retry options for the tasks that touch the store or a device: transient errors (I/O,
+# timeouts) are retried; each retry redoes only what the store lacks (training resumes from
+# its last checkpoint); a user's mistake is never retried.
+RETRY: dict[str, Any] = {
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAY_SECONDS,
+    "retry_condition_fn": transient_error,
+}
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A Prefect artifact key part: lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "x"

@@ -18,13 +18,11 @@ from prefect.utilities.annotations import quote
 from flows.embed import run_embed
 from flows.parameters import run_parameters
 from flows.runs import (
-    RETRIES,
-    RETRY_DELAY_SECONDS,
+    RETRY,
     artifact_key,
     capture_library_logs,
     run_name,
     tagged,
-    transient_error,
 )
 from transfer_pipe.config import TrainConfig, run_values
 from transfer_pipe.heads.card import HeadResult
@@ -34,13 +32,6 @@ from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.target import embed_first, run_config
 
 capture_library_logs()
-
-# Reading features and saving heads touch the store; heads may run on a device.
-_RETRY: dict[str, Any] = {
-    "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAY_SECONDS,
-    "retry_condition_fn": transient_error,
-}
 
 
 def _prepare_name(parameters: dict[str, Any]) -> str:
@@ -61,12 +52,12 @@ prepare = task(
     name="prepare-task",
     cache_policy=NO_CACHE,
     task_run_name=_prepare_name,  # type: ignore[arg-type]
-    **_RETRY,
+    **RETRY,
 )(steps.prepare_training)
 finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_training)
 
 
-@task(name="fit-head", cache_policy=NO_CACHE, task_run_name=_fit_name, **_RETRY)  # type: ignore[arg-type]
+@task(name="fit-head", cache_policy=NO_CACHE, task_run_name=_fit_name, **RETRY)  # type: ignore[arg-type]
 def fit(plan: steps.TrainPlan, run: steps.HeadRun) -> HeadResult:
     """Fit, evaluate and save one head (or reuse the saved one); its report, plots inline
     and where it is saved, becomes a markdown artifact."""

@@ -5,20 +5,20 @@ stopped with SIGTERM. (The tests have their own, pytest-aware copy in tests/e2e/
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from transfer_pipe.serve import rest as api
 
 READY = "transfer-pipe serve is ready"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -28,16 +28,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def api(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
-    """One call to Prefect's REST API; the decoded JSON answer."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read().decode() or "null")
 
 
 def user_env(home: Path) -> dict[str, str]:

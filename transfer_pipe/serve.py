@@ -260,14 +260,22 @@ def _failed(server: _Child, logs: Path, stop: _StopSignal, out: IO[str]) -> int:
     return 1
 
 
-def _api(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+def rest(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -> Any:
+    """One call to Prefect's REST API; the decoded JSON answer. A 503 is retried, as
+    Prefect's own client does: the server answers it while SQLite is busy, which happens
+    on a small machine while a worker runs flows."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        text = response.read().decode()
-    return json.loads(text) if text else None
+    for attempt in range(5):
+        request = urllib.request.Request(
+            url, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read().decode() or "null")
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == 4:
+                raise
+            time.sleep(2 * (attempt + 1))
 
 
 def _ensure_work_pools(api_url: str, env: dict[str, str], root: Path) -> None:
@@ -277,7 +285,7 @@ def _ensure_work_pools(api_url: str, env: dict[str, str], root: Path) -> None:
     missing = []
     for name in WORK_POOLS:
         try:
-            _api("GET", f"{api_url}/work_pools/{name}")
+            rest("GET", f"{api_url}/work_pools/{name}")
         except urllib.error.HTTPError as err:
             if err.code != 404:
                 raise
@@ -298,7 +306,7 @@ def _ensure_work_pools(api_url: str, env: dict[str, str], root: Path) -> None:
         if process.returncode != 0:
             raise TransferPipeError(f"could not create work pool {name}:\n{output.strip()}")
     for name, limit in WORK_POOLS.items():
-        _api("PATCH", f"{api_url}/work_pools/{name}", {"concurrency_limit": limit})
+        rest("PATCH", f"{api_url}/work_pools/{name}", {"concurrency_limit": limit})
 
 
 def deployable(root: Path) -> list[str]:

@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from tests.images import make_dataset
+from transfer_pipe.serve import rest as api
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +38,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def api(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -> Any:
-    """One REST call. A 503 is retried, as Prefect's own client does: the server answers
-    it when SQLite is busy, which happens on two loaded cores while a worker runs flows."""
-    data = None if body is None else json.dumps(body).encode()
-    for attempt in range(5):
-        request = urllib.request.Request(
-            url, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read().decode() or "null")
-        except urllib.error.HTTPError as error:
-            if error.code != 503 or attempt == 4:
-                raise
-            time.sleep(2 * (attempt + 1))
 
 
 def user_env(home: Path) -> dict[str, str]:

@@ -25,7 +25,8 @@ from typing import Any
 import psutil
 import torch
 
-from transfer_pipe.backbones import LayerTap, get_backbone
+from transfer_pipe.backbones import get_backbone
+from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.data.read import read_image
 from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.store import open_store

@@ -32,7 +32,8 @@ import torch
 from transfer_pipe.config import DEFAULT_HEADS, EmbedConfig
 from transfer_pipe.data.idx import read_idx, split_idx_uri
 from transfer_pipe.data.sources import load_manifest
-from transfer_pipe.heads.protocol import ProtocolOptions, fit_head
+from transfer_pipe.heads.options import ProtocolOptions
+from transfer_pipe.heads.protocol import fit_head
 from transfer_pipe.heads.tasks import SplitOptions, SplitRows, Task, TaskData, load_task
 from transfer_pipe.steps import embed
 from transfer_pipe.store import open_store

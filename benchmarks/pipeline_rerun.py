@@ -3,7 +3,8 @@
 Starts its own stack (own home, free loopback port, a fresh store) and, through Prefect's
 REST API as a scheduler would, runs the ``pipeline/nightly`` deployment twice on the same
 Fashion-MNIST subset: a cold run (embed N images, fit the 6 default heads) and a rerun over
-unchanged data (embeds 0, refits 0). Each run is timed from the worker picking it up
+unchanged data (embeds 0, refits 0), three times (the median is reported: this machine is
+shared and one run can be slowed by another job). Each run is timed from the worker picking it up
 (Pending) to Completed, and from Running (the flow's ``start_time``) to Completed. Then a
 CLI ``transfer-pipe embed`` rerun of the same source, timed end to end (process start to
 exit) against the stack's server, and the same command where no server runs (Prefect starts
@@ -34,6 +35,7 @@ from serve_stack import Stack, cli, exit_on_sigterm, serve_stack
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "pipeline_rerun.json"
 DEPLOYMENT = "pipeline/nightly"
+RERUNS = 3
 
 
 def pipeline_run(stack: Stack, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -106,8 +108,11 @@ def main() -> None:
             print(f"serve ready at {stack.ui_url}; cold pipeline run on {options.limit} images")
             cold = pipeline_run(stack, parameters)
             print(f"cold: {cold}")
-            rerun = pipeline_run(stack, parameters)
-            print(f"rerun: {rerun}")
+            reruns = []
+            for _ in range(RERUNS):
+                reruns.append(pipeline_run(stack, parameters))
+                print(f"rerun: {reruns[-1]}")
+            rerun = sorted(reruns, key=lambda run: run["picked_up_s"])[RERUNS // 2]
             cli_rerun = timed_cli(stack.home, embed_args)
             print(f"CLI embed rerun with serve: {cli_rerun}")
             # The same command where no server runs (a home serve never used).
@@ -122,7 +127,7 @@ def main() -> None:
         "parameters": {k: v for k, v in parameters.items() if k != "store"}
         | {"heads": "default (logreg, svm, knn, ridge, torch-linear, mlp)"},
         "cold_seconds": cold["picked_up_s"],
-        "rerun_seconds": rerun["picked_up_s"],
+        "rerun_seconds": rerun["picked_up_s"],  # the median of the reruns
         "ratio": round(ratio, 4),
         "rerun_flow_seconds": rerun["running_s"],
         "ratio_flow": round(rerun["running_s"] / cold["running_s"], 4),
@@ -142,6 +147,7 @@ def main() -> None:
         "import_seconds": {m: import_seconds(m) for m in ("flows.pipeline", "flows.embed")},
         "cold": cold,
         "rerun": rerun,
+        "reruns_seconds": [run["picked_up_s"] for run in reruns],
         "cli_rerun": cli_rerun,
         "cli_rerun_without_server": lone,
         "machine": machine(load),

@@ -42,7 +42,7 @@ def _fit_name(parameters: dict[str, Any]) -> str:
     plan, run = parameters["plan"], parameters["run"]
     plan = plan.unquote() if isinstance(plan, quote) else plan
     seed = f"-seed{run.shot_seed}" if run.shot_seed is not None else ""
-    return f"fit-{run.head}{seed}-{plan.data.task.name}-{plan.feature_set}"
+    return f"fit-{run.head}{seed}-{plan.task.name}-{plan.feature_set}"
 
 
 check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)

@@ -278,8 +278,7 @@ def _finetuned(args: argparse.Namespace) -> int:
 
 
 def _heads(args: argparse.Namespace) -> int:
-    from transfer_pipe.heads.card import HeadListing
-    from transfer_pipe.heads.persist import list_cards
+    from transfer_pipe.heads.card import HeadListing, list_cards
 
     cards = list_cards(args.store)
     if args.feature_set:

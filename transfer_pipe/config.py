@@ -20,7 +20,9 @@ from transfer_pipe.errors import TransferPipeError
 
 DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
 DEFAULT_STORE = "./feature-store"
-DEFAULT_HEADS = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
+# Every head the protocol knows (``heads.protocol.HEAD_KINDS`` builds them, in this order).
+HEAD_NAMES = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
+DEFAULT_HEADS = HEAD_NAMES
 Dtype = Literal["float32", "float16"]
 Autocast = Literal["none", "bf16", "fp16"]
 Augment = Literal["auto", "affine", "crop-flip", "none"]
@@ -255,6 +257,11 @@ class TrainConfig(TaskOptions):
         problems = super()._problems()
         if not self.heads:
             problems.append("--heads names no head")
+        problems.extend(
+            f"--heads: unknown head {name!r}; choose from {', '.join(HEAD_NAMES)}"
+            for name in self.heads
+            if name not in HEAD_NAMES
+        )
         if not 0 < self.c_min < self.c_max:
             problems.append("the C grid needs 0 < --c-min < --c-max")
         return problems

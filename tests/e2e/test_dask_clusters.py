@@ -23,7 +23,8 @@ from tests.unit.heads.synthetic import blobs, task_data
 from transfer_pipe.cli import main
 from transfer_pipe.features.embedder import Embedder
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
-from transfer_pipe.heads.protocol import ProtocolOptions, fit_head
+from transfer_pipe.heads.options import ProtocolOptions
+from transfer_pipe.heads.protocol import fit_head
 from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.store import open_store
 

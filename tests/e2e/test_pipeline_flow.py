@@ -11,7 +11,7 @@ import pytest
 from flows.pipeline import pipeline_flow
 from tests.images import make_dataset
 from transfer_pipe.config import EmbedConfig, PipelineConfig, run_values
-from transfer_pipe.heads.persist import list_cards
+from transfer_pipe.heads.card import list_cards
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

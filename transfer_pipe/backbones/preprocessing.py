@@ -6,13 +6,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from transfer_pipe.errors import TransferPipeError
+
+if TYPE_CHECKING:
+    import torch
 
 RESIZE_MODES = ("squash", "center-crop")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,6 +89,8 @@ class Preprocessing:
         # [3, H, W] array (a strided HWC source makes numpy several times slower).
         chw = pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
         scale, offset = self._affine
+        import torch  # here, not at import: a cache key needs the fields, not torch
+
         return torch.from_numpy(chw * scale + offset)
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,6 +5,9 @@ preprocessing, metadata, stages). ``get_backbone(id)`` turns an id, plus an opti
 local weights file, into a ``BackboneSpec``: a small picklable value that names the
 backbone, can build it, and says what its weights digest is. Specs hold no callables,
 so they travel to Dask workers as plain data and look their entry up again there.
+
+Nothing here imports torch: a spec, its weights digest and its layer names are known
+without it, so a run whose features the store already holds never pays for it.
 """
 
 from __future__ import annotations
@@ -12,11 +15,9 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.weights import (
@@ -26,6 +27,12 @@ from transfer_pipe.backbones.weights import (
     WeightsSource,
 )
 from transfer_pipe.errors import TransferPipeError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+PENULTIMATE = "penultimate"  # the input of the classifier: what a fixed feature extractor keeps
+STAGES = "stages"  # every stage of the backbone, shallow to deep
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,17 @@ class BackboneSpec:
     def stage_layers(self) -> list[str]:
         """Module names of the backbone's stages, shallow to deep."""
         return list(lookup(self.id).stages())
+
+    def layer_names(self, requested: Sequence[str] | str | None) -> list[str]:
+        """The layer names a request stands for, without building the model: None or []
+        mean ``[PENULTIMATE]``, ``STAGES`` expands to the stages; duplicates are dropped,
+        order kept. (``taps.resolve_layers`` also checks them against the model.)"""
+        if isinstance(requested, str):
+            requested = [requested]
+        names: list[str] = []
+        for name in [n.strip() for n in requested or ()] or [PENULTIMATE]:
+            names.extend(self.stage_layers() if name == STAGES else [name])
+        return list(dict.fromkeys(names))
 
 
 def get_backbone(backbone_id: str, weights_file: str | None = None) -> BackboneSpec:

@@ -10,13 +10,12 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from transfer_pipe.backbones.registry import PENULTIMATE, STAGES
 from transfer_pipe.errors import TransferPipeError
 
 if TYPE_CHECKING:
     from transfer_pipe.backbones.registry import BackboneSpec
 
-PENULTIMATE = "penultimate"
-STAGES = "stages"
 # A built model may list module names whose 4-D outputs are [B, H, W, C] rather than
 # [B, C, H, W] (torchvision's Swin), so their pooling averages the right axes.
 NHWC_LAYERS_ATTR = "transfer_pipe_nhwc_layers"
@@ -158,17 +157,9 @@ class LayerTap(nn.Module):
 def resolve_layers(
     spec: BackboneSpec, model: nn.Module, requested: Sequence[str] | None
 ) -> list[str]:
-    """Expand and validate requested layer names for ``model`` (built from ``spec``).
-
-    None or [] means ``["penultimate"]``; ``"stages"`` expands to ``spec.stage_layers()``;
-    other names must be modules of ``model``. Duplicates are dropped, order kept.
-    """
-    if isinstance(requested, str):
-        requested = [requested]
-    names: list[str] = []
-    for name in [n.strip() for n in requested or ()] or [PENULTIMATE]:
-        names.extend(spec.stage_layers() if name == STAGES else [name])
-    layers = list(dict.fromkeys(names))
+    """Expand requested layer names (``spec.layer_names``) and check them against
+    ``model`` (built from ``spec``): every name but ``penultimate`` must be a module."""
+    layers = spec.layer_names(requested)
     modules = {name for name, _ in model.named_modules()}
     unknown = [n for n in layers if n != PENULTIMATE and n not in modules]
     if unknown:
@@ -189,3 +180,10 @@ def _layer_examples(spec: BackboneSpec, model: nn.Module) -> str:
     top = [name for name, _ in model.named_children()]
     examples = [PENULTIMATE, STAGES, *stages[:4], *top[:4]]
     return ", ".join(dict.fromkeys(examples)) + " (any name from model.named_modules())"
+
+
+def layer_widths(model: nn.Module, layers: Sequence[str], image_size: int) -> dict[str, int]:
+    """Feature width per layer, read off one forward pass of a blank image."""
+    with LayerTap(model, layers) as tap, torch.inference_mode():
+        outputs = tap(torch.zeros(1, 3, image_size, image_size))
+    return {name: int(out.shape[1]) for name, out in outputs.items()}

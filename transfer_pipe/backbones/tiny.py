@@ -8,8 +8,9 @@ import math
 import torch
 from torch import nn
 
+from transfer_pipe.backbones.builtin import TINY_SEED
+
 TINY_CHANNELS = (8, 16, 32)
-TINY_SEED = 0
 
 
 class TinyNet(nn.Module):

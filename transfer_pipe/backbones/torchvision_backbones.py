@@ -21,9 +21,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from transfer_pipe.backbones.builtin import TORCHVISION_PREFIX as PREFIX
 from transfer_pipe.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from transfer_pipe.backbones.registry import BackboneEntry, register_namespace
-from transfer_pipe.backbones.taps import NHWC_LAYERS_ATTR, PENULTIMATE, LayerTap
+from transfer_pipe.backbones.registry import PENULTIMATE, BackboneEntry
+from transfer_pipe.backbones.taps import NHWC_LAYERS_ATTR, LayerTap
 from transfer_pipe.backbones.weights import (
     DEFAULT_SEED,
     Architecture,
@@ -36,7 +37,6 @@ from transfer_pipe.errors import TransferPipeError
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
 
-PREFIX = "torchvision/"
 LICENSE = "BSD-3-Clause (torchvision code); pretrained weights: see the torchvision model docs"
 
 
@@ -48,7 +48,7 @@ def model_names() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-def _list_ids() -> list[str]:
+def list_ids() -> list[str]:
     return [PREFIX + name for name in model_names()]
 
 
@@ -274,6 +274,3 @@ def resolve(backbone_id: str) -> BackboneEntry | None:
         metadata=_metadata(name, weights, preprocessing.image_size),
         stages=functools.partial(stage_layers, name),
     )
-
-
-register_namespace(PREFIX, resolve, _list_ids)

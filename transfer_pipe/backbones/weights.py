@@ -1,7 +1,8 @@
 """Where weights come from: random init, a local file, or a torchvision download.
 
 Each source knows its digest (what the feature-store key records) and how to turn an
-architecture into a model with those weights.
+architecture into a model with those weights. torch is imported where weights are loaded,
+not at import: a digest needs only the file.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from transfer_pipe.errors import TransferPipeError
 
-Architecture = Callable[[], nn.Module]
-StateDictAdapter = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Architecture = Callable[[], "nn.Module"]
+StateDictAdapter = Callable[[Mapping[str, "torch.Tensor"]], dict[str, "torch.Tensor"]]
 DEFAULT_SEED = 0
 
 
@@ -50,6 +52,8 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block with torch's CPU RNG seeded, restoring the caller's RNG state after."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -58,6 +62,8 @@ def seeded(seed: int) -> Iterator[None]:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Load a state dict from a file; unwrap ``{"state_dict": ...}`` / ``{"model": ...}``
     and a DataParallel ``module.`` prefix."""
+    import torch
+
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
@@ -148,6 +154,8 @@ class RandomInit:
 
     def digest(self) -> str:
         """``random-init:seed=<n>:torch=<version>[:<lib>=<version>...]:arch=<arch>``."""
+        import torch
+
         libs = "".join(f":{name}={version}" for name, version in self.versions)
         return f"random-init:seed={self.seed}:torch={torch.__version__}{libs}:arch={self.arch}"
 

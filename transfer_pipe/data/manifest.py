@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -65,6 +66,10 @@ class Manifest:
 
     def digest(self) -> str:
         """sha256 over every row: changes when any image, label, split or id changes."""
+        return self._digest
+
+    @functools.cached_property
+    def _digest(self) -> str:  # a run asks twice (its check, its plan); rows never change
         h = hashlib.sha256()
         for row in self.table.itertuples(index=False):
             h.update("\x1f".join(row).encode())

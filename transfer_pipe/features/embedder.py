@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from transfer_pipe.backbones import LayerTap, Preprocessing, get_backbone
+from transfer_pipe.backbones import Preprocessing, get_backbone
+from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.cluster import resolve_device, threads_per_task
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from transfer_pipe.backbones import BackboneSpec, LayerTap
-from transfer_pipe.backbones.taps import find_penultimate
+from transfer_pipe.backbones import BackboneSpec
+from transfer_pipe.backbones.taps import LayerTap, find_penultimate
 from transfer_pipe.config import parse_policy
 from transfer_pipe.errors import TransferPipeError
 

@@ -3,17 +3,22 @@
 ``HeadResult`` is what fitting one head returns (and what the report reads);
 ``HeadCard`` is ``<store>/heads/<head_id>/card.json``: everything needed to trust,
 reproduce and reuse the head; ``HeadListing`` is one row of ``transfer-pipe heads ls``.
+Reading cards needs none of the model code (``heads.persist``, which imports torch and
+scikit-learn): a run whose heads the store holds reads only their cards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from transfer_pipe.records import Record
 from transfer_pipe.scores import Metrics
-from transfer_pipe.store.cards import ModelCard
+from transfer_pipe.store import cards
+from transfer_pipe.store.cards import ModelCard, card_folder
+
+HEADS_DIR = "heads"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class HeadCard(ModelCard):
     metrics: Metrics
     seconds: dict[str, float]
     model_file: str = ""
+    notes: list[str] = field(default_factory=list)  # what the task's labelling noticed
 
     @property
     def card_id(self) -> str:
@@ -106,3 +112,18 @@ class HeadListing(Record):
             macro_f1=round(card.metrics.macro_f1, 4),
             created=card.created,
         )
+
+
+def head_url(store: str, head_id: str) -> str:
+    """``<store>/heads/<head_id>``: the head's folder."""
+    return card_folder(store, HEADS_DIR, head_id)
+
+
+def read_card(store: str, head_id: str) -> HeadCard | None:
+    """The head's card, or ``None`` when the store holds no finished head ``head_id``."""
+    return cards.read_card(head_url(store, head_id), HeadCard.from_dict)
+
+
+def list_cards(store: str) -> list[HeadCard]:
+    """Cards of every finished head in the store, oldest first."""
+    return cards.list_cards(store, HEADS_DIR, HeadCard.from_dict)

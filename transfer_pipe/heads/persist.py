@@ -27,21 +27,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.heads.card import HeadCard
+from transfer_pipe.heads.card import HeadCard, head_url, read_card
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
-from transfer_pipe.store import cards
-from transfer_pipe.store.cards import card_folder, save_with_card
+from transfer_pipe.store.cards import save_with_card
 
-HEADS_DIR = "heads"
 _TENSOR_HEADS: dict[str, Any] = {
     cls.__name__: cls for cls in (LBFGSLinearClassifier, TorchLinearClassifier, TorchMLPClassifier)
 }
 _SKOPS_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
-
-
-def head_url(store: str, head_id: str) -> str:
-    return card_folder(store, HEADS_DIR, head_id)
 
 
 def save_head(store: str, card: HeadCard, model: Pipeline, files: Iterable[Path] = ()) -> str:
@@ -74,11 +68,6 @@ def _write_model(model: Pipeline, folder: Path) -> Path:
     out = folder / "model.skops"
     skops.io.dump(model, out)
     return out
-
-
-def read_card(store: str, head_id: str) -> HeadCard | None:
-    """The head's card, or ``None`` when the store holds no finished head ``head_id``."""
-    return cards.read_card(head_url(store, head_id), HeadCard.from_dict)
 
 
 def load_head(store: str, head_id: str) -> tuple[Pipeline, HeadCard]:
@@ -126,8 +115,3 @@ def _read_model(path: Path) -> Pipeline:
     model = skops.io.load(path, trusted=untrusted)
     assert isinstance(model, Pipeline)
     return model
-
-
-def list_cards(store: str) -> list[HeadCard]:
-    """Cards of every finished head in the store, oldest first."""
-    return cards.list_cards(store, HEADS_DIR, HeadCard.from_dict)

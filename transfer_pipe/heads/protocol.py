@@ -34,6 +34,7 @@ from transfer_pipe.cluster import threads_per_task
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.metrics import evaluate, softmax
+from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.tasks import SplitRows, TaskData
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
 from transfer_pipe.scores import Metrics
@@ -41,25 +42,6 @@ from transfer_pipe.scores import Metrics
 logger = logging.getLogger(__name__)
 
 Selection = Literal["grid", "early-stopping"]
-
-
-@dataclass(frozen=True)
-class ProtocolOptions:
-    """Knobs of the protocol; the defaults are the standard linear-evaluation ones."""
-
-    c_min: float = 1e-6
-    c_max: float = 1e5
-    c_values: int = 45
-    max_iter: int = 100  # L-BFGS iterations per grid value (warm-started: they add up)
-    refit_max_iter: int = 1000
-    device: str = "auto"
-    seed: int = 0
-    bootstrap: int = 1000
-
-    def c_grid(self) -> tuple[float, ...]:
-        return tuple(
-            float(c) for c in np.logspace(np.log10(self.c_min), np.log10(self.c_max), self.c_values)
-        )
 
 
 @dataclass(frozen=True)

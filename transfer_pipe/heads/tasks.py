@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 import fsspec
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import LABEL, SAMPLE_ID, SPLIT_ALIASES, SPLITS, TEST, TRAIN, VAL
@@ -305,6 +304,10 @@ def _split(
 def _stratified(
     labels: np.ndarray, index: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    # Imported here: scikit-learn takes seconds, and a run whose heads the store holds
+    # never splits.
+    from sklearn.model_selection import train_test_split
+
     try:
         kept, held = train_test_split(
             index, test_size=fraction, random_state=seed, stratify=labels[index]

@@ -5,7 +5,6 @@ as its first step, so a bad value fails the same way from either door."""
 from __future__ import annotations
 
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
-from transfer_pipe.heads.protocol import head_kind
 from transfer_pipe.heads.tasks import parse_task
 from transfer_pipe.steps.embed import check_embed_inputs
 from transfer_pipe.steps.train import check_features
@@ -27,9 +26,6 @@ def check_inputs(
         if embed_inputs:
             check_embed_inputs(config)
         return
-    if isinstance(config, TrainConfig):
-        for name in config.heads:
-            head_kind(name)
     parse_task(config.task)
     if config.embed is not None:
         if embed_inputs:

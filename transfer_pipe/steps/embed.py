@@ -5,7 +5,10 @@
     summary = finalize_embedding(plan, results)
 
 Every step is idempotent: rerunning after a crash, or on unchanged data, redoes nothing
-that the store already holds.
+that the store already holds. A run whose feature set the store holds complete answers
+from the registry, the manifest and the store alone: the model is not built, and torch,
+the shard code and Dask are not imported (seconds that a nightly rerun would pay for
+nothing). They are imported where the first shard is planned.
 """
 
 from __future__ import annotations
@@ -17,21 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from distributed import as_completed
-from tqdm import tqdm
 
-from transfer_pipe.backbones import BackboneSpec, LayerTap, get_backbone, resolve_layers
-from transfer_pipe.cluster import dask_client, plan_cluster
+from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
+from transfer_pipe.cluster import plan_cluster
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.features.embedder import EmbedderConfig
-from transfer_pipe.features.shard import Reuse, ShardResult, ShardTask, run_shard
 from transfer_pipe.schema import CONTENT_HASH, FAILURE, URI
 from transfer_pipe.steps.failures import StepFailed, failure_report
 from transfer_pipe.steps.results import EmbedSummary
@@ -42,6 +40,12 @@ from transfer_pipe.store import (
     feature_set_key,
     open_store,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from transfer_pipe.features.embedder import EmbedderConfig
+    from transfer_pipe.features.shard import ShardResult, ShardTask
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
@@ -65,12 +69,18 @@ def check_embed_inputs(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Ma
     mistakes a user makes most: an unknown backbone or layer, a weights file that does not
     fit, a missing dataset or one whose content cannot be read (an empty folder, a manifest
     without its columns or naming missing files), a store that cannot be written. Returns
-    the backbone, the resolved layer names and the (limited) manifest."""
+    the backbone, the resolved layer names and the (limited) manifest.
+
+    The model is built (which checks the layers, and that a ``--weights-file`` fits the
+    backbone) unless the store holds the run's feature set complete: it was checked then."""
     backbone = get_backbone(config.backbone, config.weights_file)
-    # Building the model also checks that a --weights-file matches the backbone.
-    layers = resolve_layers(backbone, _driver_model(backbone), list(config.layers))
     check_source(config.source)
     manifest = load_manifest(config.source).limit(config.limit)
+    layers = backbone.layer_names(config.layers)
+    if open_store(config.store).status(_identity(config, backbone, layers, manifest).key) != (
+        "complete"
+    ):
+        layers = _model_layers(backbone, config.layers)
     open_store(config.store).ensure_writable()  # last: it may create the store's folder
     _checked_manifests[config] = manifest
     while len(_checked_manifests) > 4:  # only the runs about to start; never a cache
@@ -90,8 +100,36 @@ def _checked(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
     if manifest is None:
         return check_embed_inputs(config)
     backbone = get_backbone(config.backbone, config.weights_file)
-    layers = resolve_layers(backbone, _driver_model(backbone), list(config.layers))
-    return backbone, layers, manifest
+    return backbone, backbone.layer_names(config.layers), manifest
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """What determines a run's embeddings, known without building the model."""
+
+    key: str
+    embedding_key: str
+    weights_digest: str
+    data_digest: str
+    preprocessing: Preprocessing
+
+
+def _identity(
+    config: EmbedConfig, backbone: BackboneSpec, layers: Sequence[str], manifest: Manifest
+) -> _Identity:
+    preprocessing = backbone.preprocessing
+    if config.image_size is not None:
+        preprocessing = preprocessing.replace(image_size=config.image_size)
+    weights_digest = backbone.weights_digest()
+    emb_key = embedding_key(backbone.id, weights_digest, preprocessing.to_dict(), config.dtype)
+    data_digest = manifest.digest()
+    return _Identity(
+        key=feature_set_key(emb_key, list(layers), data_digest),
+        embedding_key=emb_key,
+        weights_digest=weights_digest,
+        data_digest=data_digest,
+        preprocessing=preprocessing,
+    )
 
 
 def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
@@ -103,39 +141,46 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     started = time.perf_counter()
     backbone, layers, manifest = _checked(config)
     checked_seconds = time.perf_counter() - started
-    preprocessing = backbone.preprocessing
-    if config.image_size is not None:
-        preprocessing = preprocessing.replace(image_size=config.image_size)
-    layer_dims = _layer_dims(_driver_model(backbone), layers, preprocessing.image_size)
-
+    identity = _identity(config, backbone, layers, manifest)
     store = open_store(config.store)
-    weights_digest = backbone.weights_digest()
-    emb_key = embedding_key(backbone.id, weights_digest, preprocessing.to_dict(), config.dtype)
-    data_digest = manifest.digest()
-    key = feature_set_key(emb_key, layers, data_digest)
+    key = identity.key
+    status = store.status(key)
+    if status == "complete":
+        spec = store.spec(key)
+        logger.info(
+            "feature set %s: %d images of %s through %s, complete in the store; nothing to embed",
+            key,
+            spec.rows,
+            spec.source,
+            spec.backbone,
+        )
+        seconds = {"check": checked_seconds, "prepare": time.perf_counter() - started}
+        return EmbedPlan(config, spec, status, [], spec.n_shards, seconds)
+    preprocessing = identity.preprocessing
     spec = FeatureSetSpec(
         key=key,
-        embedding_key=emb_key,
+        embedding_key=identity.embedding_key,
         source=manifest.source,
         backbone=backbone.id,
-        weights_digest=weights_digest,
+        weights_digest=identity.weights_digest,
         weights_file=backbone.weights_file,
         preprocessing=preprocessing.to_dict(),
         layers=tuple(layers),
-        layer_dims=layer_dims,
+        layer_dims=_layer_widths(backbone, layers, preprocessing.image_size),
         dtype=config.dtype,
-        data_digest=data_digest,
+        data_digest=identity.data_digest,
         rows=len(manifest),
         shard_size=config.shard_size,
         backbone_metadata=dict(backbone.metadata),
     )
-    status = store.status(key)
     if status == "missing":
         store.create(spec, manifest.table)
     elif status == "incomplete":
         store.recover(key)
     spec = store.spec(key)  # a resumed run keeps the layout it started with
     done = store.shards_done(key)
+    from transfer_pipe.features.embedder import EmbedderConfig  # torch: a shard to plan
+
     embedder = EmbedderConfig(
         backbone=backbone.id,
         weights_file=backbone.weights_file,  # made absolute: workers may run elsewhere
@@ -182,6 +227,8 @@ def _shard_tasks(
 ) -> list[ShardTask]:
     """One task per shard not yet written, the embed-heaviest first (copy-only shards
     then fill the gaps at the end)."""
+    from transfer_pipe.features.shard import Reuse, ShardTask
+
     uris = manifest.table[URI].tolist()
     hashes = manifest.table[CONTENT_HASH].tolist()
     layer_dims = tuple((layer, spec.layer_dims[layer]) for layer in spec.layers)
@@ -241,6 +288,12 @@ def compute_shards(
     """Run the pending shards on Dask; returns one small summary per shard written."""
     if not plan.tasks:
         return []
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from transfer_pipe.cluster import dask_client
+    from transfer_pipe.features.shard import run_shard
+
     cluster = plan_cluster(plan.config.dask_address, plan.config.workers)
     results: list[ShardResult] = []
     total = len(plan.tasks)
@@ -290,6 +343,18 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
     """Mark the feature set complete (once every shard is written) and summarize the run."""
     store = open_store(plan.config.store)
     key = plan.spec.key
+    if plan.status_before == "complete":
+        failed = _failed_when_made(store, key)
+        if failed:
+            logger.warning(
+                "feature set %s: %d of its %d images failed when it was made; the run's "
+                "failures table and `transfer-pipe show %s` list them",
+                key,
+                failed,
+                plan.spec.rows,
+                key,
+            )
+        return _summary(plan, results, failed, "complete")
     stats = store.shard_stats(key)
     failures = failure_report(store, key, limit=0)
     failed = failures.total
@@ -302,7 +367,6 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
             plan.spec.rows,
             key,
         )
-    embedded = sum(r.embedded for r in results)
     if store.status(key) != "complete":
         store.mark_complete(
             key,
@@ -318,8 +382,24 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
                 "seconds": {**plan.seconds, "shards": float(stats["seconds"].sum())},
             },
         )
+    return _summary(plan, results, failed, store.status(key))
+
+
+def _failed_when_made(store: FeatureStore, key: str) -> int:
+    """How many images of a complete feature set failed: the count recorded when it was
+    completed (a rerun need not read the row table), else counted."""
+    counts = store.provenance(key).get("counts") or {}
+    recorded = counts.get("failed")
+    return int(recorded) if recorded is not None else failure_report(store, key, limit=0).total
+
+
+def _summary(
+    plan: EmbedPlan, results: Sequence[ShardResult], failed: int, status: str
+) -> EmbedSummary:
+    """What the run did, in numbers."""
+    embedded = sum(r.embedded for r in results)
     return EmbedSummary(
-        feature_set=key,
+        feature_set=plan.spec.key,
         store=plan.config.store,
         source=plan.spec.source,
         backbone=plan.spec.backbone,
@@ -333,7 +413,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
         shards_already_done=plan.shards_already_done,
         status_before=plan.status_before,
         steady_images_per_s=steady_rate(results),
-        status=store.status(key),
+        status=status,
     )
 
 
@@ -377,16 +457,22 @@ def library_versions(names: Sequence[str] = _LIBRARIES) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _driver_model(backbone: BackboneSpec) -> torch.nn.Module:
+def _driver_model(backbone: BackboneSpec) -> nn.Module:
     """The model the driver inspects (layer names, widths), built once per process."""
     return backbone.build()
 
 
-def _layer_dims(model: torch.nn.Module, layers: list[str], image_size: int) -> dict[str, int]:
-    """Feature width per layer, read off one forward pass of a blank image."""
-    with LayerTap(model, layers) as tap, torch.inference_mode():
-        outputs = tap(torch.zeros(1, 3, image_size, image_size))
-    return {name: int(out.shape[1]) for name, out in outputs.items()}
+def _model_layers(backbone: BackboneSpec, requested: Sequence[str]) -> list[str]:
+    """The requested layers, checked against the built model."""
+    from transfer_pipe.backbones.taps import resolve_layers
+
+    return resolve_layers(backbone, _driver_model(backbone), list(requested))
+
+
+def _layer_widths(backbone: BackboneSpec, layers: Sequence[str], image_size: int) -> dict[str, int]:
+    from transfer_pipe.backbones.taps import layer_widths
+
+    return layer_widths(_driver_model(backbone), layers, image_size)
 
 
 __all__ = [

@@ -55,8 +55,8 @@ from transfer_pipe.finetune.surgery import (
     probe_head,
 )
 from transfer_pipe.heads.card import HeadCard
+from transfer_pipe.heads.card import read_card as read_head_card
 from transfer_pipe.heads.metrics import evaluate
-from transfer_pipe.heads.persist import read_card as read_head_card
 from transfer_pipe.heads.protocol import fit_on_train
 from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.report import (

@@ -4,11 +4,14 @@
     results = [train_head(plan, run) for run in plan.runs]
     summary = finalize_training(plan, results, embedded=0)
 
-Nothing here computes an embedding: features are read from the store by key.
+Nothing here computes an embedding: features are read from the store by key. A run whose
+heads the store already holds reads their cards and nothing else: not the features, and
+not the head code (torch, scikit-learn), which is imported when a head is fitted.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,29 +22,39 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.heads.card import HeadCard, HeadResult
-from transfer_pipe.heads.persist import head_url, read_card, save_head
-from transfer_pipe.heads.protocol import FittedHead, ProtocolOptions, fit_head, head_kind
-from transfer_pipe.heads.tasks import SplitOptions, TaskData, load_task, parse_task, split_layers
+from transfer_pipe.heads.card import HeadCard, HeadResult, head_url, read_card
+from transfer_pipe.heads.options import ProtocolOptions
+from transfer_pipe.heads.tasks import (
+    SplitOptions,
+    Task,
+    TaskData,
+    load_task,
+    parse_task,
+    split_layers,
+)
 from transfer_pipe.report import (
     markdown_report,
     metrics_rows,
     png_data_uri,
     save_result_plots,
 )
+from transfer_pipe.schema import TEST, TRAIN, VAL
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.failures import StepFailed
 from transfer_pipe.steps.results import HeadSummary, TrainSummary
 from transfer_pipe.steps.target import embed_first
 from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.cards import CARD, SplitSizes, TaskRef
+
+if TYPE_CHECKING:
+    from transfer_pipe.heads.protocol import FittedHead
 
 logger = logging.getLogger(__name__)
 _LIBRARIES = ("transfer-pipe", "torch", "scikit-learn", "numpy", "skops", "safetensors")
@@ -59,38 +72,53 @@ class HeadRun:
 class TrainPlan:
     config: TrainConfig
     feature_set: str
-    data: TaskData
+    task: Task
+    layer: str
+    splits: SplitOptions
     runs: tuple[HeadRun, ...]
     feature_set_spec: FeatureSetSpec
 
+    @functools.cached_property
+    def data(self) -> TaskData:
+        """The task's rows, labelled and split: read the first time a head is fitted,
+        never by a run whose heads the store holds."""
+        data = load_task(
+            open_store(self.config.store), self.feature_set, self.task, self.layer, self.splits
+        )
+        logger.info(
+            "task %s on feature set %s, layer %s: %d classes, splits %s (%s)",
+            data.task.name,
+            self.feature_set,
+            data.layer,
+            len(data.classes),
+            data.sizes(),
+            data.split_origin,
+        )
+        return data
+
 
 def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
-    """Resolve the task on the feature set's rows and check every head name, so that a
-    mistake fails before the first (possibly long) fit."""
-    for name in config.heads:
-        head_kind(name)
-    store = open_store(config.store)
+    """Resolve the feature set, layer, task and split options, so that a mistake fails
+    before the first (possibly long) fit. The rows are read when a head needs them."""
     spec, layer = check_features(config.store, feature_set, config.layer)
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
-    data = load_task(store, feature_set, parse_task(config.task), layer, splits)
     if config.shots is not None:
-        data.few_shot(config.shots, 0)  # fails now, not after the first head, when too few
         runs = tuple(
             HeadRun(head, seed) for head in config.heads for seed in range(config.shot_seeds)
         )
     else:
         runs = tuple(HeadRun(head) for head in config.heads)
+    plan = TrainPlan(config, feature_set, parse_task(config.task), layer, splits, runs, spec)
+    if config.shots is not None:
+        plan.data.few_shot(config.shots, 0)  # fails now, not after the first head, when too few
     logger.info(
-        "task %s on feature set %s, layer %s: %d classes, splits %s (%s); heads %s",
-        data.task.name,
+        "task %s on feature set %s, layer %s: heads %s",
+        plan.task.name,
         feature_set,
-        data.layer,
-        len(data.classes),
-        data.sizes(),
-        data.split_origin,
+        layer,
         ", ".join(config.heads),
     )
-    return TrainPlan(config, feature_set, data, runs, spec)
+    return plan
 
 
 def check_features(
@@ -134,19 +162,18 @@ def protocol_options(config: TrainConfig) -> ProtocolOptions:
 
 def head_id(plan: TrainPlan, run: HeadRun) -> str:
     """Deterministic: the same head on the same features, task, split and options gets the
-    same id (and a rerun replaces it)."""
-    data = plan.data
+    same id (and a rerun replaces it). Known without reading the features."""
     identity = {
         "feature_set": plan.feature_set,
-        "layer": data.layer,
-        "task": data.task.digest,
+        "layer": plan.layer,
+        "task": plan.task.digest,
         "split": [plan.config.val_fraction, plan.config.test_fraction, plan.config.split_seed],
         "shots": [plan.config.shots, run.shot_seed],
         "head": run.head,
         "options": asdict(protocol_options(plan.config)),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    task = re.sub(r"[^a-z0-9]+", "-", data.task.name.lower()).strip("-") or "task"
+    task = re.sub(r"[^a-z0-9]+", "-", plan.task.name.lower()).strip("-") or "task"
     shot = f"-{plan.config.shots}shot-s{run.shot_seed}" if run.shot_seed is not None else ""
     return f"{task}-{run.head}{shot}-{digest}"
 
@@ -175,6 +202,9 @@ def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
 
 def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
     """Fit head ``run`` by the protocol and save it, its card, report and plots."""
+    from transfer_pipe.heads.persist import save_head
+    from transfer_pipe.heads.protocol import fit_head
+
     data = plan.data
     if run.shot_seed is not None and plan.config.shots is not None:
         data = data.few_shot(plan.config.shots, run.shot_seed)
@@ -250,6 +280,7 @@ def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, identity: str) ->
         task=task_ref(data),
         classes=list(data.classes),
         splits=SplitSizes(**data.sizes(), origin=data.split_origin, dropped=data.dropped),
+        notes=list(data.notes),
         shots=data.shots,
         shot_seed=data.shot_seed,
         head=fitted.head,
@@ -287,23 +318,38 @@ def finalize_training(
         mine = [r for r in results if r.head == name]
         if mine:
             heads[name] = _head_summary(mine)
-    data = plan.data
+    classes, splits, origin, notes = _rows_summary(plan, results)
     return TrainSummary(
         feature_set=plan.feature_set,
         store=plan.config.store,
-        task=data.task.name,
-        layer=data.layer,
-        classes=list(data.classes),
-        splits=data.sizes(),
-        split_origin=data.split_origin,
+        task=plan.task.name,
+        layer=plan.layer,
+        classes=list(classes),
+        splits=splits,
+        split_origin=origin,
         shots=plan.config.shots,
-        notes=list(data.notes),
+        notes=list(notes),
         embedded=embedded,
         heads_fitted=sum(not r.reused for r in results),
         heads_reused=sum(r.reused for r in results),
         heads=heads,
         table=metrics_rows(results),
     )
+
+
+def _rows_summary(
+    plan: TrainPlan, results: Sequence[HeadResult]
+) -> tuple[Sequence[str], dict[str, int], str, Sequence[str]]:
+    """The task's classes, split sizes, split origin and notes. When every head was
+    reused, from a saved head's card: the same features, task and split options mean the
+    same rows, and a rerun then reads no features."""
+    if results and all(r.reused for r in results) and plan.config.shots is None:
+        card = read_card(plan.config.store, results[0].head_id)
+        if card is not None:
+            sizes = {TRAIN: card.splits.train, VAL: card.splits.val, TEST: card.splits.test}
+            return card.classes, sizes, card.splits.origin, card.notes
+    data = plan.data
+    return data.classes, data.sizes(), data.split_origin, data.notes
 
 
 def _head_summary(results: Sequence[HeadResult]) -> HeadSummary:

@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from transfer_pipe.backbones import PENULTIMATE, BackboneSpec, LayerTap
+from transfer_pipe.backbones import PENULTIMATE, BackboneSpec
 from transfer_pipe.backbones.efficientnet_lite import (
     LITE0_BLOCKS,
     EfficientNetLite,
     reference_key_map,
     same_padding,
 )
+from transfer_pipe.backbones.taps import LayerTap
 
 # Logits of the reference implementation (efficientnet_lite_pytorch 0.1.0,
 # EfficientNet.from_name("efficientnet-lite0", image_size=None), same .pth file) on

@@ -13,12 +13,12 @@ from torch import nn
 from transfer_pipe.backbones import (
     PENULTIMATE,
     BackboneEntry,
-    LayerTap,
     get_backbone,
     list_backbones,
     register,
 )
 from transfer_pipe.backbones import registry as registry_module
+from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.errors import TransferPipeError
 
 OWN_IDS = [i for i in list_backbones() if not i.startswith("torchvision/")]

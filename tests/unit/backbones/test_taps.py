@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from transfer_pipe.backbones import PENULTIMATE, LayerTap, get_backbone, resolve_layers
-from transfer_pipe.backbones.taps import NHWC_LAYERS_ATTR
+from transfer_pipe.backbones import PENULTIMATE, get_backbone
+from transfer_pipe.backbones.taps import NHWC_LAYERS_ATTR, LayerTap, resolve_layers
 from transfer_pipe.errors import TransferPipeError
 
 

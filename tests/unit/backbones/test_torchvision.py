@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from transfer_pipe.backbones import PENULTIMATE, LayerTap, get_backbone, list_backbones
+from transfer_pipe.backbones import PENULTIMATE, get_backbone, list_backbones
+from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.backbones.torchvision_backbones import _skeleton, model_names, stage_layers
 
 # Cheap models (and one per layout family) with their penultimate width.

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from tests.images import write_image
-from transfer_pipe.backbones import LayerTap, get_backbone
+from transfer_pipe.backbones import get_backbone
+from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.data.decode import decode_image
 from transfer_pipe.features.batch import embed_images
 from transfer_pipe.features.embedder import EmbedderConfig

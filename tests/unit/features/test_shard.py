@@ -13,7 +13,8 @@ import torch
 
 from tests.images import make_dataset
 from transfer_pipe import steps
-from transfer_pipe.backbones import LayerTap, get_backbone
+from transfer_pipe.backbones import get_backbone
+from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.read import read_image
 from transfer_pipe.features.embedder import EmbedderConfig, get_embedder

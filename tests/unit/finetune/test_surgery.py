@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from transfer_pipe.backbones import LayerTap, get_backbone
+from transfer_pipe.backbones import get_backbone
+from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.surgery import (
     FinetuneModel,

@@ -17,8 +17,8 @@ from sklearn.preprocessing import StandardScaler
 
 from tests.unit.heads.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.heads.card import HeadCard
-from transfer_pipe.heads.persist import list_cards, load_head, read_card, save_head
+from transfer_pipe.heads.card import HeadCard, list_cards, read_card
+from transfer_pipe.heads.persist import load_head, save_head
 from transfer_pipe.heads.protocol import (
     HEAD_KINDS,
     FittedHead,

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.preprocessing import StandardScaler
 
 from tests.unit.heads.synthetic import CLASSES, blobs, task_data
-from transfer_pipe.config import TrainConfig
+from transfer_pipe.config import HEAD_NAMES, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads import protocol
 from transfer_pipe.heads.protocol import (
@@ -315,3 +315,10 @@ def test_unknown_head_lists_the_heads() -> None:
         assert name in message
     with pytest.raises(TransferPipeError):
         fit_head("nope", _separable_problem(), FAST)
+
+
+def test_the_protocol_builds_exactly_the_heads_the_options_offer() -> None:
+    # The CLI, the UI form and the config check take head names from config.HEAD_NAMES;
+    # a head added to one and not the other would be offered and then fail, or never
+    # be offered. Mutation: adding a kind to HEAD_KINDS alone fails here.
+    assert tuple(HEAD_KINDS) == HEAD_NAMES

@@ -41,7 +41,9 @@ def _fresh_process(body: str, api: str, home: Path) -> dict[str, Any]:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    report: dict[str, Any] = json.loads(lines[-1])
+    report["printed"] = lines[:-1]  # what the run itself printed
     return report
 
 
@@ -111,6 +113,9 @@ def test_a_cli_rerun_imports_no_model_code(
     # Mutation seen to fail here: checking the layers against a built model although the
     # store holds the feature set complete.
     assert report["heavy"] == []
+    summary = json.loads(report["printed"][-1])  # the CLI's --json line
+    assert summary["feature_set"] == first.embed.feature_set
+    assert (summary["embedded"], summary["heads_fitted"], summary["heads_reused"]) == (0, 0, 2)
 
 
 def test_a_changed_option_still_builds_the_model_and_embeds(

@@ -14,7 +14,7 @@ layer taps (``backbones.taps``) and the networks import it when a model is built
 """
 
 from transfer_pipe.backbones import builtin, published  # noqa: F401  (registers ids)
-from transfer_pipe.backbones.builtin import EFFICIENTNET_LITE0, TINY_TEST
+from transfer_pipe.backbones.builtin import EFFICIENTNET_LITE0, TINY_TEST, random_variant
 from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.published import publish_backbone
 from transfer_pipe.backbones.registry import (
@@ -38,5 +38,6 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "publish_backbone",
+    "random_variant",
     "register",
 ]

@@ -1,5 +1,7 @@
-"""The backbones this package registers: the offline default, the test backbone, and
-every torchvision model (``torchvision/<name>``, resolved on first use).
+"""The backbones this package registers: the offline default, the test backbone, every
+torchvision model (``torchvision/<name>``, resolved on first use), and for every id its
+random-weights baseline (``random/<id>``: the same architecture, preprocessing and stages
+with seeded random weights, so its own digest and feature-set keys).
 
 The modules that define the networks import torch, which takes seconds; they are imported
 when a model is built or a torchvision id is resolved, never by a run that finds its
@@ -13,7 +15,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
-from transfer_pipe.backbones.registry import BackboneEntry, register, register_namespace
+from transfer_pipe.backbones.registry import (
+    BackboneEntry,
+    lookup,
+    register,
+    register_namespace,
+    registered_ids,
+)
 from transfer_pipe.backbones.weights import RandomInit, WeightsFile
 
 if TYPE_CHECKING:
@@ -23,6 +31,7 @@ if TYPE_CHECKING:
 EFFICIENTNET_LITE0 = "efficientnet_lite0.in1k"
 TINY_TEST = "tiny_test"
 TORCHVISION_PREFIX = "torchvision/"
+RANDOM_PREFIX = "random/"
 LITE0_STAGES = 7  # len(efficientnet_lite.LITE0_BLOCKS)
 LITE0_WIDTH = 1280  # efficientnet_lite.HEAD_CHANNELS
 TINY_STAGES = 3  # len(tiny.TINY_CHANNELS)
@@ -108,3 +117,36 @@ def _torchvision_ids() -> list[str]:
 
 
 register_namespace(TORCHVISION_PREFIX, _torchvision_entry, _torchvision_ids)
+
+
+def random_variant(backbone_id: str) -> str:
+    """The id of ``backbone_id``'s random-weights baseline (``random/<id>``)."""
+    return backbone_id if backbone_id.startswith(RANDOM_PREFIX) else RANDOM_PREFIX + backbone_id
+
+
+def _random_entry(backbone_id: str) -> BackboneEntry | None:
+    base_id = backbone_id.removeprefix(RANDOM_PREFIX)
+    if base_id.startswith(RANDOM_PREFIX):
+        return None  # random/random/<id> is no id: random/<id> already is that baseline
+    base = lookup(base_id)
+    # Weights that are random already (tiny_test, torchvision/<name>) stay what they are.
+    weights = base.weights if isinstance(base.weights, RandomInit) else RandomInit(arch=base.id)
+    return BackboneEntry(
+        id=RANDOM_PREFIX + base.id,
+        architecture=base.architecture,
+        weights=weights,
+        preprocessing=base.preprocessing,
+        metadata={
+            **{k: v for k, v in base.metadata.items() if k != "imagenet_top1"},
+            "imagenet_top1": None,
+            "base": base.id,
+            "source": f"{base.id} with seeded random weights (a baseline)",
+        },
+        stages=base.stages,
+        adapt_state_dict=base.adapt_state_dict,
+    )
+
+
+register_namespace(
+    RANDOM_PREFIX, _random_entry, lambda: [RANDOM_PREFIX + i for i in registered_ids()]
+)

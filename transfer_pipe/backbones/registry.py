@@ -86,6 +86,11 @@ def register_namespace(
     _NAMESPACES[prefix] = _Namespace(resolve, list_ids)
 
 
+def registered_ids() -> list[str]:
+    """The ids registered one by one (not the families of ``register_namespace``)."""
+    return sorted(_ENTRIES)
+
+
 def list_backbones() -> list[str]:
     """Every registered id, plus one id per family member (enum variants not listed)."""
     ids = sorted(_ENTRIES)

@@ -59,9 +59,13 @@ finalize = task(name="summarize", cache_policy=NO_CACHE)(steps.finalize_training
 
 @task(name="fit-head", cache_policy=NO_CACHE, task_run_name=_fit_name, **RETRY)  # type: ignore[arg-type]
 def fit(plan: steps.TrainPlan, run: steps.HeadRun) -> HeadResult:
-    """Fit, evaluate and save one head (or reuse the saved one); its report, plots inline
-    and where it is saved, becomes a markdown artifact."""
+    """Fit, evaluate and save one head (or reuse the saved one). A fitted head's report,
+    plots inline and where it is saved, becomes a markdown artifact; a reused head's report
+    is the one published when it was fitted (the latest under the same key), so a rerun
+    that changes nothing adds nothing to the history (and pays no API call per head)."""
     result = steps.train_head(plan, run)
+    if result.reused:
+        return result
     source = plan.feature_set_spec.source
     create_markdown_artifact(
         steps.head_report(plan.config.store, result),
@@ -87,7 +91,11 @@ def train_flow(**values: Any) -> TrainSummary:
         create_table_artifact(
             summary.table,
             key=artifact_key("heads-metrics", plan.feature_set_spec.source, summary.task),
-            description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
+            description=(
+                f"test metrics, task {summary.task}, feature set {summary.feature_set}: "
+                f"{summary.heads_fitted} heads fitted by this run, {summary.heads_reused} "
+                "reused (their reports: the head artifacts of the run that fitted them)"
+            ),
         )
     return summary
 

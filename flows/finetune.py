@@ -1,6 +1,7 @@
-"""The fine-tuning flow: continue backprop into the backbone for a task and compare it
-with the linear probe in the Prefect UI; optionally publish the new weights as a new
-feature set.
+"""The fine-tuning flow: continue backprop into the backbone (or, with ``init=random``,
+train its architecture from scratch) for a task and compare it with the linear probe in
+the Prefect UI; optionally publish the new weights as a new feature set (refused for a
+model below the probe on validation unless ``force``).
 
 No logic lives here: each task is a plain function from ``transfer_pipe.steps.finetune``.
 Given a source instead of a feature-set key, it runs the embed flow first (a no-op when the
@@ -9,7 +10,6 @@ feature set is cached); the probe comes from the heads flow's store (fitted if m
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, cast
 from uuid import UUID
 
@@ -107,14 +107,15 @@ def finetune_flow(**values: Any) -> FinetuneSummary:
         probe_card = probe(quote(plan))  # type: ignore[call-overload]
         result = train(quote(plan), probe_card)  # type: ignore[call-overload]
         summary: FinetuneSummary = finalize(quote(plan), result, embedded)  # type: ignore[call-overload]
+        print(summary.message)  # says plainly when the probe is the better model
         create_table_artifact(
             summary.table,
             key=artifact_key("finetune-vs-probe", plan.feature_set_spec.source, summary.task),
             description=f"test metrics, task {summary.task}, feature set {summary.feature_set}",
         )
-        if config.publish:
+        if config.publish:  # refused below the probe without --force, before any write
             published = run_embed(register(quote(plan)))  # type: ignore[call-overload]
-            summary = replace(summary, published_feature_set=published.feature_set)
+            summary = summary.published(published.feature_set)
     return summary
 
 

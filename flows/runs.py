@@ -19,10 +19,10 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import PurePosixPath
 from typing import Any
 
-from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext
@@ -126,19 +126,30 @@ def run_tags() -> list[str]:
     return found
 
 
+# The tags of the flow runs around the current one: a subflow shows what its parent works on.
+_PARENT_TAGS: ContextVar[tuple[str, ...]] = ContextVar("transfer_pipe_parent_tags", default=())
+
+
 @contextmanager
 def tagged(*extra: str) -> Iterator[None]:
-    """Tag the current flow run (``run_tags`` and ``extra``) and every task and subflow run
-    started inside the block. ``@flow`` takes no tags, and a deployment's tags are the
-    deployment's; so the run adds its own."""
-    found = [*run_tags(), *extra]
+    """Tag the current flow run with ``run_tags``, ``extra`` and the tags of the flow runs
+    it runs inside (subflows started in the block get them). ``@flow`` takes no tags, and
+    a deployment's tags are the deployment's; so the run adds its own.
+
+    Task runs are not tagged: Prefect checks a tag's concurrency limit for every tagged
+    task run, one API call each (about a second per rerun of the pipeline); a task run's
+    name says what it works on."""
+    found = sorted({*_PARENT_TAGS.get(), *run_tags(), *extra})
     context = FlowRunContext.get()
     if context is not None and context.flow_run is not None:
         merged = sorted(set(context.flow_run.tags) | set(found))
         with get_client(sync_client=True) as client:
             client.update_flow_run(context.flow_run.id, tags=merged)
-    with tags(*found):
+    token = _PARENT_TAGS.set(tuple(found))
+    try:
         yield
+    finally:
+        _PARENT_TAGS.reset(token)
 
 
 class _RunLogHandler(APILogHandler):

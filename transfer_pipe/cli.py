@@ -54,7 +54,8 @@ def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]
         kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%")}  # argparse formats it
         base = opt.base_type
         if base is bool:
-            kwargs["action"] = "store_true"
+            # An option that is on by default is turned off with --no-<flag>.
+            kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         elif typing.get_origin(base) is tuple and opt.positional:
             kwargs["nargs"] = "+"
         elif typing.get_origin(base) is tuple:
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="embed a dataset into the feature store")
     add_options(embed, run_options(EmbedConfig))
     embed.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    embed.add_argument("--dry-run", action="store_true", help=_DRY_RUN_HELP)
 
     ls = commands.add_parser("ls", help="list the feature sets in a store")
     _store_option(ls)
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
             [o for o in offered if o.name not in own and not o.positional],
         )
         command.add_argument("--json", action="store_true", help="end with one JSON summary line")
+        if name == "finetune":
+            command.add_argument("--dry-run", action="store_true", help=_DRY_RUN_HELP)
 
     heads = commands.add_parser("heads", help="fitted heads in a store")
     heads_commands = heads.add_subparsers(dest="heads_command", required=True)
@@ -176,7 +180,22 @@ def _run(config_class: type[T], args: argparse.Namespace) -> tuple[T, dict[str, 
     return config, values
 
 
+_DRY_RUN_HELP = (
+    "print rows, layers, store bytes per dtype and the expected time, then stop: nothing "
+    "is written or embedded and no Prefect server starts"
+)
+
+
 def _embed(args: argparse.Namespace) -> int:
+    if args.dry_run:  # checked as a real run is, but by checks that write nothing
+        from transfer_pipe.steps.estimate import embed_estimate_message, estimate_embed
+        from transfer_pipe.steps.target import run_config
+
+        estimate = estimate_embed(run_config(EmbedConfig, run_values_from(EmbedConfig, args)))
+        print(embed_estimate_message(estimate))
+        if args.json:
+            print(estimate.to_json())
+        return 0
     _, values = _run(EmbedConfig, args)
     from flows.embed import embed_flow
 
@@ -248,6 +267,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    if args.dry_run:  # checked as a real run is, but by checks that write nothing
+        from transfer_pipe.steps.estimate import estimate_finetune, finetune_estimate_message
+        from transfer_pipe.steps.target import run_config
+
+        config = run_config(FinetuneConfig, run_values_from(FinetuneConfig, args))
+        tuned = estimate_finetune(config)
+        print(finetune_estimate_message(tuned))
+        if args.json:
+            print(tuned.to_json())
+        return 0
     _, values = _run(FinetuneConfig, args)
     from flows.finetune import finetune_flow
     from transfer_pipe.report import terminal_table
@@ -261,7 +290,7 @@ def _finetune(args: argparse.Namespace) -> int:
         f"by this run, {summary.skipped_images} images skipped as undecodable"
     )
     print(terminal_table(summary.table))
-    print(f"accuracy {summary.accuracy:.4f} vs probe {summary.probe_accuracy:.4f}")
+    print(summary.message)  # the verdict: whether it beats the probe, what to use instead
     if summary.published_feature_set:
         print(f"published as feature set {summary.published_feature_set}")
     if args.json:

@@ -27,6 +27,7 @@ Dtype = Literal["float32", "float16"]
 Autocast = Literal["none", "bf16", "fp16"]
 Augment = Literal["auto", "affine", "crop-flip", "none"]
 BatchNorm = Literal["frozen", "train"]
+Init = Literal["pretrained", "random"]  # fine-tuning's starting weights
 FREEZE_POLICY_HINT = "head, top-N (N = how many of the backbone's stages to train) or full"
 
 
@@ -272,10 +273,24 @@ class FinetuneConfig(TaskOptions):
     """One fine-tuning run: a feature set (or the embed run that makes it) whose rows,
     task and splits it shares with the heads flow, how much of the backbone to train,
     and the optimizer's knobs. The linear probe for the same task and split is its
-    baseline (and, with ``lp_ft``, its starting head)."""
+    baseline (and, with ``lp_ft``, its starting head). ``init="random"`` trains the same
+    architecture from seeded random weights instead: the from-scratch baseline (see
+    :meth:`as_trained`)."""
 
-    policy: str = option("top-2", f"what to train: {FREEZE_POLICY_HINT}")
-    lp_ft: bool = option(False, "start from the linear probe's weights (LP-FT)")
+    policy: str = option(
+        "top-2", f"what to train: {FREEZE_POLICY_HINT}; with --init random always full"
+    )
+    init: Init = option(
+        "pretrained",
+        "starting weights: the feature set's backbone, or 'random' (the same architecture "
+        "with seeded random weights, trained whole, without LP-FT, BatchNorm statistics "
+        "updated: the from-scratch baseline, compared with pretrained fine-tuning and the probe)",
+    )
+    lp_ft: bool = option(
+        True,
+        "start the head from the linear probe's weights (LP-FT), so fine-tuning starts where "
+        "the probe ends (off: a new random head)",
+    )
     epochs: int = option(10, "training epochs at most", minimum=1)
     batch_size: int = option(128, "images per micro-batch", minimum=1)
     accumulate: int = option(1, "micro-batches per optimizer step", minimum=1)
@@ -316,6 +331,11 @@ class FinetuneConfig(TaskOptions):
     publish: bool = option(
         False, "register the weights as a backbone and re-embed the dataset with them"
     )
+    force: bool = option(
+        False,
+        "publish even a model that ends below the linear probe on validation (refused "
+        "without it: the probe is the better model)",
+    )
 
     def _problems(self) -> list[str]:
         problems = super()._problems()
@@ -323,7 +343,25 @@ class FinetuneConfig(TaskOptions):
             parse_policy(self.policy)
         except TransferPipeError as err:
             problems.append(str(err))
+        # The default policy (what --policy is when not given) gives way to full; another
+        # one asked for cannot be honoured.
+        (default_policy,) = (f.default for f in dataclasses.fields(self) if f.name == "policy")
+        if self.init == "random" and self.policy not in ("full", default_policy):
+            problems.append(
+                f"--init random trains the whole network from random weights (--policy full), "
+                f"not --policy {self.policy}: drop --policy, or fine-tune the pretrained "
+                "weights (--init pretrained)"
+            )
         return problems
+
+    def as_trained(self) -> FinetuneConfig:
+        """The options training actually uses. Random init trains the whole network
+        (``full``: there is nothing pretrained to keep frozen), without LP-FT (no probe was
+        fitted on random features) and with BatchNorm statistics updated (there are no
+        pretrained ones to keep); pretrained init uses the options as given."""
+        if self.init != "random":
+            return self
+        return dataclasses.replace(self, policy="full", lp_ft=False, bn="train")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ def test_training_the_top_stages_beats_the_probe_on_drawn_shapes(tmp_path: Path)
         embed=embed_config(tmp_path / "images", store),
         store=str(store),
         policy="top-2",
+        lp_ft=False,  # a new head, as this test was calibrated (LP-FT is the default)
         epochs=20,
         patience=20,
         lr=3e-3,

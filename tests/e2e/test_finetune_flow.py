@@ -11,11 +11,13 @@ import pytest
 import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.utilities.callables import parameter_schema
 
 from flows.embed import run_embed
 from flows.finetune import finetune_flow, run_finetune
 from tests.e2e.test_cli import cli
 from tests.images import make_dataset
+from tests.unit.finetune.training import make_data
 from transfer_pipe.backbones import get_backbone, list_backbones
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, run_values
 from transfer_pipe.errors import TransferPipeError
@@ -113,7 +115,8 @@ def test_publish_registers_a_backbone_and_re_embeds_with_it(
     embedded: tuple[Path, Path, str],
 ) -> None:
     _, store, key = embedded
-    summary = run_finetune(config(store, key, policy="full", epochs=1, publish=True))
+    # force: this test is about publishing, not about the verdict against the probe.
+    summary = run_finetune(config(store, key, policy="full", epochs=1, publish=True, force=True))
     published = summary.published_feature_set
     assert published != key
     catalog = open_store(str(store))
@@ -160,6 +163,10 @@ def test_cli_finetune_json(tmp_path: Path, prefect_api: str) -> None:
               check=False)  # fmt: skip
     assert bad.returncode == 2 and "freeze policy" in bad.stderr
     assert bad.stderr.count("\n") == 1  # one clear line, no traceback
+    scratch = cli("finetune", str(data), "--store", store, "--init", "random", "--policy",
+                  "top-1", api=prefect_api, check=False)  # fmt: skip
+    assert scratch.returncode == 2 and scratch.stderr.count("\n") == 1
+    assert "--init random" in scratch.stderr and "--policy top-1" in scratch.stderr
 
 
 def test_an_image_broken_after_embedding_is_skipped_not_fatal(tmp_path: Path) -> None:
@@ -176,3 +183,61 @@ def test_an_image_broken_after_embedding_is_skipped_not_fatal(tmp_path: Path) ->
     [skipped] = card.result.skipped_images
     assert skipped.sample_id == str(plan.splits["train"].sample_ids[0])
     assert skipped.reason.startswith("not-an-image")
+
+
+def _artifacts(flow_run_id: object, prefix: str) -> list:  # type: ignore[type-arg]
+    with get_client(sync_client=True) as client:
+        mine = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return [a for a in mine if (a.key or "").startswith(prefix)]
+
+
+def test_the_run_form_offers_init_force_and_lp_ft_on_by_default() -> None:
+    schema = parameter_schema(finetune_flow).model_dump()["properties"]
+    # Mutation: an lp_ft field left at False (the old default) fails here.
+    assert schema["lp_ft"]["default"] is True and schema["force"]["default"] is False
+    assert schema["init"]["default"] == "pretrained"
+    assert "random" in json.dumps(schema["init"])
+
+
+def test_a_scratch_run_shows_pretrained_fine_tuning_and_the_probe_beside_it(
+    embedded: tuple[Path, Path, str],
+) -> None:
+    _, store, key = embedded
+    pretrained = run_finetune(config(store, key))  # LP-FT by default (reused if run before)
+    assert pretrained.lp_ft and pretrained.init == "pretrained"
+    state = finetune_flow(
+        **run_values(config(store, key, init="random", policy="full")), return_state=True
+    )
+    summary = state.result()
+    assert summary.init == "random" and summary.policy == "full" and not summary.lp_ft
+    assert summary.compared_run_id == pretrained.run_id
+    assert summary.probe_head_id == pretrained.probe_head_id  # the probe on pretrained features
+    flow_run = state.state_details.flow_run_id
+    [table] = _artifacts(flow_run, "finetune-vs-probe-")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [(row["head"], row["head_id"]) for row in rows] == [
+        ("linear probe", pretrained.probe_head_id),
+        ("finetune top-1 lp-ft", pretrained.run_id),
+        ("scratch full", summary.run_id),
+    ]
+    [report] = _artifacts(flow_run, "finetune-report-")
+    assert "from random weights" in str(report.data) and "Validation accuracy" in str(report.data)
+
+
+def test_the_flow_refuses_to_publish_a_model_below_the_probe(tmp_path: Path) -> None:
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_data(data, per_class=12)  # colours: the probe separates them on validation
+    source = EmbedConfig(source=str(data), store=str(store), backbone="tiny_test", workers=1)
+    key = run_embed(source).feature_set
+    # A new head that barely moves (no LP-FT, a tiny learning rate): about chance.
+    weak = config(store, key, policy="head", lp_ft=False, lr=1e-7, epochs=1)
+    summary = run_finetune(weak)
+    assert summary.below_probe and summary.recommended_head_id == summary.probe_head_id
+    before = {info.key for info in open_store(str(store)).catalog()}
+    # Mutation: a flow that publishes without check_publishable (publish_config) fails here.
+    with pytest.raises(TransferPipeError, match="--force"):
+        run_finetune(config(store, key, policy="head", lp_ft=False, lr=1e-7, epochs=1,
+                            publish=True))  # fmt: skip
+    assert {info.key for info in open_store(str(store)).catalog()} == before

@@ -3,11 +3,16 @@
 ``FinetuneResult`` is what training, testing and saving one run returns (and what the
 report reads); ``FinetuneCard`` is ``<store>/finetune/<run_id>/card.json``, which holds the
 result; ``FinetuneListing`` is one row of ``transfer-pipe finetuned``.
+
+A run is judged against the linear probe on *validation* accuracy (the rows both chose
+their epoch or C on; test stays untouched): a model that ends below the probe says so
+(``below_probe``, ``verdict``) and recommends the probe. Fields added since the first cards
+have defaults, so every card on disk still reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -29,15 +34,55 @@ class SkippedImage(Record):
 
 @dataclass(frozen=True)
 class ProbeScore(Record):
-    """The linear probe the run is judged against: its head id and test metrics."""
+    """The linear probe the run is judged against: its head id, test metrics, and its
+    validation accuracy (the chosen C fitted on the training rows; ``None`` on old cards)."""
 
     head_id: str
     metrics: Metrics
+    val_accuracy: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         fields = known_fields(cls, data, "a probe")
         return cls(**{**fields, "metrics": Metrics.from_dict(fields["metrics"])})
+
+
+@dataclass(frozen=True)
+class RunScore(Record):
+    """Another fine-tuning run on the same feature set, task and split, shown beside this
+    one: pretrained fine-tuning beside a from-scratch run, and the other way round."""
+
+    run_id: str
+    head: str  # how the report tables name it, e.g. "finetune top-2 lp-ft"
+    init: str
+    val_accuracy: float | None
+    metrics: Metrics
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        fields = known_fields(cls, data, "a compared fine-tuning run")
+        return cls(**{**fields, "metrics": Metrics.from_dict(fields["metrics"])})
+
+
+def best_val_accuracy(history: Sequence[Mapping[str, Any]], best_epoch: int) -> float | None:
+    """The validation accuracy of the epoch whose weights the run keeps (``None`` when the
+    history does not hold it)."""
+    for row in history:
+        if row.get("epoch") == best_epoch and "val_accuracy" in row:
+            return float(row["val_accuracy"])
+    return None
+
+
+def probe_verdict(val_accuracy: float | None, probe: ProbeScore) -> str:
+    """One plain sentence when the fine-tuned model ends below the probe on validation
+    (recommending the probe by head id), else ``""``; unknown accuracies judge nothing."""
+    if val_accuracy is None or probe.val_accuracy is None or val_accuracy >= probe.val_accuracy:
+        return ""
+    return (
+        f"the fine-tuned model ends below the linear probe on validation accuracy "
+        f"({val_accuracy:.4f} vs {probe.val_accuracy:.4f}): use the probe {probe.head_id} "
+        f"instead (transfer-pipe predict --head {probe.head_id})"
+    )
 
 
 @dataclass(frozen=True)
@@ -65,6 +110,15 @@ class FinetuneResult(Record):
     checkpoint: str
     url: str | None = None
     reused: bool = False  # a finished run found in the store, not trained again
+    init: str = "pretrained"  # or "random": trained from scratch (the baseline)
+    below_probe: bool = False  # ended below the probe on validation accuracy
+    verdict: str = ""  # when below the probe: says so and recommends it
+    compared: RunScore | None = None  # the run with the other init, when the store has one
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """Validation accuracy of the kept (best) epoch: what the probe is judged against."""
+        return best_val_accuracy(self.history, self.best_epoch)
 
     @property
     def head_id(self) -> str:
@@ -84,6 +138,8 @@ class FinetuneResult(Record):
         ]
         fields["probe"] = ProbeScore.from_dict(fields["probe"])
         fields["metrics"] = Metrics.from_dict(fields["metrics"])
+        if fields.get("compared") is not None:
+            fields["compared"] = RunScore.from_dict(fields["compared"])
         return cls(**fields)
 
 
@@ -100,6 +156,7 @@ class FinetuneCard(ModelCard):
     trainable_parameters: int
     result: FinetuneResult  # as trained: without ``url`` and ``reused``
     model_file: str = MODEL_FILE
+    init: str = "pretrained"  # or "random": the from-scratch baseline
 
     @property
     def card_id(self) -> str:
@@ -125,6 +182,8 @@ class FinetuneListing(Record):
     accuracy: float
     probe_accuracy: float
     created: str
+    init: str
+    below_probe: bool  # on validation accuracy: the probe is the better model
 
     @classmethod
     def of(cls, card: FinetuneCard) -> Self:
@@ -138,4 +197,6 @@ class FinetuneListing(Record):
             accuracy=round(card.result.metrics.accuracy, 4),
             probe_accuracy=round(card.result.probe.metrics.accuracy, 4),
             created=card.created,
+            init=card.init,
+            below_probe=card.result.below_probe,
         )

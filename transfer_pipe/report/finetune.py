@@ -1,5 +1,6 @@
-"""Fine-tuning results as report pieces: the probe and the fine-tuned model side by side,
-and a markdown report with the learning curves."""
+"""Fine-tuning results as report pieces: the probe, pretrained fine-tuning and training
+from scratch side by side (those the store holds), and a markdown report with the
+learning curves that says plainly when the fine-tuned model ends below the probe."""
 
 from __future__ import annotations
 
@@ -16,6 +17,28 @@ class ProbeScored(Protocol):
 
     @property
     def head_id(self) -> str: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def val_accuracy(self) -> float | None: ...
+
+
+class ComparedScored(Protocol):
+    """Another run on the same feature set, task and split, with the other init."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def head(self) -> str: ...
+
+    @property
+    def init(self) -> str: ...
+
+    @property
+    def val_accuracy(self) -> float | None: ...
 
     @property
     def metrics(self) -> Metrics: ...
@@ -57,10 +80,23 @@ class FinetuneScored(Scored, Protocol):
     @property
     def probe(self) -> ProbeScored: ...
 
+    @property
+    def init(self) -> str: ...
+
+    @property
+    def val_accuracy(self) -> float | None: ...
+
+    @property
+    def verdict(self) -> str: ...
+
+    @property
+    def compared(self) -> ComparedScored | None: ...
+
 
 @dataclass(frozen=True)
-class _ProbeRow:
-    """The probe as a row of the metrics table (no hyperparameters or times shown)."""
+class _Row:
+    """A model that is not this run (the probe, another run) as a row of the metrics
+    table (no hyperparameters or times shown)."""
 
     head_id: str
     task: str
@@ -72,9 +108,28 @@ class _ProbeRow:
 
 
 def comparison_rows(result: FinetuneScored) -> list[dict[str, Any]]:
-    """The probe and the fine-tuned model as two rows of the heads' metrics table."""
-    probe = _ProbeRow(head_id=result.probe.head_id, task=result.task, metrics=result.probe.metrics)
-    return metrics_rows([probe, result])
+    """Rows of the heads' metrics table: the probe, then pretrained fine-tuning, then the
+    from-scratch run (this run and, when the store holds one, the run with the other init)."""
+    probe = _Row(head_id=result.probe.head_id, task=result.task, metrics=result.probe.metrics)
+    runs: list[Scored] = [result]
+    other = result.compared
+    if other is not None:
+        row = _Row(head_id=other.run_id, task=result.task, metrics=other.metrics, head=other.head)
+        runs = [result, row] if other.init == "random" else [row, result]
+    return metrics_rows([probe, *runs])
+
+
+def _accuracy(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4f}"
+
+
+def validation_line(result: FinetuneScored) -> str:
+    """Validation accuracy of every model compared: what the verdict judges on."""
+    parts = [f"this run {_accuracy(result.val_accuracy)}"]
+    if result.compared is not None:
+        parts.append(f"{result.compared.head} {_accuracy(result.compared.val_accuracy)}")
+    parts.append(f"linear probe {_accuracy(result.probe.val_accuracy)}")
+    return "Validation accuracy: " + ", ".join(parts) + "."
 
 
 def finetune_report(result: FinetuneScored, images: dict[str, str] | None = None) -> str:
@@ -83,13 +138,17 @@ def finetune_report(result: FinetuneScored, images: dict[str, str] | None = None
     rows = comparison_rows(result)
     columns = ("head", "accuracy", "accuracy_ci95", "macro_f1", "balanced_accuracy", "ece")
     table = markdown_table(columns, [[row[c] for c in columns] for row in rows])
-    lines = [
-        f"# Fine-tuning {result.run_id}",
-        "",
-        f"Policy **{result.policy}**{' with LP-FT' if result.lp_ft else ''}, "
+    init = " from random weights (from scratch)" if result.init == "random" else ""
+    lines = [f"# Fine-tuning {result.run_id}", ""]
+    if result.verdict:
+        lines += [f"**Below the linear probe**: {result.verdict}.", ""]
+    lines += [
+        f"Policy **{result.policy}**{' with LP-FT' if result.lp_ft else ''}{init}, "
         f"{result.epochs} epochs (best {result.best_epoch}, stopped by "
         f"{result.stopped}), image size {result.image_size}, on {result.device}; "
         f"{len(result.skipped_images)} images skipped as undecodable.",
+        "",
+        validation_line(result),
         "",
         table,
         "",

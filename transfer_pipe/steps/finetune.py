@@ -10,12 +10,20 @@ against the linear probe on the same rows, task and split.
 The rows and splits come from the feature set exactly as the heads flow reads them (images
 that failed to decode there are not in it), and each image is decoded again from its URI
 by the same decoder.
+
+LP-FT is the default: fine-tuning starts from the probe's head, so it starts where the
+probe ends. A run that still ends below the probe on validation says so, recommends the
+probe, and is not published without ``force``. ``init="random"`` trains the same
+architecture from seeded random weights (``random/<backbone>``), whole and without LP-FT:
+the from-scratch baseline, shown beside pretrained fine-tuning on the same feature set,
+task and split (when the store holds that run) and the probe on the pretrained features.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tempfile
 from collections.abc import Sequence
@@ -27,12 +35,26 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
-from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone, publish_backbone
+from transfer_pipe.backbones import (
+    BackboneSpec,
+    Preprocessing,
+    get_backbone,
+    publish_backbone,
+    random_variant,
+)
 from transfer_pipe.cluster import resolve_device, threads_per_task
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.finetune.card import FinetuneCard, FinetuneResult, ProbeScore, SkippedImage
+from transfer_pipe.finetune.card import (
+    FinetuneCard,
+    FinetuneResult,
+    ProbeScore,
+    RunScore,
+    SkippedImage,
+    best_val_accuracy,
+    probe_verdict,
+)
 from transfer_pipe.finetune.data import (
     ImageRows,
     choose_augmentation,
@@ -44,6 +66,7 @@ from transfer_pipe.finetune.persist import (
     backbone_file,
     checkpoint_dir,
     export_backbone,
+    list_cards,
     read_card,
     run_url,
     save_finetuned,
@@ -82,6 +105,8 @@ from transfer_pipe.steps.train import (
 from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.cards import SplitSizes
 
+logger = logging.getLogger(__name__)
+
 PROBE_HEAD = "logreg"
 PROBE_LAYER = "penultimate"
 _LIBRARIES = ("transfer-pipe", "torch", "torchvision", "numpy", "pillow", "safetensors")
@@ -115,7 +140,10 @@ class FinetunePlan:
 
 def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
     """Resolve the task's rows and splits on the feature set (as the heads flow does), the
-    backbone and its weights, and the run id; everything is checked before training."""
+    backbone and its weights, and the run id; everything is checked before training. The
+    plan holds the options as trained (``FinetuneConfig.as_trained``: random init trains
+    the whole network without LP-FT)."""
+    config = config.as_trained()
     probe_config = TrainConfig(
         feature_set=feature_set,
         store=config.store,
@@ -172,7 +200,10 @@ def _images(rows: SplitRows, uris: dict[str, str], index: dict[str, int]) -> Spl
 
 
 def _backbone(spec: FeatureSetSpec, config: FinetuneConfig) -> BackboneSpec:
-    """The backbone with the very weights the feature set was embedded with."""
+    """The backbone with the very weights the feature set was embedded with (with random
+    init: its architecture with seeded random weights, ``random/<id>``)."""
+    if config.init == "random":
+        return get_backbone(random_variant(spec.backbone))
     candidates: list[str | None] = []
     if config.embed is not None and config.embed.weights_file:
         candidates.append(config.embed.weights_file)
@@ -205,10 +236,20 @@ def run_id(plan: FinetunePlan) -> str:
         "augment": config.augment,
         "bn": config.bn,
     }
+    if config.init != "pretrained":  # only then: pretrained runs keep the ids they had
+        identity["init"] = config.init
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     task = re.sub(r"[^a-z0-9]+", "-", plan.probe_plan.data.task.name.lower()).strip("-")
     lp_ft = "-lpft" if config.lp_ft else ""
-    return f"{task or 'task'}-{config.policy}{lp_ft}-{digest}"
+    init = "-scratch" if config.init == "random" else ""
+    return f"{task or 'task'}{init}-{config.policy}{lp_ft}-{digest}"
+
+
+def run_head_name(config: FinetuneConfig) -> str:
+    """How tables name the run's model, e.g. ``finetune top-2 lp-ft`` or ``scratch full``."""
+    if config.init == "random":
+        return f"scratch {config.policy}"
+    return f"finetune {config.policy}" + (" lp-ft" if config.lp_ft else "")
 
 
 def train_options(config: FinetuneConfig) -> TrainOptions:
@@ -317,7 +358,10 @@ def run_finetune(
     its card and reports; returns the result."""
     done = read_card(plan.config.store, plan.run_id)
     if done is not None:
-        return replace(done.result, url=run_url(plan.config.store, plan.run_id), reused=True)
+        # A run with the other init may have finished since this one: show it too.
+        compared = done.result.compared or compared_run(plan)
+        url = run_url(plan.config.store, plan.run_id)
+        return replace(done.result, url=url, reused=True, compared=compared)
     job = trainer(plan)
     state = job.fit(on_epoch)
     test_rows = _rows(plan, TEST, "none")
@@ -342,9 +386,16 @@ def _result(
     test_skipped: list[int],
 ) -> FinetuneResult:
     config = plan.config
+    probe = ProbeScore(
+        head_id=plan.probe_head_id,
+        metrics=probe_card.metrics,
+        val_accuracy=probe_val_accuracy(probe_card),
+    )
+    val_accuracy = best_val_accuracy(state.history, state.best_epoch)
+    verdict = probe_verdict(val_accuracy, probe)
     return FinetuneResult(
         run_id=plan.run_id,
-        head=f"finetune {config.policy}" + (" lp-ft" if config.lp_ft else ""),
+        head=run_head_name(config),
         task=plan.probe_plan.data.task.name,
         layer=PROBE_LAYER,
         policy=config.policy,
@@ -359,9 +410,54 @@ def _result(
         image_size=plan.preprocessing.image_size,
         chosen={"epoch": state.best_epoch},
         metrics=metrics,
-        probe=ProbeScore(head_id=plan.probe_head_id, metrics=probe_card.metrics),
+        probe=probe,
         seconds={"train": state.seconds},
         checkpoint=str(job.checkpoints / BEST),
+        init=config.init,
+        below_probe=bool(verdict),
+        verdict=verdict,
+        compared=compared_run(plan),
+    )
+
+
+def probe_val_accuracy(card: HeadCard) -> float | None:
+    """The probe's validation accuracy: its chosen C fitted on the training rows, scored on
+    the validation rows (the heads flow's choice; ``None`` if the card does not hold it)."""
+    for point in card.validation_curve:
+        params = {k: v for k, v in point.items() if k != "val_accuracy"}
+        if params == card.chosen and "val_accuracy" in point:
+            return float(point["val_accuracy"])
+    return None
+
+
+def compared_run(plan: FinetunePlan) -> RunScore | None:
+    """The store's finished run with the other init on the same feature set, task and
+    split (the same probe): preferring one with the same budget (epochs, time budget),
+    then the newest; ``None`` when there is none."""
+    config = plan.config
+    other = "pretrained" if config.init == "random" else "random"
+    found = [
+        card
+        for card in list_cards(config.store)
+        if card.probe_head_id == plan.probe_head_id
+        and card.init == other
+        and card.feature_set == plan.feature_set
+    ]
+    if not found:
+        return None
+    budget = (config.epochs, config.time_budget_s)
+
+    def preference(card: FinetuneCard) -> tuple[bool, str]:
+        options = card.hyperparameters
+        return ((options.get("epochs"), options.get("time_budget_s")) == budget, card.created)
+
+    card = max(found, key=preference)
+    return RunScore(
+        run_id=card.run_id,
+        head=card.result.head,
+        init=card.init,
+        val_accuracy=card.result.val_accuracy,
+        metrics=card.result.metrics,
     )
 
 
@@ -402,6 +498,7 @@ def _card(plan: FinetunePlan, job: Trainer, result: FinetuneResult) -> FinetuneC
         splits=SplitSizes(**sizes, origin=data.split_origin, dropped=data.dropped),
         policy=config.policy,
         lp_ft=config.lp_ft,
+        init=config.init,
         probe_head_id=plan.probe_head_id,
         hyperparameters=asdict(job.options)
         | {"augment": job.train_rows.augmentation, "bn": config.bn},
@@ -416,8 +513,13 @@ def _card(plan: FinetunePlan, job: Trainer, result: FinetuneResult) -> FinetuneC
 def finalize_finetune(
     plan: FinetunePlan, result: FinetuneResult, embedded: int = 0
 ) -> FinetuneSummary:
-    """The run's summary: test metrics next to the probe's, and where the model lives."""
+    """The run's summary: test metrics next to the probe's (and the other init's run), the
+    verdict against the probe on validation, and where the model lives."""
     metrics, probe = result.metrics, result.probe.metrics
+    compared = result.compared
+    message = summary_message(result)
+    if result.below_probe:
+        logger.warning("%s: %s", plan.run_id, result.verdict)
     return FinetuneSummary(
         run_id=plan.run_id,
         feature_set=plan.feature_set,
@@ -447,13 +549,57 @@ def finalize_finetune(
         reused=result.reused,
         embedded=embedded,
         table=comparison_rows(result),
+        init=result.init,
+        val_accuracy=result.val_accuracy,
+        probe_val_accuracy=result.probe.val_accuracy,
+        below_probe=result.below_probe,
+        recommended_head_id=result.probe.head_id if result.below_probe else None,
+        compared_run_id=compared.run_id if compared else None,
+        compared_accuracy=compared.metrics.accuracy if compared else None,
+        message=message,
     )
+
+
+def summary_message(result: FinetuneResult) -> str:
+    """One line: what was trained, test accuracy beside the probe's (and the other init's
+    run), and, when it ends below the probe on validation, that plainly."""
+    what = "trained from scratch" if result.init == "random" else "fine-tuned"
+    lp_ft = ", LP-FT" if result.lp_ft else ""
+    message = (
+        f"{what} {result.run_id} ({result.policy}{lp_ft}): test accuracy "
+        f"{result.metrics.accuracy:.4f} vs probe {result.probe.metrics.accuracy:.4f}"
+    )
+    if result.compared is not None:
+        message += (
+            f" and {result.compared.head} {result.compared.metrics.accuracy:.4f} "
+            f"({result.compared.run_id})"
+        )
+    if result.verdict:
+        message += f"; {result.verdict}"
+    return message
+
+
+def check_publishable(plan: FinetunePlan) -> None:
+    """Refuse to publish a finished run that ended below the probe on validation, unless
+    ``force``: the probe is the better model. The run itself stays saved."""
+    card = read_card(plan.config.store, plan.run_id)
+    if card is None:
+        raise TransferPipeError(
+            f"fine-tuning run {plan.run_id} has not finished: nothing to publish"
+        )
+    if card.result.below_probe and not plan.config.force:
+        raise TransferPipeError(
+            f"not publishing {plan.run_id}: {card.result.verdict}. The run stays saved in "
+            f"{run_url(plan.config.store, plan.run_id)}; --force publishes it anyway."
+        )
 
 
 def publish_config(plan: FinetunePlan) -> EmbedConfig:
     """Register the fine-tuned backbone as ``finetuned/<run_id>`` (its weights file written
     next to the run) and return the embed run that re-embeds the dataset with it: a new
-    feature-set key, since the weights digest differs."""
+    feature-set key, since the weights digest differs. Refused, before anything is written,
+    for a run below the probe on validation unless ``force`` (see ``check_publishable``)."""
+    check_publishable(plan)
     checkpoints = checkpoint_dir(plan.config.store, plan.run_id)
     weights = backbone_file(plan.config.store, plan.run_id)
     if not weights.exists():  # a rerun of the same (deterministic) run id: the same weights
@@ -491,12 +637,14 @@ def finetune(config: FinetuneConfig) -> FinetuneSummary:
     result = run_finetune(plan, probe)
     summary = finalize_finetune(plan, result, embedded)
     if config.publish:
-        summary = replace(summary, published_feature_set=publish(plan).feature_set)
+        summary = summary.published(publish(plan).feature_set)
     return summary
 
 
 __all__: Sequence[str] = (
     "FinetunePlan",
+    "check_publishable",
+    "compared_run",
     "ensure_probe",
     "finalize_finetune",
     "finetune",

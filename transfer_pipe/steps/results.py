@@ -83,7 +83,9 @@ class TrainSummary(Record):
 
 @dataclass(frozen=True)
 class FinetuneSummary(Record):
-    """A fine-tuning run: test metrics next to the probe's, and where the model lives."""
+    """A fine-tuning run: test metrics next to the probe's (and the run with the other
+    init, when the store holds one), whether it ended below the probe on validation (then
+    the probe is recommended), where the model lives, and the one line that says it."""
 
     run_id: str
     feature_set: str
@@ -114,6 +116,24 @@ class FinetuneSummary(Record):
     embedded: int  # images embedded first by this run (given a source)
     table: list[dict[str, Any]]
     published_feature_set: str | None = None  # with publish: the re-embedded feature set
+    init: str = "pretrained"  # or "random": trained from scratch (the baseline)
+    val_accuracy: float | None = None  # of the kept epoch: what the probe is judged on
+    probe_val_accuracy: float | None = None
+    below_probe: bool = False  # on validation: then the probe is the better model
+    recommended_head_id: str | None = None  # the probe's head id, when below it
+    compared_run_id: str | None = None  # the run with the other init (same data and split)
+    compared_accuracy: float | None = None  # its test accuracy
+    message: str = ""  # one line: the result, and plainly whether the probe is better
+
+    def published(self, feature_set: str) -> FinetuneSummary:
+        """The summary of a run whose weights were published as ``feature_set``."""
+        from dataclasses import replace  # (the module imports only ``dataclass``)
+
+        return replace(
+            self,
+            published_feature_set=feature_set,
+            message=f"{self.message}; published as feature set {feature_set}",
+        )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from safetensors import safe_open
 
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.finetune.card import FinetuneCard, FinetuneListing
+from transfer_pipe.finetune.card import FinetuneCard, FinetuneListing, RunScore
 from transfer_pipe.finetune.persist import list_cards, read_card, save_finetuned
 from transfer_pipe.finetune.surgery import build_finetune_model
 from transfer_pipe.heads.card import HeadCard, HeadListing
@@ -112,6 +113,25 @@ def test_an_old_finetune_card_reads_and_writes_back_every_key() -> None:
     assert FinetuneCard.from_dict(card.to_dict()) == card
     listing = FinetuneListing.of(card)
     assert (listing.accuracy, listing.probe_accuracy, listing.epochs) == (0.75, 0.5, 2)
+    # Written before init, the probe's validation accuracy and the verdict: a pretrained
+    # run with no verdict (nothing to judge by). Mutation: a new field without a default
+    # (e.g. FinetuneCard.init) makes the old card unreadable.
+    assert card.init == "pretrained" and card.result.init == "pretrained"
+    assert card.result.probe.val_accuracy is None and not card.result.below_probe
+    assert card.result.compared is None and card.result.val_accuracy is None  # no epoch 2 row
+    assert (listing.init, listing.below_probe) == ("pretrained", False)
+
+
+def test_a_card_with_a_verdict_and_a_compared_run_round_trips() -> None:
+    old = FinetuneCard.from_dict(copy.deepcopy(OLD_FINETUNE_CARD))
+    compared = RunScore("source-scratch-full-1", "scratch full", "random", 0.4, old.result.metrics)
+    probe = replace(old.result.probe, val_accuracy=0.9)
+    result = replace(old.result, probe=probe, below_probe=True, verdict="below", compared=compared)
+    card = replace(old, init="pretrained", result=result)
+    written = json.loads(json.dumps(card.to_dict()))
+    assert written["result"]["compared"]["run_id"] == "source-scratch-full-1"
+    # Mutation: FinetuneResult.from_dict leaving ``compared`` a dict fails the equality.
+    assert FinetuneCard.from_dict(written) == card
 
 
 def test_an_old_head_card_reads_and_writes_back_every_key() -> None:

@@ -36,7 +36,8 @@ def test_two_publishes_from_a_non_local_store_each_register_their_own_weights(
     for seed in (0, 1):  # two runs: the seed is part of the run id
         config = FinetuneConfig(feature_set=key, store=store, policy="top-1", epochs=1,
                                 batch_size=8, seed=seed, loader_workers=0,
-                                device="cpu")  # fmt: skip
+                                device="cpu", force=True)  # fmt: skip
+        # (force: this test is about where the weights go, not about the probe's verdict)
         plan = prepare_finetune(config, key)
         run_finetune(plan, ensure_probe(plan))
         backbone_id = publish_config(plan).backbone

@@ -11,15 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from flows.embed import run_embed
 from flows.parameters import run_parameters
-from flows.runs import capture_library_logs, run_name, tagged
+from flows.runs import artifact_key, capture_library_logs, run_name, tagged
 from flows.train import run_train
 from transfer_pipe.config import PipelineConfig, run_values
 from transfer_pipe.steps.checks import check_inputs
+from transfer_pipe.steps.pipeline import up_to_date
 from transfer_pipe.steps.results import PipelineSummary
 from transfer_pipe.steps.target import run_config
 
@@ -27,6 +29,8 @@ capture_library_logs()
 
 # Seconds, before any embedding: a bad value from the run form fails the run at once.
 check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
+# A night with nothing new: said from the store in one task, without the subflows' runs.
+current = task(name="up-to-date", cache_policy=NO_CACHE)(up_to_date)
 
 
 @flow(name="pipeline", log_prints=True, flow_run_name=run_name("backbone", "image_size", "task"))
@@ -38,6 +42,11 @@ def pipeline_flow(**values: Any) -> State[PipelineSummary]:
     assert config.embed is not None  # PipelineConfig's validation requires a source
     with tagged():
         check(config, embed_inputs=False)  # heads, task, feature set: before any embedding
+        unchanged = current(config)
+        if unchanged is not None:
+            _report_unchanged(unchanged)
+            print(unchanged.message)
+            return Completed(message=unchanged.message, data=unchanged)
         embedded = run_embed(config.embed)
         trained = run_train(config.train_config(embedded.feature_set))
         tuned = None
@@ -49,6 +58,19 @@ def pipeline_flow(**values: Any) -> State[PipelineSummary]:
     summary = PipelineSummary.of(embedded, trained, tuned)
     print(summary.message)
     return Completed(message=summary.message, data=summary)
+
+
+def _report_unchanged(summary: PipelineSummary) -> None:
+    """The heads' metrics, under the key the heads flow publishes them (one history)."""
+    trained = summary.train
+    create_table_artifact(
+        trained.table,
+        key=artifact_key("heads-metrics", summary.embed.source, trained.task),
+        description=(
+            f"test metrics, task {trained.task}, feature set {trained.feature_set}: nothing "
+            f"changed ({summary.message})"
+        ),
+    )
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineSummary:

@@ -22,6 +22,8 @@ from transfer_pipe.config import (
     FinetuneConfig,
     Option,
     PredictConfig,
+    SweepConfig,
+    TaskOptions,
     TrainConfig,
     options,
     run_options,
@@ -40,6 +42,14 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.replace(",", " ").split() if part)
 
 
+def _numbers(text: str) -> tuple[float, ...]:
+    """A comma- (or space-) separated list of numbers, e.g. ``0.01,0.1,1``."""
+    try:
+        return tuple(float(part) for part in _words(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers") from None
+
+
 def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]) -> None:
     """Offer config options (``transfer_pipe.config.option``) as arguments: name, type,
     default, choices and help all come from the config field."""
@@ -49,7 +59,7 @@ def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]
             default = os.environ.get("TRANSFER_PIPE_STORE", default)
         help_text = opt.help
         if not any(default is nothing for nothing in (None, False, (), REQUIRED)):
-            shown = ",".join(default) if isinstance(default, tuple) else default
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             help_text += f" (default: {shown})"
         kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%")}  # argparse formats it
         base = opt.base_type
@@ -58,6 +68,8 @@ def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         elif typing.get_origin(base) is tuple and opt.positional:
             kwargs["nargs"] = "+"
+        elif typing.get_origin(base) is tuple and typing.get_args(base)[0] is float:
+            kwargs["type"] = _numbers
         elif typing.get_origin(base) is tuple:
             kwargs["type"] = _words
         elif opt.choices is not None:
@@ -120,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
             "finetune",
             FinetuneConfig,
             "fine-tune the backbone for a task and compare it with the linear probe",
+        ),
+        (
+            "sweep",
+            SweepConfig,
+            "where to cut, and whether to fine-tune: the probe on every stage, pretrained "
+            "vs random weights, and on shares of the labels",
         ),
     ):
         command = commands.add_parser(name, help=help_text)
@@ -206,7 +224,7 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_before_prefect(config: EmbedConfig | TrainConfig | FinetuneConfig) -> None:
+def _check_before_prefect(config: EmbedConfig | TaskOptions) -> None:
     """Check every input, the source's content included, in seconds, before a Prefect
     server starts (20-40 s on a small machine); then quiet Prefect's own tracebacks for
     the errors whose message already says what to fix."""
@@ -295,6 +313,44 @@ def _finetune(args: argparse.Namespace) -> int:
         print(f"published as feature set {summary.published_feature_set}")
     if args.json:
         print(summary.to_json(exclude=("table",)))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    config, _ = _run(SweepConfig, args)
+    from flows.sweep import run_sweep
+    from transfer_pipe.report import terminal_table
+
+    summary = run_sweep(config)
+    by_layer: dict[str, dict[str, Any]] = {}
+    for score in summary.depth:
+        row = by_layer.setdefault(score.layer, {"layer": score.layer, "dim": score.dim})
+        row[score.init] = f"{score.accuracy:.4f} [{score.accuracy_ci95[0]:.3f}, " + (
+            f"{score.accuracy_ci95[1]:.3f}]"
+        )
+    print(f"depth curve, task {summary.task} (test accuracy of the linear probe, 95% CI):")
+    print(terminal_table(list(by_layer.values())))
+    print("learning curve (share of the training labels, mean test accuracy over seeds):")
+    print(
+        terminal_table(
+            [
+                {
+                    "init": p.init,
+                    "layer": p.layer,
+                    "share": f"{p.fraction:g}",
+                    "train rows": p.train_rows,
+                    "accuracy": f"{p.accuracy_mean:.4f}"
+                    + (f" ± {p.accuracy_std:.4f}" if p.accuracy_std is not None else ""),
+                }
+                for p in summary.curve
+            ]
+        )
+    )
+    advice = summary.recommendation
+    print(f"recommendation: {advice.reason}\n  next: {advice.command}")
+    print(f"saved in {summary.url}; {summary.message}")
+    if args.json:
+        print(summary.to_json())
     return 0
 
 
@@ -432,6 +488,7 @@ _COMMANDS = {
     "train": _train,
     "finetune": _finetune,
     "finetuned": _finetuned,
+    "sweep": _sweep,
     "heads": _heads,
     "predict": _predict,
     "serve": _serve,

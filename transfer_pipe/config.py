@@ -243,6 +243,13 @@ class TrainConfig(TaskOptions):
     )
     shots: int | None = option(None, "few-shot: labelled training rows per class", minimum=1)
     shot_seeds: int = option(5, "few-shot repeats, seeds 0..N-1", minimum=1)
+    label_fraction: float | None = option(
+        None,
+        "train on this share of the training labels, drawn per class (at least one row per "
+        "class), repeated over seeds 0..--shot-seeds-1",
+        above=0,
+        maximum=1,
+    )
     c_min: float = option(1e-6, "logreg C grid start (log-spaced)")
     c_max: float = option(1e5, "logreg C grid end")
     c_values: int = option(45, "logreg C grid size", minimum=1)
@@ -265,6 +272,10 @@ class TrainConfig(TaskOptions):
         )
         if not 0 < self.c_min < self.c_max:
             problems.append("the C grid needs 0 < --c-min < --c-max")
+        if self.shots is not None and self.label_fraction is not None:
+            problems.append(
+                "--shots and --label-fraction both choose the training rows; give one of them"
+            )
         return problems
 
 
@@ -428,6 +439,35 @@ class PipelineConfig(TrainConfig):
         )
 
 
+@dataclass(frozen=True)
+class SweepConfig(TaskOptions):
+    """Where to cut the backbone, and whether to fine-tune: the linear probe (the heads
+    flow's protocol) on the pooled output of every stage, for the pretrained weights and
+    for the same network with seeded random weights (the depth curve), then on shares of
+    the training labels at the best layer (the learning curve), and the advice they give.
+    The source is embedded at every stage (``--layers stages,penultimate``) whatever its
+    embed options say about layers."""
+
+    fractions: tuple[float, ...] = option(
+        (0.01, 0.05, 0.1, 0.25, 1.0), "shares of the training labels for the learning curve"
+    )
+    seeds: int = option(3, "learning-curve repeats per share, seeds 0..N-1", minimum=1)
+    c_values: int = option_of(TrainConfig, "c_values")
+    max_iter: int = option_of(TrainConfig, "max_iter")
+    bootstrap: int = option_of(TrainConfig, "bootstrap")
+
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
+        if not self.fractions:
+            problems.append("--fractions names no share of the training labels")
+        problems.extend(
+            f"--fractions: {share} is not a share of the training labels in (0, 1]"
+            for share in self.fractions
+            if not 0 < share <= 1
+        )
+        return problems
+
+
 def parse_policy(policy: str) -> int | None:
     """How many stages a freeze policy trains: 0 for ``head``, N for ``top-N``, None (all,
     the stem included) for ``full``."""
@@ -453,7 +493,7 @@ SOURCE = Option(
     maximum=None,
     above=None,
 )
-Config = EmbedConfig | TrainConfig | FinetuneConfig | PredictConfig
+Config = EmbedConfig | TrainConfig | FinetuneConfig | SweepConfig | PredictConfig
 SHARED_OPTIONS = ("store", "device")
 
 

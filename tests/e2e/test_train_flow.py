@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from transfer_pipe.heads.card import list_cards
 from transfer_pipe.heads.persist import load_head
 from transfer_pipe.steps import embed
 from transfer_pipe.steps.predict import predict
-from transfer_pipe.steps.train import train
+from transfer_pipe.steps.train import prepare_training, train
 from transfer_pipe.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -190,6 +192,51 @@ def test_few_shot_repeats_over_seeds(embedded: tuple[Path, Path, str]) -> None:
         assert card.shots == 2
         assert card.splits.train == 2 * len(card.classes)  # k per class, no more
         assert card.splits.val == summary.splits["val"]  # judged on the same rows
+
+
+def test_a_learning_curve_fits_each_share_of_the_labels_over_seeds(
+    embedded: tuple[Path, Path, str],
+) -> None:
+    _, store, key = embedded
+    heads = ("logreg", "knn")
+    config = TrainConfig(
+        feature_set=key, store=str(store), heads=heads, label_fraction=0.25, shot_seeds=3
+    )
+    full = train(TrainConfig(feature_set=key, store=str(store), heads=("ridge",))).splits
+    per_class = Counter(prepare_training(config, key).data.train.labels.tolist())
+    quarter = sum(math.ceil(n / 4) for n in per_class.values())  # about a quarter, per class
+    assert sum(per_class.values()) == full["train"] and quarter < full["train"] / 2
+
+    summary = run_train(config)  # the flow: its parameters carry the fraction
+    assert (summary.label_fraction, summary.splits) == (0.25, full)
+    assert (summary.heads_fitted, summary.heads_reused) == (6, 0)
+    cards = {c.head_id: c for c in list_cards(str(store))}
+    for name in heads:
+        head = summary.heads[name]
+        assert len(set(head.head_ids)) == 3  # three seeds per head kind
+        assert head.accuracy_std is not None and 0.0 <= head.accuracy <= 1.0
+        mine = [cards[i] for i in head.head_ids]
+        assert head.accuracy == pytest.approx(np.mean([c.metrics.accuracy for c in mine]))
+        assert sorted(c.shot_seed or 0 for c in mine) == [0, 1, 2]
+        for card in mine:
+            assert card.label_fraction == 0.25
+            # Mutation: _fit_and_save ignoring label_fraction fits on every row: fails here.
+            assert card.splits.train == quarter
+            assert (card.splits.val, card.splits.test) == (full["val"], full["test"])
+
+    # Mutation: train_head ignoring the saved card refits 6 heads here.
+    again = run_train(config)
+    assert (again.heads_fitted, again.heads_reused, again.splits) == (0, 6, full)
+    assert again.heads["logreg"].head_ids == summary.heads["logreg"].head_ids
+
+    half = train(replace(config, label_fraction=0.5))
+    assert half.heads_fitted == 6
+    assert not set(half.heads["knn"].head_ids) & set(summary.heads["knn"].head_ids)
+    # Fraction 1 keeps every row whatever the seed: one head per kind, not three.
+    whole = train(replace(config, label_fraction=1.0))
+    assert [len(h.head_ids) for h in whole.heads.values()] == [1, 1]
+    whole_cards = [c for c in list_cards(str(store)) if c.label_fraction == 1.0]
+    assert [c.splits.train for c in whole_cards] == [full["train"]] * 2
 
 
 def test_heads_read_several_layers_side_by_side(tmp_path: Path) -> None:

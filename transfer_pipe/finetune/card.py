@@ -23,6 +23,9 @@ from transfer_pipe.store.cards import ModelCard
 MODEL_FILE = "model.safetensors"
 
 
+FINETUNE_DIR = "finetune"  # <store>/finetune/<run_id>/: one fine-tuning run each
+
+
 @dataclass(frozen=True)
 class SkippedImage(Record):
     """An image of the run's rows that could not be decoded when fine-tuning read it."""

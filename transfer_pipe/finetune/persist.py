@@ -24,12 +24,11 @@ from safetensors.torch import save_file
 from transfer_pipe.backbones import BackboneSpec
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import atomic_path, local_path
-from transfer_pipe.finetune.card import MODEL_FILE, FinetuneCard
+from transfer_pipe.finetune.card import FINETUNE_DIR, MODEL_FILE, FinetuneCard
 from transfer_pipe.finetune.surgery import FinetuneModel
 from transfer_pipe.store import cards
 from transfer_pipe.store.cards import card_folder, save_with_card
 
-FINETUNE_DIR = "finetune"
 BACKBONE_FILE = "backbone.pth"
 
 

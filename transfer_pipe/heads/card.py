@@ -37,6 +37,7 @@ class HeadResult(Record):
     seconds: dict[str, float]
     url: str | None = None
     reused: bool = False  # read from the store: fitted by an earlier run
+    label_fraction: float | None = None  # share of the training labels (seed: shot_seed)
 
     @classmethod
     def of(cls, card: HeadCard, url: str) -> Self:
@@ -53,6 +54,7 @@ class HeadResult(Record):
             seconds=card.seconds,
             url=url,
             reused=True,
+            label_fraction=card.label_fraction,
         )
 
 
@@ -75,6 +77,8 @@ class HeadCard(ModelCard):
     seconds: dict[str, float]
     model_file: str = ""
     notes: list[str] = field(default_factory=list)  # what the task's labelling noticed
+    # The share of the training labels it was fitted on (seed: shot_seed); None: all of them.
+    label_fraction: float | None = None
 
     @property
     def card_id(self) -> str:

@@ -3,8 +3,8 @@
 A task is the source's own labels, a mapping of them onto coarser classes, or labels from
 a separate CSV/Parquet table joined by sample id (never by row order). Splits are the
 source's own where it has them, otherwise stratified with a fixed seed. Validation and
-test rows are disjoint from training rows by construction, and few-shot training sets are
-drawn from the training rows only.
+test rows are disjoint from training rows by construction, and few-shot and label-fraction
+training sets are drawn from the training rows only.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -121,8 +122,9 @@ class TaskData:
     split_origin: str  # "source" or "stratified (seed N)"
     dropped: int  # usable rows the task gives no label
     shots: int | None = None
-    shot_seed: int | None = None
+    shot_seed: int | None = None  # the draw's seed, for few-shot and label-fraction runs
     notes: tuple[str, ...] = field(default_factory=tuple)
+    label_fraction: float | None = None
 
     def few_shot(self, shots: int, seed: int) -> TaskData:
         """Keep ``shots`` training rows per class, drawn with ``seed``; validation and test
@@ -138,6 +140,23 @@ class TaskData:
             picks.append(rng.choice(rows, size=shots, replace=False))
         index = np.sort(np.concatenate(picks))
         return replace(self, train=self.train.take(index), shots=shots, shot_seed=seed)
+
+    def label_subset(self, fraction: float, seed: int) -> TaskData:
+        """Keep ``ceil(fraction * n)`` (at least one) of the ``n`` training rows of each
+        class, drawn with ``seed`` (a learning curve's point); validation and test stay
+        whole so that every fraction and seed is judged on the same rows. Fraction 1 keeps
+        every row, whatever the seed."""
+        if not 0 < fraction <= 1:
+            raise TransferPipeError(f"--label-fraction must be in (0, 1], not {fraction}.")
+        rng = np.random.default_rng(seed)
+        picks = []
+        for label in self.classes:
+            rows = np.flatnonzero(self.train.labels == label)
+            # (less a hair: 0.07 * 100 is 7.000000000000001 in floats, and keeps 7 rows)
+            keep = max(1, math.ceil(fraction * len(rows) - 1e-9))
+            picks.append(rng.choice(rows, size=min(keep, len(rows)), replace=False))
+        index = np.sort(np.concatenate(picks))
+        return replace(self, train=self.train.take(index), label_fraction=fraction, shot_seed=seed)
 
     def sizes(self) -> dict[str, int]:
         return {TRAIN: len(self.train), VAL: len(self.val), TEST: len(self.test)}

@@ -11,6 +11,12 @@ from transfer_pipe.report.plots import (
     save_per_class_accuracy,
     save_result_plots,
 )
+from transfer_pipe.report.sweep import (
+    save_depth_curve,
+    save_label_curve,
+    save_sweep_plots,
+    sweep_markdown,
+)
 from transfer_pipe.report.tables import (
     ROW_COLUMNS,
     Scored,
@@ -29,8 +35,12 @@ __all__ = [
     "metrics_rows",
     "png_data_uri",
     "save_confusion_matrix",
+    "save_depth_curve",
+    "save_label_curve",
     "save_learning_curves",
     "save_per_class_accuracy",
     "save_result_plots",
+    "save_sweep_plots",
+    "sweep_markdown",
     "terminal_table",
 ]

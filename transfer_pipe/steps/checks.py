@@ -4,15 +4,13 @@ as its first step, so a bad value fails the same way from either door."""
 
 from __future__ import annotations
 
-from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
+from transfer_pipe.config import EmbedConfig, TaskOptions, TrainConfig
 from transfer_pipe.heads.tasks import parse_task
 from transfer_pipe.steps.embed import check_embed_inputs
 from transfer_pipe.steps.train import check_features
 
 
-def check_inputs(
-    config: EmbedConfig | TrainConfig | FinetuneConfig, *, embed_inputs: bool = True
-) -> None:
+def check_inputs(config: EmbedConfig | TaskOptions, *, embed_inputs: bool = True) -> None:
     """Raise ``TransferPipeError`` naming what to fix: an unknown head or task, an unknown
     backbone, layer or weights file, a feature set that is not complete or lacks the
     layer asked for, a missing source, a source whose content cannot be

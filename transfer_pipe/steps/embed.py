@@ -18,7 +18,7 @@ import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +98,9 @@ def _checked(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
     """``check_embed_inputs``, reusing the manifest of a check just made for ``config``."""
     manifest = _checked_manifests.pop(config, None)
     if manifest is None:
-        return check_embed_inputs(config)
+        checked = check_embed_inputs(config)
+        _checked_manifests.pop(config, None)  # this run's own listing: not for the next one
+        return checked
     backbone = get_backbone(config.backbone, config.weights_file)
     return backbone, backbone.layer_names(config.layers), manifest
 
@@ -132,6 +134,34 @@ def _identity(
     )
 
 
+def complete_plan(config: EmbedConfig) -> EmbedPlan | None:
+    """The (empty) plan of a run whose feature set the store holds complete, found from the
+    registry, the manifest and the store alone, writing nothing; None when there is work
+    to do."""
+    started = time.perf_counter()
+    backbone = get_backbone(config.backbone, config.weights_file)
+    check_source(config.source)
+    manifest = load_manifest(config.source).limit(config.limit)
+    layers = backbone.layer_names(config.layers)
+    return _plan_if_complete(config, _identity(config, backbone, layers, manifest), started)
+
+
+def _plan_if_complete(config: EmbedConfig, identity: _Identity, started: float) -> EmbedPlan | None:
+    store = open_store(config.store)
+    if store.status(identity.key) != "complete":
+        return None
+    spec = store.spec(identity.key)
+    logger.info(
+        "feature set %s: %d images of %s through %s, complete in the store; nothing to embed",
+        identity.key,
+        spec.rows,
+        spec.source,
+        spec.backbone,
+    )
+    seconds = {"prepare": time.perf_counter() - started}
+    return EmbedPlan(config, spec, "complete", [], spec.n_shards, seconds)
+
+
 def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     """Resolve the feature-set key and plan the shards still to write.
 
@@ -142,20 +172,12 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     backbone, layers, manifest = _checked(config)
     checked_seconds = time.perf_counter() - started
     identity = _identity(config, backbone, layers, manifest)
+    complete = _plan_if_complete(config, identity, started)
+    if complete is not None:
+        return replace(complete, seconds={"check": checked_seconds, **complete.seconds})
     store = open_store(config.store)
     key = identity.key
     status = store.status(key)
-    if status == "complete":
-        spec = store.spec(key)
-        logger.info(
-            "feature set %s: %d images of %s through %s, complete in the store; nothing to embed",
-            key,
-            spec.rows,
-            spec.source,
-            spec.backbone,
-        )
-        seconds = {"check": checked_seconds, "prepare": time.perf_counter() - started}
-        return EmbedPlan(config, spec, status, [], spec.n_shards, seconds)
     preprocessing = identity.preprocessing
     spec = FeatureSetSpec(
         key=key,

@@ -3,15 +3,18 @@ fit the heads the store lacks, optionally fine-tune; and the one line that says 
 happened.
 
     summary = pipeline(config)      # plain Python; ``flows.pipeline`` runs the same as subflows
+
+A scheduled run over unchanged data has nothing to do: ``up_to_date`` says so from the
+store alone (no forward pass, no fit, no model code imported), before any subflow starts.
 """
 
 from __future__ import annotations
 
 from transfer_pipe.config import PipelineConfig
-from transfer_pipe.steps.embed import embed
-from transfer_pipe.steps.finetune import finetune
+from transfer_pipe.heads.card import HeadResult, head_url, read_card
+from transfer_pipe.steps.embed import complete_plan, embed, finalize_embedding
 from transfer_pipe.steps.results import PipelineSummary
-from transfer_pipe.steps.train import train
+from transfer_pipe.steps.train import finalize_training, head_id, prepare_training, train
 
 
 def pipeline(config: PipelineConfig) -> PipelineSummary:
@@ -19,5 +22,30 @@ def pipeline(config: PipelineConfig) -> PipelineSummary:
     assert config.embed is not None  # PipelineConfig's validation requires a source
     embedded = embed(config.embed)
     trained = train(config.train_config(embedded.feature_set))
-    tuned = finetune(config.finetune_config(embedded.feature_set)) if config.finetune else None
+    tuned = None
+    if config.finetune:
+        from transfer_pipe.steps.finetune import finetune  # torch: only when fine-tuning
+
+        tuned = finetune(config.finetune_config(embedded.feature_set))
     return PipelineSummary.of(embedded, trained, tuned)
+
+
+def up_to_date(config: PipelineConfig) -> PipelineSummary | None:
+    """The summary of a run that would change nothing (the store holds the feature set
+    complete and every head the run asks for, and no fine-tuning is asked), found without
+    writing or computing anything; None when there is work to do."""
+    assert config.embed is not None  # PipelineConfig's validation requires a source
+    if config.finetune or config.refit:
+        return None
+    plan = complete_plan(config.embed)
+    if plan is None:
+        return None
+    heads = prepare_training(config.train_config(plan.spec.key), plan.spec.key)
+    results = []
+    for run in heads.runs:
+        identity = head_id(heads, run)
+        card = read_card(config.store, identity)
+        if card is None:
+            return None
+        results.append(HeadResult.of(card, head_url(config.store, identity)))
+    return PipelineSummary.of(finalize_embedding(plan, []), finalize_training(heads, results))

@@ -38,7 +38,8 @@ class EmbedSummary(Record):
 @dataclass(frozen=True)
 class HeadSummary(Record):
     """One head kind of a train run: test metrics (the mean over seeds, with ``*_std``, for
-    few-shot runs), the ids of the heads fitted and their fitting seconds."""
+    few-shot and label-fraction runs), the ids of the heads fitted and their fitting
+    seconds."""
 
     accuracy: float
     macro_f1: float
@@ -63,7 +64,8 @@ class HeadSummary(Record):
 @dataclass(frozen=True)
 class TrainSummary(Record):
     """A train run: the task and split, per head kind its summary, and the metrics table
-    (one row per fitted head)."""
+    (one row per fitted head). ``splits`` are the task's full split sizes, also when each
+    head trained on a few-shot draw or a share of the labels."""
 
     feature_set: str
     store: str
@@ -79,6 +81,7 @@ class TrainSummary(Record):
     heads_reused: int  # heads the store held already (same features, task, split, options)
     heads: dict[str, HeadSummary]
     table: list[dict[str, Any]]
+    label_fraction: float | None = None  # share of the training labels each head was fitted on
 
 
 @dataclass(frozen=True)

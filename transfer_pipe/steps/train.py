@@ -62,7 +62,8 @@ _LIBRARIES = ("transfer-pipe", "torch", "scikit-learn", "numpy", "skops", "safet
 
 @dataclass(frozen=True)
 class HeadRun:
-    """One head to fit; ``shot_seed`` is set for each repeat of a few-shot run."""
+    """One head to fit; ``shot_seed`` is set for each repeat of a few-shot or
+    label-fraction run (the seed of its draw of training rows)."""
 
     head: str
     shot_seed: int | None = None
@@ -102,12 +103,7 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     before the first (possibly long) fit. The rows are read when a head needs them."""
     spec, layer = check_features(config.store, feature_set, config.layer)
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
-    if config.shots is not None:
-        runs = tuple(
-            HeadRun(head, seed) for head in config.heads for seed in range(config.shot_seeds)
-        )
-    else:
-        runs = tuple(HeadRun(head) for head in config.heads)
+    runs = tuple(HeadRun(head, seed) for head in config.heads for seed in _draw_seeds(config))
     plan = TrainPlan(config, feature_set, parse_task(config.task), layer, splits, runs, spec)
     if config.shots is not None:
         plan.data.few_shot(config.shots, 0)  # fails now, not after the first head, when too few
@@ -119,6 +115,17 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
         ", ".join(config.heads),
     )
     return plan
+
+
+def _draw_seeds(config: TrainConfig) -> Sequence[int | None]:
+    """The seeds of the training-row draws each head is fitted on: one per repeat for
+    few-shot and label-fraction runs, a single one for fraction 1 (every seed keeps every
+    row, so repeats would fit the same model), none (all rows) otherwise."""
+    if config.label_fraction == 1:
+        return [0]
+    if config.shots is not None or config.label_fraction is not None:
+        return range(config.shot_seeds)
+    return [None]
 
 
 def check_features(
@@ -163,7 +170,8 @@ def protocol_options(config: TrainConfig) -> ProtocolOptions:
 def head_id(plan: TrainPlan, run: HeadRun) -> str:
     """Deterministic: the same head on the same features, task, split and options gets the
     same id (and a rerun replaces it). Known without reading the features."""
-    identity = {
+    fraction = plan.config.label_fraction
+    identity: dict[str, Any] = {
         "feature_set": plan.feature_set,
         "layer": plan.layer,
         "task": plan.task.digest,
@@ -172,10 +180,17 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
         "head": run.head,
         "options": asdict(protocol_options(plan.config)),
     }
+    if fraction is not None:  # only then: every head id of a run without it stays the same
+        identity["label_fraction"] = fraction
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     task = re.sub(r"[^a-z0-9]+", "-", plan.task.name.lower()).strip("-") or "task"
-    shot = f"-{plan.config.shots}shot-s{run.shot_seed}" if run.shot_seed is not None else ""
-    return f"{task}-{run.head}{shot}-{digest}"
+    if run.shot_seed is None:
+        draw = ""
+    elif fraction is not None:
+        draw = f"-{fraction * 100:g}pct-s{run.shot_seed}"
+    else:
+        draw = f"-{plan.config.shots}shot-s{run.shot_seed}"
+    return f"{task}-{run.head}{draw}-{digest}"
 
 
 def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
@@ -208,6 +223,8 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
     data = plan.data
     if run.shot_seed is not None and plan.config.shots is not None:
         data = data.few_shot(plan.config.shots, run.shot_seed)
+    if run.shot_seed is not None and plan.config.label_fraction is not None:
+        data = data.label_subset(plan.config.label_fraction, run.shot_seed)
     fitted = fit_head(run.head, data, protocol_options(plan.config))
     result = HeadResult(
         head_id=identity,
@@ -219,6 +236,7 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
         chosen=fitted.chosen,
         metrics=fitted.metrics,
         seconds=fitted.seconds,
+        label_fraction=data.label_fraction,
     )
     with tempfile.TemporaryDirectory() as tmp:
         files = _report_files(Path(tmp), result)
@@ -292,6 +310,7 @@ def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, identity: str) ->
         seconds=fitted.seconds,
         libraries=library_versions(_LIBRARIES),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        label_fraction=data.label_fraction,
     )
 
 
@@ -311,8 +330,9 @@ def _jsonable(value: Any) -> bool:
 def finalize_training(
     plan: TrainPlan, results: Sequence[HeadResult], embedded: int = 0
 ) -> TrainSummary:
-    """The run's summary: per head its test metrics (the mean over seeds for few-shot
-    runs), the metrics table rows, and ``embedded`` (forward passes this run paid for)."""
+    """The run's summary: per head its test metrics (the mean over seeds for few-shot and
+    label-fraction runs), the metrics table rows, and ``embedded`` (forward passes this run
+    paid for)."""
     heads = {}
     for name in plan.config.heads:
         mine = [r for r in results if r.head == name]
@@ -334,6 +354,7 @@ def finalize_training(
         heads_reused=sum(r.reused for r in results),
         heads=heads,
         table=metrics_rows(results),
+        label_fraction=plan.config.label_fraction,
     )
 
 
@@ -342,8 +363,10 @@ def _rows_summary(
 ) -> tuple[Sequence[str], dict[str, int], str, Sequence[str]]:
     """The task's classes, split sizes, split origin and notes. When every head was
     reused, from a saved head's card: the same features, task and split options mean the
-    same rows, and a rerun then reads no features."""
-    if results and all(r.reused for r in results) and plan.config.shots is None:
+    same rows, and a rerun then reads no features. (Not for a few-shot or label-fraction
+    run: its cards hold the size of a draw, and the summary reports the full split.)"""
+    drawn = plan.config.shots is not None or plan.config.label_fraction is not None
+    if results and all(r.reused for r in results) and not drawn:
         card = read_card(plan.config.store, results[0].head_id)
         if card is not None:
             sizes = {TRAIN: card.splits.train, VAL: card.splits.val, TEST: card.splits.test}
@@ -353,8 +376,9 @@ def _rows_summary(
 
 
 def _head_summary(results: Sequence[HeadResult]) -> HeadSummary:
-    """One head kind's results (several for few-shot seeds): mean metrics, their spread
-    (with several seeds), and the CI and chosen hyperparameters of a single head."""
+    """One head kind's results (several for few-shot or label-fraction seeds): mean
+    metrics, their spread (with several seeds), and the CI and chosen hyperparameters of a
+    single head."""
     metrics = [r.metrics for r in results]
     accuracy, accuracy_std = _spread([m.accuracy for m in metrics])
     macro_f1, macro_f1_std = _spread([m.macro_f1 for m in metrics])

@@ -1,9 +1,11 @@
 """Tasks on a real Zarr feature set: parsing, labels (source, mapped, joined from a file by
-sample id), train / validation / test splits, few-shot draws, and the errors users see."""
+sample id), train / validation / test splits, few-shot and label-fraction draws, and the
+errors users see."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,6 +420,69 @@ def test_few_shot_with_too_few_rows_names_the_class(store: FeatureStore) -> None
     assert data.few_shot(rare_train, seed=0).sizes()["train"] == 2 * rare_train
     with pytest.raises(TransferPipeError, match="'rare'"):
         data.few_shot(rare_train + 1, seed=0)
+
+
+# -- label fraction (a learning curve's points) ------------------------------------------
+
+
+def _uneven_train(store: FeatureStore) -> tuple[Source, TaskData]:
+    """Source splits with 100 / 20 / 3 training rows of ant / bee / cat, 2 val and 2 test
+    rows of each class."""
+    counts = {"ant": 100, "bee": 20, "cat": 3}
+    labels = [c for c, n in counts.items() for _ in range(n)] + _cyclic_labels(12)
+    splits = ["train"] * sum(counts.values()) + ["val", "test"] * 6
+    source = build_feature_set(store, labels, splits)
+    return source, load_task(store, KEY, Task(), LAYER, SplitOptions())
+
+
+def _per_class(rows: SplitRows) -> dict[str, int]:
+    return dict(Counter(rows.labels.tolist()))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"),
+    [
+        (0.25, {"ant": 25, "bee": 5, "cat": 1}),
+        # Mutation: round() instead of ceil() keeps no cat (0.3 -> 0) and fails here.
+        (0.1, {"ant": 10, "bee": 2, "cat": 1}),
+        # Mutation: plain ceil(0.07 * 100) (7.000000000000001) keeps 8 ants and fails here.
+        (0.07, {"ant": 7, "bee": 2, "cat": 1}),
+        (0.01, {"ant": 1, "bee": 1, "cat": 1}),  # at least one row per class
+        (1.0, {"ant": 100, "bee": 20, "cat": 3}),
+    ],
+)
+def test_label_subset_keeps_the_share_of_each_class(
+    store: FeatureStore, fraction: float, expected: dict[str, int]
+) -> None:
+    source, data = _uneven_train(store)
+    part = data.label_subset(fraction, seed=3)
+    assert _per_class(part.train) == expected
+    assert _ids(part.train) <= _ids(data.train)
+    _assert_aligned(part.train, source, dict(enumerate(source.labels.tolist())))
+    # Mutation: dropping np.sort (rows in draw order) fails here.
+    assert list(part.train.features[:, 0]) == sorted(part.train.features[:, 0])
+    for name in ("val", "test"):  # every fraction and seed judged on the same rows
+        original, kept = getattr(data, name), getattr(part, name)
+        np.testing.assert_array_equal(kept.sample_ids, original.sample_ids)
+        np.testing.assert_array_equal(kept.features, original.features)
+    assert (part.label_fraction, part.shot_seed, part.shots) == (fraction, 3, None)
+    assert (data.label_fraction, data.shot_seed, len(data.train)) == (None, None, 123)
+
+
+def test_label_subset_draws_per_seed_and_fraction_one_keeps_everything(
+    store: FeatureStore,
+) -> None:
+    _, data = _uneven_train(store)
+    same = data.label_subset(0.25, seed=0).train.sample_ids
+    np.testing.assert_array_equal(data.label_subset(0.25, seed=0).train.sample_ids, same)
+    # Mutation: a fixed generator (default_rng(0) whatever the seed) fails here.
+    assert _ids(data.label_subset(0.25, seed=1).train) != set(same.tolist())
+    for seed in (0, 1, 7):
+        np.testing.assert_array_equal(
+            data.label_subset(1.0, seed=seed).train.sample_ids, data.train.sample_ids
+        )
+    with pytest.raises(TransferPipeError, match="--label-fraction"):
+        data.label_subset(0.0, seed=0)
 
 
 # -- errors ------------------------------------------------------------------------------

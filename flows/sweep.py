@@ -1,0 +1,82 @@
+"""The sweep flow: where to cut the backbone, and whether to fine-tune. The two embed runs
+(pretrained and random weights, every stage) are subflows; each linear probe is a task;
+the advice, its pictures and tables become a markdown artifact.
+
+No logic lives here: each task is a plain function from ``transfer_pipe.steps.sweep``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
+
+from flows.embed import run_embed
+from flows.parameters import run_parameters
+from flows.runs import RETRY, artifact_key, capture_library_logs, run_name, tagged
+from transfer_pipe.config import SweepConfig, run_values
+from transfer_pipe.steps import sweep as steps
+from transfer_pipe.steps.checks import check_inputs
+from transfer_pipe.steps.results import TrainSummary
+from transfer_pipe.steps.target import run_config
+from transfer_pipe.steps.train import train
+
+capture_library_logs()
+
+
+def _probe_name(parameters: dict[str, Any]) -> str:
+    run: steps.ProbeRun = parameters["run"]
+    share = f"-{run.fraction:g}" if run.fraction < 1 else ""
+    return f"probe-{run.init}-{run.layer}{share}"
+
+
+check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
+prepare = task(name="prepare-sweep", cache_policy=NO_CACHE)(steps.prepare_sweep)
+finalize = task(name="summarize", cache_policy=NO_CACHE, **RETRY)(steps.finalize_sweep)
+
+
+@task(name="probe", cache_policy=NO_CACHE, task_run_name=_probe_name, **RETRY)  # type: ignore[arg-type]
+def probe(run: steps.ProbeRun) -> TrainSummary:
+    """One linear probe (reused when the store holds it)."""
+    return train(run.config)
+
+
+@flow(name="sweep", log_prints=True, flow_run_name=run_name("backbone", "task"))
+@run_parameters(SweepConfig)
+def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
+    """Probe every stage of the backbone, pretrained and with random weights, then shares
+    of the training labels at the best layer; advise where to cut and whether to fine-tune."""
+    config = run_config(SweepConfig, values)  # a bad value fails here, as in the CLI
+    with tagged("sweep"):
+        check(config, embed_inputs=False)
+        plan = prepare(config)
+        keys, embedded = {}, 0
+        for init in steps.INITS:
+            done = run_embed(plan.embeds[init])
+            keys[init], embedded = done.feature_set, embedded + done.embedded
+        summaries, depth = [], []
+        for run in steps.depth_runs(plan, keys):
+            summaries.append(probe(run))
+            depth.append(steps.probe_layer(run, summaries[-1]))
+        curve = []
+        for run in steps.curve_runs(plan, keys, depth):
+            summaries.append(probe(run))
+            curve.append(steps.share_point(run, summaries[-1]))
+        summary: steps.SweepSummary = finalize(plan, keys, depth, curve, summaries, embedded)
+        create_markdown_artifact(
+            steps.sweep_report(summary),
+            key=artifact_key("sweep", plan.embeds["pretrained"].source, summary.task),
+            description=f"where to cut {plan.embeds['pretrained'].backbone}: {summary.message}",
+        )
+    print(summary.message)
+    return Completed(message=summary.message, data=summary)
+
+
+def run_sweep(config: SweepConfig) -> steps.SweepSummary:
+    """Run the sweep flow on a config (its flat parameters: ``config.run_values``)."""
+    state = cast(State[steps.SweepSummary], sweep_flow(**run_values(config), return_state=True))
+    summary: steps.SweepSummary = state.result()
+    return summary

@@ -1,0 +1,107 @@
+"""The sweep's pictures (real PNGs that follow their input) and its markdown report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.unit.report.test_report import assert_png
+from tests.unit.test_curves import FLAT, KEY, LAYERS, RANDOM_ACC, depth_curve, learning_curve
+from transfer_pipe.curves import recommend
+from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
+
+PRETRAINED = [0.50, 0.62, 0.75, 0.85, 0.874]
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def blue_slope(path: Path) -> float:
+    """Mean row of the tab:blue (pretrained) pixels in the left third minus that in the right
+    third: positive when the line rises left to right (image rows grow downwards)."""
+    rgb = pixels(path).astype(int)
+    rows, cols = np.nonzero(np.abs(rgb - np.array([31, 119, 180])).sum(axis=2) < 30)
+    third = rgb.shape[1] / 3
+    return float(rows[cols < third].mean() - rows[cols > 2 * third].mean())
+
+
+def test_save_sweep_plots_writes_two_pngs_that_follow_the_curves(tmp_path: Path) -> None:
+    depth = depth_curve(PRETRAINED, RANDOM_ACC)
+    curve = [
+        *learning_curve("penultimate", FLAT),
+        *learning_curve("penultimate", {0.01: 0.30, 0.25: 0.50, 1.0: 0.61}, init="random"),
+    ]
+    paths = save_sweep_plots(tmp_path / "sweep", depth, curve)
+    assert paths == {
+        "depth": tmp_path / "sweep" / "depth.png",
+        "learning": tmp_path / "sweep" / "learning.png",
+    }
+    for path in paths.values():
+        assert_png(path)
+    # The pretrained line rises left to right: its pixels sit lower (larger row) on the left.
+    # Mutation: plotting a constant instead of `s.accuracy` in the depth plot fails here.
+    assert blue_slope(paths["depth"]) > 0
+    # Mutation: drawing the learning plot without its points (empty errorbar) fails here.
+    assert blue_slope(paths["learning"]) > 0
+    other = save_sweep_plots(
+        tmp_path / "other",
+        depth_curve([0.80, 0.70, 0.60, 0.50, 0.40], RANDOM_ACC),
+        learning_curve("penultimate", {0.05: 0.2, 1.0: 0.9}),
+    )
+    for name in ("depth", "learning"):
+        first, second = pixels(paths[name]), pixels(other[name])
+        assert first.shape != second.shape or not np.array_equal(first, second)
+    assert blue_slope(other["depth"]) < 0  # a falling curve
+    # Both initialisations are drawn: the depth plot has the random line's orange.
+    # Mutation: skipping the random init in the depth loop fails here.
+    rgb = pixels(paths["depth"]).reshape(-1, 3).astype(int)
+    orange = np.array([255, 127, 14])  # matplotlib's tab:orange
+    assert (np.abs(rgb - orange).sum(axis=1) < 30).sum() > 50
+
+
+def test_save_sweep_plots_draws_an_empty_learning_curve(tmp_path: Path) -> None:
+    paths = save_sweep_plots(tmp_path, depth_curve(PRETRAINED, RANDOM_ACC), [])
+    assert_png(paths["learning"])
+
+
+def test_sweep_markdown_leads_with_the_recommendation(tmp_path: Path) -> None:
+    depth = depth_curve(PRETRAINED, RANDOM_ACC)
+    curve = learning_curve("penultimate", FLAT)
+    rec = recommend(depth, curve, 540, KEY, "/data/store", finetune_gain=0.0123)
+    paths = save_sweep_plots(tmp_path, depth, curve)
+    uri = png_data_uri(paths["depth"].read_bytes())
+    text = sweep_markdown(depth, curve, rec, {"depth": uri, "learning": "learning.png"})
+    lines = text.splitlines()
+    # The recommendation comes before the tables.
+    assert text.index(rec.command) < text.index("## Depth curve") < text.index("## Learning curve")
+    assert f"`{rec.command}`" in text and rec.reason in text
+    assert "+0.0123" in text  # the expected gain
+    # Mutation: swapping the pretrained and random cells of a row fails here.
+    for score, random in zip(depth[:5], depth[5:], strict=True):
+        layer = f"**{score.layer}** (peak)" if score.layer == "penultimate" else score.layer
+        row = (
+            f"| {layer} | {score.dim} | {score.accuracy:.4f} [{score.accuracy_ci95[0]:.3f}"
+            f"\u2013{score.accuracy_ci95[1]:.3f}] | {random.accuracy:.4f} "
+        )
+        assert any(line.startswith(row) for line in lines), row
+    assert [line.split(" | ")[0] for line in lines if line.startswith("| stages.")] == [
+        f"| {layer}" for layer in LAYERS[:4]
+    ]  # shallow to deep
+    for point in curve:
+        assert (
+            f"| pretrained | penultimate | {point.fraction * 100:g}% | {point.train_rows} |" in text
+        )
+    assert "0.8700 \u00b1 0.0100" in text
+    assert f"![depth]({uri})" in text and "![learning](learning.png)" in text
+
+
+def test_sweep_markdown_without_gain_curve_or_images() -> None:
+    depth = depth_curve(PRETRAINED, RANDOM_ACC)
+    rec = recommend(depth, [], 5000, KEY, "/data/store")
+    text = sweep_markdown(depth, [], rec, {})
+    assert "fine-tune (policy `top-1`)" in text and "Expected gain" not in text
+    assert "Not measured." in text and "![" not in text

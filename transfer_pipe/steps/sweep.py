@@ -1,0 +1,354 @@
+"""The transferability sweep: where to cut the backbone, and whether to fine-tune, measured
+on the user's own data.
+
+    plan = prepare_sweep(config)                       # the two embed runs, every stage
+    keys = {init: embed(plan.embeds[init]).feature_set ...}
+    depth = [probe_layer(run, train(run.config)) for run in depth_runs(plan, keys)]
+    curve = [share_point(run, train(run.config)) for run in curve_runs(plan, keys, depth)]
+    summary = finalize_sweep(plan, keys, depth, curve)  # advice, pictures, a record
+
+Everything is cached by the store: the embeddings by feature-set key (a dataset embedded at
+the penultimate layer costs one forward pass more to add the stages), the probes by head
+id; a second sweep embeds nothing and fits nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import fsspec
+
+from transfer_pipe.backbones import PENULTIMATE, STAGES, get_backbone, random_variant
+from transfer_pipe.config import EmbedConfig, SweepConfig, TrainConfig
+from transfer_pipe.curves import CurvePoint, LayerScore, Recommendation, recommend
+from transfer_pipe.data.sources import source_from_description
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.finetune.card import FINETUNE_DIR, FinetuneCard
+from transfer_pipe.heads.card import read_card
+from transfer_pipe.records import Record
+from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
+from transfer_pipe.schema import TRAIN
+from transfer_pipe.steps.embed import embed
+from transfer_pipe.steps.results import TrainSummary
+from transfer_pipe.steps.train import train
+from transfer_pipe.store import cards, open_store
+from transfer_pipe.store.cards import card_folder
+
+logger = logging.getLogger(__name__)
+Init = Literal["pretrained", "random"]
+INITS: tuple[Init, ...] = ("pretrained", "random")
+PROBE = "logreg"  # the heads flow's linear probe
+SWEEPS_DIR = "sweeps"
+RECORD = "sweep.json"
+SWEEP_LAYERS = (STAGES, PENULTIMATE)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The two embed runs of a sweep: the pretrained backbone and its random baseline,
+    every stage plus the penultimate layer, on the same rows."""
+
+    config: SweepConfig
+    embeds: dict[Init, EmbedConfig]
+    layers: tuple[str, ...]  # shallow to deep
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """One linear probe of the sweep: which weights, which layer, which share of labels."""
+
+    init: Init
+    layer: str
+    depth: int
+    config: TrainConfig
+    fraction: float = 1.0
+
+
+@dataclass(frozen=True)
+class SweepSummary(Record):
+    """What a sweep measured and advises; ``url`` is where its record and pictures live."""
+
+    sweep_id: str
+    feature_sets: dict[str, str]  # init -> feature-set key
+    task: str
+    classes: list[str]
+    splits: dict[str, int]
+    depth: list[LayerScore]
+    curve: list[CurvePoint]
+    recommendation: Recommendation
+    embedded: int  # images this sweep's embed runs computed
+    probes_fitted: int
+    probes_reused: int
+    url: str
+    created: str
+
+    @property
+    def message(self) -> str:
+        """One line for the run's final state."""
+        advice = self.recommendation
+        return (
+            f"{advice.action} at {advice.layer}"
+            + (f" ({advice.policy})" if advice.policy else "")
+            + f": {advice.command}; {self.embedded} images embedded, "
+            f"{self.probes_fitted} probes fitted, {self.probes_reused} reused"
+        )
+
+
+def prepare_sweep(config: SweepConfig) -> SweepPlan:
+    """The embed runs of the sweep, checked before anything is embedded: the backbone must
+    have stages (a sweep probes each), and a feature-set key names its source again."""
+    base = config.embed if config.embed is not None else _embed_of(config)
+    backbone = get_backbone(base.backbone, base.weights_file)
+    try:
+        stages = backbone.stage_layers()
+    except TransferPipeError as err:
+        raise TransferPipeError(
+            f"backbone {backbone.id} has no stages to sweep ({err}); pick a backbone whose "
+            "stages are known (`transfer-pipe backbones` lists them)."
+        ) from err
+    if not stages:
+        raise TransferPipeError(f"backbone {backbone.id} has no stages to sweep.")
+    pretrained = replace(base, layers=SWEEP_LAYERS)
+    # The random baseline has no weights file of its own: its weights are seeded.
+    baseline = replace(pretrained, backbone=random_variant(backbone.id), weights_file=None)
+    return SweepPlan(config, {"pretrained": pretrained, "random": baseline}, (*stages, PENULTIMATE))
+
+
+def _embed_of(config: SweepConfig) -> EmbedConfig:
+    """How the given feature set was embedded, to embed its source again at every stage."""
+    assert config.feature_set is not None
+    store = open_store(config.store)
+    if store.status(config.feature_set) != "complete":
+        raise TransferPipeError(
+            f"feature set {config.feature_set} is not complete in {config.store}; "
+            "run `transfer-pipe embed` again to finish it, or pass its source."
+        )
+    spec = store.spec(config.feature_set)
+    return EmbedConfig(
+        source=source_from_description(spec.source),
+        store=config.store,
+        backbone=spec.backbone,
+        weights_file=spec.weights_file,
+        image_size=int(spec.preprocessing["image_size"]),
+        dtype=spec.dtype,  # type: ignore[arg-type]  # a spec's dtype is one of Dtype
+        limit=spec.rows,
+        device=config.device,
+    )
+
+
+def _probe_config(plan: SweepPlan, key: str, layer: str, **extra: object) -> TrainConfig:
+    config = plan.config
+    return TrainConfig(
+        feature_set=key,
+        store=config.store,
+        task=config.task,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        split_seed=config.split_seed,
+        device=config.device,
+        heads=(PROBE,),
+        layer=layer,
+        c_values=config.c_values,
+        max_iter=config.max_iter,
+        bootstrap=config.bootstrap,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def depth_runs(plan: SweepPlan, keys: dict[Init, str]) -> list[ProbeRun]:
+    """The depth curve's probes: every layer, both initialisations, all training labels."""
+    return [
+        ProbeRun(init, layer, depth, _probe_config(plan, keys[init], layer))
+        for init in INITS
+        for depth, layer in enumerate(plan.layers)
+    ]
+
+
+def probe_layer(run: ProbeRun, summary: TrainSummary) -> LayerScore:
+    """One point of the depth curve, from the probe's summary and its card (the
+    validation accuracy at the chosen C, which picks the best layer without the test)."""
+    head = summary.heads[PROBE]
+    (head_id,) = head.head_ids
+    card = read_card(run.config.store, head_id)
+    if card is None:  # just fitted or reused: the card is there
+        raise TransferPipeError(f"head {head_id} has no card in {run.config.store}")
+    spec = open_store(run.config.store).spec(run.config.feature_set or "")
+    low, high = head.accuracy_ci95 or (head.accuracy, head.accuracy)
+    return LayerScore(
+        layer=run.layer,
+        depth=run.depth,
+        dim=int(spec.layer_dims[run.layer]),
+        init=run.init,
+        accuracy=head.accuracy,
+        accuracy_ci95=(float(low), float(high)),
+        val_accuracy=max(float(p["val_accuracy"]) for p in card.validation_curve),
+        head_id=head_id,
+    )
+
+
+def best_layer(depth: Sequence[LayerScore], init: Init) -> LayerScore:
+    """The layer whose probe has the best validation accuracy (ties: the deeper one)."""
+    mine = [score for score in depth if score.init == init]
+    return max(mine, key=lambda score: (score.val_accuracy, score.depth))
+
+
+def curve_runs(
+    plan: SweepPlan, keys: dict[Init, str], depth: Sequence[LayerScore]
+) -> list[ProbeRun]:
+    """The learning curve's probes: each share of the training labels (seed repeats; all
+    labels once), on each initialisation's best layer."""
+    runs = []
+    for init in INITS:
+        best = best_layer(depth, init)
+        for fraction in sorted(set(plan.config.fractions)):
+            extra = {"label_fraction": fraction, "shot_seeds": plan.config.seeds}
+            config = _probe_config(plan, keys[init], best.layer, **extra)
+            runs.append(ProbeRun(init, best.layer, best.depth, config, fraction))
+    return runs
+
+
+def share_point(run: ProbeRun, summary: TrainSummary) -> CurvePoint:
+    """One point of the learning curve: the probe's mean test accuracy over the seeds."""
+    head = summary.heads[PROBE]
+    rows = []
+    for head_id in head.head_ids:
+        card = read_card(run.config.store, head_id)
+        if card is not None:
+            rows.append(card.splits.train)
+    return CurvePoint(
+        init=run.init,
+        layer=run.layer,
+        fraction=run.fraction,
+        seeds=len(head.head_ids),
+        accuracy_mean=head.accuracy,
+        accuracy_std=head.accuracy_std,
+        train_rows=round(sum(rows) / len(rows)) if rows else 0,
+    )
+
+
+def finalize_sweep(
+    plan: SweepPlan,
+    keys: dict[Init, str],
+    depth: Sequence[LayerScore],
+    curve: Sequence[CurvePoint],
+    summaries: Sequence[TrainSummary],
+    embedded: int,
+) -> SweepSummary:
+    """The advice, the pictures and the record, saved under ``<store>/sweeps/<id>/``
+    next to the feature sets; returns the summary."""
+    config = plan.config
+    first = summaries[0]
+    rows_per_class = first.splits[TRAIN] / max(1, len(first.classes))
+    advice = recommend(
+        depth,
+        curve,
+        rows_per_class,
+        feature_set=keys["pretrained"],
+        store=config.store,
+        finetune_gain=_finetune_gain(config.store, keys["pretrained"], first.task),
+    )
+    sweep_id = _sweep_id(plan, keys)
+    url = card_folder(config.store, SWEEPS_DIR, sweep_id)
+    summary = SweepSummary(
+        sweep_id=sweep_id,
+        feature_sets={init: key for init, key in keys.items()},
+        task=first.task,
+        classes=list(first.classes),
+        splits=dict(first.splits),
+        depth=list(depth),
+        curve=list(curve),
+        recommendation=advice,
+        embedded=embedded,
+        probes_fitted=sum(s.heads_fitted for s in summaries),
+        probes_reused=sum(s.heads_reused for s in summaries),
+        url=url,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    _save(summary)
+    logger.info("sweep %s: %s (%s)", sweep_id, advice.command, advice.reason)
+    return summary
+
+
+def _save(summary: SweepSummary) -> None:
+    """The pictures, the markdown report and the JSON record (written last)."""
+    fs, folder = fsspec.core.url_to_fs(summary.url)
+    fs.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pictures = save_sweep_plots(Path(tmp), summary.depth, summary.curve)
+        report = sweep_markdown(
+            summary.depth,
+            summary.curve,
+            summary.recommendation,
+            {name: path.name for name, path in pictures.items()},
+        )
+        (Path(tmp) / "report.md").write_text(report)
+        for path in [*pictures.values(), Path(tmp) / "report.md"]:
+            fs.put_file(str(path), posixpath.join(folder, path.name))
+    fs.pipe_file(posixpath.join(folder, RECORD), summary.to_json().encode())
+
+
+def sweep_report(summary: SweepSummary) -> str:
+    """The sweep's markdown report with its pictures inline (for the Prefect UI)."""
+    fs, folder = fsspec.core.url_to_fs(summary.url)
+    images = {}
+    for name in ("depth", "learning"):
+        path = posixpath.join(folder, f"{name}.png")
+        if fs.exists(path):
+            images[name] = png_data_uri(fs.cat_file(path))
+    return sweep_markdown(summary.depth, summary.curve, summary.recommendation, images)
+
+
+def _sweep_id(plan: SweepPlan, keys: dict[Init, str]) -> str:
+    """The same feature sets, task, split and protocol give the same id (a rerun
+    replaces the record)."""
+    config = plan.config
+    identity = {
+        "feature_sets": keys,
+        "task": config.task,
+        "split": [config.val_fraction, config.test_fraction, config.split_seed],
+        "fractions": sorted(set(config.fractions)),
+        "seeds": config.seeds,
+        "probe": [config.c_values, config.max_iter, config.bootstrap],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _finetune_gain(store: str, feature_set: str, task: str) -> float | None:
+    """Fine-tuning's measured test gain over the probe on this feature set and task (the
+    newest such run), or None when the store holds none."""
+    runs = [
+        card
+        for card in cards.list_cards(store, FINETUNE_DIR, FinetuneCard.from_dict)
+        if card.feature_set == feature_set and card.task.name == task and card.init != "random"
+    ]
+    if not runs:
+        return None
+    newest = max(runs, key=lambda card: card.created)
+    return float(newest.result.metrics.accuracy - newest.result.probe.metrics.accuracy)
+
+
+def sweep(config: SweepConfig) -> SweepSummary:
+    """The whole sweep without an orchestrator (notebooks, tests)."""
+    plan = prepare_sweep(config)
+    embedded, keys = 0, {}
+    for init in INITS:
+        done = embed(plan.embeds[init])
+        keys[init], embedded = done.feature_set, embedded + done.embedded
+    summaries, depth = [], []
+    for run in depth_runs(plan, keys):
+        summaries.append(train(run.config))
+        depth.append(probe_layer(run, summaries[-1]))
+    curve = []
+    for run in curve_runs(plan, keys, depth):
+        summaries.append(train(run.config))
+        curve.append(share_point(run, summaries[-1]))
+    return finalize_sweep(plan, keys, depth, curve, summaries, embedded)

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
             [o for o in offered if o.name not in own and not o.positional],
         )
         command.add_argument("--json", action="store_true", help="end with one JSON summary line")
-        if name == "finetune":
+        if name in ("finetune", "sweep"):
             command.add_argument("--dry-run", action="store_true", help=_DRY_RUN_HELP)
 
     heads = commands.add_parser("heads", help="fitted heads in a store")
@@ -316,7 +316,25 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+# A sweep that would embed more images than this prints its cost first.
+SWEEP_ESTIMATE_ROWS = 5000
+
+
 def _sweep(args: argparse.Namespace) -> int:
+    from transfer_pipe.steps.estimate import embed_estimate_message, estimate_embed
+    from transfer_pipe.steps.sweep import prepare_sweep
+    from transfer_pipe.steps.target import run_config
+
+    plan = prepare_sweep(run_config(SweepConfig, run_values_from(SweepConfig, args)))
+    large = any(e.limit is None or e.limit > SWEEP_ESTIMATE_ROWS for e in plan.embeds.values())
+    if args.dry_run or large:
+        estimates = [estimate_embed(embed) for embed in plan.embeds.values()]
+        for estimate in estimates:
+            print(embed_estimate_message(estimate))
+        if args.dry_run:
+            if args.json:
+                print(json.dumps([estimate.to_dict() for estimate in estimates]))
+            return 0
     config, _ = _run(SweepConfig, args)
     from flows.sweep import run_sweep
     from transfer_pipe.report import terminal_table

@@ -99,3 +99,20 @@ def test_bad_input_fails_in_seconds_and_writes_nothing(tmp_path: Path) -> None:
             embed=EmbedConfig(source=str(data), store=str(store)), store=str(store), fractions=(0,)
         )
     assert not (store / "feature_sets").exists()
+
+
+def test_dry_run_prints_both_embeds_cost_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transfer_pipe.cli import main
+
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=2, per_class=4, bad=False)
+    argv = ["sweep", str(data), "--store", str(store), "--backbone", "tiny_test", "--dry-run"]
+    # Mutation seen to fail here: the dry run falling through to the sweep.
+    assert main([*argv, "--json"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    estimates = json.loads(printed[-1])
+    assert [e["backbone"] for e in estimates] == ["tiny_test", "random/tiny_test"]
+    assert all(e["to_embed"] == 8 and e["bytes"] > 0 for e in estimates)
+    assert not store.exists()

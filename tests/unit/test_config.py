@@ -12,6 +12,7 @@ from transfer_pipe.config import (
     EmbedConfig,
     FinetuneConfig,
     PredictConfig,
+    SweepConfig,
     TrainConfig,
     options,
     run_options,
@@ -151,7 +152,7 @@ def test_the_readme_lists_every_option() -> None:
     # Mutation: a new config field (an option) not added to the README's CLI block fails here.
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     cli_block = readme.split("## CLI", 1)[1].split("```", 2)[1]
-    for config_class in (EmbedConfig, TrainConfig, FinetuneConfig, PredictConfig):
+    for config_class in (EmbedConfig, TrainConfig, FinetuneConfig, SweepConfig, PredictConfig):
         for opt in run_options(config_class):
             if not opt.positional:
                 assert opt.flag in cli_block, f"{opt.flag} of {config_class.__name__}"

@@ -146,7 +146,7 @@ def test_serve_is_healthy_with_its_pools_and_deployments(served: Served) -> None
     workers = api("POST", f"{served.api_url}/work_pools/cpu/workers/filter", {})
     assert [w["status"] for w in workers] == ["ONLINE"]
     deployments = api("POST", f"{served.api_url}/deployments/filter", {})
-    expected = {"embed": "cpu", "train-heads": "cpu", "finetune": "gpu"}
+    expected = {"embed": "cpu", "train-heads": "cpu", "finetune": "gpu", "sweep": "cpu"}
     if (ROOT / "flows" / "pipeline.py").exists():
         expected["nightly"] = "cpu"
     # Mutation: deploying only the first name of serve.deployable() fails this.

@@ -116,3 +116,20 @@ def test_dry_run_prints_both_embeds_cost_and_writes_nothing(
     assert [e["backbone"] for e in estimates] == ["tiny_test", "random/tiny_test"]
     assert all(e["to_embed"] == 8 and e["bytes"] > 0 for e in estimates)
     assert not store.exists()
+
+
+def test_a_backbone_without_stages_fails_before_anything_is_embedded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transfer_pipe.backbones import BackboneEntry, registry
+
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+    tiny = registry.lookup("tiny_test")
+    registry.register(BackboneEntry(**{**tiny.__dict__, "id": "stageless", "stages": list}))
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=2, per_class=2, bad=False)
+    # Mutation seen to fail here: prepare_sweep without its stages check (the sweep then
+    # embeds the penultimate layer alone before probing nothing).
+    with pytest.raises(TransferPipeError, match="no stages to sweep"):
+        run_sweep(_config(data, store, backbone="stageless"))
+    assert not (store / "feature_sets").exists()

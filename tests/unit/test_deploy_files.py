@@ -58,7 +58,7 @@ def test_deployments_are_described_tagged_and_on_pools_serve_creates() -> None:
     # One cron schedule (the nightly pipeline), and manual-only deployments.
     crons = {name: [s.get("cron") for s in e.get("schedules") or []] for name, e in entries.items()}
     assert crons["nightly"] == ["0 2 * * *"]
-    assert crons["embed"] == crons["train-heads"] == crons["finetune"] == []
+    assert crons["embed"] == crons["train-heads"] == crons["finetune"] == crons["sweep"] == []
 
 
 def test_runs_start_in_the_project_root() -> None:

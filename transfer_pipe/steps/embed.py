@@ -395,6 +395,8 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
             {
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "libraries": library_versions(),
+                # Where the forward passes ran: a dry run's time estimate matches on it.
+                "device": _device_name(plan.config.device),
                 "counts": {
                     "rows": plan.spec.rows,
                     "failed": failed,
@@ -405,6 +407,13 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
             },
         )
     return _summary(plan, results, failed, store.status(key))
+
+
+def _device_name(requested: str) -> str:
+    """``cpu`` or ``cuda``: what ``requested`` (``auto`` included) resolves to here."""
+    from transfer_pipe.cluster import resolve_device  # torch: a run that computed has it
+
+    return resolve_device(requested).type
 
 
 def _failed_when_made(store: FeatureStore, key: str) -> int:

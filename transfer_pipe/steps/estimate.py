@@ -268,7 +268,7 @@ def _pending_rows(store: FeatureStore, spec: FeatureSetSpec, status: str) -> lis
 def _device(requested: str) -> str:
     from transfer_pipe.cluster import resolve_device
 
-    return str(resolve_device(requested))
+    return resolve_device(requested).type  # as a run records it: cpu or cuda
 
 
 # -- throughput ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_the_spec_keeps_the_weights_file_and_fine_tuning_finds_it(tmp_path: Path
     assert spec.weights_file == str(weights)
 
     # A fine-tuning run that names no weights file (no embed section in its config).
-    finetune_config: Any = SimpleNamespace(embed=None)
+    finetune_config: Any = SimpleNamespace(embed=None, init="pretrained")
     backbone = _backbone(spec, finetune_config)
     # Mutation: dropping spec.weights_file from the candidates makes _backbone raise.
     assert backbone.weights_file == str(weights)

@@ -1,0 +1,95 @@
+"""The transferability sweep on Fashion-MNIST, against one embed of the same data.
+
+In a fresh store: one `embed` of the source at the penultimate layer (what a user has
+before sweeping; timed), then the whole sweep (both embed runs at every stage, the depth
+curve for pretrained and random weights, the learning curve; timed), then the same sweep
+again (everything reused; timed). Prints the depth and learning curves and the advice,
+copies the pictures to ``docs/`` and writes ``benchmarks/results/sweep.json``.
+
+    python benchmarks/sweep.py [--limit N] [--image-size 64] [--c-values 45] [--seeds 3]
+
+Target (issue "Where to cut"): the sweep costs less than 2 embeds of the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from transfer_pipe.config import EmbedConfig, SweepConfig
+from transfer_pipe.steps.embed import embed
+from transfer_pipe.steps.sweep import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "sweep.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="fashion-mnist")
+    parser.add_argument("--limit", type=int, default=None, help="images (default: all)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--c-values", type=int, default=45)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument("--pictures", type=Path, default=ROOT / "docs")
+    options = parser.parse_args()
+    load = os.getloadavg()
+    base = Path(tempfile.mkdtemp(prefix="transfer-pipe-sweep-"))
+    store = str(base / "store")
+    source = EmbedConfig(
+        source=options.source, store=store, image_size=options.image_size, limit=options.limit
+    )
+    config = SweepConfig(embed=source, store=store, c_values=options.c_values, seeds=options.seeds)
+    try:
+        started = time.monotonic()
+        reference = embed(source)
+        embed_s = time.monotonic() - started
+        print(f"one embed: {reference.rows} images in {embed_s:.1f} s")
+        started = time.monotonic()
+        summary = sweep(config)
+        sweep_s = time.monotonic() - started
+        print(f"sweep: {sweep_s:.1f} s; {summary.message}")
+        started = time.monotonic()
+        again = sweep(config)
+        again_s = time.monotonic() - started
+        print(f"second sweep: {again_s:.1f} s ({again.embedded} embedded)")
+        options.pictures.mkdir(parents=True, exist_ok=True)
+        for name in ("depth", "learning"):
+            shutil.copy(Path(summary.url) / f"{name}.png", options.pictures / f"sweep-{name}.png")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    result = {
+        "benchmark": "sweep",
+        "source": options.source,
+        "rows": reference.rows,
+        "image_size": options.image_size,
+        "c_values": options.c_values,
+        "seeds": options.seeds,
+        "embed_seconds": round(embed_s, 1),
+        "sweep_seconds": round(sweep_s, 1),
+        "sweep_over_embed": round(sweep_s / embed_s, 2),
+        "second_sweep_seconds": round(again_s, 1),
+        "target": "the sweep costs less than 2 embeds",
+        "target_met": sweep_s < 2 * embed_s,
+        "depth": [s.to_dict() for s in summary.depth],
+        "curve": [p.to_dict() for p in summary.curve],
+        "recommendation": summary.recommendation.to_dict(),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores (load {load[0]:.1f} at the start), "
+            f"Python {platform.python_version()}"
+        ),
+    }
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("depth", "curve")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

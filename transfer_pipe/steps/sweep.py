@@ -210,8 +210,9 @@ def curve_runs(
     for init in INITS:
         best = best_layer(depth, init)
         for fraction in sorted(set(plan.config.fractions)):
+            # Every label is the depth curve's own probe at that layer: reused, not refit.
             extra = {"label_fraction": fraction, "shot_seeds": plan.config.seeds}
-            config = _probe_config(plan, keys[init], best.layer, **extra)
+            config = _probe_config(plan, keys[init], best.layer, **(extra if fraction < 1 else {}))
             runs.append(ProbeRun(init, best.layer, best.depth, config, fraction))
     return runs
 

@@ -214,6 +214,10 @@ def test_a_scratch_run_shows_pretrained_fine_tuning_and_the_probe_beside_it(
     assert summary.init == "random" and summary.policy == "full" and not summary.lp_ft
     assert summary.compared_run_id == pretrained.run_id
     assert summary.probe_head_id == pretrained.probe_head_id  # the probe on pretrained features
+    # The verdict names what was trained. Mutation seen to fail here: probe_verdict called
+    # without the model's name (every verdict then speaks of "the fine-tuned model").
+    assert ("the model trained from scratch ends below" in summary.message) == summary.below_probe
+    assert "the fine-tuned model" not in summary.message
     flow_run = state.state_details.flow_run_id
     [table] = _artifacts(flow_run, "finetune-vs-probe-")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data

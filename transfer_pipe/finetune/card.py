@@ -76,13 +76,15 @@ def best_val_accuracy(history: Sequence[Mapping[str, Any]], best_epoch: int) -> 
     return None
 
 
-def probe_verdict(val_accuracy: float | None, probe: ProbeScore) -> str:
-    """One plain sentence when the fine-tuned model ends below the probe on validation
-    (recommending the probe by head id), else ``""``; unknown accuracies judge nothing."""
+def probe_verdict(
+    val_accuracy: float | None, probe: ProbeScore, model: str = "the fine-tuned model"
+) -> str:
+    """One plain sentence when ``model`` ends below the probe on validation (recommending
+    the probe by head id), else ``""``; unknown accuracies judge nothing."""
     if val_accuracy is None or probe.val_accuracy is None or val_accuracy >= probe.val_accuracy:
         return ""
     return (
-        f"the fine-tuned model ends below the linear probe on validation accuracy "
+        f"{model} ends below the linear probe on validation accuracy "
         f"({val_accuracy:.4f} vs {probe.val_accuracy:.4f}): use the probe {probe.head_id} "
         f"instead (transfer-pipe predict --head {probe.head_id})"
     )

@@ -392,7 +392,9 @@ def _result(
         val_accuracy=probe_val_accuracy(probe_card),
     )
     val_accuracy = best_val_accuracy(state.history, state.best_epoch)
-    verdict = probe_verdict(val_accuracy, probe)
+    scratch = config.init == "random"
+    trained = "the model trained from scratch" if scratch else "the fine-tuned model"
+    verdict = probe_verdict(val_accuracy, probe, trained)
     return FinetuneResult(
         run_id=plan.run_id,
         head=run_head_name(config),

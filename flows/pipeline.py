@@ -11,14 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from flows.embed import run_embed
 from flows.parameters import run_parameters
-from flows.runs import artifact_key, capture_library_logs, run_name, tagged
-from flows.train import run_train
+from flows.runs import capture_library_logs, run_name, tagged
+from flows.train import publish_metrics, run_train
 from transfer_pipe.config import PipelineConfig, run_values
 from transfer_pipe.steps.checks import check_inputs
 from transfer_pipe.steps.pipeline import up_to_date
@@ -44,7 +43,9 @@ def pipeline_flow(**values: Any) -> State[PipelineSummary]:
         check(config, embed_inputs=False)  # heads, task, feature set: before any embedding
         unchanged = current(config)
         if unchanged is not None:
-            _report_unchanged(unchanged)
+            publish_metrics(
+                unchanged.train, unchanged.embed.source, f"nothing changed ({unchanged.message})"
+            )
             print(unchanged.message)
             return Completed(message=unchanged.message, data=unchanged)
         embedded = run_embed(config.embed)
@@ -58,19 +59,6 @@ def pipeline_flow(**values: Any) -> State[PipelineSummary]:
     summary = PipelineSummary.of(embedded, trained, tuned)
     print(summary.message)
     return Completed(message=summary.message, data=summary)
-
-
-def _report_unchanged(summary: PipelineSummary) -> None:
-    """The heads' metrics, under the key the heads flow publishes them (one history)."""
-    trained = summary.train
-    create_table_artifact(
-        trained.table,
-        key=artifact_key("heads-metrics", summary.embed.source, trained.task),
-        description=(
-            f"test metrics, task {trained.task}, feature set {trained.feature_set}: nothing "
-            f"changed ({summary.message})"
-        ),
-    )
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineSummary:

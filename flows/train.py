@@ -88,16 +88,25 @@ def train_flow(**values: Any) -> TrainSummary:
         # quote(): the plan holds the feature arrays; Prefect need not walk them.
         results = [fit(quote(plan), run) for run in plan.runs]  # type: ignore[call-overload]
         summary: TrainSummary = finalize(quote(plan), results, embedded)  # type: ignore[call-overload]
-        create_table_artifact(
-            summary.table,
-            key=artifact_key("heads-metrics", plan.feature_set_spec.source, summary.task),
-            description=(
-                f"test metrics, task {summary.task}, feature set {summary.feature_set}: "
-                f"{summary.heads_fitted} heads fitted by this run, {summary.heads_reused} "
-                "reused (their reports: the head artifacts of the run that fitted them)"
-            ),
+        publish_metrics(
+            summary,
+            plan.feature_set_spec.source,
+            f"{summary.heads_fitted} heads fitted by this run, {summary.heads_reused} reused "
+            "(their reports: the head artifacts of the run that fitted them)",
         )
     return summary
+
+
+def publish_metrics(summary: TrainSummary, source: str, note: str) -> None:
+    """The heads x metrics table, one history per dataset and task (the heads flow's, and
+    the pipeline's on a night it fits nothing)."""
+    create_table_artifact(
+        summary.table,
+        key=artifact_key("heads-metrics", source, summary.task),
+        description=(
+            f"test metrics, task {summary.task}, feature set {summary.feature_set}: {note}"
+        ),
+    )
 
 
 def run_train(config: TrainConfig) -> TrainSummary:

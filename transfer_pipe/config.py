@@ -231,6 +231,16 @@ class TaskOptions(_Validated):
             problems.append("the embed run must write to the same store this run reads")
         return problems
 
+    def heads_config(self, feature_set: str, **options: Any) -> TrainConfig:
+        """A heads run on ``feature_set`` with this run's store, task, split and device,
+        ``options`` on top: the probe a fine-tuning run or a sweep measures with."""
+        shared = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(TaskOptions)
+            if f.name not in ("feature_set", "embed")
+        }
+        return TrainConfig(feature_set=feature_set, **{**shared, **options})
+
 
 @dataclass(frozen=True)
 class TrainConfig(TaskOptions):

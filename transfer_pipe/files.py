@@ -15,6 +15,8 @@ from pathlib import Path
 from fsspec.core import url_to_fs
 from fsspec.utils import get_protocol
 
+from transfer_pipe.errors import TransferPipeError
+
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
 """fsspec's names for the local filesystem (``file://``, ``local://``, or no scheme)."""
 
@@ -61,3 +63,19 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Replace the file at ``path`` with ``text`` (UTF-8), all or nothing."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def check_writable_without_writing(url: str) -> None:
+    """A local store must be, or be creatable in, a folder this user can write; a remote
+    store is checked by the real run (probing it would write)."""
+    path = local_path(url)
+    if path is None:
+        return
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise TransferPipeError(
+            f"cannot write to the feature store {url} ({existing} is not a folder you can "
+            "write to); pass --store with a folder or URL you can write to."
+        )

@@ -141,7 +141,7 @@ def test_dry_run_writes_nothing_and_starts_no_prefect(
 def test_a_mistake_fails_the_dry_run_with_nothing_written(
     images: Path, tmp_path: Path, mistake: list[str]
 ) -> None:
-    # Mutation seen failing: _check_writable_without_writing removed (the dry run of a
+    # Mutation seen failing: check_writable_without_writing removed (the dry run of a
     # store below a file exits 0 and promises a run that cannot write).
     from transfer_pipe.cli import main
 

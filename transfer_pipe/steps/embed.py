@@ -30,6 +30,7 @@ from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.files import check_writable_without_writing
 from transfer_pipe.schema import CONTENT_HASH, FAILURE, URI
 from transfer_pipe.steps.failures import StepFailed, failure_report
 from transfer_pipe.steps.results import EmbedSummary
@@ -64,7 +65,9 @@ class EmbedPlan:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def check_embed_inputs(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
+def check_embed_inputs(
+    config: EmbedConfig, *, dry_run: bool = False
+) -> tuple[BackboneSpec, list[str], Manifest]:
     """Fail fast, before any orchestration starts and before anything is written, on the
     mistakes a user makes most: an unknown backbone or layer, a weights file that does not
     fit, a missing dataset or one whose content cannot be read (an empty folder, a manifest
@@ -72,15 +75,20 @@ def check_embed_inputs(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Ma
     the backbone, the resolved layer names and the (limited) manifest.
 
     The model is built (which checks the layers, and that a ``--weights-file`` fits the
-    backbone) unless the store holds the run's feature set complete: it was checked then."""
+    backbone) unless the store holds the run's feature set complete: it was checked then.
+    ``dry_run`` checks the store without its one write (the probe that may create its
+    folder) and hands no manifest to a run: a dry run leaves no trace."""
     backbone = get_backbone(config.backbone, config.weights_file)
     check_source(config.source)
     manifest = load_manifest(config.source).limit(config.limit)
     layers = backbone.layer_names(config.layers)
-    if open_store(config.store).status(_identity(config, backbone, layers, manifest).key) != (
+    if open_store(config.store).status(identity_of(config, backbone, layers, manifest).key) != (
         "complete"
     ):
         layers = _model_layers(backbone, config.layers)
+    if dry_run:
+        check_writable_without_writing(config.store)
+        return backbone, layers, manifest
     open_store(config.store).ensure_writable()  # last: it may create the store's folder
     _checked_manifests[config] = manifest
     while len(_checked_manifests) > 4:  # only the runs about to start; never a cache
@@ -106,7 +114,7 @@ def _checked(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
 
 
 @dataclass(frozen=True)
-class _Identity:
+class Identity:
     """What determines a run's embeddings, known without building the model."""
 
     key: str
@@ -116,16 +124,16 @@ class _Identity:
     preprocessing: Preprocessing
 
 
-def _identity(
+def identity_of(
     config: EmbedConfig, backbone: BackboneSpec, layers: Sequence[str], manifest: Manifest
-) -> _Identity:
+) -> Identity:
     preprocessing = backbone.preprocessing
     if config.image_size is not None:
         preprocessing = preprocessing.replace(image_size=config.image_size)
     weights_digest = backbone.weights_digest()
     emb_key = embedding_key(backbone.id, weights_digest, preprocessing.to_dict(), config.dtype)
     data_digest = manifest.digest()
-    return _Identity(
+    return Identity(
         key=feature_set_key(emb_key, list(layers), data_digest),
         embedding_key=emb_key,
         weights_digest=weights_digest,
@@ -143,10 +151,10 @@ def complete_plan(config: EmbedConfig) -> EmbedPlan | None:
     check_source(config.source)
     manifest = load_manifest(config.source).limit(config.limit)
     layers = backbone.layer_names(config.layers)
-    return _plan_if_complete(config, _identity(config, backbone, layers, manifest), started)
+    return _plan_if_complete(config, identity_of(config, backbone, layers, manifest), started)
 
 
-def _plan_if_complete(config: EmbedConfig, identity: _Identity, started: float) -> EmbedPlan | None:
+def _plan_if_complete(config: EmbedConfig, identity: Identity, started: float) -> EmbedPlan | None:
     store = open_store(config.store)
     if store.status(identity.key) != "complete":
         return None
@@ -162,6 +170,33 @@ def _plan_if_complete(config: EmbedConfig, identity: _Identity, started: float) 
     return EmbedPlan(config, spec, "complete", [], spec.n_shards, seconds)
 
 
+def new_spec(
+    config: EmbedConfig,
+    backbone: BackboneSpec,
+    layers: Sequence[str],
+    manifest: Manifest,
+    identity: Identity,
+) -> FeatureSetSpec:
+    """The spec of the feature set ``config`` would create (the model is built, once per
+    process, for the layer widths)."""
+    return FeatureSetSpec(
+        key=identity.key,
+        embedding_key=identity.embedding_key,
+        source=manifest.source,
+        backbone=backbone.id,
+        weights_digest=identity.weights_digest,
+        weights_file=backbone.weights_file,
+        preprocessing=identity.preprocessing.to_dict(),
+        layers=tuple(layers),
+        layer_dims=_layer_widths(backbone, layers, identity.preprocessing.image_size),
+        dtype=config.dtype,
+        data_digest=identity.data_digest,
+        rows=len(manifest),
+        shard_size=config.shard_size,
+        backbone_metadata=dict(backbone.metadata),
+    )
+
+
 def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     """Resolve the feature-set key and plan the shards still to write.
 
@@ -171,7 +206,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     started = time.perf_counter()
     backbone, layers, manifest = _checked(config)
     checked_seconds = time.perf_counter() - started
-    identity = _identity(config, backbone, layers, manifest)
+    identity = identity_of(config, backbone, layers, manifest)
     complete = _plan_if_complete(config, identity, started)
     if complete is not None:
         return replace(complete, seconds={"check": checked_seconds, **complete.seconds})
@@ -179,22 +214,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     key = identity.key
     status = store.status(key)
     preprocessing = identity.preprocessing
-    spec = FeatureSetSpec(
-        key=key,
-        embedding_key=identity.embedding_key,
-        source=manifest.source,
-        backbone=backbone.id,
-        weights_digest=identity.weights_digest,
-        weights_file=backbone.weights_file,
-        preprocessing=preprocessing.to_dict(),
-        layers=tuple(layers),
-        layer_dims=_layer_widths(backbone, layers, preprocessing.image_size),
-        dtype=config.dtype,
-        data_digest=identity.data_digest,
-        rows=len(manifest),
-        shard_size=config.shard_size,
-        backbone_metadata=dict(backbone.metadata),
-    )
+    spec = new_spec(config, backbone, layers, manifest, identity)
     if status == "missing":
         store.create(spec, manifest.table)
     elif status == "incomplete":

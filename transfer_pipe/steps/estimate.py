@@ -22,7 +22,6 @@ short calibration on the run's own first images:
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,9 +34,8 @@ from transfer_pipe.backbones import BackboneSpec, get_backbone
 from transfer_pipe.cluster import plan_cluster
 from transfer_pipe.config import Dtype, EmbedConfig, FinetuneConfig
 from transfer_pipe.data.manifest import Manifest
-from transfer_pipe.data.sources import check_source, load_manifest
+from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.files import local_path
 from transfer_pipe.records import Record
 from transfer_pipe.schema import (
     CONTENT_HASH,
@@ -51,11 +49,11 @@ from transfer_pipe.schema import (
     VAL,
 )
 from transfer_pipe.steps.embed import (
-    _identity,
-    _layer_widths,
-    _model_layers,
     cached_rows,
+    check_embed_inputs,
+    identity_of,
     library_versions,
+    new_spec,
 )
 from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, open_store
 
@@ -127,64 +125,17 @@ class FinetuneEstimate(Record):
 # -- embed -------------------------------------------------------------------------------
 
 
-def check_estimate_inputs(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
-    """The checks of ``check_embed_inputs`` (backbone, weights file, layers, source and
-    its content, a writable store) without its one write: that check creates the store's
-    folder, and a dry run must leave no trace. Returns the backbone, the resolved layers
-    and the (limited) manifest."""
-    backbone = get_backbone(config.backbone, config.weights_file)
-    check_source(config.source)
-    manifest = load_manifest(config.source).limit(config.limit)
-    layers = backbone.layer_names(config.layers)
-    key = _identity(config, backbone, layers, manifest).key
-    if open_store(config.store).status(key) != "complete":
-        layers = _model_layers(backbone, config.layers)
-    _check_writable_without_writing(config.store)
-    return backbone, layers, manifest
-
-
-def _check_writable_without_writing(url: str) -> None:
-    """A local store must be, or be creatable in, a folder this user can write; a remote
-    store is checked by the real run (probing it would write)."""
-    path = local_path(url)
-    if path is None:
-        return
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        raise TransferPipeError(
-            f"cannot write to the feature store {url} ({existing} is not a folder you can "
-            "write to); pass --store with a folder or URL you can write to."
-        )
-
-
 def estimate_embed(config: EmbedConfig) -> EmbedEstimate:
     """Rows, layers and widths, store bytes per dtype and the expected time of the embed
     run ``config`` describes, after the same input checks; writes nothing."""
-    backbone, layers, manifest = check_estimate_inputs(config)
-    identity = _identity(config, backbone, layers, manifest)
+    backbone, layers, manifest = check_embed_inputs(config, dry_run=True)
+    identity = identity_of(config, backbone, layers, manifest)
     store = open_store(config.store)
     status = store.status(identity.key)
     image_size = identity.preprocessing.image_size
     if status == "complete":
         return _complete_estimate(config, store, identity.key, image_size)
-    spec = FeatureSetSpec(
-        key=identity.key,
-        embedding_key=identity.embedding_key,
-        source=manifest.source,
-        backbone=backbone.id,
-        weights_digest=identity.weights_digest,
-        weights_file=backbone.weights_file,
-        preprocessing=identity.preprocessing.to_dict(),
-        layers=tuple(layers),
-        layer_dims=_layer_widths(backbone, layers, image_size),
-        dtype=config.dtype,
-        data_digest=identity.data_digest,
-        rows=len(manifest),
-        shard_size=config.shard_size,
-        backbone_metadata=dict(backbone.metadata),
-    )
+    spec = new_spec(config, backbone, layers, manifest, identity)
     if status == "incomplete":
         spec = replace(spec, shard_size=store.spec(spec.key).shard_size)  # a resume keeps it
     pending = _pending_rows(store, spec, status)
@@ -762,7 +713,6 @@ __all__ = [
     "EmbedEstimate",
     "FinetuneEstimate",
     "LayerEstimate",
-    "check_estimate_inputs",
     "embed_estimate_message",
     "estimate_embed",
     "estimate_finetune",

@@ -43,7 +43,7 @@ from transfer_pipe.backbones import (
     random_variant,
 )
 from transfer_pipe.cluster import resolve_device, threads_per_task
-from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
+from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.card import (
@@ -144,17 +144,7 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
     plan holds the options as trained (``FinetuneConfig.as_trained``: random init trains
     the whole network without LP-FT)."""
     config = config.as_trained()
-    probe_config = TrainConfig(
-        feature_set=feature_set,
-        store=config.store,
-        task=config.task,
-        heads=(PROBE_HEAD,),
-        layer=PROBE_LAYER,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        split_seed=config.split_seed,
-        device=config.device,
-    )
+    probe_config = config.heads_config(feature_set, heads=(PROBE_HEAD,), layer=PROBE_LAYER)
     store = open_store(config.store)
     if store.status(feature_set) == "complete":
         layers = store.spec(feature_set).layers

@@ -147,20 +147,14 @@ def _embed_of(config: SweepConfig) -> EmbedConfig:
 
 def _probe_config(plan: SweepPlan, key: str, layer: str, **extra: object) -> TrainConfig:
     config = plan.config
-    return TrainConfig(
-        feature_set=key,
-        store=config.store,
-        task=config.task,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        split_seed=config.split_seed,
-        device=config.device,
+    return config.heads_config(
+        key,
         heads=(PROBE,),
         layer=layer,
         c_values=config.c_values,
         max_iter=config.max_iter,
         bootstrap=config.bootstrap,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 

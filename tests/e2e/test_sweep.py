@@ -110,7 +110,7 @@ def test_dry_run_prints_both_embeds_cost_and_writes_nothing(
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=2, per_class=4, bad=False)
     argv = ["sweep", str(data), "--store", str(store), "--backbone", "tiny_test", "--dry-run"]
-    # Mutation to try (not yet run): the dry run falling through to the sweep.
+    # Mutation seen to fail here: the dry run falling through to the sweep.
     assert main([*argv, "--json"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     estimates = json.loads(printed[-1])

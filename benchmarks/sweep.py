@@ -1,8 +1,9 @@
 """The transferability sweep on Fashion-MNIST, against one embed of the same data.
 
 In a fresh store: one `embed` of the source at the penultimate layer (what a user has
-before sweeping; timed), then the whole sweep (both embed runs at every stage, the depth
-curve for pretrained and random weights, the learning curve; timed), then the same sweep
+before sweeping; timed), then the whole sweep (both embed runs at every stage, the random
+baseline's on at most ``random_limit`` images, the depth curve for pretrained and random
+weights, the learning curve; timed), then the same sweep
 again (everything reused; timed). Prints the depth and learning curves and the advice,
 copies the pictures to ``docs/`` and writes ``benchmarks/results/sweep.json``.
 
@@ -72,6 +73,7 @@ def main() -> None:
         "image_size": options.image_size,
         "c_values": options.c_values,
         "seeds": options.seeds,
+        "random_limit": config.random_limit,
         "embed_seconds": round(embed_s, 1),
         "sweep_seconds": round(sweep_s, 1),
         "sweep_over_embed": round(sweep_s / embed_s, 2),

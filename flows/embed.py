@@ -100,7 +100,7 @@ def _nothing_to_compute(plan: steps.EmbedPlan) -> list[ShardResult]:
     return []
 
 
-def _report(summary: EmbedSummary) -> None:
+def _report(summary: EmbedSummary, config: EmbedConfig) -> None:
     """The summary table and, when images failed, the failures table (first rows, total)."""
     create_table_artifact(
         [{"field": k, "value": str(v)} for k, v in summary.to_dict().items()],
@@ -109,7 +109,8 @@ def _report(summary: EmbedSummary) -> None:
     )
     if not summary.failed:
         return
-    failures = failure_report(open_store(summary.store), summary.feature_set, FAILURE_ROWS)
+    store = open_store(config.store, config.storage_options)
+    failures = failure_report(store, summary.feature_set, FAILURE_ROWS)
     shown = "" if failures.total <= FAILURE_ROWS else f" (the first {FAILURE_ROWS} shown)"
     create_table_artifact(
         failures.rows,
@@ -133,7 +134,7 @@ def embed_flow(**values: Any) -> EmbedSummary:
         # for Fashion-MNIST) to track dependencies, costing seconds per task.
         results = compute(quote(plan)) if plan.tasks else _nothing_to_compute(plan)  # type: ignore[call-overload]
         summary: EmbedSummary = finalize(quote(plan), quote(results))  # type: ignore[call-overload]
-        _report(summary)
+        _report(summary, config)
     # A caller gets the state's data, the summary; the UI shows the message.
     return Completed(message=embed_message(summary), data=summary)  # type: ignore[return-value]
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3 import S3Server, start_s3_server
+
 # Set before Prefect is imported anywhere: Prefect reads its settings at import time.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="transfer-pipe-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
@@ -56,3 +58,23 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=300):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3-compatible server (moto) on loopback for the whole session; tests take a
+    fresh bucket each (``s3_bucket``) and may switch its fault injection on."""
+    server, stop = start_s3_server()
+    yield server
+    stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh bucket's name, with the standard AWS variables (``AWS_ENDPOINT_URL``
+    included) pointing this process and its subprocesses at the loopback server; faults
+    are switched off again afterwards."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    yield s3_server.new_bucket()
+    s3_server.faults.every = 0

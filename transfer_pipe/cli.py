@@ -91,8 +91,10 @@ def run_values_from(config_class: type, args: argparse.Namespace) -> dict[str, A
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-def _store_option(parser: argparse.ArgumentParser) -> None:
-    add_options(parser, options(EmbedConfig, only=("store",)))
+def _store_option(parser: argparse.ArgumentParser, with_storage_options: bool = False) -> None:
+    """``--store`` (and ``--storage-options`` for a command that opens the feature store)."""
+    names = ("store", "storage_options") if with_storage_options else ("store",)
+    add_options(parser, options(EmbedConfig, only=names))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,13 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dry-run", action="store_true", help=_DRY_RUN_HELP)
 
     ls = commands.add_parser("ls", help="list the feature sets in a store")
-    _store_option(ls)
+    _store_option(ls, with_storage_options=True)
     ls.add_argument("--json", action="store_true")
 
     show = commands.add_parser("show", help="print a feature set's provenance and failures")
     show.add_argument("key")
-    _store_option(show)
+    _store_option(show, with_storage_options=True)
     show.add_argument("--json", action="store_true")
+
+    verify = commands.add_parser(
+        "verify", help="read a feature set end to end and name every damaged shard"
+    )
+    verify.add_argument("key")
+    _store_option(verify, with_storage_options=True)
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="mark the damaged shards not done (and the set incomplete), restoring damaged "
+        "metadata: the next embed of the same source recomputes only those shards",
+    )
+    verify.add_argument("--json", action="store_true", help="end with one JSON report line")
 
     commands.add_parser("backbones", help="list registered backbone ids")
 
@@ -416,6 +431,7 @@ def _predict(args: argparse.Namespace) -> int:
         top_k=config.top_k,
         weights_file=config.weights_file,
         device=config.device,
+        storage_options=config.storage_options,
     )
     print(
         f"{summary.rows} predictions written to {summary.out}: {summary.cached} from "
@@ -436,7 +452,7 @@ def _print_summary(summary: EmbedSummary) -> None:
 def _ls(args: argparse.Namespace) -> int:
     from transfer_pipe.store import open_store
 
-    infos = open_store(args.store).catalog()
+    infos = open_store(args.store, args.storage_options).catalog()
     if args.json:
         print(json.dumps([dataclasses.asdict(info) for info in infos]))
         return 0
@@ -466,7 +482,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from transfer_pipe.store import open_store
 
-    store = open_store(args.store)
+    store = open_store(args.store, args.storage_options)
     provenance = store.provenance(args.key)
     failures = store.failures(args.key)
     provenance["failures"] = failures.to_dict(orient="records")
@@ -475,6 +491,17 @@ def _show(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(provenance, indent=2))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit status 1 when damage was found and left unrepaired, else 0."""
+    from transfer_pipe.steps.verify import verify_feature_set, verify_message
+
+    report = verify_feature_set(args.store, args.key, args.storage_options, repair=args.repair)
+    print(verify_message(report))
+    if args.json:
+        print(report.to_json())
+    return 0 if report.ok or report.repaired else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -502,6 +529,7 @@ _COMMANDS = {
     "embed": _embed,
     "ls": _ls,
     "show": _show,
+    "verify": _verify,
     "backbones": _backbones,
     "train": _train,
     "finetune": _finetune,

@@ -1,20 +1,30 @@
-"""Where the shards run: an existing Dask scheduler, or a LocalCluster of processes.
+"""Where the work runs: an existing Dask scheduler (``--dask-address`` or
+``DASK_SCHEDULER_ADDRESS``), or a LocalCluster in this process for the shards.
 
-Planning imports neither torch nor Dask (seconds each): a run with nothing to compute
-never pays for them."""
+On an existing cluster, device tasks (embedding shards, head fits, fine-tuning) ask for
+the ``GPU`` resource that GPU workers advertise when they run on CUDA, and a run checks
+that some worker offers it before it submits anything (a task asking for a resource no
+worker has would wait forever). Planning imports neither torch nor Dask (seconds each): a
+run with nothing to compute never pays for them."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from transfer_pipe.errors import TransferPipeError
 
 if TYPE_CHECKING:
     import torch
     from distributed import Client
+
+T = TypeVar("T")
+GPU = "GPU"  # the resource a GPU worker advertises: `dask worker ... --resources GPU=1`
+WORKERS_WAIT_S = 30.0  # how long a run waits for the first worker of an external cluster
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,88 @@ def threads_per_task() -> int:
     return max(1, (os.cpu_count() or 1) // nthreads)
 
 
+def task_resources(device: str, offered: Collection[str] = ()) -> dict[str, float]:
+    """The Dask resources one device task (an embedding shard, a head fit) asks for: one
+    ``GPU`` when it runs on CUDA (``cuda``, ``cuda:1``; ``auto`` when some worker of the
+    cluster, whose resources are ``offered``, advertises one), else none (any worker)."""
+    kind = device.split(":", 1)[0]
+    if kind == "cuda" or (kind == "auto" and GPU in offered):
+        return {GPU: 1}
+    return {}
+
+
+def offered_resources(client: Client) -> dict[str, float]:
+    """The most of each resource any one worker of the cluster advertises."""
+    offered: dict[str, float] = {}
+    for worker in client.scheduler_info(n_workers=-1)["workers"].values():
+        for name, amount in (worker.get("resources") or {}).items():
+            offered[name] = max(offered.get(name, 0.0), float(amount))
+    return offered
+
+
+def check_resources(
+    needed: Mapping[str, float], offered: Mapping[str, float], address: str
+) -> None:
+    """Fail now, not after waiting forever, when no worker offers what the tasks need."""
+    for name, amount in needed.items():
+        if offered.get(name, 0.0) < amount:
+            raise TransferPipeError(
+                f"no worker of the Dask cluster at {address} offers the {name} resource "
+                f"({amount:g} per task; the cluster offers {dict(offered) or 'none'}); start "
+                f"workers with `dask worker {address} --resources {name}=1`, or pass "
+                "--device cpu"
+            )
+
+
+def cluster_resources(client: Client, plan: ClusterPlan, device: str) -> dict[str, float]:
+    """The resources each device task of a run on ``device`` asks of the cluster, checked
+    against what its workers offer. A LocalCluster's worker runs on this machine's devices:
+    its tasks ask for nothing."""
+    if not plan.address:
+        return {}
+    offered = offered_resources(client)
+    needed = task_resources(device, offered)
+    check_resources(needed, offered, plan.address)
+    return needed
+
+
+def in_dask_worker() -> bool:
+    """True inside a task of a Dask worker (where a step must run, not submit itself)."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def lost_scheduler(exc: BaseException) -> bool:
+    """True when ``exc`` is a task's future cancelled because the client lost the
+    scheduler (killed, restarted, unreachable): the run cannot go on."""
+    return "scheduler-connection-lost" in str(exc)
+
+
+def run_on_cluster(address: str, device: str, key: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` run as one task, named ``key``, on a worker of the Dask cluster at
+    ``address`` (one that offers a GPU when ``device`` asks for CUDA: checked first), and
+    its result. ``args`` travel to the worker: keep them small (configs, URLs, keys)."""
+    plan = plan_cluster(address, None)
+    with dask_client(plan) as client:
+        resources = cluster_resources(client, plan, device)
+        future = client.submit(fn, *args, key=key, resources=resources or None, pure=False)
+        try:
+            result: T = future.result()
+        except Exception as exc:
+            if lost_scheduler(exc):  # not transient: no retry can reach the lost scheduler
+                raise TransferPipeError(
+                    f"lost the Dask scheduler at {address} while task {key} ran; restart the "
+                    "scheduler and its workers and run again"
+                ) from exc
+            raise
+    return result
+
+
 @contextmanager
 def dask_client(plan: ClusterPlan) -> Iterator[Client]:
     """A connected client; a LocalCluster it started is shut down on exit.
@@ -67,7 +159,7 @@ def dask_client(plan: ClusterPlan) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
     if plan.address:
-        with Client(plan.address) as client:
+        with _external_client(plan.address) as client:
             yield client
         return
     # The scheduler's per-worker INFO lines would bury the progress bar and the summary.
@@ -82,4 +174,30 @@ def dask_client(plan: ClusterPlan) -> Iterator[Client]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        yield client
+
+
+@contextmanager
+def _external_client(address: str) -> Iterator[Client]:
+    """A client of the scheduler at ``address`` with at least one worker, or an error that
+    says what to start (a missing scheduler fails after Dask's connect timeout, 30 s by
+    default; a scheduler without workers after ``WORKERS_WAIT_S``)."""
+    from distributed import Client
+
+    try:
+        client = Client(address)
+    except OSError as exc:
+        raise TransferPipeError(
+            f"cannot reach the Dask scheduler at {address} (--dask-address or "
+            f"DASK_SCHEDULER_ADDRESS): {exc}. Start it (`dask scheduler`), or unset both to "
+            "run on a local cluster."
+        ) from exc
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+        except TimeoutError as exc:
+            raise TransferPipeError(
+                f"the Dask cluster at {address} has no worker (waited {WORKERS_WAIT_S:g} s); "
+                f"start some with `dask worker {address}`"
+            ) from exc
         yield client

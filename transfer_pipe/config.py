@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.files import parse_storage_options
 
 DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
 DEFAULT_STORE = "./feature-store"
@@ -29,6 +30,11 @@ Augment = Literal["auto", "affine", "crop-flip", "none"]
 BatchNorm = Literal["frozen", "train"]
 Init = Literal["pretrained", "random"]  # fine-tuning's starting weights
 FREEZE_POLICY_HINT = "head, top-N (N = how many of the backbone's stages to train) or full"
+STORAGE_OPTIONS_HELP = (
+    "fsspec storage options for the store, a JSON object such as "
+    '\'{"endpoint_url": "http://127.0.0.1:9000"}\' (default: none; credentials and endpoint '
+    "come from the standard AWS_* environment variables, AWS_ENDPOINT_URL included)"
+)
 
 
 def option(
@@ -169,6 +175,7 @@ class EmbedConfig(_Validated):
         positional=True,
     )
     store: str = option(DEFAULT_STORE, "feature store folder or URL")
+    storage_options: str | None = option(None, STORAGE_OPTIONS_HELP)
     backbone: str = option(DEFAULT_BACKBONE, "backbone id (`transfer-pipe backbones` lists them)")
     weights_file: str | None = option(None, "local state dict for the backbone")
     layers: tuple[str, ...] = option(
@@ -180,7 +187,12 @@ class EmbedConfig(_Validated):
         None, "input size in pixels (default: the backbone's)", minimum=8, maximum=4096
     )
     dtype: Dtype = option("float32", "dtype the features are stored in")
-    shard_size: int = option(512, "images per shard task", minimum=1)
+    shard_size: int | None = option(
+        None,
+        "images per shard task, and per stored object of each layer (default: 512, doubled "
+        "while there would be more than 256 tasks, up to 8192: 1M images make 245 tasks)",
+        minimum=1,
+    )
     batch_size: int = option(64, "images per forward pass", minimum=1)
     limit: int | None = option(
         None,
@@ -197,6 +209,9 @@ class EmbedConfig(_Validated):
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...")
     autocast: Autocast = option("none", "reduced-precision forward pass; CUDA only")
 
+    def _problems(self) -> list[str]:
+        return storage_options_problems(self.storage_options)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -209,6 +224,7 @@ class TaskOptions(_Validated):
     feature_set: str | None = option(None, "a key of a complete feature set", cli=False)
     embed: EmbedConfig | None = option(None, "or: embed this source first", cli=False)
     store: str = option(DEFAULT_STORE, "feature store folder or URL")
+    storage_options: str | None = option(None, STORAGE_OPTIONS_HELP)
     task: str = option(
         "source",
         "'source' (the source's labels), 'fashion-mnist-groups', a JSON task file, or a "
@@ -224,10 +240,13 @@ class TaskOptions(_Validated):
     device: str = option("auto", "auto (CUDA when present), cpu, cuda ...")
 
     def _problems(self) -> list[str]:
-        problems = []
+        problems = storage_options_problems(self.storage_options)
         if (self.feature_set is None) == (self.embed is None):
             problems.append("give either a feature set key or a source to embed, not both")
-        if self.embed is not None and self.embed.store != self.store:
+        if self.embed is not None and (self.embed.store, self.embed.storage_options) != (
+            self.store,
+            self.storage_options,
+        ):
             problems.append("the embed run must write to the same store this run reads")
         return problems
 
@@ -264,6 +283,12 @@ class TrainConfig(TaskOptions):
     c_max: float = option(1e5, "logreg C grid end")
     c_values: int = option(45, "logreg C grid size", minimum=1)
     max_iter: int = option(100, "L-BFGS iterations per C", minimum=1)
+    c_patience: int = option(
+        4,
+        "stop the C walk once this many values in a row scored below the best validation "
+        "accuracy while the validation loss rose at each (0: walk the whole grid)",
+        minimum=0,
+    )
     bootstrap: int = option(1000, "bootstrap resamples for the 95% interval", minimum=1)
     refit: bool = option(
         False,
@@ -393,12 +418,14 @@ class PredictConfig(_Validated):
     head: str = option(REQUIRED, "head id (`transfer-pipe heads ls` lists them)")
     out: str = option(REQUIRED, "predictions file, .csv or .parquet")
     store: str = option(DEFAULT_STORE, "feature store folder or URL")
+    storage_options: str | None = option(None, STORAGE_OPTIONS_HELP)
     top_k: int = option(5, "classes per prediction", minimum=1)
     weights_file: str | None = option(None, "the local weights file the feature set used")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda ...")
 
     def _problems(self) -> list[str]:
-        return [] if self.paths else ["give at least one image file"]
+        problems = storage_options_problems(self.storage_options)
+        return problems if self.paths else [*problems, "give at least one image file"]
 
 
 def option_of(config_class: type, name: str) -> Any:
@@ -438,7 +465,15 @@ class PipelineConfig(TrainConfig):
 
     def finetune_config(self, feature_set: str) -> FinetuneConfig:
         """The fine-tuning run on that feature set, on the same task and split."""
-        shared = ("store", "task", "val_fraction", "test_fraction", "split_seed", "device")
+        shared = (
+            "store",
+            "storage_options",
+            "task",
+            "val_fraction",
+            "test_fraction",
+            "split_seed",
+            "device",
+        )
         return FinetuneConfig(
             feature_set=feature_set,
             policy=self.finetune_policy,
@@ -462,8 +497,16 @@ class SweepConfig(TaskOptions):
         (0.01, 0.05, 0.1, 0.25, 1.0), "shares of the training labels for the learning curve"
     )
     seeds: int = option(3, "learning-curve repeats per share, seeds 0..N-1", minimum=1)
+    random_limit: int = option(
+        10_000,
+        "embed the random-weights baseline on at most N images, each split keeping its "
+        "share (a subset of the pretrained run's rows): a reference line needs fewer rows "
+        "than the answer, and this halves a large sweep's forward passes",
+        minimum=1,
+    )
     c_values: int = option_of(TrainConfig, "c_values")
     max_iter: int = option_of(TrainConfig, "max_iter")
+    c_patience: int = option_of(TrainConfig, "c_patience")
     bootstrap: int = option_of(TrainConfig, "bootstrap")
 
     def _problems(self) -> list[str]:
@@ -476,6 +519,15 @@ class SweepConfig(TaskOptions):
             if not 0 < share <= 1
         )
         return problems
+
+
+def storage_options_problems(storage_options: str | None) -> list[str]:
+    """What is wrong with a ``--storage-options`` value (not a JSON object), if anything."""
+    try:
+        parse_storage_options(storage_options)
+    except TransferPipeError as err:
+        return [str(err)]
+    return []
 
 
 def parse_policy(policy: str) -> int | None:
@@ -504,7 +556,7 @@ SOURCE = Option(
     above=None,
 )
 Config = EmbedConfig | TrainConfig | FinetuneConfig | SweepConfig | PredictConfig
-SHARED_OPTIONS = ("store", "device")
+SHARED_OPTIONS = ("store", "storage_options", "device")
 
 
 def run_options(config_class: type) -> tuple[Option, ...]:

@@ -7,10 +7,12 @@ This module sits at the bottom of the package (like ``errors``): it imports noth
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from fsspec.core import url_to_fs
 from fsspec.utils import get_protocol
@@ -26,6 +28,27 @@ def is_local(url: str) -> bool:
     ``local://...``; ``s3://``, ``memory://`` or a chained URL (``simplecache::...``) are
     not, so they get no local-only treatment (atomic renames, local checkpoints)."""
     return get_protocol(url) in LOCAL_PROTOCOLS
+
+
+def parse_storage_options(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """fsspec storage options as a dict: from a JSON object (the ``--storage-options``
+    text), a mapping, or None (no options: credentials come from the environment)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise TransferPipeError(
+            f"--storage-options must be a JSON object such as "
+            f'\'{{"endpoint_url": "http://127.0.0.1:9000"}}\', not {value!r} ({err.msg})'
+        ) from err
+    if not isinstance(parsed, dict):
+        raise TransferPipeError(
+            f"--storage-options must be a JSON object (key: value pairs), not {value!r}"
+        )
+    return parsed
 
 
 def local_path(url: str) -> Path | None:
@@ -63,6 +86,22 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Replace the file at ``path`` with ``text`` (UTF-8), all or nothing."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_url_atomic(
+    url: str, data: bytes, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Replace the file at ``url`` (a path or any fsspec URL) with ``data``, all or
+    nothing: a local file is written beside its name and renamed onto it; on an object
+    store the write is one PUT, which shows the object whole or not at all."""
+    local = local_path(url)
+    if local is not None:
+        with atomic_path(local) as tmp:
+            tmp.write_bytes(data)
+        return
+    fs, path = url_to_fs(url, **dict(storage_options or {}))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object stores
+    fs.pipe_file(path, data)
 
 
 def check_writable_without_writing(url: str) -> None:

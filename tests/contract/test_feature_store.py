@@ -1,36 +1,62 @@
-"""The FeatureStore contract, run against every real implementation."""
+"""The FeatureStore contract, run against every real implementation: a local folder (as a
+path and as a file:// URL), the in-memory store, and S3 on a loopback S3-compatible server,
+all opened through the one door, ``open_store``."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
 
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, ZarrFeatureStore
+from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, open_store
 
 LAYERS = {"penultimate": 5, "stages.0": 3}
 ROWS = 10
 SHARD = 4
 
 
-def local_zarr(tmp_path: Path) -> FeatureStore:
-    return ZarrFeatureStore(str(tmp_path / "store"))
+def local_zarr(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
+    return open_store(str(tmp_path / "store"))
 
 
-def local_zarr_url(tmp_path: Path) -> FeatureStore:
-    return ZarrFeatureStore((tmp_path / "store-url").as_uri())
+def local_zarr_url(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
+    return open_store((tmp_path / "store-url").as_uri())
 
 
-IMPLEMENTATIONS: list[Callable[[Path], FeatureStore]] = [local_zarr, local_zarr_url]
+def memory(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
+    name = f"contract-{uuid.uuid4().hex}"
+    request.addfinalizer(lambda: _forget_memory(name))
+    return open_store(f"memory://{name}/store")
+
+
+def _forget_memory(name: str) -> None:
+    memory = fsspec.filesystem("memory")
+    if memory.exists(f"/{name}"):
+        memory.rm(f"/{name}", recursive=True)
+
+
+def s3(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_store(f"s3://{bucket}/store")
+
+
+IMPLEMENTATIONS: list[Callable[[pytest.FixtureRequest, Path], FeatureStore]] = [
+    local_zarr,
+    local_zarr_url,
+    memory,
+    s3,
+]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda f: f.__name__)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
-    return request.param(tmp_path)  # type: ignore[no-any-return]
+    return request.param(request, tmp_path)
 
 
 def make_spec(key: str = "k0", dtype: str = "float32", embedding: str = "emb") -> FeatureSetSpec:
@@ -90,6 +116,32 @@ def test_lifecycle_missing_incomplete_complete(store: FeatureStore) -> None:
     assert store.status(spec.key) == "complete"
     assert store.list_keys() == [spec.key]
     assert store.provenance(spec.key)["note"] == "done"
+
+
+def test_another_handle_sees_progress_and_completion(store: FeatureStore) -> None:
+    """Workers and other runs write through their own handles (their own processes): a
+    reader sees their feature set as soon as it is initialized, as in progress until it is
+    complete, and then complete, with the values they wrote."""
+    # Mutation seen failing: s3 default "use_listings_cache": True (the reader's cached
+    # listing of feature_sets/ hides the writer's feature set).
+    earlier, spec = make_spec("k0"), make_spec("k1")
+    store.create(earlier, make_rows())
+    assert store.list_keys() == [earlier.key]  # the reader has listed (could have cached)
+    writer = open_store(store.url, {"skip_instance_cache": True})  # a new fsspec client
+    writer.create(spec, make_rows())
+    assert store.list_keys() == [earlier.key, spec.key]
+    assert store.status(spec.key) == "incomplete"
+    fill(writer, spec)
+    assert store.status(spec.key) == "incomplete"  # all shards written, not yet complete
+    writer.mark_complete(spec.key, {})
+    assert [(i.key, i.status) for i in store.catalog()] == [
+        (earlier.key, "incomplete"),
+        (spec.key, "complete"),
+    ]
+    np.testing.assert_array_equal(
+        store.load(spec.key, layer="stages.0").features,
+        np.outer(np.arange(ROWS), [1, 2, 3]),
+    )
 
 
 def test_cannot_complete_with_shards_missing(store: FeatureStore) -> None:
@@ -177,17 +229,17 @@ def test_unwritable_store_is_reported_before_writing(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(TransferPipeError, match="--store"):
-        ZarrFeatureStore(str(blocker / "store")).ensure_writable()
+        open_store(str(blocker / "store")).ensure_writable()
 
 
-def test_recover_removes_partial_writes_only(store: FeatureStore, tmp_path: Path) -> None:
+def test_recover_removes_partial_writes_only(store: FeatureStore) -> None:
     spec = make_spec()
     store.create(spec, make_rows())
     fill(store, spec)
-    root = next(p for p in tmp_path.iterdir() if p.name.startswith("store"))
-    chunk_dir = root / "feature_sets" / spec.key / "features" / "penultimate" / "c"
-    (chunk_dir / "zarr.0123abcd.partial").write_bytes(b"half a chunk")
+    fs, root = fsspec.core.url_to_fs(store.url)
+    chunk_dir = f"{root}/feature_sets/{spec.key}/features/penultimate/c"
+    fs.pipe_file(f"{chunk_dir}/zarr.0123abcd.partial", b"half a chunk")
     assert store.recover(spec.key) == 1
-    assert not list(root.rglob("*.partial"))
+    assert not fs.glob(f"{root}/**/*.partial")
     assert store.shards_done(spec.key).all()
     assert store.load(spec.key).features.shape == (ROWS, LAYERS["penultimate"])

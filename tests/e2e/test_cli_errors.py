@@ -59,7 +59,8 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> Populated:
     embed(EmbedConfig(source=str(data), store=str(store), backbone="tiny_test", workers=1))
     [key] = open_store(str(store)).list_keys()
     train(TrainConfig(feature_set=key, store=str(store), heads=("logreg",), bootstrap=10))
-    [head] = (store / "heads").iterdir()  # one folder per fitted head, named by its id
+    # One folder per fitted head, named by its id (beside the store's zarr.json marker).
+    [head] = (path for path in (store / "heads").iterdir() if path.is_dir())
     return Populated(root, data, store, key, head.name)
 
 

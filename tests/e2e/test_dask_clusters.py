@@ -69,10 +69,12 @@ def _fit_logreg_noting_threads(data: TaskData) -> dict[str, Any]:
     seen: list[tuple[int, dict[str, int]]] = []
     fit = LBFGSLinearClassifier.fit
 
-    def noting(self: LBFGSLinearClassifier, X: Any, y: Any) -> LBFGSLinearClassifier:
+    def noting(
+        self: LBFGSLinearClassifier, X: Any, y: Any, init: Any = None
+    ) -> LBFGSLinearClassifier:
         pools = {p["internal_api"]: p["num_threads"] for p in threadpoolctl.threadpool_info()}
         seen.append((torch.get_num_threads(), pools))
-        return fit(self, X, y)
+        return fit(self, X, y, init=init)
 
     LBFGSLinearClassifier.fit = noting  # type: ignore[method-assign]
     try:

@@ -16,8 +16,12 @@ from transfer_pipe.backbones import get_backbone
 from transfer_pipe.config import EmbedConfig, SweepConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.steps.sweep import RECORD, sweep
+from transfer_pipe.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
+
+IMAGES = 400
+RANDOM_LIMIT = 200  # the random-weights baseline embeds half of the images
 
 
 def _config(data: Path, store: Path, **embed: object) -> SweepConfig:
@@ -27,6 +31,7 @@ def _config(data: Path, store: Path, **embed: object) -> SweepConfig:
         store=str(store),
         fractions=(0.25, 1.0),
         seeds=2,
+        random_limit=RANDOM_LIMIT,
         c_values=12,
         bootstrap=200,
     )
@@ -37,13 +42,13 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[SweepConfig, object
     if fashion_mnist_folder() is None:
         pytest.fail("Debian's dataset-fashion-mnist is not installed (`make data`)")
     root = tmp_path_factory.mktemp("sweep")
-    make_fashion_mnist(root / "images", per_class=40)  # 400 real images, 10 classes
+    make_fashion_mnist(root / "images", per_class=IMAGES // 10)  # real images, 10 classes
     config = _config(root / "images", root / "store")
     return config, run_sweep(config)
 
 
 def test_one_point_per_stage_for_both_initialisations_and_the_advice(swept: tuple) -> None:
-    _, summary = swept
+    config, summary = swept
     stages = get_backbone("efficientnet_lite0.in1k").stage_layers()
     layers = [*stages, "penultimate"]
     for init in ("pretrained", "random"):
@@ -57,6 +62,12 @@ def test_one_point_per_stage_for_both_initialisations_and_the_advice(swept: tupl
     full, quarter = shares["pretrained", 1.0], shares["pretrained", 0.25]
     assert quarter.seeds == 2 and full.seeds == 1
     assert 0.2 * full.train_rows <= quarter.train_rows <= 0.35 * full.train_rows
+    # The random baseline ran on RANDOM_LIMIT of the images, so on about half the labels.
+    # Mutation: the baseline without its limit embeds all 400 images and fails both.
+    store = open_store(str(config.store))
+    rows = {init: store.spec(key).rows for init, key in summary.feature_sets.items()}
+    assert rows == {"pretrained": IMAGES, "random": RANDOM_LIMIT}
+    assert shares["random", 1.0].train_rows < 0.6 * full.train_rows
     advice = summary.recommendation
     assert advice.command.startswith("transfer-pipe ") and summary.feature_sets["pretrained"] in (
         advice.command

@@ -111,14 +111,27 @@ def check_prefect(args: list[str]) -> None:
     _app.parse_args(args, exit_on_error=False, print_error=False)
 
 
+def check_dask(args: list[str]) -> None:
+    """Parse ``dask scheduler|worker args`` with Dask's own click commands (without running
+    them): an unknown command or option raises."""
+    from distributed.cli import dask_scheduler, dask_worker
+
+    commands = {"scheduler": dask_scheduler.main, "worker": dask_worker.main}
+    commands[args[0]].make_context(f"dask {args[0]}", args[1:])
+
+
 def test_compose_runs_commands_that_exist() -> None:
     commands = compose_commands()
     assert len(commands) >= 7  # server, two workers, the deploy job's five steps
     for words in commands:
-        # Mutation: `prefect worker start --pool cpu --typ process` in compose.yaml fails.
-        assert words[0] in ("prefect", "transfer-pipe"), words  # what our image installs
+        # Mutation: `prefect worker start --pool cpu --typ process` in compose.yaml fails;
+        # so does `dask worker ... --resource GPU=1` (seen).
+        assert words[0] in ("prefect", "transfer-pipe", "dask"), words  # what our image installs
         if words[0] == "transfer-pipe":
             build_parser().parse_args(words[1:])  # exits 2 on an unknown command or option
+            continue
+        if words[0] == "dask":
+            check_dask(words[1:])
             continue
         check_prefect(words[1:])
         if "--prefect-file" in words:

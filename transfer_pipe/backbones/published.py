@@ -1,77 +1,244 @@
-"""Backbones published by fine-tuning: ids ``finetuned/<run_id>``.
+"""Backbones published by fine-tuning: ids ``finetuned/<run_id>``, registered in the store.
 
-A published backbone is its base architecture and stages, the fine-tuned weights file, and
-the preprocessing it was fine-tuned with. Records live in one registry file,
-``$TRANSFER_PIPE_HOME/backbones.json`` (default ``~/.transfer-pipe``), read on demand, so
-every process of the machine (Dask workers included) resolves the same ids.
+A published backbone is its base architecture and stages, the fine-tuned weights, and the
+preprocessing it was fine-tuned with. Both live in the store that holds the run::
+
+    <store>/finetune/<run_id>/published/weights-<sha256[:16]>.safetensors   a state dict of
+                                                                           the base architecture
+    <store>/finetune/<run_id>/published/backbone.json                     the record, last
+
+so any process that knows the store's URL resolves the id: a Dask worker on another
+machine, with no home folder shared with the driver. ``use_store(url)`` adds a store to
+those this process searches (embed shard tasks call it with their store; fine-tuning with
+its own). The record names the weights file and its sha256, which is the backbone's
+weights digest (known without downloading the weights) and is checked when they load;
+weights are safetensors, so loading them runs no code.
+
+Publishing also notes in ``$TRANSFER_PIPE_HOME/backbones.json`` (default
+``~/.transfer-pipe``) which store holds the id, so that on the machine that published, a
+new process (``transfer-pipe embed --backbone finetuned/<run>``) resolves it without being
+told the store. That file is a pointer only: record and weights are in the store.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fsspec.core import url_to_fs
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.registry import BackboneEntry, lookup, register_namespace
-from transfer_pipe.backbones.weights import WeightsFile, file_sha256
-from transfer_pipe.files import write_text_atomic
+from transfer_pipe.backbones.weights import DEFAULT_SEED, Architecture, load_strict, seeded
+from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.files import parse_storage_options, write_text_atomic, write_url_atomic
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 PREFIX = "finetuned/"
 HOME_ENV = "TRANSFER_PIPE_HOME"
+RUNS_FOLDER = "finetune"  # <store>/finetune/<run_id>/: the fine-tuning runs' folder
+RECORD = "backbone.json"
+_PUBLISHED = "published"
+
+# The stores this process searches for published ids, newest first: URL -> fsspec options.
+_STORES: dict[str, dict[str, Any]] = {}
+
+
+def use_store(url: str, storage_options: str | Mapping[str, Any] | None = None) -> None:
+    """Let this process resolve the ``finetuned/`` ids published in the store at ``url``
+    (searched before the stores added earlier); ``storage_options`` are fsspec's, a
+    mapping or a JSON object's text as configs carry them."""
+    _STORES.pop(url, None)
+    _STORES[url] = parse_storage_options(storage_options)
+
+
+def published_folder(store: str, name: str) -> str:
+    """``<store>/finetune/<name>/published``: where backbone ``finetuned/<name>`` lives."""
+    return posixpath.join(store.rstrip("/"), RUNS_FOLDER, name, _PUBLISHED)
 
 
 def registry_path() -> Path:
+    """The home file that says which store holds each id published from this machine."""
     return Path(os.environ.get(HOME_ENV) or "~/.transfer-pipe").expanduser() / "backbones.json"
 
 
-def _records() -> dict[str, dict[str, Any]]:
+def _home_pointers() -> dict[str, str]:
+    """Published id -> the store URL it was published to, as this machine noted it."""
     path = registry_path()
     if not path.exists():
         return {}
-    records: dict[str, dict[str, Any]] = json.loads(path.read_text())
-    return records
+    records = json.loads(path.read_text())
+    return {k: v["store"] for k, v in records.items() if isinstance(v, dict) and "store" in v}
 
 
 def publish_backbone(
+    store: str,
     name: str,
     base: str,
-    weights_file: str,
+    state: Mapping[str, torch.Tensor],
     preprocessing: Preprocessing,
-    details: dict[str, Any],
+    details: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """Record ``finetuned/<name>``: ``base``'s architecture with ``weights_file``; returns
-    the id. Publishing a name again replaces its record."""
+    """Record ``finetuned/<name>`` in ``store``: ``base``'s architecture with the weights
+    ``state`` (a state dict of ``base``); returns the id. The weights are written first
+    and the record last, so a reader finds the old backbone or the new one whole.
+    Publishing a name again replaces its record."""
+    from safetensors.torch import save
+
     backbone_id = PREFIX + name
-    records = _records()
-    records[backbone_id] = {
+    data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    sha256 = hashlib.sha256(data).hexdigest()
+    folder = published_folder(store, name)
+    weights = f"weights-{sha256[:16]}.safetensors"  # by content: a reader never sees a mix
+    write_url_atomic(posixpath.join(folder, weights), data, storage_options)
+    record = {
+        "id": backbone_id,
         "base": base,
-        "weights_file": os.path.abspath(weights_file),
-        "weights_sha256": file_sha256(weights_file),
+        "weights_file": weights,
+        "weights_sha256": sha256,
         "preprocessing": preprocessing.to_dict(),
         **details,
     }
-    # Readers (every process of the machine) never see half a registry.
-    write_text_atomic(registry_path(), json.dumps(records, indent=2))
+    record_url = posixpath.join(folder, RECORD)
+    write_url_atomic(record_url, json.dumps(record, indent=2).encode(), storage_options)
+    _remove_other_weights(folder, weights, storage_options)
+    use_store(store, storage_options)
+    _note_at_home(backbone_id, store)
     return backbone_id
 
 
-def _resolve(backbone_id: str) -> BackboneEntry | None:
-    record = _records().get(backbone_id)
-    if record is None:
+def _remove_other_weights(
+    folder: str, keep: str, storage_options: Mapping[str, Any] | None
+) -> None:
+    """Delete weights files an earlier publish of the name left (no record names them)."""
+    fs, path = url_to_fs(folder, **dict(storage_options or {}))
+    for found in fs.glob(posixpath.join(path, "weights-*.safetensors")):
+        if posixpath.basename(found) != keep:
+            fs.rm_file(found)
+
+
+def _note_at_home(backbone_id: str, store: str) -> None:
+    """Note which store holds ``backbone_id`` (readers never see half the file)."""
+    path = registry_path()
+    records = json.loads(path.read_text()) if path.exists() else {}
+    records[backbone_id] = {"store": store}
+    write_text_atomic(path, json.dumps(records, indent=2))
+
+
+@dataclass(frozen=True)
+class StoreWeights:
+    """Weights in a safetensors file in a store; their digest is the sha256 the record
+    names, checked against the bytes when they load."""
+
+    url: str
+    sha256: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """The sha256 hex of the weights file, as the record names it."""
+        return self.sha256
+
+    def materialize(self, architecture: Architecture, backbone: str) -> nn.Module:
+        """Build the architecture (seeded) and load the weights into it strictly."""
+        from safetensors.torch import load
+
+        fs, path = url_to_fs(self.url, **dict(self.storage_options))
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError as exc:
+            raise TransferPipeError(
+                f"the weights of {backbone} at {self.url} are missing; publish the "
+                "fine-tuning run again (finetune ... --publish)."
+            ) from exc
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise TransferPipeError(
+                f"the weights of {backbone} at {self.url} are not the ones its record names "
+                f"(sha256 {self.sha256[:12]}…): the file was changed after it was "
+                "published. Publish the fine-tuning run again (finetune ... --publish)."
+            )
+        with seeded(DEFAULT_SEED):
+            model = architecture()
+        load_strict(model, load(data), source=self.url, backbone=backbone)
+        return model
+
+    def describe(self) -> str:
+        """E.g. ``store file s3://bucket/store/finetune/<run>/published/weights-....``."""
+        return f"store file {self.url}"
+
+
+def _candidate_stores(backbone_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The stores to search for ``backbone_id``: this process's, newest first, then the
+    one this machine noted when it published the id."""
+    stores = [(url, options) for url, options in reversed(_STORES.items())]
+    noted = _home_pointers().get(backbone_id)
+    if noted is not None and noted not in _STORES:
+        stores.append((noted, {}))
+    return stores
+
+
+def _read_record(
+    store: str, name: str, storage_options: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    fs, path = url_to_fs(posixpath.join(published_folder(store, name), RECORD),
+                         **dict(storage_options))  # fmt: skip
+    try:
+        record: dict[str, Any] = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
         return None
+    return record
+
+
+def _resolve(backbone_id: str) -> BackboneEntry | None:
+    name = backbone_id.removeprefix(PREFIX)
+    stores = _candidate_stores(backbone_id)
+    for store, options in stores:
+        record = _read_record(store, name, options)
+        if record is None:
+            continue
+        try:
+            return _entry(backbone_id, store, record, options)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TransferPipeError(
+                f"the record of {backbone_id} in {published_folder(store, name)} is not "
+                f"valid ({exc!r}); publish the fine-tuning run again "
+                "(transfer-pipe finetune ... --publish)."
+            ) from exc
+    searched = ", ".join(url for url, _ in stores) or "none"
+    raise TransferPipeError(
+        f"backbone {backbone_id} is not published in any store this process knows "
+        f"(searched: {searched}). Pass the store of the fine-tuning run that published it "
+        "(--store), or publish the run (transfer-pipe finetune ... --publish)."
+    )
+
+
+def _entry(
+    backbone_id: str, store: str, record: Mapping[str, Any], options: Mapping[str, Any]
+) -> BackboneEntry:
+    """The registry entry of a published record found in ``store``."""
     base = lookup(record["base"])
+    weights_url = posixpath.join(published_folder(store, backbone_id.removeprefix(PREFIX)),
+                                 posixpath.basename(record["weights_file"]))  # fmt: skip
     metadata = {
         **{k: v for k, v in base.metadata.items() if k != "imagenet_top1"},
         "base": record["base"],
+        "store": store,
+        "weights_sha256": record["weights_sha256"],
         "source": f"fine-tuned from {record['base']} ({record.get('run', backbone_id)})",
     }
     return BackboneEntry(
         id=backbone_id,
         architecture=base.architecture,
-        weights=WeightsFile(path=functools.partial(str, record["weights_file"])),
+        weights=StoreWeights(weights_url, record["weights_sha256"], options),
         preprocessing=Preprocessing.from_dict(record["preprocessing"]),
         metadata=metadata,
         stages=base.stages,
@@ -79,4 +246,14 @@ def _resolve(backbone_id: str) -> BackboneEntry | None:
     )
 
 
-register_namespace(PREFIX, _resolve, lambda: sorted(_records()))
+def _list_ids() -> list[str]:
+    """The ids published in this process's stores and noted in this machine's home."""
+    ids = set(_home_pointers())
+    for store, options in _STORES.items():
+        fs, path = url_to_fs(posixpath.join(store.rstrip("/"), RUNS_FOLDER), **options)
+        pattern = posixpath.join(path, "*", _PUBLISHED, RECORD)
+        ids.update(PREFIX + found.split("/")[-3] for found in fs.glob(pattern))
+    return sorted(ids)
+
+
+register_namespace(PREFIX, _resolve, _list_ids)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transfer_pipe.backbones.published import use_store
 from transfer_pipe.data.read import read_image
 from transfer_pipe.features.batch import embed_images
 from transfer_pipe.features.embedder import EmbedderConfig, use_threads
@@ -30,6 +31,7 @@ class ShardTask:
     store: str
     key: str
     shard: int
+    storage_options: str | None  # JSON, as the run's config carries them
     uris: tuple[str, ...]  # one per row of the shard
     reuse: tuple[Reuse, ...]  # rows copied from other feature sets by content hash
     embedder: EmbedderConfig
@@ -52,7 +54,8 @@ def run_shard(task: ShardTask) -> ShardResult:
     """Produce and durably write one shard; returns a small summary, never arrays."""
     started = time.perf_counter()
     use_threads(task.embedder)
-    store = shared_store(task.store)
+    use_store(task.store, task.storage_options)  # where finetuned/<run> ids are registered
+    store = shared_store(task.store, task.storage_options)
     n = len(task.uris)
     features = {layer: np.full((n, dim), np.nan, np.float32) for layer, dim in task.layer_dims}
     failures = [""] * n
@@ -77,7 +80,7 @@ def run_shard(task: ShardTask) -> ShardResult:
 
 def _copy_reused(task: ShardTask, features: dict[str, np.ndarray]) -> None:
     """Fill the rows found by content hash with their values from the donor feature sets."""
-    store = shared_store(task.store)
+    store = shared_store(task.store, task.storage_options)
     by_source: dict[str, list[Reuse]] = defaultdict(list)
     for reuse in task.reuse:
         by_source[reuse.source].append(reuse)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.files import atomic_path
+from transfer_pipe.finetune.checkpoint import CheckpointFolder
 from transfer_pipe.finetune.data import ImageRows, make_loader, prefetch
 from transfer_pipe.finetune.surgery import FinetuneModel, parameter_groups
 
 logger = logging.getLogger(__name__)
 
-LAST, BEST = "last.pt", "best.pt"
+LAST, BEST = "last", "best"  # checkpoint names: <checkpoints>/last.safetensors, best...
+_OLD_FORMAT = ("last.pt", "best.pt")  # pickles of older versions: never loaded
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -81,8 +82,10 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 class Trainer:
     """Trains ``model`` on ``train`` rows, validates on ``val`` rows after every epoch, and
-    keeps ``checkpoints/last.pt`` (everything needed to resume) and ``best.pt`` (the
-    weights of the best validation epoch)."""
+    keeps two checkpoints in the folder ``checkpoints`` (a path or any fsspec URL, such as
+    the run's folder in an S3 store, with ``storage_options``): ``last`` (everything needed
+    to resume, on this machine or another) and ``best`` (the weights of the best validation
+    epoch). See :mod:`transfer_pipe.finetune.checkpoint` for their format."""
 
     def __init__(
         self,
@@ -90,14 +93,15 @@ class Trainer:
         train: ImageRows,
         val: ImageRows,
         options: TrainOptions,
-        checkpoints: Path,
+        checkpoints: str | os.PathLike[str],
         device: torch.device,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         # channels_last: what the convolutions of these backbones run fastest on.
         self.model = model.to(device).to(memory_format=torch.channels_last)
         self.train_rows, self.val_rows = train, val
         self.options = options
-        self.checkpoints = checkpoints
+        self.checkpoints = CheckpointFolder(os.fspath(checkpoints), storage_options)
         self.device = device
         self.optimizer = torch.optim.AdamW(
             parameter_groups(
@@ -135,7 +139,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------
 
     def save(self) -> None:
-        """Write ``last.pt`` atomically: a kill mid-write leaves the previous one intact."""
+        """Write the ``last`` checkpoint whole: a kill mid-write leaves the previous one."""
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -145,43 +149,49 @@ class Trainer:
             "rng": _rng_states(),
             "options": asdict(self.options),
         }
-        _atomic_save(payload, self.checkpoints / LAST)
+        self.checkpoints.save(LAST, payload)
 
     def resume(self) -> bool:
-        """Load ``last.pt`` if there is one; returns whether a run was resumed."""
-        path = self.checkpoints / LAST
-        if not path.exists():
+        """Load the ``last`` checkpoint if there is one; returns whether a run was resumed.
+        A checkpoint that is not valid, or not this run's, raises ``CheckpointRefused``."""
+        payload = self.checkpoints.load(LAST)
+        if payload is None:
+            _warn_of_old_checkpoints(self.checkpoints)
             return False
-        payload = torch.load(path, map_location=self.device, weights_only=False)
+        try:
+            self._restore(payload)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise self.checkpoints.refused(LAST, f"it does not fit this run ({exc})") from exc
+        return True
+
+    def _restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        state = payload["state"]
-        state["failed"] = {int(k): v for k, v in state["failed"].items()}
+        state = dict(payload["state"])
+        state["failed"] = {int(k): str(v) for k, v in state["failed"].items()}
         self.state = TrainState(**state)
         _set_rng_states(payload["rng"])
-        return True
 
     def load_best(self) -> None:
         """Put the best validation epoch's weights into the model."""
-        path = self.checkpoints / BEST
-        if path.exists():
-            self.model.load_state_dict(torch.load(path, map_location=self.device))
+        payload = self.checkpoints.load(BEST)
+        if payload is not None:
+            load_model_weights(self.model, payload, self.checkpoints)
 
     # -- training -----------------------------------------------------------------------
 
     def fit(self, on_epoch: EpochCallback | None = None) -> TrainState:
         """Train until the epochs run out, validation stops improving for ``patience``
         epochs, or the time budget is spent (the schedule is fitted to it after the first
-        epoch); resumes from ``last.pt`` when present."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        epoch); resumes from the ``last`` checkpoint when there is one."""
         if self.resume():
             logger.info(
                 "fine-tuning resumes after epoch %d of %d (checkpoint %s)",
                 self.state.epoch,
                 self.planned_epochs,
-                self.checkpoints / LAST,
+                self.checkpoints.file_url(LAST),
             )
         else:
             torch.manual_seed(self.options.seed)
@@ -199,7 +209,7 @@ class Trainer:
                 self._fit_schedule_to_budget()
             if val["val_accuracy"] > self.state.best_accuracy:
                 self.state.best_accuracy, self.state.best_epoch = val["val_accuracy"], epoch
-                _atomic_save(self.model.state_dict(), self.checkpoints / BEST)
+                self.checkpoints.save(BEST, {"model": self.model.state_dict()})
             self.state.finished = self._stop_reason(epoch)
             self.save()
             logger.info(
@@ -310,16 +320,38 @@ class Trainer:
         }
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` all or nothing: a kill mid-write leaves the previous checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def load_model_weights(
+    model: torch.nn.Module, payload: Mapping[str, Any], folder: CheckpointFolder
+) -> None:
+    """Put a ``best`` checkpoint's weights into ``model``; weights that do not fit it are
+    refused naming the checkpoint."""
+    try:
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise folder.refused(BEST, f"its weights do not fit this model ({exc})") from exc
+
+
+def _warn_of_old_checkpoints(folder: CheckpointFolder) -> None:
+    """Say that checkpoints of the old pickle format are ignored (loading them could run
+    code), so a run that had one starts over instead of resuming."""
+    old = [name for name in _OLD_FORMAT if folder.holds_file(name)]
+    if old:
+        logger.warning(
+            "not loading %s in %s: checkpoints of an older transfer-pipe, pickles that could "
+            "run code when loaded; this run starts over (delete them to silence this)",
+            " and ".join(old),
+            folder.url,
+        )
 
 
 def _rng_states() -> dict[str, Any]:
+    """Every RNG the training draws from, as tensors and JSON data (no numpy arrays)."""
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple), "legacy=True: the tuple form"
+    name, keys, position, has_gauss, cached = numpy_state
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -327,9 +359,11 @@ def _rng_states() -> dict[str, Any]:
     return states
 
 
-def _set_rng_states(states: dict[str, Any]) -> None:
+def _set_rng_states(states: Mapping[str, Any]) -> None:
     torch.set_rng_state(states["torch"].cpu())
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((str(name), np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])

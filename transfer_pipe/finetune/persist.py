@@ -3,59 +3,44 @@
 Layout: ``<store>/finetune/<run_id>/`` holds ``model.safetensors`` (the whole fine-tuned
 network: ``backbone.*`` and ``head.*``), report files, and ``card.json`` written last
 (``store.cards.save_with_card``), so a run without a card is unfinished: not listed, and
-``read_card`` returns ``None`` for it. Checkpoints live on local disk (``checkpoints/`` in
-the run's folder for a local store, else under ``~/.cache/transfer-pipe/checkpoints/<run_id>``),
-where an atomic rename makes every write all-or-nothing. A published backbone adds
-``backbone.pth`` (see :func:`backbone_file`): a state dict the base architecture loads, so
-every embed path can use it as weights.
+``read_card`` returns ``None`` for it. Its ``checkpoints/`` sub-folder holds the training
+checkpoints (:mod:`transfer_pipe.finetune.checkpoint`: safetensors and JSON, each written
+whole), in the store whatever its kind, so a run killed on one machine resumes on another
+that opens the same store. A published backbone is written by
+:func:`transfer_pipe.backbones.published.publish_backbone` to ``published/``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from transfer_pipe.backbones import BackboneSpec
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.files import atomic_path, local_path
 from transfer_pipe.finetune.card import FINETUNE_DIR, MODEL_FILE, FinetuneCard
+from transfer_pipe.finetune.checkpoint import CheckpointFolder
 from transfer_pipe.finetune.surgery import FinetuneModel
 from transfer_pipe.store import cards
 from transfer_pipe.store.cards import card_folder, save_with_card
 
-BACKBONE_FILE = "backbone.pth"
+CHECKPOINTS = "checkpoints"
 
 
 def run_url(store: str, run_id: str) -> str:
     return card_folder(store, FINETUNE_DIR, run_id)
 
 
-def _local_run_folder(store: str, run_id: str) -> Path | None:
-    """The run's folder when the store is on local disk, else None."""
-    return local_path(run_url(store, run_id))
-
-
-def checkpoint_dir(store: str, run_id: str) -> Path:
-    """A local folder for the run's checkpoints."""
-    folder = _local_run_folder(store, run_id)
-    if folder is not None:
-        return folder / "checkpoints"
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "transfer-pipe" / "checkpoints" / run_id
-
-
-def backbone_file(store: str, run_id: str) -> Path:
-    """Where the run's published backbone is written: a local file of this run's own (the
-    run's folder for a local store, else its checkpoint folder), since the published
-    backbone id points at it and an existing file is reused."""
-    folder = _local_run_folder(store, run_id)
-    return (folder if folder is not None else checkpoint_dir(store, run_id)) / BACKBONE_FILE
+def checkpoint_folder(
+    store: str, run_id: str, storage_options: Mapping[str, Any] | None = None
+) -> CheckpointFolder:
+    """The run's checkpoints: ``<store>/finetune/<run_id>/checkpoints``, in the store."""
+    return CheckpointFolder(f"{run_url(store, run_id)}/{CHECKPOINTS}", storage_options)
 
 
 def save_finetuned(
@@ -79,17 +64,14 @@ def list_cards(store: str) -> list[FinetuneCard]:
     return cards.list_cards(store, FINETUNE_DIR, FinetuneCard.from_dict)
 
 
-def export_backbone(spec: BackboneSpec, model: FinetuneModel, path: Path) -> Path:
-    """Write the fine-tuned backbone as a state dict of ``spec``'s own architecture: the
+def export_backbone(spec: BackboneSpec, model: FinetuneModel) -> dict[str, torch.Tensor]:
+    """The fine-tuned backbone as a state dict of ``spec``'s own architecture: the
     fine-tuned tensors, plus the base's original classifier (which fine-tuning replaced),
-    so that ``get_backbone(spec.id, path)`` loads it strictly."""
+    so that the published backbone loads it strictly."""
     base = spec.build()
     expected = base.state_dict()
     tuned = model.backbone.state_dict()
     unknown = [k for k in tuned if k not in expected]
     if unknown:
         raise TransferPipeError(f"fine-tuned tensors {unknown[:3]} are not in {spec.id}")
-    state = {k: tuned.get(k, v).detach().cpu().clone() for k, v in expected.items()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    return {k: tuned.get(k, v).detach().cpu().clone() for k, v in expected.items()}

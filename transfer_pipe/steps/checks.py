@@ -30,4 +30,4 @@ def check_inputs(config: EmbedConfig | TaskOptions, *, embed_inputs: bool = True
             check_embed_inputs(config.embed)
     elif config.feature_set is not None:
         layer = config.layer if isinstance(config, TrainConfig) else None
-        check_features(config.store, config.feature_set, layer)
+        check_features(config.store, config.feature_set, layer, config.storage_options)

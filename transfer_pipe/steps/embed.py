@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
+from transfer_pipe.backbones.published import use_store
 from transfer_pipe.cluster import plan_cluster
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.manifest import Manifest
@@ -65,6 +66,13 @@ class EmbedPlan:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def run_backbone(config: EmbedConfig) -> BackboneSpec:
+    """The run's backbone; a published ``finetuned/<run>`` id is looked up in the run's
+    store too (where it is registered), so it resolves on any machine."""
+    use_store(config.store, config.storage_options)
+    return get_backbone(config.backbone, config.weights_file)
+
+
 def check_embed_inputs(
     config: EmbedConfig, *, dry_run: bool = False
 ) -> tuple[BackboneSpec, list[str], Manifest]:
@@ -78,18 +86,17 @@ def check_embed_inputs(
     backbone) unless the store holds the run's feature set complete: it was checked then.
     ``dry_run`` checks the store without its one write (the probe that may create its
     folder) and hands no manifest to a run: a dry run leaves no trace."""
-    backbone = get_backbone(config.backbone, config.weights_file)
+    backbone = run_backbone(config)
     check_source(config.source)
     manifest = load_manifest(config.source).limit(config.limit)
     layers = backbone.layer_names(config.layers)
-    if open_store(config.store).status(identity_of(config, backbone, layers, manifest).key) != (
-        "complete"
-    ):
+    store = open_store(config.store, config.storage_options)
+    if store.status(identity_of(config, backbone, layers, manifest).key) != "complete":
         layers = _model_layers(backbone, config.layers)
     if dry_run:
         check_writable_without_writing(config.store)
         return backbone, layers, manifest
-    open_store(config.store).ensure_writable()  # last: it may create the store's folder
+    store.ensure_writable()  # last: it may create the store's folder
     _checked_manifests[config] = manifest
     while len(_checked_manifests) > 4:  # only the runs about to start; never a cache
         del _checked_manifests[next(iter(_checked_manifests))]
@@ -109,7 +116,7 @@ def _checked(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
         checked = check_embed_inputs(config)
         _checked_manifests.pop(config, None)  # this run's own listing: not for the next one
         return checked
-    backbone = get_backbone(config.backbone, config.weights_file)
+    backbone = run_backbone(config)
     return backbone, backbone.layer_names(config.layers), manifest
 
 
@@ -147,7 +154,7 @@ def complete_plan(config: EmbedConfig) -> EmbedPlan | None:
     registry, the manifest and the store alone, writing nothing; None when there is work
     to do."""
     started = time.perf_counter()
-    backbone = get_backbone(config.backbone, config.weights_file)
+    backbone = run_backbone(config)
     check_source(config.source)
     manifest = load_manifest(config.source).limit(config.limit)
     layers = backbone.layer_names(config.layers)
@@ -155,7 +162,7 @@ def complete_plan(config: EmbedConfig) -> EmbedPlan | None:
 
 
 def _plan_if_complete(config: EmbedConfig, identity: Identity, started: float) -> EmbedPlan | None:
-    store = open_store(config.store)
+    store = open_store(config.store, config.storage_options)
     if store.status(identity.key) != "complete":
         return None
     spec = store.spec(identity.key)
@@ -192,9 +199,20 @@ def new_spec(
         dtype=config.dtype,
         data_digest=identity.data_digest,
         rows=len(manifest),
-        shard_size=config.shard_size,
+        shard_size=config.shard_size or default_shard_size(len(manifest)),
         backbone_metadata=dict(backbone.metadata),
     )
+
+
+def default_shard_size(rows: int) -> int:
+    """Rows per shard task when the user names none: 512, doubled while there would be
+    more than 256 tasks, at most 8192. Each task writes one object per layer, so large
+    sets get few, large objects (245 per layer for a million images), small ones keep
+    enough tasks to spread over the workers and to show progress."""
+    size = 512
+    while size < 8192 and rows > 256 * size:
+        size *= 2
+    return size
 
 
 def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
@@ -210,7 +228,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     complete = _plan_if_complete(config, identity, started)
     if complete is not None:
         return replace(complete, seconds={"check": checked_seconds, **complete.seconds})
-    store = open_store(config.store)
+    store = open_store(config.store, config.storage_options)
     key = identity.key
     status = store.status(key)
     preprocessing = identity.preprocessing
@@ -287,6 +305,7 @@ def _shard_tasks(
         tasks.append(
             ShardTask(
                 store=config.store,
+                storage_options=config.storage_options,
                 key=spec.key,
                 shard=shard,
                 uris=tuple(uris[rows.start : rows.stop]),
@@ -333,7 +352,7 @@ def compute_shards(
     from distributed import as_completed
     from tqdm import tqdm
 
-    from transfer_pipe.cluster import dask_client
+    from transfer_pipe.cluster import cluster_resources, dask_client
     from transfer_pipe.features.shard import run_shard
 
     cluster = plan_cluster(plan.config.dask_address, plan.config.workers)
@@ -343,8 +362,13 @@ def compute_shards(
         dask_client(cluster) as client,
         tqdm(total=total, unit="shard", desc=f"embed {plan.spec.key}") as bar,
     ):
+        # Checked before submitting: a resource no worker offers would wait forever.
+        resources = cluster_resources(client, cluster, plan.config.device)
         futures = client.map(
-            run_shard, plan.tasks, key=[f"shard-{plan.spec.key}-{t.shard}" for t in plan.tasks]
+            run_shard,
+            plan.tasks,
+            key=[f"shard-{plan.spec.key}-{t.shard}" for t in plan.tasks],
+            resources=resources or None,
         )
         shard_of = {f.key: t.shard for f, t in zip(futures, plan.tasks, strict=True)}
         for future in as_completed(futures):
@@ -367,11 +391,20 @@ def _shard_result(future: Any, shard: int, plan: EmbedPlan) -> ShardResult:
     """The shard's summary, or ``StepFailed`` naming the shard and the cause (a user's
     mistake, ``TransferPipeError``, passes as it is). The shards written before stay
     written: the next run resumes from them."""
+    from transfer_pipe.cluster import lost_scheduler
+
     try:
         result: ShardResult = future.result()
     except TransferPipeError:
         raise
     except Exception as exc:
+        if lost_scheduler(exc):  # not transient: no retry can reach the lost scheduler
+            raise TransferPipeError(
+                f"lost the Dask scheduler at {plan_cluster(plan.config.dask_address, 0).address} "
+                f"while shard {shard} of feature set {plan.spec.key} was pending: the run "
+                "stops. Shards already written are kept; restart the scheduler and its "
+                "workers and run again to resume from them."
+            ) from exc
         raise StepFailed(
             f"shard {shard} of {plan.spec.n_shards} (rows {plan.spec.shard_rows(shard).start}-"
             f"{plan.spec.shard_rows(shard).stop - 1}) of feature set {plan.spec.key} failed: "
@@ -383,7 +416,7 @@ def _shard_result(future: Any, shard: int, plan: EmbedPlan) -> ShardResult:
 
 def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> EmbedSummary:
     """Mark the feature set complete (once every shard is written) and summarize the run."""
-    store = open_store(plan.config.store)
+    store = open_store(plan.config.store, plan.config.storage_options)
     key = plan.spec.key
     if plan.status_before == "complete":
         failed = _failed_when_made(store, key)

@@ -61,7 +61,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from transfer_pipe.heads.tasks import Task
-    from transfer_pipe.store import ZarrFeatureStore
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 CALIBRATION_BATCHES = 3  # timed batches (after one untimed warm-up) when nothing is recorded
@@ -130,7 +129,7 @@ def estimate_embed(config: EmbedConfig) -> EmbedEstimate:
     run ``config`` describes, after the same input checks; writes nothing."""
     backbone, layers, manifest = check_embed_inputs(config, dry_run=True)
     identity = identity_of(config, backbone, layers, manifest)
-    store = open_store(config.store)
+    store = open_store(config.store, config.storage_options)
     status = store.status(identity.key)
     image_size = identity.preprocessing.image_size
     if status == "complete":
@@ -354,7 +353,7 @@ def _rate(
 
 
 @contextlib.contextmanager
-def _scratch_store() -> Iterator[ZarrFeatureStore]:
+def _scratch_store() -> Iterator[FeatureStore]:
     """A store in memory (fsspec's ``memory://``), removed on exit: the store's own code
     writes there what it would write on disk, and nothing reaches the disk."""
     import fsspec
@@ -405,7 +404,7 @@ def _bytes(
     return layers, totals
 
 
-def _structure_bytes(store: ZarrFeatureStore, spec: FeatureSetSpec, manifest: Manifest) -> int:
+def _structure_bytes(store: FeatureStore, spec: FeatureSetSpec, manifest: Manifest) -> int:
     """Bytes of ``spec``'s feature set without feature chunks, written as a run writes it:
     created from the manifest, every shard marked written, completed with a provenance."""
     store.create(spec, manifest.table)
@@ -433,7 +432,7 @@ def _structure_bytes(store: ZarrFeatureStore, spec: FeatureSetSpec, manifest: Ma
 
 
 def _chunk_cost(
-    store: ZarrFeatureStore,
+    store: FeatureStore,
     spec: FeatureSetSpec,
     manifest: Manifest,
     layer: str,
@@ -546,7 +545,7 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
 
     task = parse_task(config.task)
     embedded: EmbedEstimate | None = None
-    store = open_store(config.store)
+    store = open_store(config.store, config.storage_options)
     if config.embed is not None:
         embedded = estimate_embed(config.embed)
         backbone = get_backbone(config.embed.backbone, config.embed.weights_file)
@@ -554,7 +553,7 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
         rows = _rows_to_split(store, key, config.embed)
     else:
         assert config.feature_set is not None
-        spec, _ = check_features(config.store, config.feature_set, None)
+        spec, _ = check_features(config.store, config.feature_set, None, config.storage_options)
         backbone = get_backbone(spec.backbone, spec.weights_file)
         key, image_size = spec.key, int(spec.preprocessing["image_size"])
         rows = _rows_to_split(store, key, None)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from transfer_pipe.backbones import (
     publish_backbone,
     random_variant,
 )
+from transfer_pipe.backbones.published import use_store
 from transfer_pipe.cluster import resolve_device, threads_per_task
 from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.data.sources import source_from_description
@@ -55,16 +57,24 @@ from transfer_pipe.finetune.card import (
     best_val_accuracy,
     probe_verdict,
 )
+from transfer_pipe.finetune.checkpoint import CheckpointFolder
 from transfer_pipe.finetune.data import (
     ImageRows,
     choose_augmentation,
     loader_threads,
     loader_workers,
 )
-from transfer_pipe.finetune.loop import BEST, LAST, EpochCallback, Trainer, TrainOptions, TrainState
+from transfer_pipe.finetune.loop import (
+    BEST,
+    LAST,
+    EpochCallback,
+    Trainer,
+    TrainOptions,
+    TrainState,
+    load_model_weights,
+)
 from transfer_pipe.finetune.persist import (
-    backbone_file,
-    checkpoint_dir,
+    checkpoint_folder,
     export_backbone,
     list_cards,
     read_card,
@@ -96,6 +106,7 @@ from transfer_pipe.steps.target import embed_first
 from transfer_pipe.steps.train import (
     HeadRun,
     TrainPlan,
+    dask_address_of,
     head_id,
     prepare_training,
     protocol_options,
@@ -104,6 +115,7 @@ from transfer_pipe.steps.train import (
 )
 from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.cards import SplitSizes
+from transfer_pipe.store.options import store_options
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +156,10 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
     plan holds the options as trained (``FinetuneConfig.as_trained``: random init trains
     the whole network without LP-FT)."""
     config = config.as_trained()
+    # A feature set embedded with a published backbone names it: resolve it in this store.
+    use_store(config.store, _storage_options(config))
     probe_config = config.heads_config(feature_set, heads=(PROBE_HEAD,), layer=PROBE_LAYER)
-    store = open_store(config.store)
+    store = open_store(config.store, config.storage_options)
     if store.status(feature_set) == "complete":
         layers = store.spec(feature_set).layers
         if PROBE_LAYER not in layers:
@@ -179,6 +193,16 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
         probe_head_id=head_id(probe_plan, HeadRun(PROBE_HEAD)),
     )
     return replace(plan, run_id=run_id(plan))
+
+
+def _storage_options(config: FinetuneConfig) -> dict[str, Any]:
+    """The fsspec options of the run's store: its protocol's defaults under the config's."""
+    return store_options(config.store, config.storage_options)
+
+
+def _checkpoints(config: FinetuneConfig, run: str) -> CheckpointFolder:
+    """The run's checkpoints, in its store: a resume on any machine finds them."""
+    return checkpoint_folder(config.store, run, _storage_options(config))
 
 
 def _images(rows: SplitRows, uris: dict[str, str], index: dict[str, int]) -> SplitImages:
@@ -328,16 +352,17 @@ def trainer(plan: FinetunePlan) -> Trainer:
         time_budget_s=config.time_budget_s,
         loader_workers=loader_workers(config.loader_workers),
     )
-    checkpoints = checkpoint_dir(config.store, plan.run_id)
+    checkpoints = _checkpoints(config, plan.run_id)
     # A resumed run loads its weights from the checkpoint: no LP-FT head to fit first.
-    fresh = not (checkpoints / LAST).exists()
+    fresh = not checkpoints.exists(LAST)
     return Trainer(
         build_model(plan, lp_ft_head=fresh),
         _rows(plan, TRAIN, augmentation),
         _rows(plan, VAL, "none"),
         options,
-        checkpoints,
+        checkpoints.url,
         device,
+        storage_options=checkpoints.storage_options,
     )
 
 
@@ -352,6 +377,11 @@ def run_finetune(
         compared = done.result.compared or compared_run(plan)
         url = run_url(plan.config.store, plan.run_id)
         return replace(done.result, url=url, reused=True, compared=compared)
+    from transfer_pipe.cluster import in_dask_worker
+
+    address = dask_address_of(plan.config)
+    if address is not None and not in_dask_worker():
+        return _finetune_on_cluster(address, plan, probe_card, on_epoch)
     job = trainer(plan)
     state = job.fit(on_epoch)
     test_rows = _rows(plan, TEST, "none")
@@ -365,6 +395,24 @@ def run_finetune(
         card = _card(plan, job, result)
         url = save_finetuned(plan.config.store, card, job.model, files.values())
     return replace(result, url=url)
+
+
+def _finetune_on_cluster(
+    address: str, plan: FinetunePlan, probe_card: HeadCard, on_epoch: EpochCallback | None
+) -> FinetuneResult:
+    """``run_finetune`` as one task on a worker of the Dask cluster at ``address`` (a GPU
+    worker when the run asks for CUDA). The plan travels without the probe's feature rows
+    (the worker reads what it needs from the store); checkpoints go to the store, so a
+    rerun resumes on any worker. ``on_epoch`` sees the epochs when the task returns."""
+    from transfer_pipe.cluster import run_on_cluster
+
+    without_rows = replace(plan, probe_plan=replace(plan.probe_plan))
+    key, device = f"finetune-{plan.run_id}", plan.config.device
+    result = run_on_cluster(address, device, key, run_finetune, without_rows, probe_card)
+    if on_epoch is not None:
+        for row in result.history:
+            on_epoch(row)
+    return result
 
 
 def _result(
@@ -404,7 +452,7 @@ def _result(
         metrics=metrics,
         probe=probe,
         seconds={"train": state.seconds},
-        checkpoint=str(job.checkpoints / BEST),
+        checkpoint=job.checkpoints.file_url(BEST),
         init=config.init,
         below_probe=bool(verdict),
         verdict=verdict,
@@ -416,8 +464,10 @@ def probe_val_accuracy(card: HeadCard) -> float | None:
     """The probe's validation accuracy: its chosen C fitted on the training rows, scored on
     the validation rows (the heads flow's choice; ``None`` if the card does not hold it)."""
     for point in card.validation_curve:
-        params = {k: v for k, v in point.items() if k != "val_accuracy"}
-        if params == card.chosen and "val_accuracy" in point:
+        # The point's parameters are the chosen ones; its other entries are scores
+        # (val_accuracy, val_loss, ...).
+        chosen = all(k in point and point[k] == v for k, v in card.chosen.items())
+        if chosen and "val_accuracy" in point:
             return float(point["val_accuracy"])
     return None
 
@@ -587,23 +637,30 @@ def check_publishable(plan: FinetunePlan) -> None:
 
 
 def publish_config(plan: FinetunePlan) -> EmbedConfig:
-    """Register the fine-tuned backbone as ``finetuned/<run_id>`` (its weights file written
-    next to the run) and return the embed run that re-embeds the dataset with it: a new
+    """Register the fine-tuned backbone as ``finetuned/<run_id>`` in the run's store (its
+    record and safetensors weights in the run's folder, so every worker that opens the
+    store resolves it) and return the embed run that re-embeds the dataset with it: a new
     feature-set key, since the weights digest differs. Refused, before anything is written,
     for a run below the probe on validation unless ``force`` (see ``check_publishable``)."""
     check_publishable(plan)
-    checkpoints = checkpoint_dir(plan.config.store, plan.run_id)
-    weights = backbone_file(plan.config.store, plan.run_id)
-    if not weights.exists():  # a rerun of the same (deterministic) run id: the same weights
-        model = build_model(plan, lp_ft_head=False)
-        model.load_state_dict(torch.load(checkpoints / BEST, map_location="cpu"))
-        export_backbone(plan.backbone, model, weights)
+    config = plan.config
+    checkpoints = _checkpoints(config, plan.run_id)
+    best = checkpoints.load(BEST)
+    if best is None:
+        raise TransferPipeError(
+            f"fine-tuning run {plan.run_id} has no best checkpoint at "
+            f"{checkpoints.file_url(BEST)}: nothing to publish; run it again to train it."
+        )
+    model = build_model(plan, lp_ft_head=False)
+    load_model_weights(model, best, checkpoints)
     backbone = publish_backbone(
+        config.store,
         plan.run_id,
         plan.backbone.id,
-        str(weights),
+        export_backbone(plan.backbone, model),
         plan.preprocessing,
-        {"run": plan.run_id, "store": plan.config.store, "feature_set": plan.feature_set},
+        {"run": plan.run_id, "feature_set": plan.feature_set},
+        storage_options=_storage_options(config),
     )
     base = plan.config.embed
     if base is None:

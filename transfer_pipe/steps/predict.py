@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from transfer_pipe.backbones import Preprocessing, get_backbone
+from transfer_pipe.backbones.published import use_store
 from transfer_pipe.data.batch import failure_reason
 from transfer_pipe.data.decode import DecodeError, decode_image
 from transfer_pipe.data.read import read_bytes
@@ -30,7 +31,7 @@ from transfer_pipe.heads.protocol import class_probabilities
 from transfer_pipe.heads.tasks import split_layers
 from transfer_pipe.steps.embed import cached_rows
 from transfer_pipe.steps.results import PredictSummary
-from transfer_pipe.store import embedding_key, open_store
+from transfer_pipe.store import FeatureStore, StorageOptions, embedding_key, open_store
 
 _FORMATS = (".csv", ".parquet")
 _BATCH = 64
@@ -45,11 +46,13 @@ def predict(
     top_k: int = 5,
     weights_file: str | None = None,
     device: str = "auto",
+    storage_options: StorageOptions = None,
 ) -> PredictSummary:
     """Write one prediction row per path to ``out`` (.csv or .parquet); returns counts."""
     if not out.lower().endswith(_FORMATS):
         raise TransferPipeError(f"--out must end in .csv or .parquet, not {out!r}.")
     model, card = load_head(store_url, head_id)
+    use_store(store_url, storage_options)  # where a finetuned/<run> backbone is registered
     backbone = get_backbone(card.backbone, weights_file)
     if backbone.weights_digest() != card.weights_digest:
         raise TransferPipeError(
@@ -67,7 +70,7 @@ def predict(
         raise TransferPipeError(f"head {head_id}: its card's embedding key does not match.")
 
     features = np.full((len(uris), _layer_width(model)), np.nan, np.float32)
-    cached = _fill_from_store(store_url, key, layers, hashes, features)
+    cached = _fill_from_store(open_store(store_url, storage_options), key, layers, hashes, features)
     embedder = EmbedderConfig(
         backbone.id, backbone.weights_file, tuple(layers), preprocessing, device
     )
@@ -133,10 +136,9 @@ def _layer_width(model: Any) -> int:
 
 
 def _fill_from_store(
-    store_url: str, key: str, layers: list[str], hashes: list[str], features: np.ndarray
+    store: FeatureStore, key: str, layers: list[str], hashes: list[str], features: np.ndarray
 ) -> set[int]:
     """Copy cached embeddings into ``features``; returns the rows that had one."""
-    store = open_store(store_url)
     donors = cached_rows(store, key, layers)
     by_set: dict[str, list[tuple[int, int]]] = {}
     for i, content_hash in enumerate(hashes):

@@ -118,15 +118,22 @@ def prepare_sweep(config: SweepConfig) -> SweepPlan:
     if not stages:
         raise TransferPipeError(f"backbone {backbone.id} has no stages to sweep.")
     pretrained = replace(base, layers=SWEEP_LAYERS)
-    # The random baseline has no weights file of its own: its weights are seeded.
-    baseline = replace(pretrained, backbone=random_variant(backbone.id), weights_file=None)
+    # The random baseline has no weights file of its own: its weights are seeded. Its rows
+    # are a subset of the pretrained run's (``limit`` keeps a smaller limit's rows inside
+    # a larger one's).
+    baseline = replace(
+        pretrained,
+        backbone=random_variant(backbone.id),
+        weights_file=None,
+        limit=min(pretrained.limit or config.random_limit, config.random_limit),
+    )
     return SweepPlan(config, {"pretrained": pretrained, "random": baseline}, (*stages, PENULTIMATE))
 
 
 def _embed_of(config: SweepConfig) -> EmbedConfig:
     """How the given feature set was embedded, to embed its source again at every stage."""
     assert config.feature_set is not None
-    store = open_store(config.store)
+    store = open_store(config.store, config.storage_options)
     if store.status(config.feature_set) != "complete":
         raise TransferPipeError(
             f"feature set {config.feature_set} is not complete in {config.store}; "
@@ -153,6 +160,7 @@ def _probe_config(plan: SweepPlan, key: str, layer: str, **extra: object) -> Tra
         layer=layer,
         c_values=config.c_values,
         max_iter=config.max_iter,
+        c_patience=config.c_patience,
         bootstrap=config.bootstrap,
         **extra,
     )
@@ -175,7 +183,8 @@ def probe_layer(run: ProbeRun, summary: TrainSummary) -> LayerScore:
     card = read_card(run.config.store, head_id)
     if card is None:  # just fitted or reused: the card is there
         raise TransferPipeError(f"head {head_id} has no card in {run.config.store}")
-    spec = open_store(run.config.store).spec(run.config.feature_set or "")
+    store = open_store(run.config.store, run.config.storage_options)
+    spec = store.spec(run.config.feature_set or "")
     low, high = head.accuracy_ci95 or (head.accuracy, head.accuracy)
     return LayerScore(
         layer=run.layer,
@@ -312,7 +321,7 @@ def _sweep_id(plan: SweepPlan, keys: dict[Init, str]) -> str:
         "split": [config.val_fraction, config.test_fraction, config.split_seed],
         "fractions": sorted(set(config.fractions)),
         "seeds": config.seeds,
-        "probe": [config.c_values, config.max_iter, config.bootstrap],
+        "probe": [config.c_values, config.max_iter, config.c_patience, config.bootstrap],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -58,7 +58,7 @@ def run_config(config_class: type[C], values: Mapping[str, Any]) -> C:
     if not source:
         raise TransferPipeError("give a source to embed, or the key of a feature set")
     store_url = own.get("store", DEFAULT_STORE)
-    if open_store(store_url).status(source) != "missing":
+    if open_store(store_url, own.get("storage_options")).status(source) != "missing":
         given = [
             o.flag
             for o in options(EmbedConfig)

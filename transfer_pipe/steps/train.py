@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
-from transfer_pipe.config import TrainConfig
+from transfer_pipe.config import TaskOptions, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, HeadResult, head_url, read_card
 from transfer_pipe.heads.options import ProtocolOptions
@@ -50,7 +50,7 @@ from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.failures import StepFailed
 from transfer_pipe.steps.results import HeadSummary, TrainSummary
 from transfer_pipe.steps.target import embed_first
-from transfer_pipe.store import FeatureSetSpec, open_store
+from transfer_pipe.store import FeatureSetSpec, StorageOptions, open_store
 from transfer_pipe.store.cards import CARD, SplitSizes, TaskRef
 
 if TYPE_CHECKING:
@@ -84,7 +84,11 @@ class TrainPlan:
         """The task's rows, labelled and split: read the first time a head is fitted,
         never by a run whose heads the store holds."""
         data = load_task(
-            open_store(self.config.store), self.feature_set, self.task, self.layer, self.splits
+            open_store(self.config.store, self.config.storage_options),
+            self.feature_set,
+            self.task,
+            self.layer,
+            self.splits,
         )
         logger.info(
             "task %s on feature set %s, layer %s: %d classes, splits %s (%s)",
@@ -101,7 +105,7 @@ class TrainPlan:
 def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     """Resolve the feature set, layer, task and split options, so that a mistake fails
     before the first (possibly long) fit. The rows are read when a head needs them."""
-    spec, layer = check_features(config.store, feature_set, config.layer)
+    spec, layer = check_features(config.store, feature_set, config.layer, config.storage_options)
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
     runs = tuple(HeadRun(head, seed) for head in config.heads for seed in _draw_seeds(config))
     plan = TrainPlan(config, feature_set, parse_task(config.task), layer, splits, runs, spec)
@@ -129,11 +133,14 @@ def _draw_seeds(config: TrainConfig) -> Sequence[int | None]:
 
 
 def check_features(
-    store_url: str, feature_set: str, layer: str | None
+    store_url: str,
+    feature_set: str,
+    layer: str | None,
+    storage_options: StorageOptions = None,
 ) -> tuple[FeatureSetSpec, str]:
     """The spec of a complete feature set and the layer to read (``a+b``: side by side;
     None: its first), or an error that says what to run or pass instead."""
-    store = open_store(store_url)
+    store = open_store(store_url, storage_options)
     status = store.status(feature_set)
     if status != "complete":
         raise TransferPipeError(
@@ -161,6 +168,7 @@ def protocol_options(config: TrainConfig) -> ProtocolOptions:
         c_max=config.c_max,
         c_values=config.c_values,
         max_iter=config.max_iter,
+        c_patience=config.c_patience,
         device=config.device,
         seed=config.split_seed,
         bootstrap=config.bootstrap,
@@ -204,7 +212,7 @@ def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
         logger.info("head %s: reused (the store holds it for these features and options)", identity)
         return HeadResult.of(saved, head_url(plan.config.store, identity))
     try:
-        return _fit_and_save(plan, run, identity)
+        return _fit_here_or_on_cluster(plan, run, identity)
     except TransferPipeError:
         raise
     except Exception as exc:
@@ -213,6 +221,33 @@ def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
             f"{type(exc).__name__}: {exc}. Heads already saved are kept; run again to "
             "fit the rest."
         ) from exc
+
+
+def dask_address_of(config: TaskOptions) -> str | None:
+    """The Dask scheduler a heads or fine-tuning run fits on: its embed run's
+    ``--dask-address``, else ``DASK_SCHEDULER_ADDRESS``; None (fit here) when neither is
+    given."""
+    from transfer_pipe.cluster import plan_cluster
+
+    given = config.embed.dask_address if config.embed is not None else None
+    return plan_cluster(given, None).address
+
+
+def _fit_here_or_on_cluster(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
+    """Fit and save the head here or, given a Dask scheduler, as one task on one of its
+    workers (a GPU worker when the head runs on CUDA). The task carries the plan without
+    its rows: the worker reads them from the store by key, and returns the small result."""
+    from transfer_pipe.cluster import in_dask_worker, run_on_cluster
+
+    address = dask_address_of(plan.config)
+    if address is None or in_dask_worker():
+        return _fit_and_save(plan, run, identity)
+    without_rows = replace(plan)  # the rows a driver may have read stay here (never arrays)
+    result = run_on_cluster(
+        address, plan.config.device, f"head-{identity}", _fit_and_save, without_rows, run, identity
+    )
+    logger.info("head %s: fitted on the Dask cluster at %s", identity, address)
+    return result
 
 
 def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:

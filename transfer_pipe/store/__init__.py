@@ -1,6 +1,8 @@
-"""The content-addressed feature store."""
+"""The content-addressed feature store, behind one door: ``open_store``."""
 
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 from transfer_pipe.store.base import (
     FeatureSetInfo,
@@ -10,19 +12,39 @@ from transfer_pipe.store.base import (
     ShardStats,
 )
 from transfer_pipe.store.keys import FORMAT_VERSION, embedding_key, feature_set_key
+from transfer_pipe.store.options import check_protocol, options_token, store_options
 from transfer_pipe.store.zarr_store import ZarrFeatureStore
 
+StorageOptions = str | Mapping[str, Any] | None
+"""fsspec storage options: a JSON object's text (as configs and the CLI carry them), a
+mapping, or None (credentials and endpoint from the standard environment variables)."""
 
-def open_store(url: str) -> ZarrFeatureStore:
-    """The feature store at ``url``: a local folder or any fsspec URL (a new handle each
-    call; see ``shared_store`` for the per-process one workers use)."""
-    return ZarrFeatureStore(url)
+
+def open_store(url: str, storage_options: StorageOptions = None) -> FeatureStore:
+    """The feature store at ``url``, its implementation picked by the URL's scheme:
+
+    - a folder, ``file://`` or ``local://``: Zarr on the local disk (atomic renames);
+    - ``memory://name``: Zarr in this process's memory (fsspec's memory filesystem), shared
+      by every handle of the same name in the process and gone when it exits;
+    - ``s3://``, ``gs://`` and any other fsspec URL: Zarr on that object storage, opened
+      with ``storage_options`` over the protocol's defaults (see ``store.options``).
+
+    A new handle each call; ``shared_store`` is the per-process one workers use.
+    """
+    check_protocol(url)
+    # One implementation serves every scheme: ZarrFeatureStore picks zarr's LocalStore
+    # for a local URL and its FsspecStore for any other (memory:// included).
+    return ZarrFeatureStore(url, storage_options=store_options(url, storage_options))
+
+
+def shared_store(url: str, storage_options: StorageOptions = None) -> FeatureStore:
+    """One store handle per process, URL and options, so workers open each array once."""
+    return _shared(url, options_token(storage_options))
 
 
 @functools.lru_cache(maxsize=8)
-def shared_store(url: str) -> ZarrFeatureStore:
-    """One store handle per process and URL, so workers open each array once."""
-    return ZarrFeatureStore(url)
+def _shared(url: str, token: str) -> FeatureStore:
+    return open_store(url, token)
 
 
 __all__ = [
@@ -32,6 +54,7 @@ __all__ = [
     "FeatureStore",
     "LoadedFeatures",
     "ShardStats",
+    "StorageOptions",
     "ZarrFeatureStore",
     "embedding_key",
     "feature_set_key",

@@ -92,6 +92,10 @@ class FeatureStore(ABC):
     url: str
 
     @abstractmethod
+    def ensure_writable(self) -> None:
+        """Fail early, before anything is written, when the store cannot be written to."""
+
+    @abstractmethod
     def status(self, key: str) -> Status: ...
 
     @abstractmethod

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 # Bump when the stored layout or the way values are computed changes: old keys then miss.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sharded, checksummed layout (store.layout)
 KEY_LENGTH = 16  # hex characters shown to users; the full digests live in the provenance
 
 

@@ -19,6 +19,7 @@ from tests.unit.finetune.training import (
     assert_same_checkpoints,
     make_data,
     make_trainer,
+    read_checkpoint,
     same_tensors,
 )
 from transfer_pipe.finetune import loop
@@ -43,7 +44,8 @@ def test_training_lowers_the_loss_and_keeps_the_best_epoch(data: Path, tmp_path:
     assert losses[-1] < losses[0]
     assert trainer.validate()["val_loss"] < initial["val_loss"]
     assert state.best_accuracy == max(row["val_accuracy"] for row in state.history)
-    assert (tmp_path / "ckpt" / LAST).exists() and (tmp_path / "ckpt" / BEST).exists()
+    assert trainer.checkpoints.exists(LAST) and trainer.checkpoints.exists(BEST)
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["best.safetensors", "last.safetensors"]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def test_a_run_killed_after_any_optimizer_step_resumes_to_the_uninterrupted_run(
     killed = tmp_path / "killed"
     _kill_after_steps(data, killed, steps)
     finished_epochs = (steps - 1) // 3  # the epoch under way left no checkpoint
-    assert torch.load(killed / LAST, weights_only=False)["state"]["epoch"] == finished_epochs
+    assert read_checkpoint(killed)["state"]["epoch"] == finished_epochs
 
     resumed = make_trainer(data, killed)
     state = resumed.fit()
@@ -160,7 +162,7 @@ def test_warmup_then_cosine() -> None:
 def test_checkpoints_hold_everything_resume_needs(data: Path, tmp_path: Path) -> None:
     trainer: Trainer = make_trainer(data, tmp_path / "ckpt", replace(OPTIONS, epochs=1))
     trainer.fit()
-    payload = torch.load(tmp_path / "ckpt" / LAST, weights_only=False)
+    payload = read_checkpoint(tmp_path / "ckpt")
     assert {"model", "optimizer", "scheduler", "scaler", "state", "rng", "options"} <= set(payload)
     assert {"torch", "numpy", "python"} <= set(payload["rng"])
 

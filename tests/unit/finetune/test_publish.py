@@ -1,19 +1,18 @@
 """Publishing from a store that is not on local disk: every run registers its own weights
-(the exported backbone file is the run's, not one path shared by every run)."""
+in the store (the exported backbone is the run's, not one path shared by every run)."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.unit.finetune.training import make_data
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.finetune.loop import BEST
-from transfer_pipe.finetune.persist import checkpoint_dir
+from transfer_pipe.finetune.persist import checkpoint_folder
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.finetune import (
     ensure_probe,
@@ -24,9 +23,8 @@ from transfer_pipe.steps.finetune import (
 
 
 def test_two_publishes_from_a_non_local_store_each_register_their_own_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where its checkpoints go
     make_data(tmp_path / "images")
     store = f"memory://publish-{uuid.uuid4().hex}"
     source = EmbedConfig(source=str(tmp_path / "images"), store=store, backbone="tiny_test",
@@ -42,16 +40,19 @@ def test_two_publishes_from_a_non_local_store_each_register_their_own_weights(
         run_finetune(plan, ensure_probe(plan))
         backbone_id = publish_config(plan).backbone
         assert backbone_id == f"finetuned/{plan.run_id}"
-        best = torch.load(checkpoint_dir(store, plan.run_id) / BEST, map_location="cpu")
+        best = checkpoint_folder(store, plan.run_id).load(BEST)
+        assert best is not None  # in the store (memory://), not on this machine's disk
         tuned = {
-            k.removeprefix("backbone."): v for k, v in best.items() if k.startswith("backbone.")
+            k.removeprefix("backbone."): v
+            for k, v in best["model"].items()
+            if k.startswith("backbone.")
         }
         published[backbone_id] = tuned
 
     first, second = published.values()
     assert any(not torch.equal(v, second[k]) for k, v in first.items())  # two different runs
-    # Mutation: exporting to checkpoint_dir(...).parent / "backbone.pth" (one path for every
-    # run, not overwritten) makes the second run register the first run's weights: fails.
+    # Mutation seen failing (when weights were local files): exporting to one path for
+    # every run, not overwritten, made the second run register the first run's weights.
     for backbone_id, tuned in published.items():
         weights = get_backbone(backbone_id).build().state_dict()  # as every embed loads it
         assert all(torch.equal(weights[k], v) for k, v in tuned.items()), backbone_id

@@ -22,6 +22,7 @@ from torch import nn
 
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.data.idx import to_url
+from transfer_pipe.finetune.checkpoint import CheckpointFolder
 from transfer_pipe.finetune.data import ImageRows
 from transfer_pipe.finetune.loop import BEST, LAST, Trainer, TrainOptions
 from transfer_pipe.finetune.surgery import build_finetune_model
@@ -56,7 +57,7 @@ def rows(root: Path, augmentation: str = "affine") -> ImageRows:
     return ImageRows([to_url(str(f)) for f in files], targets, spec.preprocessing, augmentation)
 
 
-def make_trainer(root: Path, checkpoints: Path, options: TrainOptions = OPTIONS) -> Trainer:
+def make_trainer(root: Path, checkpoints: str | Path, options: TrainOptions = OPTIONS) -> Trainer:
     # The same kernels in every process: bit-identical results. (tests/conftest.py
     # restores the thread count after each test.)
     torch.set_num_threads(1)
@@ -75,9 +76,20 @@ def same_tensors(a: dict[str, Any], b: dict[str, Any]) -> None:
         assert torch.equal(tensor, b[name]), name
 
 
-def assert_same_checkpoints(resumed: Path, reference: Path) -> None:
+def read_checkpoint(folder: str | Path | CheckpointFolder, name: str = LAST) -> dict[str, Any]:
+    """A checkpoint's payload, as the loop reads it (never unpickled)."""
+    if not isinstance(folder, CheckpointFolder):
+        folder = CheckpointFolder(str(folder))
+    payload = folder.load(name)
+    assert payload is not None, f"no checkpoint {folder.file_url(name)}"
+    return payload
+
+
+def assert_same_checkpoints(
+    resumed: str | Path | CheckpointFolder, reference: str | Path | CheckpointFolder
+) -> None:
     """The last checkpoints agree on weights, optimizer moments, schedule and history."""
-    a, b = (torch.load(folder / LAST, weights_only=False) for folder in (resumed, reference))
+    a, b = (read_checkpoint(folder) for folder in (resumed, reference))
     same_tensors(a["model"], b["model"])
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for param, moments in a["optimizer"]["state"].items():
@@ -93,10 +105,7 @@ def assert_same_checkpoints(resumed: Path, reference: Path) -> None:
         ]
         run["state"].pop("seconds")
     assert a["state"] == b["state"]
-    same_tensors(
-        torch.load(resumed / BEST, weights_only=True),
-        torch.load(reference / BEST, weights_only=True),
-    )
+    same_tensors(read_checkpoint(resumed, BEST)["model"], read_checkpoint(reference, BEST)["model"])
 
 
 def _wait_for_the_test(optimizer: torch.optim.Optimizer, *_: Any) -> None:
@@ -109,7 +118,7 @@ def _wait_for_the_test(optimizer: torch.optim.Optimizer, *_: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data", type=Path)
-    parser.add_argument("checkpoints", type=Path)
+    parser.add_argument("checkpoints")  # a folder or any fsspec URL
     parser.add_argument("--step-handshake", action="store_true")
     args = parser.parse_args()
     trainer = make_trainer(args.data, args.checkpoints)

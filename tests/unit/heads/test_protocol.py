@@ -16,6 +16,7 @@ from tests.unit.heads.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.config import HEAD_NAMES, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads import protocol
+from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.protocol import (
     HEAD_KINDS,
     ProtocolOptions,
@@ -322,3 +323,28 @@ def test_the_protocol_builds_exactly_the_heads_the_options_offer() -> None:
     # a head added to one and not the other would be offered and then fail, or never
     # be offered. Mutation: adding a kind to HEAD_KINDS alone fails here.
     assert tuple(HEAD_KINDS) == HEAD_NAMES
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_the_refit_is_offered_the_chosen_solution_as_a_start(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refit on train + validation is offered the solution the walk reached at the
+    chosen value on the training rows (`LBFGSLinearClassifier.fit`'s ``init``; a unit test
+    in test_linear.py shows what such a start saves)."""
+    offered: list[Any] = []
+    fit = LBFGSLinearClassifier.fit
+
+    def recording(self: LBFGSLinearClassifier, X: Any, y: Any, init: Any = None) -> Any:
+        offered.append(init)
+        return fit(self, X, y, init=init)
+
+    monkeypatch.setattr(LBFGSLinearClassifier, "fit", recording)
+    data = _overlapping_problem(seed=4, dim=12)
+    fitted = fit_head(name, data, FAST)
+    # Mutation: the refit without its `head__init` start is offered nothing.
+    *walk, refit = offered
+    assert all(init is None for init in walk) and refit is not None
+    coef, intercept = refit
+    assert coef.shape == fitted.model.named_steps["head"].coef_.shape
+    assert intercept.shape == (len(data.classes),)

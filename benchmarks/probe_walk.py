@@ -1,0 +1,130 @@
+"""The probe's C walk against the embed time of the same feature set, side by side.
+
+One run, one machine: embed all 70,000 Fashion-MNIST images with EfficientNet-Lite0 at
+``--image-size`` (the penultimate layer and every stage; timed, no Prefect, a fresh
+store), then on each ``--layers`` candidate the logistic probe's C walk as it runs by
+default (stopping past the peak) and, on the ``--whole-walk`` layers, also the whole
+45-value walk (``c_patience=0``; the wide layers' whole walk takes many minutes). For
+each: the walk's seconds (selection only, the part the walk changes), the chosen C, the
+number of values walked, test accuracy, and the walk's seconds over the embed's. The walk
+of the solver before this one is read from ``heads_probe_<size>px.json`` (the whole walk,
+recorded earlier on the same data, split and protocol): its chosen C and accuracy are the
+result to keep; its seconds are a reference, not a side-by-side figure.
+
+Writes benchmarks/results/probe_walk_<image size>px.json.
+
+    .venv/bin/python benchmarks/probe_walk.py [--image-size 64] [--store STORE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transfer_pipe.config import EmbedConfig
+from transfer_pipe.heads.options import ProtocolOptions
+from transfer_pipe.heads.protocol import fit_head
+from transfer_pipe.heads.tasks import SplitOptions, Task, load_task
+from transfer_pipe.steps.embed import embed
+from transfer_pipe.store import open_store
+
+RESULTS = Path(__file__).parent / "results"
+WIDEST = "penultimate+stages.6+stages.5+stages.4"  # 1,904 features at EfficientNet-Lite0
+
+
+def walk(data: Any, options: ProtocolOptions) -> dict[str, Any]:
+    fitted = fit_head("logreg", data, options)
+    return {
+        "c_patience": options.c_patience,
+        "values_walked": len(fitted.validation),
+        "chosen_C": fitted.chosen["C"],
+        "accuracy": fitted.metrics.accuracy,
+        "seconds": fitted.seconds,
+    }
+
+
+def recorded_walk(image_size: int, layer: str) -> dict[str, Any] | None:
+    """The walk of the solver before this one, from the heads benchmark's record."""
+    path = RESULTS / f"heads_probe_{image_size}px.json"
+    if not path.exists():
+        return None
+    row = json.loads(path.read_text()).get("layer_candidates", {}).get(layer)
+    if row is None:
+        return None
+    return {"chosen_C": row["chosen"]["C"], "accuracy": row["accuracy"], "seconds": row["seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--layers", default=f"stages.4,stages.6,penultimate,{WIDEST}")
+    parser.add_argument("--whole-walk", default="stages.4,stages.6")
+    parser.add_argument("--store", help="reuse this store (default: a fresh temporary one)")
+    args = parser.parse_args()
+
+    store = args.store or tempfile.mkdtemp(prefix="probe-walk-store-")
+    config = EmbedConfig(
+        source="fashion-mnist",
+        store=store,
+        image_size=args.image_size,
+        layers=("penultimate", "stages"),
+    )
+    started = time.perf_counter()
+    summary = embed(config)
+    embed_seconds = time.perf_counter() - started
+    print(f"embedded {summary.embedded} images in {embed_seconds:.1f} s", flush=True)
+
+    rows = []
+    for layer in args.layers.split(","):
+        data = load_task(open_store(store), summary.feature_set, Task(), layer, SplitOptions())
+        options = ProtocolOptions()
+        stopped = walk(data, options)
+        row: dict[str, Any] = {
+            "layer": layer,
+            "features": int(data.train.features.shape[1]),
+            "walk": stopped,
+            "walk_over_embed": stopped["seconds"]["select"] / embed_seconds,
+            "before": recorded_walk(args.image_size, layer),
+        }
+        if row["before"] is not None:
+            row["same_choice_as_before"] = row["before"]["chosen_C"] == stopped["chosen_C"]
+        if layer in args.whole_walk.split(","):
+            whole = walk(data, replace(options, c_patience=0))
+            row["whole_walk"] = whole
+            row["same_choice_as_whole_walk"] = whole["chosen_C"] == stopped["chosen_C"]
+            row["whole_walk_over_embed"] = whole["seconds"]["select"] / embed_seconds
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+
+    result = {
+        "benchmark": "probe_walk",
+        "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
+        "backbone": summary.backbone,
+        "image_size": args.image_size,
+        "embed": {"images_embedded": summary.embedded, "seconds": embed_seconds},
+        "protocol": "45 values of C, 1e-06..1e+05, 100 L-BFGS iterations per value",
+        "target": "the walk's seconds <= 0.10 of the embed's, with the same chosen C",
+        "layers": rows,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+    }
+    out = RESULTS / f"probe_walk_{args.image_size}px.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Fine-tuning that leaves nothing on the machine: a published backbone on a real Dask
+cluster whose worker shares nothing with the driver but the store (another HOME, another
+transfer-pipe home), and a run on an S3 store whose checkpoints and published backbone
+are in the bucket, used by a new process with another HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e.dask_processes import DaskProcesses
+from tests.unit.finetune.training import make_data
+from transfer_pipe.config import EmbedConfig, FinetuneConfig
+from transfer_pipe.finetune.loop import BEST, LAST
+from transfer_pipe.finetune.persist import checkpoint_folder
+from transfer_pipe.steps.embed import embed
+from transfer_pipe.steps.finetune import (
+    ensure_probe,
+    prepare_finetune,
+    publish_config,
+    run_finetune,
+)
+from transfer_pipe.store import open_store
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def worker_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A scheduler and one worker process started with their own HOME and transfer-pipe
+    home (what a worker on another machine has); yields the scheduler's address."""
+    processes = DaskProcesses(tmp_path / "dask")
+    processes.folder.mkdir()
+    with monkeypatch.context() as worker_env:  # the processes inherit it; the test does not
+        worker_env.setenv("HOME", str(tmp_path / "worker-home"))
+        worker_env.setenv("TRANSFER_PIPE_HOME", str(tmp_path / "worker-home" / ".transfer-pipe"))
+        try:
+            processes.start_scheduler()
+            processes.start_worker()
+        except BaseException:
+            processes.stop()
+            raise
+    try:
+        processes.wait_for_workers(1)
+        yield processes.address
+    finally:
+        processes.stop()
+
+
+def test_a_published_backbone_embeds_on_a_worker_that_shares_only_the_store(
+    tmp_path: Path, worker_elsewhere: str
+) -> None:
+    """Mutation seen to fail it: ``run_shard`` not calling ``use_store(task.store)`` (the
+    worker cannot resolve the id: the shard fails naming the stores it searched)."""
+    make_data(tmp_path / "images")
+    store = str(tmp_path / "store")
+    base = EmbedConfig(source=str(tmp_path / "images"), store=store, backbone="tiny_test",
+                       workers=1, device="cpu")  # fmt: skip
+    key = embed(base).feature_set
+    config = FinetuneConfig(feature_set=key, store=store, policy="top-1", epochs=1,
+                            batch_size=8, loader_workers=0, device="cpu", force=True)  # fmt: skip
+    plan = prepare_finetune(config, key)
+    run_finetune(plan, ensure_probe(plan))
+    published = publish_config(plan)
+    assert published.backbone == f"finetuned/{plan.run_id}"
+
+    on_cluster = embed(replace(published, workers=None, dask_address=worker_elsewhere))
+    local_store = str(tmp_path / "local-store")
+    local = embed(replace(published, store=local_store))  # the driver's own worker
+
+    catalog = open_store(store)
+    assert on_cluster.feature_set == local.feature_set != key
+    assert catalog.status(on_cluster.feature_set) == "complete"
+    assert catalog.spec(on_cluster.feature_set).backbone == published.backbone
+    np.testing.assert_array_equal(
+        catalog.load(on_cluster.feature_set).features,
+        open_store(local_store).load(local.feature_set).features,
+    )
+    worker_home = tmp_path / "worker-home" / ".transfer-pipe"
+    assert not (worker_home / "backbones.json").exists()  # nothing machine-local was used
+
+
+def _embed_in_a_new_process(config: EmbedConfig, home: Path) -> str:
+    """Run ``config`` through the embed step in a fresh interpreter with its own HOME and
+    transfer-pipe home (another machine); returns the feature set's key."""
+    code = (
+        "import sys\n"
+        "from transfer_pipe.config import EmbedConfig\n"
+        "from transfer_pipe.steps.embed import embed\n"
+        "config = EmbedConfig(source=sys.argv[1], store=sys.argv[2], backbone=sys.argv[3],\n"
+        "                     workers=1, device='cpu')\n"
+        "print(embed(config).feature_set)\n"
+    )
+    env = {**os.environ, "HOME": str(home), "TRANSFER_PIPE_HOME": str(home / ".transfer-pipe")}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", code, config.source, config.store, config.backbone],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_run_on_s3_keeps_its_checkpoints_and_backbone_in_the_bucket(
+    tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutation seen to fail it: ``run_backbone`` (steps/embed.py) not calling
+    ``use_store(config.store)``: the new process cannot resolve the id."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # this machine's: must stay empty
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    make_data(tmp_path / "images")
+    store = f"s3://{s3_bucket}/store"
+    base = EmbedConfig(source=str(tmp_path / "images"), store=store, backbone="tiny_test",
+                       workers=1, device="cpu")  # fmt: skip
+    key = embed(base).feature_set
+    config = FinetuneConfig(feature_set=key, store=store, policy="top-1", epochs=1,
+                            batch_size=8, loader_workers=0, device="cpu", force=True)  # fmt: skip
+    plan = prepare_finetune(config, key)
+    result = run_finetune(plan, ensure_probe(plan))
+    checkpoints = checkpoint_folder(store, plan.run_id)
+    assert checkpoints.exists(LAST) and checkpoints.exists(BEST)
+    assert result.checkpoint == f"{store}/finetune/{plan.run_id}/checkpoints/best.safetensors"
+    home = tmp_path / "home"  # (matplotlib keeps its font cache there: not ours)
+    assert not [*home.rglob("*transfer-pipe*"), *home.rglob("*.safetensors")]
+
+    published = publish_config(plan)
+    here = embed(published).feature_set
+    elsewhere = _embed_in_a_new_process(published, tmp_path / "other-machine")
+    assert elsewhere == here != key  # the same weights digest, found in the bucket
+    assert open_store(store).status(here) == "complete"

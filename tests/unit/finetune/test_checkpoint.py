@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,14 +19,15 @@ from safetensors.torch import load, save
 
 from tests.unit.finetune.training import (
     OPTIONS,
+    REPO,
     assert_same_checkpoints,
+    kill_after_steps,
     make_data,
     make_trainer,
     read_checkpoint,
 )
 from transfer_pipe.finetune.checkpoint import CheckpointRefused, decode, encode
 
-REPO = Path(__file__).resolve().parents[3]
 ONE_EPOCH = replace(OPTIONS, epochs=1)
 
 
@@ -146,27 +146,6 @@ def test_a_payload_round_trips_with_its_types() -> None:
         encode({"x": object()})
 
 
-def _train_until_killed(data: Path, checkpoints: str, home: Path, steps: int) -> None:
-    """Train in a subprocess with its own HOME (one machine) and SIGKILL it right after
-    its ``steps``-th optimizer step."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.finetune.training", str(data), checkpoints,
-         "--step-handshake"],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        for step in range(1, steps + 1):
-            assert process.stdout.readline().strip() == "step", f"no optimizer step {step}"
-            if step < steps:
-                process.stdin.write("go on\n")
-                process.stdin.flush()
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-
-
 def _train_to_the_end(data: Path, checkpoints: str, home: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
     subprocess.run(
@@ -183,7 +162,7 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_store(
     ``Path.home()`` instead of its URL (the second machine starts over: other timings,
     and the store holds no checkpoint)."""
     checkpoints = f"s3://{s3_bucket}/store/finetune/run/checkpoints"
-    _train_until_killed(data, checkpoints, tmp_path / "machine-a", steps=5)  # mid-epoch 2
+    kill_after_steps(data, checkpoints, steps=5, home=tmp_path / "machine-a")  # mid-epoch 2
     at_kill = read_checkpoint(checkpoints)["state"]
     assert at_kill["epoch"] == 1 and not at_kill["finished"]
 

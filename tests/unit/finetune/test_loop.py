@@ -4,9 +4,6 @@ exactly the weights of an uninterrupted run."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import torch
 from tests.unit.finetune.training import (
     OPTIONS,
     assert_same_checkpoints,
+    kill_after_steps,
     make_data,
     make_trainer,
     read_checkpoint,
@@ -24,8 +22,6 @@ from tests.unit.finetune.training import (
 )
 from transfer_pipe.finetune import loop
 from transfer_pipe.finetune.loop import BEST, LAST, Trainer, lr_factor
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -56,29 +52,6 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Train
     return trainer
 
 
-def _kill_after_steps(data: Path, checkpoints: Path, steps: int) -> None:
-    """Run the job in a subprocess and SIGKILL it right after its ``steps``-th optimizer
-    step, counted here: mid-epoch, between the optimizer and the schedule stepping, with
-    no checkpoint written for the epoch under way."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.finetune.training", str(data), str(checkpoints),
-         "--step-handshake"],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        for step in range(1, steps + 1):
-            assert process.stdout.readline().strip() == "step", f"no optimizer step {step}"
-            if step < steps:
-                process.stdin.write("go on\n")
-                process.stdin.flush()
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-
-
 @pytest.mark.slow  # three training subprocesses
 @pytest.mark.parametrize("steps", [2, 5, 12])
 def test_a_run_killed_after_any_optimizer_step_resumes_to_the_uninterrupted_run(
@@ -94,7 +67,7 @@ def test_a_run_killed_after_any_optimizer_step_resumes_to_the_uninterrupted_run(
     assert uninterrupted.state.best_epoch == OPTIONS.epochs == 4
     assert uninterrupted.steps_per_epoch == 3
     killed = tmp_path / "killed"
-    _kill_after_steps(data, killed, steps)
+    kill_after_steps(data, killed, steps)
     finished_epochs = (steps - 1) // 3  # the epoch under way left no checkpoint
     assert read_checkpoint(killed)["state"]["epoch"] == finished_epochs
 

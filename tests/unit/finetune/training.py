@@ -11,6 +11,9 @@ of its choosing, answers with SIGKILL instead.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,6 +109,35 @@ def assert_same_checkpoints(
         run["state"].pop("seconds")
     assert a["state"] == b["state"]
     same_tensors(read_checkpoint(resumed, BEST)["model"], read_checkpoint(reference, BEST)["model"])
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def kill_after_steps(
+    data: Path, checkpoints: str | Path, steps: int, home: Path | None = None
+) -> None:
+    """Run this module's job in a subprocess (with its own HOME when given: another
+    machine) and SIGKILL it right after its ``steps``-th optimizer step, counted here:
+    mid-epoch, between the optimizer and the schedule stepping, with no checkpoint
+    written for the epoch under way."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **({"HOME": str(home)} if home else {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.unit.finetune.training", str(data), str(checkpoints),
+         "--step-handshake"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        for step in range(1, steps + 1):
+            assert process.stdout.readline().strip() == "step", f"no optimizer step {step}"
+            if step < steps:
+                process.stdin.write("go on\n")
+                process.stdin.flush()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
 
 
 def _wait_for_the_test(optimizer: torch.optim.Optimizer, *_: Any) -> None:

@@ -51,9 +51,15 @@ lint: install
 test: install data lint
 	$(BIN)/pytest -q
 
+# Every row of the README's "Fast where it counts" table, each script measuring side by
+# side in one run (ratios; this machine is shared), results in benchmarks/results/*.json.
+# The GPU rows run where a CUDA GPU is present (benchmarks/gpu.sh), else stay "not measured".
 benchmark: install data
-	$(BIN)/python benchmarks/embed_throughput.py
-	$(BIN)/python benchmarks/heads_probe.py
-	$(BIN)/python benchmarks/finetune.py --device cpu --image-size 64 --policy top-2 \
-		--epochs 6 --time-budget 2400
+	$(BIN)/python benchmarks/embed_throughput.py   # CLI embed / raw, steady, warm rerun, memory 10k vs 70k
+	$(BIN)/python benchmarks/increments.py         # +10% images / cold, IDX and a folder of files
+	$(BIN)/python benchmarks/feeding.py            # decode/resize/normalise rate beside the raw forward
+	$(BIN)/python benchmarks/probe_walk.py         # the probe's C walk / the embed
+	$(BIN)/python benchmarks/sweep.py              # the transferability sweep / one embed
+	$(BIN)/python benchmarks/store_layout.py       # objects and requests per feature set
 	$(BIN)/python benchmarks/pipeline_rerun.py --limit $(LIMIT) --image-size $(IMAGE_SIZE)
+	if command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then bash benchmarks/gpu.sh; fi

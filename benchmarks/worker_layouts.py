@@ -18,6 +18,7 @@ from embed_throughput import raw_forward_rate
 
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig
+from transfer_pipe.steps.embed import steady_rate
 
 RESULTS = Path(__file__).parent / "results" / "worker_layouts.json"
 
@@ -43,7 +44,7 @@ def main() -> None:
                     workers=workers,
                 )
                 results = steps.compute_shards(steps.prepare_embedding(config))
-                steady = steps.steady_rate(results) or 0.0
+                steady = steady_rate(results) or 0.0
                 layouts[f"{workers}_worker_threads"] = {
                     "steady_images_per_s": steady,
                     "ratio_vs_raw": steady / raw,

@@ -129,11 +129,14 @@ def embed_flow(**values: Any) -> EmbedSummary:
     says what was embedded, reused, and how many images failed."""
     config = run_config(EmbedConfig, values)  # a bad value fails here, as in the CLI
     with tagged():
-        plan = prepare(config)
-        # quote(): Prefect would otherwise walk every shard task of the plan (70,000 uris
-        # for Fashion-MNIST) to track dependencies, costing seconds per task.
-        results = compute(quote(plan)) if plan.tasks else _nothing_to_compute(plan)  # type: ignore[call-overload]
-        summary: EmbedSummary = finalize(quote(plan), quote(results))  # type: ignore[call-overload]
+        plan = prepare(config)  # takes the feature set's claim when there is work
+        try:
+            # quote(): Prefect would otherwise walk every shard task of the plan (70,000
+            # uris for Fashion-MNIST) to track dependencies, costing seconds per task.
+            results = compute(quote(plan)) if plan.tasks else _nothing_to_compute(plan)  # type: ignore[call-overload]
+            summary: EmbedSummary = finalize(quote(plan), quote(results))  # type: ignore[call-overload]
+        finally:
+            steps.release_claim(plan)  # at once, whatever happened: another run may wait
         _report(summary, config)
     # A caller gets the state's data, the summary; the UI shows the message.
     return Completed(message=embed_message(summary), data=summary)  # type: ignore[return-value]

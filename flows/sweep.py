@@ -22,7 +22,6 @@ from transfer_pipe.steps import sweep as steps
 from transfer_pipe.steps.checks import check_inputs
 from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.target import run_config
-from transfer_pipe.steps.train import train
 
 capture_library_logs()
 
@@ -41,7 +40,7 @@ finalize = task(name="summarize", cache_policy=NO_CACHE, **RETRY)(steps.finalize
 @task(name="probe", cache_policy=NO_CACHE, task_run_name=_probe_name, **RETRY)  # type: ignore[arg-type]
 def probe(run: steps.ProbeRun) -> TrainSummary:
     """One linear probe (reused when the store holds it)."""
-    return train(run.config)
+    return steps.fit_probe(run)
 
 
 @flow(name="sweep", log_prints=True, flow_run_name=run_name("backbone", "task"))
@@ -50,24 +49,31 @@ def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
     """Probe every stage of the backbone, pretrained and with random weights, then shares
     of the training labels at the best layer; advise where to cut and whether to fine-tune."""
     config = run_config(SweepConfig, values)  # a bad value fails here, as in the CLI
+    clock = steps.Stopwatch()
     with tagged("sweep"):
         check(config, embed_inputs=False)
-        plan = prepare(config)
+        with clock.phase("prepare"):
+            plan = prepare(config)
         keys, embedded = {}, 0
         for init in steps.INITS:
-            done = run_embed(plan.embeds[init])
+            with clock.phase(f"embed {init}"):
+                done = run_embed(plan.embeds[init])
             keys[init], embedded = done.feature_set, embedded + done.embedded
         summaries, depth = [], []
         for run in steps.depth_runs(plan, keys):
-            summaries.append(probe(run))
+            with clock.phase(f"depth {run.init}"), clock.phase(steps.probe_phase("depth", run)):
+                summaries.append(probe(run))
             depth.append(steps.probe_layer(run, summaries[-1]))
         curve = []
         for run in steps.curve_runs(plan, keys, depth):
-            summaries.append(probe(run))
+            with clock.phase(f"curve {run.init}"), clock.phase(steps.probe_phase("curve", run)):
+                summaries.append(probe(run))
             curve.append(steps.share_point(run, summaries[-1]))
-        summary: steps.SweepSummary = finalize(plan, keys, depth, curve, summaries, embedded)
+        summary: steps.SweepSummary = finalize(
+            plan, keys, depth, curve, summaries, embedded, clock.seconds
+        )
         create_markdown_artifact(
-            steps.sweep_report(summary),
+            steps.sweep_report(summary, config.storage_options),
             key=artifact_key("sweep", plan.embeds["pretrained"].source, summary.task),
             description=f"where to cut {plan.embeds['pretrained'].backbone}: {summary.message}",
         )

@@ -68,7 +68,7 @@ def fit(plan: steps.TrainPlan, run: steps.HeadRun) -> HeadResult:
         return result
     source = plan.feature_set_spec.source
     create_markdown_artifact(
-        steps.head_report(plan.config.store, result),
+        steps.head_report(plan.config.store, result, plan.config.storage_options),
         key=artifact_key("head", source, result.task, result.head),
         description=f"{result.head_id} on feature set {plan.feature_set} of {source}",
     )

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("backbones", help="list registered backbone ids")
 
     finetuned = commands.add_parser("finetuned", help="list fine-tuning runs and their results")
-    _store_option(finetuned)
+    _store_option(finetuned, with_storage_options=True)
     finetuned.add_argument("--json", action="store_true")
 
     for name, config_class, help_text in (
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     heads = commands.add_parser("heads", help="fitted heads in a store")
     heads_commands = heads.add_subparsers(dest="heads_command", required=True)
     heads_ls = heads_commands.add_parser("ls", help="list fitted heads and their test metrics")
-    _store_option(heads_ls)
+    _store_option(heads_ls, with_storage_options=True)
     heads_ls.add_argument("--feature-set", help="only heads of this feature set")
     heads_ls.add_argument("--json", action="store_true")
 
@@ -391,14 +391,14 @@ def _finetuned(args: argparse.Namespace) -> int:
     from transfer_pipe.finetune.card import FinetuneListing
     from transfer_pipe.finetune.persist import list_cards
 
-    rows = [FinetuneListing.of(card) for card in list_cards(args.store)]
+    rows = [FinetuneListing.of(card) for card in list_cards(args.store, args.storage_options)]
     return _print_rows(rows, args.json, f"no fine-tuning runs in {args.store}")
 
 
 def _heads(args: argparse.Namespace) -> int:
     from transfer_pipe.heads.card import HeadListing, list_cards
 
-    cards = list_cards(args.store)
+    cards = list_cards(args.store, args.storage_options)
     if args.feature_set:
         cards = [card for card in cards if card.feature_set == args.feature_set]
     rows = [HeadListing.of(card) for card in cards]

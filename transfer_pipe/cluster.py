@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,16 +128,31 @@ def lost_scheduler(exc: BaseException) -> bool:
     return "scheduler-connection-lost" in str(exc)
 
 
-def run_on_cluster(address: str, device: str, key: str, fn: Callable[..., T], *args: Any) -> T:
+def run_on_cluster(
+    address: str,
+    device: str,
+    key: str,
+    fn: Callable[..., T],
+    *args: Any,
+    on_event: Callable[[Any], None] | None = None,
+) -> T:
     """``fn(*args)`` run as one task, named ``key``, on a worker of the Dask cluster at
     ``address`` (one that offers a GPU when ``device`` asks for CUDA: checked first), and
-    its result. ``args`` travel to the worker: keep them small (configs, URLs, keys)."""
+    its result. ``args`` travel to the worker: keep them small (configs, URLs, keys).
+    ``on_event`` is called here, in this thread, with each message the task passes to
+    ``send_to_driver`` while it runs (progress), in the order sent (the scheduler adds
+    the sending worker's address to a dict message, as ``worker``)."""
     plan = plan_cluster(address, None)
     with dask_client(plan) as client:
         resources = cluster_resources(client, plan, device)
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        if on_event is not None:
+            # The task's events reach the client's event loop thread; the callback (a
+            # Prefect progress artifact, a print) runs in this one, which owns the run.
+            client.subscribe_topic(key, lambda event: inbox.put(event[1]))
         future = client.submit(fn, *args, key=key, resources=resources or None, pure=False)
         try:
-            result: T = future.result()
+            result: T = _result_passing_events(future, inbox, on_event)
         except Exception as exc:
             if lost_scheduler(exc):  # not transient: no retry can reach the lost scheduler
                 raise TransferPipeError(
@@ -144,7 +160,41 @@ def run_on_cluster(address: str, device: str, key: str, fn: Callable[..., T], *a
                     "scheduler and its workers and run again"
                 ) from exc
             raise
+        finally:
+            if on_event is not None:
+                client.unsubscribe_topic(key)
     return result
+
+
+def _result_passing_events(
+    future: Any, inbox: queue.SimpleQueue[Any], on_event: Callable[[Any], None] | None
+) -> Any:
+    """``future``'s result; until it is done, each message in ``inbox`` to ``on_event``."""
+    while on_event is not None:
+        try:
+            message = inbox.get(timeout=0.2)
+        except queue.Empty:
+            if future.done():
+                break
+            continue
+        on_event(message)
+    result = future.result()
+    while on_event is not None and not inbox.empty():
+        on_event(inbox.get_nowait())
+    return result
+
+
+def send_to_driver(message: Any) -> None:
+    """From inside a task that ``run_on_cluster`` started: pass ``message`` (msgpack-able:
+    dicts of numbers and strings) to that call's ``on_event``, now, as a worker event on
+    the task's own key."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    try:
+        worker.log_event(str(worker.get_current_task()), message)
+    except TypeError as err:  # not msgpack-able: progress must never fail the task
+        logging.getLogger(__name__).warning("a progress message was not sent: %s", err)
 
 
 @contextmanager

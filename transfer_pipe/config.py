@@ -165,6 +165,13 @@ class _Validated:
         return []
 
 
+def option_of(config_class: type, name: str) -> Any:
+    """Another config's option, default and help included, offered again under a new name
+    (the pipeline's ``finetune_epochs`` is fine-tuning's ``epochs``): written once."""
+    (source,) = (f for f in dataclasses.fields(config_class) if f.name == name)
+    return dataclasses.field(default=source.default, metadata={**source.metadata, "flag": None})
+
+
 @dataclass(frozen=True)
 class EmbedConfig(_Validated):
     """Everything one embed run needs; small enough to be a Prefect flow parameter."""
@@ -199,6 +206,12 @@ class EmbedConfig(_Validated):
         "embed only N images: each split keeps its share, and the rows of a smaller limit "
         "are a subset of those of a larger one",
         minimum=1,
+    )
+    rehash: bool = option(
+        False,
+        "read and hash every image file again, ignoring the store's cache of content hashes "
+        "(by path, size and modification time; a file rewritten with both unchanged is "
+        "otherwise not noticed)",
     )
     dask_address: str | None = option(
         None, "address of an existing Dask scheduler (default: DASK_SCHEDULER_ADDRESS, else local)"
@@ -238,6 +251,15 @@ class TaskOptions(_Validated):
     )
     split_seed: int = option(0, "seed of the stratified splits")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda ...")
+    # The cluster heads are fitted and models fine-tuned on, a feature-set key's run too;
+    # the embed run of a source uses the same one (a shared option).
+    dask_address: str | None = option_of(EmbedConfig, "dask_address")
+
+    def __post_init__(self) -> None:
+        if self.dask_address is None and self.embed is not None and self.embed.dask_address:
+            # A config built around an embed run on a cluster fits on that cluster too.
+            object.__setattr__(self, "dask_address", self.embed.dask_address)
+        super().__post_init__()
 
     def _problems(self) -> list[str]:
         problems = storage_options_problems(self.storage_options)
@@ -248,6 +270,8 @@ class TaskOptions(_Validated):
             self.storage_options,
         ):
             problems.append("the embed run must write to the same store this run reads")
+        if self.embed is not None and self.embed.dask_address != self.dask_address:
+            problems.append("the embed run must use the Dask cluster this run uses")
         return problems
 
     def heads_config(self, feature_set: str, **options: Any) -> TrainConfig:
@@ -428,13 +452,6 @@ class PredictConfig(_Validated):
         return problems if self.paths else [*problems, "give at least one image file"]
 
 
-def option_of(config_class: type, name: str) -> Any:
-    """Another config's option, default and help included, offered again under a new name
-    (the pipeline's ``finetune_epochs`` is fine-tuning's ``epochs``): written once."""
-    (source,) = (f for f in dataclasses.fields(config_class) if f.name == name)
-    return dataclasses.field(default=source.default, metadata={**source.metadata, "flag": None})
-
-
 @dataclass(frozen=True)
 class PipelineConfig(TrainConfig):
     """A scheduled run over a source that grows: embed it (only the images the store lacks),
@@ -473,6 +490,7 @@ class PipelineConfig(TrainConfig):
             "test_fraction",
             "split_seed",
             "device",
+            "dask_address",
         )
         return FinetuneConfig(
             feature_set=feature_set,
@@ -556,7 +574,7 @@ SOURCE = Option(
     above=None,
 )
 Config = EmbedConfig | TrainConfig | FinetuneConfig | SweepConfig | PredictConfig
-SHARED_OPTIONS = ("store", "storage_options", "device")
+SHARED_OPTIONS = ("store", "storage_options", "device", "dask_address")
 
 
 def run_options(config_class: type) -> tuple[Option, ...]:

@@ -9,6 +9,7 @@ run goes to the GPU worker, and `transfer-pipe train` fits its heads there too."
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from distributed import Client
 from tests.e2e.dask_processes import DaskProcesses, assert_same_features
 from tests.images import make_dataset
 from transfer_pipe.cli import main
-from transfer_pipe.cluster import GPU
+from transfer_pipe.cluster import GPU, run_on_cluster
 from transfer_pipe.features import embedder
 from transfer_pipe.store import open_store
 
@@ -49,6 +50,20 @@ def _count_model_builds() -> None:
 
 def _model_builds() -> list[str]:
     return list(_builds)
+
+
+def _wait_for_the_driver(flag: str) -> bool:
+    """Send the driver one progress message, then wait (at most 30 s) for the file that
+    the driver's handler creates on receiving it: True when it came while this task ran."""
+    from transfer_pipe.cluster import send_to_driver
+
+    send_to_driver({"epoch": 1, "note": "sent from the worker"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if Path(flag).exists():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 # --- the test side ----------------------------------------------------------------------
@@ -213,6 +228,14 @@ def test_train_fits_its_heads_on_the_cluster_with_the_local_result(
     assert len(ran_where(client, since, "head-")) == 2, "the local run used the cluster"
     assert _metrics_table(on_cluster) == _metrics_table(here)
 
+    # --dask-address beside a feature-set key (no variable): the heads fit there too.
+    # Mutation seen failing: run_config refusing it ("--dask-address choose what to
+    # embed; feature set ... already fixes them"), as it did before.
+    since = time.time()
+    assert main([*train, "--refit", "--dask-address", processes.address]) == 0
+    assert len(ran_where(client, since, "head-")) == 2
+    assert _metrics_table(capsys.readouterr().out) == _metrics_table(here)
+
 
 def _metrics_table(output: str) -> dict[str, tuple[Any, ...]]:
     """Per head of the run's ``--json`` summary: its ids, test metrics and chosen
@@ -234,10 +257,11 @@ def test_finetune_trains_on_the_cluster_and_saves_to_the_store(
     # driver): no fine-tuning task reaches the cluster.
     processes, client = cluster
     store, key = local_run
-    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", processes.address)
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     since = time.time()
     args = ["finetune", key, "--store", str(store), "--policy", "top-1", "--epochs", "1"]
-    assert main([*args, "--batch-size", "8", "--json"]) == 0
+    address = ["--dask-address", processes.address]  # beside a key: the run's own option
+    assert main([*args, *address, "--batch-size", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     where = ran_where(client, since, "finetune-")
@@ -247,3 +271,49 @@ def test_finetune_trains_on_the_cluster_and_saves_to_the_store(
     assert main(["finetuned", "--store", str(store), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [r["run_id"] for r in listed] == [result["run_id"]]
+
+
+def test_finetune_on_the_cluster_passes_each_epoch_on_once(
+    cluster: tuple[DaskProcesses, Client], local_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    # Each epoch reaches the driver's callback once, in order: sent by the worker as it
+    # ends it (how that arrives while the task runs: the test below), and not repeated
+    # from the history when the task returns. Mutation seen failing: the history replayed
+    # whole after the task (no `row["epoch"] > seen` filter): epochs [1, 2, 1, 2].
+    from transfer_pipe.config import FinetuneConfig
+    from transfer_pipe.steps.finetune import ensure_probe, prepare_finetune, run_finetune
+
+    processes, _ = cluster
+    store = tmp_path / "store"
+    shutil.copytree(local_run[0], store)
+    config = FinetuneConfig(
+        feature_set=local_run[1], store=str(store), policy="top-1", epochs=2, batch_size=8,
+        dask_address=processes.address,
+    )  # fmt: skip
+    plan = prepare_finetune(config, local_run[1])
+    epochs: list[int] = []
+    run_finetune(plan, ensure_probe(plan), on_epoch=lambda row: epochs.append(row["epoch"]))
+    assert epochs == [1, 2]
+
+
+def test_a_task_on_the_cluster_sends_progress_to_the_driver_while_it_runs(
+    cluster: tuple[DaskProcesses, Client], tmp_path: Path
+) -> None:
+    # Mutation seen failing: run_on_cluster waiting on future.result() and passing the
+    # events on only after it (progress when the task returns): the task waited its 30 s
+    # for the driver's answer in vain and returned False.
+    processes, client = cluster
+    flag, received = tmp_path / "received", []
+
+    def on_event(message: Any) -> None:
+        received.append(message)
+        flag.touch()
+
+    key = f"progress-{tmp_path.name}"
+    answered = run_on_cluster(
+        processes.address, "cpu", key, _wait_for_the_driver, str(flag), on_event=on_event
+    )
+    assert answered is True
+    [message] = received
+    assert message.pop("worker") in worker_addresses(client)  # the scheduler says who sent it
+    assert message == {"epoch": 1, "note": "sent from the worker"}

@@ -17,6 +17,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.images import make_dataset
@@ -107,6 +108,89 @@ def test_storage_options_say_which_server_holds_the_store(
         assert (done["rows"], done["embedded"], done["status"]) == (4, 4, "complete")
         listed = cli("ls", "--store", store, *options, "--json", api=prefect_api, env=env)
         assert [(f["key"], f["status"]) for f in listed] == [(done["feature_set"], "complete")]
+        assert refusing.requests == 0
+    finally:
+        stop_decoy()
+
+
+def run_cli(*args: str, api: str) -> str:
+    """Run `transfer-pipe ARGS` in a new process; returns its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        env={**os.environ, "PREFECT_API_URL": api},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_storage_options_alone_reach_the_store_from_embed_to_predict(
+    tmp_path: Path,
+    s3_server: S3Server,
+    s3_bucket: str,
+    prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only ``--storage-options`` know the endpoint and the credentials: the environment
+    has no AWS keys and names a server that refuses every request. Embed, train (heads and
+    their cards in the bucket), `heads ls`, fine-tune (checkpoints, model and card in the
+    bucket), `finetuned` and predict all reach the store, and no request reaches the
+    environment's server."""
+    decoy, refusing, stop_decoy = start_refusing_server()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", decoy)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    given = {
+        "endpoint_url": s3_server.endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
+    store = f"s3://{s3_bucket}/store"
+    at = ("--store", store, "--storage-options", json.dumps(given))
+    try:
+        make_dataset(tmp_path / "images", classes=2, per_class=8, bad=False)
+        done = cli("embed", str(tmp_path / "images"), *at, *EMBED, api=prefect_api)
+        key = str(done["feature_set"])
+        assert done["status"] == "complete"
+
+        # Mutations seen failing: store.cards.store_fs ignoring its storage_options (the
+        # environment's settings only): train failed reading the head's card
+        # (NoCredentialsError); run_config refusing --storage-options beside a feature-set
+        # key ("--storage-options ... choose what to embed") failed it before any fit.
+        trained = cli("train", key, *at, "--heads", "logreg", "--json", api=prefect_api)
+        [head_id] = trained["heads"]["logreg"]["head_ids"]
+        [head] = json.loads(run_cli("heads", "ls", *at, "--json", api=prefect_api))
+        assert (head["head_id"], head["feature_set"]) == (head_id, key)
+        s3 = fsspec.filesystem("s3", **given)
+        assert s3.exists(f"{s3_bucket}/store/heads/{head_id}/card.json")
+
+        tuned = cli(
+            "finetune", key, *at, "--policy", "top-1", "--epochs", "1", "--batch-size", "8",
+            "--device", "cpu", "--json", api=prefect_api,
+        )  # fmt: skip
+        run = str(tuned["run_id"])
+        assert s3.exists(f"{s3_bucket}/store/finetune/{run}/card.json")
+        assert s3.exists(f"{s3_bucket}/store/finetune/{run}/checkpoints/best.safetensors")
+        listed = json.loads(run_cli("finetuned", *at, "--json", api=prefect_api))
+        assert [r["run_id"] for r in listed] == [run]
+
+        # Mutation seen failing: predict calling load_head without the storage options:
+        # predict failed reading the head's card (NoCredentialsError).
+        make_dataset(tmp_path / "new", classes=1, per_class=1, bad=False, start=30)
+        paths = [*map(str, sorted((tmp_path / "images").rglob("*.png"))[:2])]
+        paths += [str(p) for p in (tmp_path / "new").rglob("*") if p.is_file()]
+        out = tmp_path / "predictions.csv"
+        args = ("predict", *paths, *at, "--head", head_id, "--out", str(out), "--device", "cpu")
+        printed = run_cli(*args, api=prefect_api)
+        assert "2 from cached embeddings, 1 embedded now, 0 failed" in printed
+        table = pd.read_csv(out)
+        assert len(table) == 3 and table["error"].isna().all()
+        assert set(table["class"]) <= {"class0", "class1"}
         assert refusing.requests == 0
     finally:
         stop_decoy()

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed import Client
 
 from tests.e2e.dask_processes import DaskProcesses
 from tests.unit.finetune.training import make_data
@@ -136,3 +138,66 @@ def test_a_run_on_s3_keeps_its_checkpoints_and_backbone_in_the_bucket(
     elsewhere = _embed_in_a_new_process(published, tmp_path / "other-machine")
     assert elsewhere == here != key  # the same weights digest, found in the bucket
     assert open_store(store).status(here) == "complete"
+
+
+def _digest_on_this_worker(backbone_id: str, store: str) -> str:
+    """Run on each worker: resolve ``backbone_id`` from the store alone; its weights'
+    digest."""
+    from transfer_pipe.backbones import get_backbone
+    from transfer_pipe.backbones.published import use_store
+
+    use_store(store)
+    return get_backbone(backbone_id).weights_digest()
+
+
+def test_a_model_fine_tuned_on_a_worker_into_s3_resolves_on_every_worker(
+    tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store on S3 and two workers, each with its own HOME: fine-tuning runs as a task
+    on one of them (its checkpoints into the bucket); published from the bucket's best
+    checkpoint, ``finetuned/<run>`` resolves on both workers (the one that did not train it
+    too), with the driver's weights digest, and the re-embed runs on them.
+
+    Mutation seen to fail it: publish_config's embed run for a feature-set key built
+    without the run's ``dask_address`` (the re-embed ran on the driver's own LocalCluster:
+    no shard reached the workers)."""
+    from transfer_pipe.backbones import get_backbone
+
+    processes = DaskProcesses(tmp_path / "dask")
+    processes.folder.mkdir()
+    try:
+        with monkeypatch.context() as worker_env:  # the AWS variables: from s3_bucket
+            processes.start_scheduler()
+            for name in ("worker-a", "worker-b"):
+                worker_env.setenv("HOME", str(tmp_path / name))
+                worker_env.setenv("TRANSFER_PIPE_HOME", str(tmp_path / name / ".transfer-pipe"))
+                processes.start_worker()
+        processes.wait_for_workers(2)
+        make_data(tmp_path / "images")
+        store = f"s3://{s3_bucket}/store"
+        base = EmbedConfig(source=str(tmp_path / "images"), store=store, backbone="tiny_test",
+                           workers=1, device="cpu")  # fmt: skip
+        key = embed(base).feature_set
+        config = FinetuneConfig(feature_set=key, store=store, policy="top-1", epochs=1,
+                                batch_size=8, loader_workers=0, device="cpu", force=True,
+                                dask_address=processes.address)  # fmt: skip
+        plan = prepare_finetune(config, key)
+        with Client(processes.address) as client:
+            client.get_task_stream()
+            since = time.time()
+            run_finetune(plan, ensure_probe(plan))
+            published = publish_config(plan)
+            republished = embed(published)
+            stream = client.get_task_stream(start=since)
+            digests = client.run(_digest_on_this_worker, published.backbone, store)
+        where = {str(t["key"]).split("-", 1)[0]: t["worker"] for t in stream}
+        assert where["finetune"] in digests  # trained on a worker
+        assert {t["worker"] for t in stream if str(t["key"]).startswith("shard-")}
+        assert published.backbone == f"finetuned/{plan.run_id}"
+        assert list(digests.values()) == [get_backbone(published.backbone).weights_digest()] * 2
+        assert republished.status == "complete" and republished.feature_set != key
+        assert open_store(store).spec(republished.feature_set).backbone == published.backbone
+        for name in ("worker-a", "worker-b"):  # nothing machine-local was used
+            assert not (tmp_path / name / ".transfer-pipe" / "backbones.json").exists()
+    finally:
+        processes.stop()

@@ -101,6 +101,32 @@ def test_a_second_sweep_embeds_nothing_and_fits_nothing_and_says_the_same(swept:
     assert time.monotonic() - started < 120  # seconds: nothing is computed
 
 
+def test_the_record_says_where_the_time_went(swept: tuple) -> None:
+    _, summary = swept
+    seconds = summary.seconds
+    phases = ["prepare", "report"] + [
+        f"{phase} {init}"
+        for phase in ("embed", "depth", "curve")
+        for init in ("pretrained", "random")
+    ]
+    # Mutation (not yet seen failing, unverified): the flow without its clock.phase around
+    # the embed runs.
+    assert set(phases) <= set(seconds), seconds
+    assert all(seconds[phase] >= 0 for phase in phases)
+    # One entry per probe run: every depth point of both inits, every share of both.
+    depth = {s.init: s.layer for s in summary.depth if s.depth == 0}
+    assert seconds[f"depth pretrained {depth['pretrained']}"] >= 0
+    curve = [k for k in seconds if k.startswith("curve ") and k.count(" ") == 3]
+    assert len(curve) == len(summary.curve), curve
+    for init in ("pretrained", "random"):
+        mine = [v for k, v in seconds.items() if k.startswith(f"depth {init} ")]
+        assert len(mine) == len([s for s in summary.depth if s.init == init])
+        assert sum(mine) <= seconds[f"depth {init}"] + 0.01
+    # The record on disk holds them too, the report's own seconds included (the record of
+    # the last sweep with this id: the second sweep above rewrote it, with its own seconds).
+    assert set(json.loads((Path(summary.url) / RECORD).read_text())["seconds"]) == set(seconds)
+
+
 def test_bad_input_fails_in_seconds_and_writes_nothing(tmp_path: Path) -> None:
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=2, per_class=2, bad=False)

@@ -68,6 +68,12 @@ def test_verify_repair_and_rerun_restore_the_original(
     # Any read that meets the damage names the feature set, the shard and the fix.
     with pytest.raises(DamagedFeatureSet, match=f"shard {DAMAGED_SHARD} .*--repair"):
         open_store(config.store).load(key, layer=layers[-1])
+    # The dask path too, when the lazy array is computed. Mutation seen failing:
+    # load(as_dask=True) back to da.from_zarr(array)[rows]: a bare ValueError "Stored and
+    # computed checksum do not match", not DamagedFeatureSet.
+    lazy = open_store(config.store).load(key, layer=layers[-1], as_dask=True)
+    with pytest.raises(DamagedFeatureSet, match=f"shard {DAMAGED_SHARD} .*--repair"):
+        lazy.features.compute()
 
     code, report = verify(key, tmp_path / "store", capsys=capsys)
     assert code == 1

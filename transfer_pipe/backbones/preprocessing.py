@@ -62,15 +62,14 @@ class Preprocessing:
 
     @cached_property
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel [3, 1, 1] (scale, offset): uint8 pixel * scale + offset is normalised."""
-        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        """Per-channel [3] (scale, offset): uint8 pixel * scale + offset is normalised."""
+        std = np.asarray(self.std, dtype=np.float32)
+        mean = np.asarray(self.mean, dtype=np.float32)
         return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Return the image as a float32 tensor of shape [3, image_size, image_size]."""
-        # Greyscale stays one channel through the resize (3x cheaper) and is broadcast
-        # to RGB afterwards; every other mode goes through Pillow's RGB conversion.
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The resized image as uint8 [image_size, image_size, C]: C = 1 for greyscale
+        (3x cheaper to resize; ``normalize`` broadcasts it to RGB), else 3."""
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
         size = (self.image_size, self.image_size)
@@ -84,14 +83,32 @@ class Preprocessing:
             image = image.resize(size, Image.Resampling.BILINEAR, box=box)
         elif image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float32)
-        # Channels first before the arithmetic: broadcasting then writes one contiguous
-        # [3, H, W] array (a strided HWC source makes numpy several times slower).
-        chw = pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
-        scale, offset = self._affine
+        pixels = np.asarray(image, dtype=np.uint8)
+        return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, C] (C = 1 or 3, any device) -> float32 [B, 3, H, W] normalised,
+        in channels_last memory (a view of the [B, H, W, 3] result: no copy, and the
+        layout the frozen forward pass runs in).
+
+        One float32 multiply, then one add (two roundings, never a fused multiply-add),
+        so a batch normalised here, on CPU or CUDA, equals the images normalised one by one
+        bit for bit.
+        """
         import torch  # here, not at import: a cache key needs the fields, not torch
 
-        return torch.from_numpy(chw * scale + offset)
+        scale, offset = (torch.from_numpy(a).to(pixels.device) for a in self._affine)
+        # uint8 * float32 is computed in float32; a greyscale C=1 broadcasts to 3 channels.
+        nhwc = torch.mul(pixels, scale)
+        nhwc.add_(offset)
+        return nhwc.permute(0, 3, 1, 2)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Return the image as a contiguous float32 tensor of shape [3, image_size, image_size]."""
+        import torch
+
+        batch = torch.from_numpy(np.array(self.pixels(image)[None]))  # writable: a copy
+        return self.normalize(batch)[0].contiguous()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description; equal dicts mean identical tensors (used in cache keys)."""

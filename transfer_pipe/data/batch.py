@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -22,17 +23,34 @@ R = TypeVar("R")
 
 
 class Preprocess(Protocol):
-    """A decoded RGB image -> a float32 [3, H, W] model input (``backbones.Preprocessing``
-    is one; stated as a protocol because ``data`` does not import ``backbones``)."""
+    """A decoded RGB image -> a float32 [3, H, W] model input, in two halves: ``pixels``
+    (resize, uint8 [H, W, C]) per image and ``normalize`` (uint8 [B, H, W, C] -> float32
+    [B, 3, H, W]) per batch. ``backbones.Preprocessing`` is one; stated as a protocol
+    because ``data`` does not import ``backbones``."""
 
     @property
     def image_size(self) -> int: ...
+
+    def pixels(self, image: Image.Image) -> np.ndarray: ...
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     def __call__(self, image: Image.Image) -> torch.Tensor: ...
 
 
 MapItems = Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]
-"""``map`` itself, or a thread pool's ``map``: how a batch's images are spread out."""
+"""``map`` itself, or a thread pool's ``map``: how a batch's images are spread out
+(the pool's threads decode and resize; Pillow releases the GIL while it does)."""
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """One batch, decoded and resized but not yet normalised (a quarter of the bytes of
+    float inputs: what is copied to a GPU), and why the images left out were left out."""
+
+    pixels: torch.Tensor  # uint8 [len(ok), H, W, 3], in the order of ``ok``
+    ok: tuple[int, ...]  # positions (in the items given) of the images in ``pixels``
+    failures: dict[int, str]  # position -> reason, for every other item
 
 
 @dataclass(frozen=True)
@@ -59,22 +77,47 @@ def prepare_image(
         return err
 
 
+def resize_image(
+    item: T, load: Callable[[T], Image.Image], preprocess: Preprocess
+) -> np.ndarray | DecodeError:
+    """``preprocess.pixels(load(item))``, or the DecodeError that kept the image out."""
+    try:
+        return preprocess.pixels(load(item))
+    except DecodeError as err:
+        return err
+
+
+def prepare_pixels(
+    items: Sequence[T],
+    load: Callable[[T], Image.Image],
+    preprocess: Preprocess,
+    map_items: MapItems[T, Any] = map,
+) -> Pixels:
+    """Decode every item with ``load`` (e.g. ``read_image`` for URIs, ``decode_image`` for
+    bytes; it raises DecodeError for a bad image) and resize it; see ``Pixels``."""
+
+    def one(item: T) -> np.ndarray | DecodeError:
+        return resize_image(item, load, preprocess)
+
+    prepared: list[np.ndarray | DecodeError] = list(map_items(one, items))
+    resized = [x for x in prepared if isinstance(x, np.ndarray)]
+    ok = tuple(i for i, x in enumerate(prepared) if isinstance(x, np.ndarray))
+    failures = {i: failure_reason(x) for i, x in enumerate(prepared) if isinstance(x, DecodeError)}
+    size = preprocess.image_size
+    # One uint8 buffer, filled in place: greyscale [H, W, 1] broadcasts to its 3 channels.
+    batch = np.empty((len(resized), size, size, 3), dtype=np.uint8)
+    for row, pixels in enumerate(resized):
+        batch[row] = pixels
+    return Pixels(torch.from_numpy(batch), ok, failures)
+
+
 def prepare_batch(
     items: Sequence[T],
     load: Callable[[T], Image.Image],
     preprocess: Preprocess,
-    map_items: MapItems[T, torch.Tensor | DecodeError] = map,
+    map_items: MapItems[T, Any] = map,
 ) -> Inputs:
-    """Decode every item with ``load`` (e.g. ``read_image`` for URIs, ``decode_image`` for
-    bytes; it raises DecodeError for a bad image) and preprocess it; see ``Inputs``."""
-
-    def one(item: T) -> torch.Tensor | DecodeError:
-        return prepare_image(item, load, preprocess)
-
-    prepared = list(map_items(one, items))
-    ok = tuple(i for i, x in enumerate(prepared) if isinstance(x, torch.Tensor))
-    failures = {i: failure_reason(x) for i, x in enumerate(prepared) if isinstance(x, DecodeError)}
-    tensors = [x for x in prepared if isinstance(x, torch.Tensor)]
-    size = preprocess.image_size
-    images = torch.stack(tensors) if tensors else torch.empty(0, 3, size, size)
-    return Inputs(images, ok, failures)
+    """Decode every item with ``load`` (it raises DecodeError for a bad image), resize and
+    normalise it; see ``Inputs``. ``images`` is in channels_last memory."""
+    pixels = prepare_pixels(items, load, preprocess, map_items)
+    return Inputs(preprocess.normalize(pixels.pixels), pixels.ok, pixels.failures)

@@ -12,13 +12,17 @@ import hashlib
 import logging
 import os
 import posixpath
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
 from fsspec import AbstractFileSystem
 
+from transfer_pipe.data.hash_cache import HashCache, file_stamp
 from transfer_pipe.data.idx import (
     FASHION_MNIST_CLASSES,
     find_idx_dataset,
@@ -47,11 +51,16 @@ _HASH_BLOCK = 1 << 20
 _SOURCE_HINT = "pass a folder of images, a CSV/Parquet manifest, an IDX folder, or `fashion-mnist`"
 
 
-def load_manifest(source: str, *, split: str | None = None) -> Manifest:
+def load_manifest(
+    source: str, *, split: str | None = None, hashes: HashCache | None = None
+) -> Manifest:
     """Build the Manifest for ``source``; keep only rows of ``split`` when given.
 
-    Returns a Manifest sorted by sample_id. Raises TransferPipeError when the
-    source is missing, empty, malformed, or lacks the requested split.
+    ``hashes``: the source's hash cache (``source_cache_id`` names it), so a file whose
+    size and modification stamp are unchanged is not read again; it notes this run's
+    hashes, and the caller saves it. Returns a Manifest sorted by sample_id. Raises
+    TransferPipeError when the source is missing, empty, malformed, or lacks the
+    requested split.
     """
     if source.strip().lower() == FASHION_MNIST_ALIAS:
         root = _fashion_mnist_root()
@@ -63,10 +72,23 @@ def load_manifest(source: str, *, split: str | None = None) -> Manifest:
             raise TransferPipeError(
                 f"dataset path {source} is a file but not a .csv/.parquet manifest; {_SOURCE_HINT}."
             )
-        return _filter_split(_table_manifest(fs, path, kind, f"{kind}:{url}"), split)
+        manifest = _table_manifest(fs, path, kind, f"{kind}:{url}", hashes)
+        return _filter_split(manifest, split)
     if find_idx_dataset(url):
         return _idx_manifest(url, split, idx_class_names(url), f"idx:{url}")
-    return _filter_split(_folder_manifest(fs, path, f"folder:{url}"), split)
+    return _filter_split(_folder_manifest(fs, path, f"folder:{url}", hashes), split)
+
+
+def source_cache_id(source: str) -> str | None:
+    """What names ``source``'s hash cache (its URL), or None for a source whose hashes
+    are not of files (IDX folders, ``fashion-mnist``: pixels are hashed from memory).
+    Cheap: no listing."""
+    if source.strip().lower() == FASHION_MNIST_ALIAS:
+        return None
+    url = to_url(os.path.expanduser(source))
+    if posixpath.splitext(url)[1].lower() not in TABLE_EXTENSIONS and find_idx_dataset(url):
+        return None
+    return url
 
 
 def source_from_description(description: str) -> str:
@@ -168,12 +190,16 @@ def pixel_hashes(images: np.ndarray) -> list[str]:
 # --- folder tree -------------------------------------------------------------------------
 
 
-def _folder_manifest(fs: AbstractFileSystem, root: str, source: str) -> Manifest:
+def _folder_manifest(
+    fs: AbstractFileSystem, root: str, source: str, hashes: HashCache | None = None
+) -> Manifest:
     """``root/<class>/...`` or, when every top-level folder is a split name,
     ``root/<split>/<class>/...``. Every non-hidden regular file is a row, so
     corrupt or non-image files reach the decoder and are recorded as failures.
     """
-    rel_paths = _list_files(fs, root)
+    listed_at = time.time()
+    listing = _list_files(fs, root)
+    rel_paths = sorted(listing)
     top_dirs = {rel.split("/", 1)[0] for rel in rel_paths if "/" in rel}
     has_splits = bool(top_dirs) and all(d.lower() in SPLIT_NAMES for d in top_dirs)
     depth = 2 if has_splits else 1  # folders above the class folder, counting it
@@ -201,27 +227,33 @@ def _folder_manifest(fs: AbstractFileSystem, root: str, source: str) -> Manifest
             f"no image files under {root}; put images in {layout}, or {_SOURCE_HINT}."
         )
     table = pd.DataFrame(rows)
-    table[CONTENT_HASH] = file_hashes([str(u) for u in table[URI]])
+    stamps = None
+    if hashes is not None:
+        stamps = [file_stamp(listing[str(row[SAMPLE_ID])], listed_at) for row in rows]
+    table[CONTENT_HASH] = file_hashes([str(u) for u in table[URI]], stamps, hashes)
     return Manifest.from_rows(table, source)
 
 
-def _list_files(fs: AbstractFileSystem, root: str) -> list[str]:
-    """Sorted posix paths relative to ``root`` of every non-hidden regular file."""
+def _list_files(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
+    """The listing entry (size, mtime ...) of every non-hidden regular file, by its posix
+    path relative to ``root``."""
     root = root.rstrip("/")
     found = fs.find(root, withdirs=False, detail=True)
-    rel_paths = []
+    files = {}
     for name, info in found.items():
         rel = name[len(root) + 1 :]  # fsspec lists paths that start with root + "/"
         if info.get("type") != "file" or any(p.startswith(".") for p in rel.split("/")):
             continue
-        rel_paths.append(rel)
-    return sorted(rel_paths)
+        files[rel] = info
+    return files
 
 
 # --- CSV / Parquet -----------------------------------------------------------------------
 
 
-def _table_manifest(fs: AbstractFileSystem, path: str, kind: str, source: str) -> Manifest:
+def _table_manifest(
+    fs: AbstractFileSystem, path: str, kind: str, source: str, hashes: HashCache | None = None
+) -> Manifest:
     """Rows from a CSV/Parquet file with ``path`` or ``uri``, ``label`` and optional
     ``split`` / ``sample_id`` columns; relative paths resolve against its folder.
     """
@@ -254,8 +286,36 @@ def _table_manifest(fs: AbstractFileSystem, path: str, kind: str, source: str) -
             SPLIT: table[SPLIT].fillna(NO_SPLIT).astype(str) if SPLIT in table else NO_SPLIT,
         }
     )
-    out[CONTENT_HASH] = file_hashes([str(u) for u in out[URI]])
+    uris = [str(u) for u in out[URI]]
+    stamps = _listed_stamps(uris) if hashes is not None else None
+    out[CONTENT_HASH] = file_hashes(uris, stamps, hashes)
     return Manifest.from_rows(out, source)
+
+
+def _listed_stamps(uris: Sequence[str]) -> list[str | None]:
+    """Each file's stamp (``hash_cache.file_stamp``) from a listing of its folder: one
+    listing request per folder, not one per file; None where a file is not listed (it is
+    then read, and a missing one reported as unreadable)."""
+    listed_at = time.time()
+    located = [fsspec.core.url_to_fs(uri) for uri in uris]
+    folders: dict[tuple[int, str], AbstractFileSystem] = {}
+    for fs, path in located:
+        folders.setdefault((id(fs), posixpath.dirname(path)), fs)
+
+    def entries(item: tuple[tuple[int, str], AbstractFileSystem]) -> dict[str, Any]:
+        (_, folder), fs = item
+        try:
+            return {str(e["name"]).rstrip("/"): e for e in fs.ls(folder, detail=True)}
+        except OSError:
+            return {}
+
+    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
+        listings = dict(zip(folders, pool.map(entries, folders.items()), strict=True))
+    stamps: list[str | None] = []
+    for fs, path in located:
+        info = listings[(id(fs), posixpath.dirname(path))].get(path)
+        stamps.append(None if info is None else file_stamp(info, listed_at))
+    return stamps
 
 
 def _required_strings(table: pd.DataFrame, column: str, source: str) -> list[str]:
@@ -281,13 +341,27 @@ def _resolve(fs: AbstractFileSystem, folder: str, written: str) -> str:
 # --- shared ------------------------------------------------------------------------------
 
 
-def file_hashes(urls: list[str]) -> list[str]:
+def file_hashes(
+    urls: list[str],
+    stamps: Sequence[str | None] | None = None,
+    cache: HashCache | None = None,
+) -> list[str]:
     """sha256 hex digest of each file's bytes, in order, read with a thread pool.
 
-    Raises TransferPipeError listing the files that cannot be read.
+    With a ``cache`` and each file's listing ``stamps``, a file the cache knows at its
+    stamp is not read; every hash is noted in the cache. Raises TransferPipeError listing
+    the files that cannot be read.
     """
+    if cache is None or stamps is None:
+        stamps = [None] * len(urls)
+    known: Mapping[int, str] = {}
+    if cache is not None:
+        found = (cache.lookup(url, stamp) for url, stamp in zip(urls, stamps, strict=True))
+        known = {i: digest for i, digest in enumerate(found) if digest is not None}
+    unknown = [i for i in range(len(urls)) if i not in known]
     with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
-        results = list(pool.map(_hash_one, urls))
+        read = dict(zip(unknown, pool.map(_hash_one, [urls[i] for i in unknown]), strict=True))
+    results: list[str | OSError] = [known[i] if i in known else read[i] for i in range(len(urls))]
     failed = [(url, r) for url, r in zip(urls, results, strict=True) if isinstance(r, OSError)]
     if failed:
         shown = "; ".join(f"{url} ({err})" for url, err in failed[:3])
@@ -295,6 +369,9 @@ def file_hashes(urls: list[str]) -> list[str]:
             f"{len(failed)} image file(s) cannot be read, e.g. {shown}; "
             "fix their permissions or paths, or remove them from the dataset."
         )
+    if cache is not None:
+        for i, (url, stamp) in enumerate(zip(urls, stamps, strict=True)):
+            cache.record(url, stamp, str(results[i]), hit=i in known)
     return [str(r) for r in results]
 
 

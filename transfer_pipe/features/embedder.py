@@ -46,10 +46,42 @@ class Embedder:
 
     def __call__(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """``batch`` is [B, 3, H, W] float32; returns {layer: float32 [B, dim]}."""
-        batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        batch = to_device(batch, self.device).contiguous(memory_format=torch.channels_last)
+        return self._forward(batch)
+
+    def embed_pixels(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        """``pixels`` is uint8 [B, H, W, 3] (``data.batch.Pixels``; pinned when the device
+        is CUDA, see ``host_pixels``): copied to the device as uint8, a quarter of the
+        bytes of float inputs, and normalised there, already in channels_last; returns
+        {layer: float32 [B, dim]}, equal bit for bit to ``self(normalised batch)``."""
+        batch = self.config.preprocessing.normalize(to_device(pixels, self.device))
+        return self._forward(batch)
+
+    def _forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.inference_mode(), self._autocast():
             outputs = self.tap(batch)
         return {name: out.float().cpu().numpy() for name, out in outputs.items()}
+
+
+def copies_async(device: torch.device) -> bool:
+    """Whether host batches bound for ``device`` go through pinned memory with
+    non-blocking copies: on CUDA only (elsewhere pinning costs a copy and buys nothing,
+    and without a CUDA driver it fails)."""
+    return device.type == "cuda"
+
+
+def host_pixels(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``pixels`` ready to be copied to ``device``: in page-locked memory for CUDA (the
+    copy can then run asynchronously, by DMA), else as they are. Called by the thread
+    that assembles the next batch, so that pinning overlaps the running forward pass."""
+    return pixels.pin_memory() if copies_async(device) else pixels
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` on ``device``; a non-blocking copy for CUDA (ordered before the kernels
+    queued after it on the same stream; the host tensor stays referenced until the
+    results are read back, which synchronises)."""
+    return batch.to(device, non_blocking=copies_async(device))
 
 
 def use_threads(config: EmbedderConfig) -> None:

@@ -12,7 +12,8 @@ from transfer_pipe.backbones.published import use_store
 from transfer_pipe.data.read import read_image
 from transfer_pipe.features.batch import embed_images
 from transfer_pipe.features.embedder import EmbedderConfig, use_threads
-from transfer_pipe.store import ShardStats, shared_store
+from transfer_pipe.store import ShardStats, ZarrFeatureStore, shared_store
+from transfer_pipe.store.shard_copy import copy_shard
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,15 @@ class Reuse:
     offset: int
     source: str
     source_row: int
+
+
+@dataclass(frozen=True)
+class ShardCopy:
+    """Shard ``shard`` of feature set ``source`` holds this shard's images in its order:
+    copy its objects whole (``store.shard_copy``) rather than its rows."""
+
+    source: str
+    shard: int
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class ShardTask:
     embedder: EmbedderConfig
     layer_dims: tuple[tuple[str, int], ...]
     batch_size: int
+    copy: ShardCopy | None = None  # a donor shard that lines up; else rows are copied
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ class ShardResult:
     failed: int
     seconds: float
     finished: float  # wall-clock time.time(), to measure steady-state throughput
+    copied: bool = False  # the donor shard's objects were copied whole
+    copy_seconds: float = 0.0  # of ``seconds``: copying (objects or rows) from donors
 
 
 def run_shard(task: ShardTask) -> ShardResult:
@@ -57,10 +70,29 @@ def run_shard(task: ShardTask) -> ShardResult:
     use_store(task.store, task.storage_options)  # where finetuned/<run> ids are registered
     store = shared_store(task.store, task.storage_options)
     n = len(task.uris)
+    copy = task.copy
+    if (
+        copy is not None
+        and isinstance(store, ZarrFeatureStore)
+        and copy_shard(store, task.key, task.shard, copy.source, copy.shard)
+    ):
+        seconds = time.perf_counter() - started
+        return ShardResult(
+            shard=task.shard,
+            rows=n,
+            embedded=0,
+            reused=n,
+            failed=0,
+            seconds=seconds,
+            finished=time.time(),
+            copied=True,
+            copy_seconds=seconds,
+        )
     features = {layer: np.full((n, dim), np.nan, np.float32) for layer, dim in task.layer_dims}
     failures = [""] * n
 
     _copy_reused(task, features)
+    copy_seconds = time.perf_counter() - started
     embedded = _embed_new(task, features, failures)
 
     seconds = time.perf_counter() - started
@@ -75,6 +107,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         failed=sum(1 for f in failures if f),
         seconds=seconds,
         finished=time.time(),
+        copy_seconds=copy_seconds,
     )
 
 

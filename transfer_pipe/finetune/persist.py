@@ -26,7 +26,7 @@ from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.card import FINETUNE_DIR, MODEL_FILE, FinetuneCard
 from transfer_pipe.finetune.checkpoint import CheckpointFolder
 from transfer_pipe.finetune.surgery import FinetuneModel
-from transfer_pipe.store import cards
+from transfer_pipe.store import StorageOptions, cards
 from transfer_pipe.store.cards import card_folder, save_with_card
 
 CHECKPOINTS = "checkpoints"
@@ -44,24 +44,32 @@ def checkpoint_folder(
 
 
 def save_finetuned(
-    store: str, card: FinetuneCard, model: FinetuneModel, files: Iterable[Path] = ()
+    store: str,
+    card: FinetuneCard,
+    model: FinetuneModel,
+    files: Iterable[Path] = (),
+    storage_options: StorageOptions = None,
 ) -> str:
-    """Write the model, the extra ``files`` and then the card; returns the run's URL."""
+    """Write the model, the extra ``files`` and then the card, with the run's
+    ``storage_options``; returns the run's URL."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / MODEL_FILE
         save_file(state, str(local), metadata={"classes": json.dumps(card.classes)})
-        return save_with_card(run_url(store, card.run_id), (local, *files), card)
+        url = run_url(store, card.run_id)
+        return save_with_card(url, (local, *files), card, storage_options)
 
 
-def read_card(store: str, run_id: str) -> FinetuneCard | None:
+def read_card(
+    store: str, run_id: str, storage_options: StorageOptions = None
+) -> FinetuneCard | None:
     """The run's card, or ``None`` while the run has not finished (or never started)."""
-    return cards.read_card(run_url(store, run_id), FinetuneCard.from_dict)
+    return cards.read_card(run_url(store, run_id), FinetuneCard.from_dict, storage_options)
 
 
-def list_cards(store: str) -> list[FinetuneCard]:
+def list_cards(store: str, storage_options: StorageOptions = None) -> list[FinetuneCard]:
     """Cards of every finished fine-tuning run in the store, oldest first."""
-    return cards.list_cards(store, FINETUNE_DIR, FinetuneCard.from_dict)
+    return cards.list_cards(store, FINETUNE_DIR, FinetuneCard.from_dict, storage_options)
 
 
 def export_backbone(spec: BackboneSpec, model: FinetuneModel) -> dict[str, torch.Tensor]:

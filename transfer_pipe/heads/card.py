@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from transfer_pipe.records import Record
 from transfer_pipe.scores import Metrics
-from transfer_pipe.store import cards
+from transfer_pipe.store import StorageOptions, cards
 from transfer_pipe.store.cards import ModelCard, card_folder
 
 HEADS_DIR = "heads"
@@ -123,11 +123,12 @@ def head_url(store: str, head_id: str) -> str:
     return card_folder(store, HEADS_DIR, head_id)
 
 
-def read_card(store: str, head_id: str) -> HeadCard | None:
-    """The head's card, or ``None`` when the store holds no finished head ``head_id``."""
-    return cards.read_card(head_url(store, head_id), HeadCard.from_dict)
+def read_card(store: str, head_id: str, storage_options: StorageOptions = None) -> HeadCard | None:
+    """The head's card, or ``None`` when the store holds no finished head ``head_id``
+    (the store opened with the run's ``storage_options``)."""
+    return cards.read_card(head_url(store, head_id), HeadCard.from_dict, storage_options)
 
 
-def list_cards(store: str) -> list[HeadCard]:
+def list_cards(store: str, storage_options: StorageOptions = None) -> list[HeadCard]:
     """Cards of every finished head in the store, oldest first."""
-    return cards.list_cards(store, HEADS_DIR, HeadCard.from_dict)
+    return cards.list_cards(store, HEADS_DIR, HeadCard.from_dict, storage_options)

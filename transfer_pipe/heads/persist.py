@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 from safetensors import safe_open
@@ -30,7 +29,8 @@ from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, head_url, read_card
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
-from transfer_pipe.store.cards import save_with_card
+from transfer_pipe.store import StorageOptions
+from transfer_pipe.store.cards import save_with_card, store_fs
 
 _TENSOR_HEADS: dict[str, Any] = {
     cls.__name__: cls for cls in (LBFGSLinearClassifier, TorchLinearClassifier, TorchMLPClassifier)
@@ -38,14 +38,21 @@ _TENSOR_HEADS: dict[str, Any] = {
 _SKOPS_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
 
 
-def save_head(store: str, card: HeadCard, model: Pipeline, files: Iterable[Path] = ()) -> str:
+def save_head(
+    store: str,
+    card: HeadCard,
+    model: Pipeline,
+    files: Iterable[Path] = (),
+    storage_options: StorageOptions = None,
+) -> str:
     """Write the model, the extra ``files`` (reports, plots) and then the card (see
-    ``store.cards.save_with_card``); returns the head's URL. Rewriting a head with the same
-    id replaces it."""
+    ``store.cards.save_with_card``) with the run's ``storage_options``; returns the head's
+    URL. Rewriting a head with the same id replaces it."""
     with tempfile.TemporaryDirectory() as tmp:
         model_file = _write_model(model, Path(tmp))
         card = replace(card, model_file=model_file.name)
-        return save_with_card(head_url(store, card.head_id), (model_file, *files), card)
+        url = head_url(store, card.head_id)
+        return save_with_card(url, (model_file, *files), card, storage_options)
 
 
 def _write_model(model: Pipeline, folder: Path) -> Path:
@@ -70,16 +77,19 @@ def _write_model(model: Pipeline, folder: Path) -> Path:
     return out
 
 
-def load_head(store: str, head_id: str) -> tuple[Pipeline, HeadCard]:
-    """The fitted model (scaler + head) and its card; a head that is missing or unfinished
-    is an error that points to ``heads ls``."""
-    card = read_card(store, head_id)
+def load_head(
+    store: str, head_id: str, storage_options: StorageOptions = None
+) -> tuple[Pipeline, HeadCard]:
+    """The fitted model (scaler + head) and its card, read with the run's
+    ``storage_options``; a head that is missing or unfinished is an error that points to
+    ``heads ls``."""
+    card = read_card(store, head_id, storage_options)
     if card is None:
         raise TransferPipeError(
             f"no head {head_id!r} in {store}; `transfer-pipe heads ls --store {store}` lists them."
         )
-    url = posixpath.join(head_url(store, head_id), card.model_file)
-    with fsspec.open(url, "rb") as f, tempfile.TemporaryDirectory() as tmp:
+    fs, path = store_fs(posixpath.join(head_url(store, head_id), card.model_file), storage_options)
+    with fs.open(path, "rb") as f, tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / card.model_file
         local.write_bytes(f.read())
         model = _read_model(local)

@@ -95,11 +95,12 @@ def sweep_markdown(
     curve: Sequence[CurvePoint],
     recommendation: Recommendation,
     images: Mapping[str, str],
+    seconds: Mapping[str, float] | None = None,
 ) -> str:
     """The sweep as a markdown report: the recommendation (action, command, reason,
-    expected gain when known) first, then the depth table, the learning-curve table and
+    expected gain when known) first, then the depth table, the learning-curve table,
     ``![name](src)`` for each of ``images`` (``"depth"``/``"learning"`` to a path, URL or
-    ``data:`` URI)."""
+    ``data:`` URI) and, given the sweep's ``seconds`` per phase, where the time went."""
     rec = recommendation
     action = (
         f"frozen features at `{rec.layer}`"
@@ -159,7 +160,20 @@ def sweep_markdown(
     if images:
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({src})" for name, src in images.items()]
+    phases = _phase_rows(seconds or {})
+    if phases:
+        lines += ["", "## Where the time went", "", markdown_table(["phase", "seconds"], phases)]
     return "\n".join(lines) + "\n"
+
+
+def _phase_rows(seconds: Mapping[str, float]) -> list[list[object]]:
+    """The sweep's phases (embed runs, each curve's probes per init, the report) with
+    their wall seconds, in the order they ran; a single probe's entry (``depth <init>
+    <layer>``) is left to the record."""
+    phases = [name for name in seconds if name.count(" ") <= 1]
+    total = sum(seconds[name] for name in phases)
+    rows: list[list[object]] = [[name, f"{seconds[name]:.1f}"] for name in phases]
+    return [*rows, ["total", f"{total:.1f}"]] if rows else []
 
 
 def _depth_rows(depth: Sequence[LayerScore], peak_layer: str) -> list[list[object]]:

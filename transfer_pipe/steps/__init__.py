@@ -13,6 +13,7 @@ from transfer_pipe.steps.embed import (
     finalize_embedding,
     library_versions,
     prepare_embedding,
+    release_claim,
     reusable_rows,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "finalize_embedding",
     "library_versions",
     "prepare_embedding",
+    "release_claim",
     "reusable_rows",
 ]

@@ -14,6 +14,7 @@ nothing). They are imported where the first shard is planned.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import logging
 import time
@@ -23,13 +24,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zarr
 
 from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
 from transfer_pipe.backbones.published import use_store
 from transfer_pipe.cluster import plan_cluster
 from transfer_pipe.config import EmbedConfig
+from transfer_pipe.data.hash_cache import CACHE_FOLDER, CACHE_HOLDS, HashCache, cache_url
 from transfer_pipe.data.manifest import Manifest
-from transfer_pipe.data.sources import check_source, load_manifest
+from transfer_pipe.data.sources import check_source, load_manifest, source_cache_id
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import check_writable_without_writing
 from transfer_pipe.schema import CONTENT_HASH, FAILURE, URI
@@ -38,16 +41,21 @@ from transfer_pipe.steps.results import EmbedSummary
 from transfer_pipe.store import (
     FeatureSetSpec,
     FeatureStore,
+    ZarrFeatureStore,
     embedding_key,
     feature_set_key,
     open_store,
 )
+from transfer_pipe.store.claims import Holder, every
+from transfer_pipe.store.layout import FOREIGN_FOLDERS, mark_foreign
+from transfer_pipe.store.options import store_options
 
 if TYPE_CHECKING:
     from torch import nn
 
     from transfer_pipe.features.embedder import EmbedderConfig
     from transfer_pipe.features.shard import ShardResult, ShardTask
+    from transfer_pipe.store.claims import Claim
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
@@ -88,7 +96,8 @@ def check_embed_inputs(
     folder) and hands no manifest to a run: a dry run leaves no trace."""
     backbone = run_backbone(config)
     check_source(config.source)
-    manifest = load_manifest(config.source).limit(config.limit)
+    hashes = source_hash_cache(config)
+    manifest = load_manifest(config.source, hashes=hashes).limit(config.limit)
     layers = backbone.layer_names(config.layers)
     store = open_store(config.store, config.storage_options)
     if store.status(identity_of(config, backbone, layers, manifest).key) != "complete":
@@ -97,6 +106,7 @@ def check_embed_inputs(
         check_writable_without_writing(config.store)
         return backbone, layers, manifest
     store.ensure_writable()  # last: it may create the store's folder
+    _save_hashes(store, hashes)
     _checked_manifests[config] = manifest
     while len(_checked_manifests) > 4:  # only the runs about to start; never a cache
         del _checked_manifests[next(iter(_checked_manifests))]
@@ -118,6 +128,36 @@ def _checked(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
         return checked
     backbone = run_backbone(config)
     return backbone, backbone.layer_names(config.layers), manifest
+
+
+def source_hash_cache(config: EmbedConfig) -> HashCache | None:
+    """The store's cache of ``config.source``'s content hashes (``data.hash_cache``), so
+    files unchanged since a run that listed them are not read again (all are with
+    ``rehash``); None for sources hashed from memory (IDX, ``fashion-mnist``)."""
+    cache_id = source_cache_id(config.source)
+    if cache_id is None:
+        return None
+    options = store_options(config.store, config.storage_options)
+    return HashCache(cache_url(config.store, cache_id), options, rehash=config.rehash)
+
+
+def _save_hashes(store: FeatureStore, hashes: HashCache | None) -> None:
+    """Keep this run's content hashes in the store (only once it is known writable); the
+    first time, mark the cache folder as not Zarr data, as ``create`` marks it too."""
+    if hashes is None:
+        return
+    logger.info(
+        "content hashes: %d files read, %d recognised unchanged (by size and "
+        "modification time; --rehash reads them all)",
+        hashes.misses,
+        hashes.hits,
+    )
+    if hashes.save() and isinstance(store, ZarrFeatureStore):
+        try:
+            root = zarr.open_group(store.zarr_store(read_only=False), mode="a")
+            mark_foreign(root, CACHE_FOLDER, FOREIGN_FOLDERS.get(CACHE_FOLDER, CACHE_HOLDS))
+        except Exception as err:  # the next run's create() marks it; never fail a run
+            logger.warning("could not mark %s/ in %s (%s)", CACHE_FOLDER, store.url, err)
 
 
 @dataclass(frozen=True)
@@ -156,7 +196,7 @@ def complete_plan(config: EmbedConfig) -> EmbedPlan | None:
     started = time.perf_counter()
     backbone = run_backbone(config)
     check_source(config.source)
-    manifest = load_manifest(config.source).limit(config.limit)
+    manifest = load_manifest(config.source, hashes=source_hash_cache(config)).limit(config.limit)
     layers = backbone.layer_names(config.layers)
     return _plan_if_complete(config, identity_of(config, backbone, layers, manifest), started)
 
@@ -230,6 +270,10 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         return replace(complete, seconds={"check": checked_seconds, **complete.seconds})
     store = open_store(config.store, config.storage_options)
     key = identity.key
+    if not _claim(store, key):  # another run completed it while this one waited
+        complete = _plan_if_complete(config, identity, started)
+        assert complete is not None
+        return replace(complete, seconds={"check": checked_seconds, **complete.seconds})
     status = store.status(key)
     preprocessing = identity.preprocessing
     spec = new_spec(config, backbone, layers, manifest, identity)
@@ -277,6 +321,46 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     )
 
 
+# The claims this process holds, by (store, feature set): taken by prepare_embedding,
+# given back by finalize_embedding or release_claim (a plan crosses Prefect tasks, which
+# may pickle it; a claim's heartbeat thread cannot travel with it).
+_claims: dict[tuple[str, str], Claim] = {}
+
+
+def _claim(store: FeatureStore, key: str) -> bool:
+    """Take the claim to write feature set ``key``, waiting while another run holds it
+    (``store.claims``); False when that run completed it meanwhile: nothing to write."""
+    if (store.url, key) in _claims and _claims[store.url, key].held:
+        return True  # a retried prepare task of this same run
+
+    def waiting(holder: Holder) -> None:
+        status = store.status(key)
+        written = int(store.shards_done(key).sum()) if status == "incomplete" else 0
+        logger.warning(  # the run stands still: say why, where a user looks
+            "feature set %s is being written by another run (%s; %d shards written so "
+            "far): waiting for it, to reuse what it writes",
+            key,
+            holder.describe(),
+            written,
+        )
+
+    claim = store.claim(
+        key, done=lambda: store.status(key) == "complete", waiting=every(30, waiting)
+    )
+    if claim is None:
+        return False
+    _claims[store.url, key] = claim
+    return True
+
+
+def release_claim(plan: EmbedPlan) -> None:
+    """Give back the claim ``prepare_embedding`` took for ``plan`` (if this process still
+    holds it): a run that stops for any reason lets the next one go on at once."""
+    claim = _claims.pop((plan.config.store, plan.spec.key), None)
+    if claim is not None:
+        claim.release()
+
+
 def _shard_tasks(
     config: EmbedConfig,
     spec: FeatureSetSpec,
@@ -286,12 +370,16 @@ def _shard_tasks(
     embedder: EmbedderConfig,
 ) -> list[ShardTask]:
     """One task per shard not yet written, the embed-heaviest first (copy-only shards
-    then fill the gaps at the end)."""
-    from transfer_pipe.features.shard import Reuse, ShardTask
+    then fill the gaps at the end). A shard whose images a donor's shard holds in the same
+    order (``Donors.shards``: images appended after the known ones keep the earlier shards
+    aligned) copies that shard's objects whole; others copy rows. New images whose ids
+    sort among the known ones shift every later row: those shards copy rows."""
+    from transfer_pipe.features.shard import Reuse, ShardCopy, ShardTask
 
     uris = manifest.table[URI].tolist()
     hashes = manifest.table[CONTENT_HASH].tolist()
     layer_dims = tuple((layer, spec.layer_dims[layer]) for layer in spec.layers)
+    whole = donors.shards if isinstance(donors, Donors) else {}
     tasks = []
     for shard in range(spec.n_shards):
         if done[shard]:
@@ -302,6 +390,7 @@ def _shard_tasks(
             for offset, row in enumerate(rows)
             if hashes[row] in donors
         )
+        aligned = whole.get((spec.shard_size, _shard_digest(hashes[rows.start : rows.stop])))
         tasks.append(
             ShardTask(
                 store=config.store,
@@ -313,23 +402,41 @@ def _shard_tasks(
                 embedder=embedder,
                 layer_dims=layer_dims,
                 batch_size=config.batch_size,
+                copy=None if aligned is None else ShardCopy(*aligned),
             )
         )
     return sorted(tasks, key=lambda task: len(task.reuse))
 
 
-def reusable_rows(store: FeatureStore, spec: FeatureSetSpec) -> dict[str, tuple[str, int]]:
+class Donors(dict[str, tuple[str, int]]):
+    """content_hash -> (feature set, row) of rows other feature sets hold, and in
+    ``shards``: (shard size, ``_shard_digest`` of a shard's content hashes in order) ->
+    (feature set, shard) for their written shards without failed rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shards: dict[tuple[int, str], tuple[str, int]] = {}
+
+
+def _shard_digest(hashes: Sequence[str]) -> str:
+    """One digest of a shard's content hashes in row order."""
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
+def reusable_rows(store: FeatureStore, spec: FeatureSetSpec) -> Donors:
     """content_hash -> (feature set, row) for good rows of other feature sets that share
-    this one's embedding key (model, weights, preprocessing, dtype) and hold its layers."""
+    this one's embedding key (model, weights, preprocessing, dtype) and hold its layers,
+    and their whole shards (``Donors``)."""
     return cached_rows(store, spec.embedding_key, spec.layers, exclude=spec.key)
 
 
 def cached_rows(
     store: FeatureStore, embedding_key: str, layers: Sequence[str], exclude: str | None = None
-) -> dict[str, tuple[str, int]]:
+) -> Donors:
     """content_hash -> (feature set, row) for every good, written row of the store's
-    feature sets with ``embedding_key`` that hold all of ``layers``."""
-    donors: dict[str, tuple[str, int]] = {}
+    feature sets with ``embedding_key`` that hold all of ``layers``; and their written
+    shards without failed rows by content (``Donors.shards``)."""
+    donors = Donors()
     for key in store.list_keys():
         if key == exclude:
             continue
@@ -337,9 +444,17 @@ def cached_rows(
         if other.embedding_key != embedding_key or not set(layers) <= set(other.layers):
             continue
         table = store.row_table(key, columns=(CONTENT_HASH, FAILURE))
-        good = table[table["done"] & (table[FAILURE] == "")]
-        for content_hash, row in zip(good[CONTENT_HASH], good.index, strict=True):
+        good = table["done"] & (table[FAILURE] == "")
+        for content_hash, row in zip(
+            table.loc[good, CONTENT_HASH], np.flatnonzero(good), strict=True
+        ):
             donors.setdefault(content_hash, (key, int(row)))
+        hashes = table[CONTENT_HASH].tolist()
+        for shard in range(other.n_shards):
+            rows = other.shard_rows(shard)
+            if good.iloc[rows.start : rows.stop].all():
+                digest = _shard_digest(hashes[rows.start : rows.stop])
+                donors.shards.setdefault((other.shard_size, digest), (key, shard))
     return donors
 
 
@@ -442,7 +557,12 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
             plan.spec.rows,
             key,
         )
-    if store.status(key) != "complete":
+    claim = _claims.get((store.url, key))
+    if claim is not None and not claim.held:
+        # It stalled past its claim's expiry and another run took over: that run marks
+        # the feature set complete (one writer of its attributes).
+        logger.warning("feature set %s: another run took over its claim; it completes it", key)
+    elif store.status(key) != "complete":
         store.mark_complete(
             key,
             {
@@ -459,6 +579,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
                 "seconds": {**plan.seconds, "shards": float(stats["seconds"].sum())},
             },
         )
+    release_claim(plan)
     return _summary(plan, results, failed, store.status(key))
 
 
@@ -516,7 +637,10 @@ def embed_message(summary: EmbedSummary) -> str:
 def embed(config: EmbedConfig, on_progress: Sequence[ProgressCallback] = ()) -> EmbedSummary:
     """The whole embed pipeline without an orchestrator (notebooks, tests)."""
     plan = prepare_embedding(config)
-    return finalize_embedding(plan, compute_shards(plan, on_progress))
+    try:
+        return finalize_embedding(plan, compute_shards(plan, on_progress))
+    finally:
+        release_claim(plan)
 
 
 def steady_rate(results: Sequence[ShardResult]) -> float | None:
@@ -566,5 +690,6 @@ __all__ = [
     "embed_message",
     "finalize_embedding",
     "prepare_embedding",
+    "release_claim",
     "reusable_rows",
 ]

@@ -559,7 +559,9 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
         rows = _rows_to_split(store, key, None)
     splits, origin = _split_sizes(task, rows, config)
     device = _device(config.device)
-    recorded = _recorded_epoch_cost(store, backbone.id, image_size, device, config.policy)
+    recorded = _recorded_epoch_cost(
+        store, backbone.id, image_size, device, config.policy, config.storage_options
+    )
     if recorded is not None:
         per_image, seconds_from = recorded
     else:
@@ -610,7 +612,12 @@ def _split_sizes(
 
 
 def _recorded_epoch_cost(
-    store: FeatureStore, backbone: str, image_size: int, device: str, policy: str
+    store: FeatureStore,
+    backbone: str,
+    image_size: int,
+    device: str,
+    policy: str,
+    storage_options: str | None = None,
 ) -> tuple[tuple[float, float], str] | None:
     """((seconds per training image, per validation image), origin) from the fine-tuning
     runs in the store with the same backbone, image size, device and policy: their epoch
@@ -618,7 +625,7 @@ def _recorded_epoch_cost(
     from transfer_pipe.finetune.persist import list_cards
 
     seconds, images, runs = 0.0, 0, 0
-    for card in list_cards(store.url):
+    for card in list_cards(store.url, storage_options):
         result = card.result
         if (
             card.backbone != backbone

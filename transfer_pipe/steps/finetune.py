@@ -115,6 +115,7 @@ from transfer_pipe.steps.train import (
 )
 from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.cards import SplitSizes
+from transfer_pipe.store.claims import Claim, Holder, every
 from transfer_pipe.store.options import store_options
 
 logger = logging.getLogger(__name__)
@@ -288,10 +289,11 @@ def train_options(config: FinetuneConfig) -> TrainOptions:
 def ensure_probe(plan: FinetunePlan) -> HeadCard:
     """The probe's card: the heads flow's logreg on the same feature set, task and split,
     fitted now if the store does not hold it yet."""
-    card = read_head_card(plan.config.store, plan.probe_head_id)
+    store, options = plan.config.store, plan.config.storage_options
+    card = read_head_card(store, plan.probe_head_id, options)
     if card is None:
         train_head(plan.probe_plan, HeadRun(PROBE_HEAD))
-        card = read_head_card(plan.config.store, plan.probe_head_id)
+        card = read_head_card(store, plan.probe_head_id, options)
     assert card is not None, "a head just saved has its card"
     return card
 
@@ -371,12 +373,55 @@ def run_finetune(
 ) -> FinetuneResult:
     """Train (or resume, or reuse a finished run), evaluate on test, save the model with
     its card and reports; returns the result."""
-    done = read_card(plan.config.store, plan.run_id)
+    done = read_card(plan.config.store, plan.run_id, plan.config.storage_options)
     if done is not None:
-        # A run with the other init may have finished since this one: show it too.
-        compared = done.result.compared or compared_run(plan)
-        url = run_url(plan.config.store, plan.run_id)
-        return replace(done.result, url=url, reused=True, compared=compared)
+        return _reused(plan, done)
+    from transfer_pipe.cluster import in_dask_worker
+
+    if in_dask_worker():  # the driver holds the run's claim
+        return _train_and_save(plan, probe_card, on_epoch)
+    claim = _claim_run(plan)
+    if claim is None:  # another run trained it while this one waited
+        done = read_card(plan.config.store, plan.run_id, plan.config.storage_options)
+        assert done is not None
+        return _reused(plan, done)
+    try:
+        return _train_and_save(plan, probe_card, on_epoch)
+    finally:
+        claim.release()
+
+
+def _reused(plan: FinetunePlan, done: FinetuneCard) -> FinetuneResult:
+    # A run with the other init may have finished since this one: show it too.
+    compared = done.result.compared or compared_run(plan)
+    url = run_url(plan.config.store, plan.run_id)
+    return replace(done.result, url=url, reused=True, compared=compared)
+
+
+def _claim_run(plan: FinetunePlan) -> Claim | None:
+    """The claim to train run ``plan.run_id`` (``store.claims``): two runs at once train it
+    once (the later one reuses its card); None when the other run finished it meanwhile."""
+    config = plan.config
+
+    def finished() -> bool:
+        return read_card(config.store, plan.run_id, config.storage_options) is not None
+
+    def waiting(holder: Holder) -> None:
+        logger.warning(
+            "fine-tuning run %s is being trained by another run (%s): waiting for it, to reuse it",
+            plan.run_id,
+            holder.describe(),
+        )
+
+    store = open_store(config.store, config.storage_options)
+    return store.claim(f"finetune-{plan.run_id}", done=finished, waiting=every(30, waiting))
+
+
+def _train_and_save(
+    plan: FinetunePlan, probe_card: HeadCard, on_epoch: EpochCallback | None
+) -> FinetuneResult:
+    """Train (or resume from the store's checkpoints), evaluate on test, save the model
+    with its card and reports; here, or on the Dask cluster when one is given."""
     from transfer_pipe.cluster import in_dask_worker
 
     address = dask_address_of(plan.config)
@@ -393,7 +438,9 @@ def run_finetune(
     with tempfile.TemporaryDirectory() as tmp:
         files = _report_files(Path(tmp), result)
         card = _card(plan, job, result)
-        url = save_finetuned(plan.config.store, card, job.model, files.values())
+        url = save_finetuned(
+            plan.config.store, card, job.model, files.values(), plan.config.storage_options
+        )
     return replace(result, url=url)
 
 
@@ -403,14 +450,24 @@ def _finetune_on_cluster(
     """``run_finetune`` as one task on a worker of the Dask cluster at ``address`` (a GPU
     worker when the run asks for CUDA). The plan travels without the probe's feature rows
     (the worker reads what it needs from the store); checkpoints go to the store, so a
-    rerun resumes on any worker. ``on_epoch`` sees the epochs when the task returns."""
-    from transfer_pipe.cluster import run_on_cluster
+    rerun resumes on any worker. ``on_epoch`` sees each epoch here as the worker ends it
+    (sent as a worker event), and any it missed from the result's history at the end."""
+    from transfer_pipe.cluster import run_on_cluster, send_to_driver
 
     without_rows = replace(plan, probe_plan=replace(plan.probe_plan))
     key, device = f"finetune-{plan.run_id}", plan.config.device
-    result = run_on_cluster(address, device, key, run_finetune, without_rows, probe_card)
-    if on_epoch is not None:
-        for row in result.history:
+    if on_epoch is None:
+        return run_on_cluster(address, device, key, run_finetune, without_rows, probe_card)
+    seen = [0]  # the last epoch passed on
+
+    def forward(row: dict[str, Any]) -> None:
+        seen[0] = max(seen[0], int(row["epoch"]))
+        on_epoch(row)
+
+    args = (without_rows, probe_card, send_to_driver)
+    result = run_on_cluster(address, device, key, run_finetune, *args, on_event=forward)
+    for row in result.history:
+        if row["epoch"] > seen[0]:  # a reused run sends none; a lost event is not lost
             on_epoch(row)
     return result
 
@@ -480,7 +537,7 @@ def compared_run(plan: FinetunePlan) -> RunScore | None:
     other = "pretrained" if config.init == "random" else "random"
     found = [
         card
-        for card in list_cards(config.store)
+        for card in list_cards(config.store, config.storage_options)
         if card.probe_head_id == plan.probe_head_id
         and card.init == other
         and card.feature_set == plan.feature_set
@@ -624,7 +681,7 @@ def summary_message(result: FinetuneResult) -> str:
 def check_publishable(plan: FinetunePlan) -> None:
     """Refuse to publish a finished run that ended below the probe on validation, unless
     ``force``: the probe is the better model. The run itself stays saved."""
-    card = read_card(plan.config.store, plan.run_id)
+    card = read_card(plan.config.store, plan.run_id, plan.config.storage_options)
     if card is None:
         raise TransferPipeError(
             f"fine-tuning run {plan.run_id} has not finished: nothing to publish"
@@ -666,8 +723,9 @@ def publish_config(plan: FinetunePlan) -> EmbedConfig:
     if base is None:
         spec = plan.feature_set_spec
         base = EmbedConfig(
-            source=source_from_description(spec.source), store=plan.config.store,
-            limit=spec.rows, layers=spec.layers,
+            source=source_from_description(spec.source), store=config.store,
+            storage_options=config.storage_options, limit=spec.rows, layers=spec.layers,
+            dask_address=config.dask_address,
         )  # fmt: skip
     # The published entry carries the fine-tuning preprocessing: image_size None uses it.
     return replace(base, backbone=backbone, weights_file=None, image_size=None)

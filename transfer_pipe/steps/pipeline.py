@@ -44,7 +44,7 @@ def up_to_date(config: PipelineConfig) -> PipelineSummary | None:
     results = []
     for run in heads.runs:
         identity = head_id(heads, run)
-        card = read_card(config.store, identity)
+        card = read_card(config.store, identity, config.storage_options)
         if card is None:
             return None
         results.append(HeadResult.of(card, head_url(config.store, identity)))

@@ -51,7 +51,7 @@ def predict(
     """Write one prediction row per path to ``out`` (.csv or .parquet); returns counts."""
     if not out.lower().endswith(_FORMATS):
         raise TransferPipeError(f"--out must end in .csv or .parquet, not {out!r}.")
-    model, card = load_head(store_url, head_id)
+    model, card = load_head(store_url, head_id, storage_options)
     use_store(store_url, storage_options)  # where a finetuned/<run> backbone is registered
     backbone = get_backbone(card.backbone, weights_file)
     if backbone.weights_digest() != card.weights_digest:

@@ -3,8 +3,8 @@ on the user's own data.
 
     plan = prepare_sweep(config)                       # the two embed runs, every stage
     keys = {init: embed(plan.embeds[init]).feature_set ...}
-    depth = [probe_layer(run, train(run.config)) for run in depth_runs(plan, keys)]
-    curve = [share_point(run, train(run.config)) for run in curve_runs(plan, keys, depth)]
+    depth = [probe_layer(run, fit_probe(run)) for run in depth_runs(plan, keys)]
+    curve = [share_point(run, fit_probe(run)) for run in curve_runs(plan, keys, depth)]
     summary = finalize_sweep(plan, keys, depth, curve)  # advice, pictures, a record
 
 Everything is cached by the store: the embeddings by feature-set key (a dataset embedded at
@@ -19,13 +19,13 @@ import json
 import logging
 import posixpath
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
-
-import fsspec
+from typing import Any, Literal
 
 from transfer_pipe.backbones import PENULTIMATE, STAGES, get_backbone, random_variant
 from transfer_pipe.config import EmbedConfig, SweepConfig, TrainConfig
@@ -34,14 +34,15 @@ from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.card import FINETUNE_DIR, FinetuneCard
 from transfer_pipe.heads.card import read_card
+from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.records import Record
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
 from transfer_pipe.schema import TRAIN
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.results import TrainSummary
-from transfer_pipe.steps.train import train
-from transfer_pipe.store import cards, open_store
-from transfer_pipe.store.cards import card_folder
+from transfer_pipe.steps.train import finalize_training, prepare_training, train_head
+from transfer_pipe.store import StorageOptions, cards, open_store
+from transfer_pipe.store.cards import card_folder, store_fs
 
 logger = logging.getLogger(__name__)
 Init = Literal["pretrained", "random"]
@@ -90,6 +91,9 @@ class SweepSummary(Record):
     probes_reused: int
     url: str
     created: str
+    # Wall seconds per phase ("embed pretrained", "depth random", "report", ...) and per
+    # probe ("depth random stages.6", "curve pretrained stages.4 0.1"): where the time went.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def message(self) -> str:
@@ -149,6 +153,8 @@ def _embed_of(config: SweepConfig) -> EmbedConfig:
         dtype=spec.dtype,  # type: ignore[arg-type]  # a spec's dtype is one of Dtype
         limit=spec.rows,
         device=config.device,
+        storage_options=config.storage_options,
+        dask_address=config.dask_address,
     )
 
 
@@ -175,12 +181,35 @@ def depth_runs(plan: SweepPlan, keys: dict[Init, str]) -> list[ProbeRun]:
     ]
 
 
+def fit_probe(run: ProbeRun) -> TrainSummary:
+    """One probe of the sweep: the heads pipeline (``steps.train.train``) on a feature set
+    the sweep embedded, with two savings. Its heads are saved without the per-head
+    confusion and per-class pictures (the sweep draws its own curves; they cost more than
+    a small layer's fit). And consecutive probes on the same rows (a share's seeds, the
+    learning curve's shares at one layer) read them from the store once."""
+    config = run.config
+    assert config.feature_set is not None  # depth_runs and curve_runs name it
+    plan = prepare_training(config, config.feature_set)
+    rows = (config.store, plan.feature_set, plan.layer, plan.task.digest, plan.splits)
+    if rows in _LAST_ROWS:
+        plan.__dict__["data"] = _LAST_ROWS[rows]  # functools.cached_property's own slot
+    results = [train_head(plan, head, plots=False) for head in plan.runs]
+    summary = finalize_training(plan, results)
+    if "data" in plan.__dict__:  # read (or given) for this probe: keep it for the next
+        _LAST_ROWS.clear()  # one layer's rows at a time (penultimate: 70,000 x 1,280 floats)
+        _LAST_ROWS[rows] = plan.data
+    return summary
+
+
+_LAST_ROWS: dict[tuple[Any, ...], TaskData] = {}
+
+
 def probe_layer(run: ProbeRun, summary: TrainSummary) -> LayerScore:
     """One point of the depth curve, from the probe's summary and its card (the
     validation accuracy at the chosen C, which picks the best layer without the test)."""
     head = summary.heads[PROBE]
     (head_id,) = head.head_ids
-    card = read_card(run.config.store, head_id)
+    card = read_card(run.config.store, head_id, run.config.storage_options)
     if card is None:  # just fitted or reused: the card is there
         raise TransferPipeError(f"head {head_id} has no card in {run.config.store}")
     store = open_store(run.config.store, run.config.storage_options)
@@ -225,7 +254,7 @@ def share_point(run: ProbeRun, summary: TrainSummary) -> CurvePoint:
     head = summary.heads[PROBE]
     rows = []
     for head_id in head.head_ids:
-        card = read_card(run.config.store, head_id)
+        card = read_card(run.config.store, head_id, run.config.storage_options)
         if card is not None:
             rows.append(card.splits.train)
     return CurvePoint(
@@ -246,6 +275,7 @@ def finalize_sweep(
     curve: Sequence[CurvePoint],
     summaries: Sequence[TrainSummary],
     embedded: int,
+    seconds: dict[str, float] | None = None,
 ) -> SweepSummary:
     """The advice, the pictures and the record, saved under ``<store>/sweeps/<id>/``
     next to the feature sets; returns the summary."""
@@ -258,7 +288,7 @@ def finalize_sweep(
         rows_per_class,
         feature_set=keys["pretrained"],
         store=config.store,
-        finetune_gain=_finetune_gain(config.store, keys["pretrained"], first.task),
+        finetune_gain=_finetune_gain(config, keys["pretrained"], first.task),
     )
     sweep_id = _sweep_id(plan, keys)
     url = card_folder(config.store, SWEEPS_DIR, sweep_id)
@@ -276,15 +306,19 @@ def finalize_sweep(
         probes_reused=sum(s.heads_reused for s in summaries),
         url=url,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        seconds=dict(seconds or {}),
     )
-    _save(summary)
+    summary = _save(summary, config.storage_options)
+    _LAST_ROWS.clear()
     logger.info("sweep %s: %s (%s)", sweep_id, advice.command, advice.reason)
     return summary
 
 
-def _save(summary: SweepSummary) -> None:
-    """The pictures, the markdown report and the JSON record (written last)."""
-    fs, folder = fsspec.core.url_to_fs(summary.url)
+def _save(summary: SweepSummary, storage_options: StorageOptions = None) -> SweepSummary:
+    """The pictures, the markdown report and the JSON record (written last, with the
+    seconds the report took); returns the summary as recorded."""
+    started = time.perf_counter()
+    fs, folder = store_fs(summary.url, storage_options)
     fs.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         pictures = save_sweep_plots(Path(tmp), summary.depth, summary.curve)
@@ -293,22 +327,29 @@ def _save(summary: SweepSummary) -> None:
             summary.curve,
             summary.recommendation,
             {name: path.name for name, path in pictures.items()},
+            summary.seconds,
         )
         (Path(tmp) / "report.md").write_text(report)
         for path in [*pictures.values(), Path(tmp) / "report.md"]:
             fs.put_file(str(path), posixpath.join(folder, path.name))
+    report_s = round(time.perf_counter() - started, 3)
+    summary = replace(summary, seconds={**summary.seconds, "report": report_s})
     fs.pipe_file(posixpath.join(folder, RECORD), summary.to_json().encode())
+    return summary
 
 
-def sweep_report(summary: SweepSummary) -> str:
-    """The sweep's markdown report with its pictures inline (for the Prefect UI)."""
-    fs, folder = fsspec.core.url_to_fs(summary.url)
+def sweep_report(summary: SweepSummary, storage_options: StorageOptions = None) -> str:
+    """The sweep's markdown report with its pictures inline (for the Prefect UI; the
+    store read with the run's ``storage_options``)."""
+    fs, folder = store_fs(summary.url, storage_options)
     images = {}
     for name in ("depth", "learning"):
         path = posixpath.join(folder, f"{name}.png")
         if fs.exists(path):
             images[name] = png_data_uri(fs.cat_file(path))
-    return sweep_markdown(summary.depth, summary.curve, summary.recommendation, images)
+    return sweep_markdown(
+        summary.depth, summary.curve, summary.recommendation, images, summary.seconds
+    )
 
 
 def _sweep_id(plan: SweepPlan, keys: dict[Init, str]) -> str:
@@ -326,12 +367,15 @@ def _sweep_id(plan: SweepPlan, keys: dict[Init, str]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _finetune_gain(store: str, feature_set: str, task: str) -> float | None:
+def _finetune_gain(config: SweepConfig, feature_set: str, task: str) -> float | None:
     """Fine-tuning's measured test gain over the probe on this feature set and task (the
     newest such run), or None when the store holds none."""
+    found = cards.list_cards(
+        config.store, FINETUNE_DIR, FinetuneCard.from_dict, config.storage_options
+    )
     runs = [
         card
-        for card in cards.list_cards(store, FINETUNE_DIR, FinetuneCard.from_dict)
+        for card in found
         if card.feature_set == feature_set and card.task.name == task and card.init != "random"
     ]
     if not runs:
@@ -340,19 +384,47 @@ def _finetune_gain(store: str, feature_set: str, task: str) -> float | None:
     return float(newest.result.metrics.accuracy - newest.result.probe.metrics.accuracy)
 
 
+class Stopwatch:
+    """Wall seconds per named phase; a phase timed twice adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 3)
+
+
+def probe_phase(curve: Literal["depth", "curve"], run: ProbeRun) -> str:
+    """The stopwatch's name of one probe run: ``depth <init> <layer>`` on the depth curve,
+    ``curve <init> <layer> <fraction>`` on the learning curve."""
+    share = f" {run.fraction:g}" if curve == "curve" else ""
+    return f"{curve} {run.init} {run.layer}{share}"
+
+
 def sweep(config: SweepConfig) -> SweepSummary:
     """The whole sweep without an orchestrator (notebooks, tests)."""
-    plan = prepare_sweep(config)
+    clock = Stopwatch()
+    with clock.phase("prepare"):
+        plan = prepare_sweep(config)
     embedded, keys = 0, {}
     for init in INITS:
-        done = embed(plan.embeds[init])
+        with clock.phase(f"embed {init}"):
+            done = embed(plan.embeds[init])
         keys[init], embedded = done.feature_set, embedded + done.embedded
     summaries, depth = [], []
     for run in depth_runs(plan, keys):
-        summaries.append(train(run.config))
-        depth.append(probe_layer(run, summaries[-1]))
+        with clock.phase(f"depth {run.init}"), clock.phase(probe_phase("depth", run)):
+            summaries.append(fit_probe(run))
+            depth.append(probe_layer(run, summaries[-1]))
     curve = []
     for run in curve_runs(plan, keys, depth):
-        summaries.append(train(run.config))
-        curve.append(share_point(run, summaries[-1]))
-    return finalize_sweep(plan, keys, depth, curve, summaries, embedded)
+        with clock.phase(f"curve {run.init}"), clock.phase(probe_phase("curve", run)):
+            summaries.append(fit_probe(run))
+            curve.append(share_point(run, summaries[-1]))
+    return finalize_sweep(plan, keys, depth, curve, summaries, embedded, clock.seconds)

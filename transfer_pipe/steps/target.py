@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from transfer_pipe.config import (
     DEFAULT_STORE,
+    SHARED_OPTIONS,
     EmbedConfig,
     TaskOptions,
     options,
@@ -49,8 +50,9 @@ def embed_first(config: Targeted, embed: Callable[[EmbedConfig], EmbedSummary]) 
 def run_config(config_class: type[C], values: Mapping[str, Any]) -> C:
     """The config of one run from its flat ``values`` (``config.run_options``), as the CLI
     and the flows' parameter forms give them. For heads and fine-tuning runs, ``source``
-    is a feature-set key when the store holds one by that name (embed options are then
-    refused: the feature set fixes them), else a source to embed first."""
+    is a feature-set key when the store holds one by that name (options that choose what
+    to embed are then refused: the feature set fixes them; the store's, the device and the
+    Dask cluster are the run's own), else a source to embed first."""
     if not issubclass(config_class, TaskOptions):
         return config_class(**values)
     own, embed_values = split_run_values(config_class, values)
@@ -63,7 +65,7 @@ def run_config(config_class: type[C], values: Mapping[str, Any]) -> C:
             o.flag
             for o in options(EmbedConfig)
             if o.name in embed_values
-            and o.name not in ("store", "device", "layers")
+            and o.name not in (*SHARED_OPTIONS, "layers")
             and embed_values[o.name] != o.default
         ]
         if given:

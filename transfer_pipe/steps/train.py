@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import numpy as np
 
 from transfer_pipe.config import TaskOptions, TrainConfig
@@ -51,7 +50,8 @@ from transfer_pipe.steps.failures import StepFailed
 from transfer_pipe.steps.results import HeadSummary, TrainSummary
 from transfer_pipe.steps.target import embed_first
 from transfer_pipe.store import FeatureSetSpec, StorageOptions, open_store
-from transfer_pipe.store.cards import CARD, SplitSizes, TaskRef
+from transfer_pipe.store.cards import CARD, SplitSizes, TaskRef, store_fs
+from transfer_pipe.store.claims import Claim, Holder, every
 
 if TYPE_CHECKING:
     from transfer_pipe.heads.protocol import FittedHead
@@ -190,6 +190,8 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
     }
     if fraction is not None:  # only then: every head id of a run without it stays the same
         identity["label_fraction"] = fraction
+    if run.shot_seed is not None:  # drawn rows refit alone (earlier cards: with validation)
+        identity["refit"] = "drawn rows"
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     task = re.sub(r"[^a-z0-9]+", "-", plan.task.name.lower()).strip("-") or "task"
     if run.shot_seed is None:
@@ -201,18 +203,26 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
     return f"{task}-{run.head}{draw}-{digest}"
 
 
-def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
+def train_head(plan: TrainPlan, run: HeadRun, *, plots: bool = True) -> HeadResult:
     """Fit one head by the protocol, save it with its card, report files and plots; returns
     its result (ids, chosen hyperparameters, metrics, seconds, where it lives). A head the
     store already holds under the same id (same features, task, split and options) is
-    reused, unless the config asks to refit."""
+    reused, unless the config asks to refit. ``plots=False`` saves it without the
+    confusion and per-class pictures (a second or more each on a CPU: the sweep fits dozens
+    of probes and draws its own curves)."""
     identity = head_id(plan, run)
-    saved = None if plan.config.refit else read_card(plan.config.store, identity)
+    config = plan.config
+    saved = None if config.refit else read_card(config.store, identity, config.storage_options)
     if saved is not None:
         logger.info("head %s: reused (the store holds it for these features and options)", identity)
         return HeadResult.of(saved, head_url(plan.config.store, identity))
+    claim = _claim_head(config, identity)
+    if claim is None:  # another run fitted and saved it while this one waited
+        saved = read_card(config.store, identity, config.storage_options)
+        assert saved is not None
+        return HeadResult.of(saved, head_url(plan.config.store, identity))
     try:
-        return _fit_here_or_on_cluster(plan, run, identity)
+        return _fit_here_or_on_cluster(plan, run, identity, plots)
     except TransferPipeError:
         raise
     except Exception as exc:
@@ -221,19 +231,43 @@ def train_head(plan: TrainPlan, run: HeadRun) -> HeadResult:
             f"{type(exc).__name__}: {exc}. Heads already saved are kept; run again to "
             "fit the rest."
         ) from exc
+    finally:
+        claim.release()
+
+
+def _claim_head(config: TrainConfig, identity: str) -> Claim | None:
+    """The claim to fit head ``identity`` (``store.claims``): two runs at once fit it once,
+    the later one reusing the card; None when the other run saved it meanwhile."""
+
+    def saved() -> bool:
+        return (
+            not config.refit
+            and read_card(config.store, identity, config.storage_options) is not None
+        )
+
+    def waiting(holder: Holder) -> None:
+        logger.warning(
+            "head %s is being fitted by another run (%s): waiting for it, to reuse it",
+            identity,
+            holder.describe(),
+        )
+
+    store = open_store(config.store, config.storage_options)
+    return store.claim(f"head-{identity}", done=saved, waiting=every(30, waiting))
 
 
 def dask_address_of(config: TaskOptions) -> str | None:
-    """The Dask scheduler a heads or fine-tuning run fits on: its embed run's
-    ``--dask-address``, else ``DASK_SCHEDULER_ADDRESS``; None (fit here) when neither is
-    given."""
+    """The Dask scheduler a heads or fine-tuning run fits on: its ``--dask-address`` (a
+    feature-set key's run as well as one that embeds first), else
+    ``DASK_SCHEDULER_ADDRESS``; None (fit here) when neither is given."""
     from transfer_pipe.cluster import plan_cluster
 
-    given = config.embed.dask_address if config.embed is not None else None
-    return plan_cluster(given, None).address
+    return plan_cluster(config.dask_address, None).address
 
 
-def _fit_here_or_on_cluster(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
+def _fit_here_or_on_cluster(
+    plan: TrainPlan, run: HeadRun, identity: str, plots: bool = True
+) -> HeadResult:
     """Fit and save the head here or, given a Dask scheduler, as one task on one of its
     workers (a GPU worker when the head runs on CUDA). The task carries the plan without
     its rows: the worker reads them from the store by key, and returns the small result."""
@@ -241,17 +275,24 @@ def _fit_here_or_on_cluster(plan: TrainPlan, run: HeadRun, identity: str) -> Hea
 
     address = dask_address_of(plan.config)
     if address is None or in_dask_worker():
-        return _fit_and_save(plan, run, identity)
+        return _fit_and_save(plan, run, identity, plots)
     without_rows = replace(plan)  # the rows a driver may have read stay here (never arrays)
     result = run_on_cluster(
-        address, plan.config.device, f"head-{identity}", _fit_and_save, without_rows, run, identity
+        address,
+        plan.config.device,
+        f"head-{identity}",
+        _fit_and_save,
+        without_rows,
+        run,
+        identity,
+        plots,
     )
     logger.info("head %s: fitted on the Dask cluster at %s", identity, address)
     return result
 
 
-def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
-    """Fit head ``run`` by the protocol and save it, its card, report and plots."""
+def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str, plots: bool = True) -> HeadResult:
+    """Fit head ``run`` by the protocol and save it, its card, report and (``plots``) plots."""
     from transfer_pipe.heads.persist import save_head
     from transfer_pipe.heads.protocol import fit_head
 
@@ -274,9 +315,10 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
         label_fraction=data.label_fraction,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        files = _report_files(Path(tmp), result)
+        files = _report_files(Path(tmp), result, plots)
         card = _card(plan, data, fitted, result.head_id)
-        url = save_head(plan.config.store, card, fitted.model, files.values())
+        config = plan.config
+        url = save_head(config.store, card, fitted.model, files.values(), config.storage_options)
     logger.info(
         "head %s: fitted, test accuracy %.4f, macro F1 %.4f; saved to %s",
         identity,
@@ -287,16 +329,16 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str) -> HeadResult:
     return replace(result, url=url)
 
 
-def head_report(store: str, result: HeadResult) -> str:
+def head_report(store: str, result: HeadResult, storage_options: StorageOptions = None) -> str:
     """A saved head's markdown report for a viewer that has no access to the store (the
     Prefect UI): its plots inline as ``data:`` URIs, and where its folder, model file and
-    card live."""
+    card live (the store read with the run's ``storage_options``)."""
     url = result.url or head_url(store, result.head_id)
-    card = read_card(store, result.head_id)
+    card = read_card(store, result.head_id, storage_options)
     files = {"head folder": url, "card": posixpath.join(url, CARD)}
     if card is not None and card.model_file:
         files["model"] = posixpath.join(url, card.model_file)
-    fs, folder = fsspec.core.url_to_fs(url)
+    fs, folder = store_fs(url, storage_options)
     images = {}
     for name in _PLOTS:
         path = posixpath.join(folder, f"{name}.png")
@@ -308,8 +350,8 @@ def head_report(store: str, result: HeadResult) -> str:
 _PLOTS = ("confusion", "per_class")  # the PNGs ``save_result_plots`` writes
 
 
-def _report_files(folder: Path, result: HeadResult) -> dict[str, Path]:
-    files = save_result_plots(folder, result)
+def _report_files(folder: Path, result: HeadResult, plots: bool = True) -> dict[str, Path]:
+    files = save_result_plots(folder, result) if plots else {}
     report = folder / "report.md"
     report.write_text(markdown_report(result, {k: p.name for k, p in files.items()}))
     return {**files, "report": report}
@@ -402,7 +444,7 @@ def _rows_summary(
     run: its cards hold the size of a draw, and the summary reports the full split.)"""
     drawn = plan.config.shots is not None or plan.config.label_fraction is not None
     if results and all(r.reused for r in results) and not drawn:
-        card = read_card(plan.config.store, results[0].head_id)
+        card = read_card(plan.config.store, results[0].head_id, plan.config.storage_options)
         if card is not None:
             sizes = {TRAIN: card.splits.train, VAL: card.splits.val, TEST: card.splits.test}
             return card.classes, sizes, card.splits.origin, card.notes

@@ -7,12 +7,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.records import Record
 from transfer_pipe.store import StorageOptions, ZarrFeatureStore, open_store
+from transfer_pipe.store.claims import Holder, every
 from transfer_pipe.store.integrity import Damage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,15 @@ def verify_feature_set(
     store = open_store(store_url, storage_options)
     if not isinstance(store, ZarrFeatureStore):
         raise TransferPipeError(f"verify reads Zarr feature stores; {store_url} is not one")
-    damage: Damage = store.verify(key, repair=repair)
+    if repair:  # it writes: not while a run writes the same feature set
+        claim = store.claim(key, done=lambda: False, waiting=every(30, _waiting(key)))
+        assert claim is not None
+        try:
+            damage: Damage = store.verify(key, repair=True)
+        finally:
+            claim.release()
+    else:
+        damage = store.verify(key)
     repaired = repair and not damage.ok
     return VerifyReport(
         feature_set=key,
@@ -57,6 +70,17 @@ def verify_feature_set(
         actions=list(damage.actions),
         next_step=_next_step(store_url, key, damage, repaired),
     )
+
+
+def _waiting(key: str) -> Callable[[Holder], None]:
+    def say(holder: Holder) -> None:
+        logger.warning(
+            "feature set %s is being written by another run (%s): the repair waits for it",
+            key,
+            holder.describe(),
+        )
+
+    return say
 
 
 def _status(store: ZarrFeatureStore, key: str) -> str:

@@ -11,7 +11,7 @@ Write protocol (what makes a killed run safe to resume):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from transfer_pipe.schema import FAILURE, SAMPLE_ID, URI
+from transfer_pipe.store.claims import Claim, Holder
 
 Status = Literal["missing", "incomplete", "complete"]
 
@@ -97,6 +98,19 @@ class FeatureStore(ABC):
 
     @abstractmethod
     def status(self, key: str) -> Status: ...
+
+    @abstractmethod
+    def claim(
+        self,
+        key: str,
+        *,
+        done: Callable[[], bool],
+        waiting: Callable[[Holder], None] = lambda holder: None,
+    ) -> Claim | None:
+        """Take the claim to write feature set ``key`` (``store.claims``): returns it, held
+        and renewed until ``release()``, once no other live run holds it; None as soon as
+        ``done()`` is true (the other run finished the work). Only a holder may create
+        the feature set, write its shards or mark it complete."""
 
     @abstractmethod
     def create(self, spec: FeatureSetSpec, rows: pd.DataFrame) -> None:

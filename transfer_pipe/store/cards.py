@@ -6,6 +6,11 @@ presence means the files are complete**. A folder without a card is unfinished (
 never written): :func:`read_card` returns ``None`` for it and :func:`list_cards` skips it.
 Callers decide what a missing card means to the user (``load_head`` raises, a fine-tuning
 run trains).
+
+Every function takes the run's ``storage_options`` (a JSON object's text or a mapping, as
+``open_store`` does) and opens the folder with them over the protocol's defaults
+(``store.options``): a model beside the feature sets is read and written with the same
+endpoint and credentials as the feature sets themselves.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
-import fsspec
+from fsspec.core import url_to_fs
+from fsspec.spec import AbstractFileSystem
 
 from transfer_pipe.records import Record, known_fields
+from transfer_pipe.store.options import store_options
 
 CARD = "card.json"
 
@@ -104,7 +111,20 @@ def card_folder(store: str, folder: str, card_id: str) -> str:
     return posixpath.join(store.rstrip("/"), folder, card_id)
 
 
-def save_with_card(url: str, files: Iterable[Path], card: Card) -> str:
+def store_fs(
+    url: str, storage_options: str | Mapping[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, path) of ``url``, a folder in or under a store, opened with the run's
+    ``storage_options`` over the protocol's defaults (see ``store.options``)."""
+    return url_to_fs(url, **store_options(url, storage_options))
+
+
+def save_with_card(
+    url: str,
+    files: Iterable[Path],
+    card: Card,
+    storage_options: str | Mapping[str, Any] | None = None,
+) -> str:
     """Copy the local ``files`` into the folder ``url``, then write ``card`` last; returns
     ``url``.
 
@@ -112,7 +132,7 @@ def save_with_card(url: str, files: Iterable[Path], card: Card) -> str:
     as unfinished; files an earlier save left directly in the folder are removed too (no
     stale report or model survives a rewrite), sub-folders (a local run's checkpoints) stay.
     """
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = store_fs(url, storage_options)
     card_path = posixpath.join(path, CARD)
     if fs.exists(card_path):
         fs.rm_file(card_path)
@@ -130,10 +150,12 @@ def save_with_card(url: str, files: Iterable[Path], card: Card) -> str:
     return url
 
 
-def read_card(url: str, parse: CardParser[C]) -> C | None:
+def read_card(
+    url: str, parse: CardParser[C], storage_options: str | Mapping[str, Any] | None = None
+) -> C | None:
     """The card in the folder ``url``, or ``None`` when it has none (never written, or a
     save that did not finish)."""
-    fs, path = fsspec.core.url_to_fs(posixpath.join(url, CARD))
+    fs, path = store_fs(posixpath.join(url, CARD), storage_options)
     try:
         with fs.open(path, "r") as f:
             data = json.load(f)
@@ -142,9 +164,14 @@ def read_card(url: str, parse: CardParser[C]) -> C | None:
     return parse(data)
 
 
-def list_cards(store: str, folder: str, parse: CardParser[C]) -> list[C]:
+def list_cards(
+    store: str,
+    folder: str,
+    parse: CardParser[C],
+    storage_options: str | Mapping[str, Any] | None = None,
+) -> list[C]:
     """Every finished card under ``<store>/<folder>/*/``, oldest first."""
-    fs, path = fsspec.core.url_to_fs(posixpath.join(store.rstrip("/"), folder))
+    fs, path = store_fs(posixpath.join(store.rstrip("/"), folder), storage_options)
     if not fs.exists(path):
         return []
     cards = []

@@ -44,6 +44,7 @@ from transfer_pipe.store.base import FeatureSetSpec
 
 LAYOUT_VERSION = 2
 SETS = "feature_sets"
+CLAIMS = "claims"  # which run writes a feature set now: store.claims
 FEATURES = "features"
 RECORDS = "shard_record"
 TABLE = "table"
@@ -59,6 +60,8 @@ FEATURE_CHUNK = 256  # rows per inner chunk of a feature shard (partial reads)
 FOREIGN_FOLDERS: Mapping[str, str] = {
     "heads": "fitted heads: heads/<head_id>/card.json and model files (not Zarr data)",
     "finetune": "fine-tuning runs: finetune/<run_id>/card.json and checkpoints (not Zarr data)",
+    CLAIMS: "claims/<key>/<generation>.json: which run writes a feature set now (not Zarr data)",
+    "cache": "cache/hashes/<source>.parquet: content hashes by file stamp (not Zarr data)",
 }
 
 NAN_ROWS = (

@@ -38,7 +38,10 @@ from transfer_pipe.store.base import (
     ShardStats,
     Status,
 )
+from transfer_pipe.store.claims import Claim, Holder
+from transfer_pipe.store.claims import take as take_claim
 from transfer_pipe.store.layout import (
+    CLAIMS,
     FEATURES,
     FOREIGN_FOLDERS,
     LAYOUT_VERSION,
@@ -239,6 +242,17 @@ class ZarrFeatureStore(FeatureStore):
 
     # -- status and creation ------------------------------------------------------------
 
+    def claim(
+        self,
+        key: str,
+        *,
+        done: Callable[[], bool],
+        waiting: Callable[[Holder], None] = lambda holder: None,
+    ) -> Claim | None:
+        folder = f"{self._path.rstrip('/')}/{CLAIMS}/{key}"
+        self._fs.makedirs(folder, exist_ok=True)  # a disk wants the folder; S3 has none
+        return take_claim(self._fs, folder, done=done, waiting=waiting)
+
     def status(self, key: str) -> Status:
         """``missing`` also for a half-created feature set and for one of an older layout
         (its key differs from any this version computes); a damaged ``zarr.json`` raises
@@ -255,6 +269,7 @@ class ZarrFeatureStore(FeatureStore):
         if len(rows) != spec.rows:
             raise ValueError(f"spec says {spec.rows} rows, table has {len(rows)}")
         self._forget(spec.key)
+        self._recover_hierarchy()  # a run killed while creating may have left some
         root = self._root("a")
         for folder, holds in FOREIGN_FOLDERS.items():
             mark_foreign(root, folder, holds)
@@ -291,6 +306,19 @@ class ZarrFeatureStore(FeatureStore):
         # A local chunk write goes to "<name>.<uuid>.partial" and is renamed when whole;
         # a SIGKILL in between leaves the partial file (and the old chunk, if any).
         leftovers = self._fs.glob(f"{self._path.rstrip('/')}/{_SETS}/{key}/**/*.partial")
+        for path in leftovers:
+            self._fs.rm_file(path)
+        return len(leftovers) + self._recover_hierarchy()
+
+    def _recover_hierarchy(self) -> int:
+        """Remove what a killed run left of the hierarchy's own metadata (the root's and
+        ``feature_sets/``'s ``zarr.json``, rewritten while a feature set is created). Only
+        a claim's holder calls it, and those documents are written whole by zarr anyway."""
+        root = self._path.rstrip("/")
+        leftovers = [
+            *self._fs.glob(f"{root}/zarr.*.partial"),
+            *self._fs.glob(f"{root}/{_SETS}/zarr.*.partial"),
+        ]
         for path in leftovers:
             self._fs.rm_file(path)
         return len(leftovers)
@@ -432,6 +460,26 @@ class ZarrFeatureStore(FeatureStore):
     def nbytes(self, key: str) -> int:
         return int(self._fs.du(f"{self._path.rstrip('/')}/{_SETS}/{key}", total=True))
 
+    def _dask_features(self, key: str, layer: str) -> Any:
+        """Layer ``layer`` of feature set ``key`` as a lazy dask array of one block per
+        shard (one stored object each), every block read through the damage guard."""
+        import dask.array as da
+        from dask.base import tokenize
+
+        spec = self.spec(key)
+        name = f"{FEATURES}/{layer}"
+        array = self._array(key, name)
+        guarded = _GuardedFeatures(
+            self, key, name, spec.shard_size, tuple(array.shape), np.dtype(array.dtype)
+        )
+        return da.from_array(
+            guarded,
+            chunks=(spec.shard_size, array.shape[1]),
+            name=f"features-{key}-{tokenize(self.url, name)}",
+            asarray=False,
+            meta=np.empty((0, 0), dtype=guarded.dtype),
+        )
+
     def load(
         self,
         key: str,
@@ -461,11 +509,8 @@ class ZarrFeatureStore(FeatureStore):
                 )
             usable = by_id.loc[list(sample_ids)].reset_index().set_index("index")
         rows = usable.index.to_numpy()
-        array = self._array(key, f"{FEATURES}/{layer}")
         if as_dask:
-            import dask.array as da
-
-            features: Any = da.from_zarr(array)[rows]
+            features: Any = self._dask_features(key, layer)[rows]
         else:
             features = self.read_rows(key, layer, rows)
         return LoadedFeatures(
@@ -474,6 +519,30 @@ class ZarrFeatureStore(FeatureStore):
             sample_ids=usable[SAMPLE_ID].to_numpy(),
             splits=usable[SPLIT].to_numpy(),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _GuardedFeatures:
+    """A feature array as ``dask.array.from_array`` reads it: each block read through the
+    store's damage guard, so a damaged shard met when the dask array is computed (here or
+    on a worker) is a DamagedFeatureSet naming it, as with ``load``'s numpy path."""
+
+    store: ZarrFeatureStore
+    key: str
+    name: str
+    shard_size: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        rows = index[0].indices(self.shape[0])
+        shards = range(rows[0] // self.shard_size, -(-rows[1] // self.shard_size))
+        array = self.store._array(self.key, self.name)
+        return self.store._guarded(self.key, self.name, lambda: np.asarray(array[index]), shards)
 
 
 def _region(spec: FeatureSetSpec, shard: int) -> slice:

@@ -112,7 +112,7 @@ def _old_head_id(plan: TrainPlan, run: HeadRun) -> str:
 
 @pytest.mark.parametrize(
     ("values", "run"),
-    [({}, HeadRun("logreg")), ({"shots": 5}, HeadRun("knn", 2)), ({}, HeadRun("mlp"))],
+    [({}, HeadRun("logreg")), ({}, HeadRun("mlp"))],
 )
 def test_head_ids_without_label_fraction_are_unchanged(
     values: dict[str, object], run: HeadRun
@@ -121,6 +121,15 @@ def test_head_ids_without_label_fraction_are_unchanged(
     # existing head id (and a rerun would refit everything the store holds): fails here.
     plan = _plan(TrainConfig(feature_set="fs0", **values))  # type: ignore[arg-type]
     assert head_id(plan, run) == _old_head_id(plan, run)
+
+
+def test_a_drawn_run_gets_a_new_id_since_it_refits_on_its_drawn_rows_alone() -> None:
+    """A few-shot head of before was refitted with the validation rows: its card must not
+    be reused for today's refit on the drawn rows alone (steps.train.head_id)."""
+    plan = _plan(TrainConfig(feature_set="fs0", shots=5))
+    run = HeadRun("knn", 2)
+    assert head_id(plan, run) != _old_head_id(plan, run)
+    assert head_id(plan, run).startswith("source-knn-5shot-s2-")
 
 
 def test_label_fraction_and_seed_name_their_heads() -> None:

@@ -174,6 +174,20 @@ def test_scaler_fits_train_for_selection_and_train_plus_val_for_refit(
     assert np.all(np.abs(scaler.mean_ - with_test) > 10)
 
 
+@pytest.mark.parametrize("draw", ["few_shot", "label_subset"])
+def test_a_drawn_share_of_the_labels_is_refitted_on_its_drawn_rows_alone(draw: str) -> None:
+    """A learning curve's 1 % point trains on 1 % of the labels, not on them plus every
+    validation row (validation only chooses C)."""
+    data = _overlapping_problem(seed=3)
+    drawn = data.few_shot(4, seed=0) if draw == "few_shot" else data.label_subset(0.1, seed=0)
+    fitted = fit_head("logreg", drawn, FAST)
+    # Mutation: refitting every drawn run on train + validation (the former protocol) makes
+    # the scaler see the validation rows too.
+    assert fitted.model.named_steps["scale"].n_samples_seen_ == len(drawn.train)
+    whole = fit_head("logreg", data, FAST)
+    assert whole.model.named_steps["scale"].n_samples_seen_ == len(data.train) + len(data.val)
+
+
 # -- every head --------------------------------------------------------------------------
 
 

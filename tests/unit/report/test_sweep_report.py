@@ -105,3 +105,16 @@ def test_sweep_markdown_without_gain_curve_or_images() -> None:
     text = sweep_markdown(depth, [], rec, {})
     assert "fine-tune (policy `top-1`)" in text and "Expected gain" not in text
     assert "Not measured." in text and "![" not in text
+
+
+def test_sweep_markdown_says_where_the_time_went() -> None:
+    depth = depth_curve(PRETRAINED, RANDOM_ACC)
+    rec = recommend(depth, [], 5000, KEY, "/data/store")
+    seconds = {"embed pretrained": 80.0, "depth pretrained": 30.5, "depth pretrained stages.0": 2.0}
+    text = sweep_markdown(depth, [], rec, {}, seconds)
+    assert text.index("## Where the time went") > text.index("## Learning curve")
+    # Mutation seen failing here: _phase_rows keeping single probes (stages.0 listed, and
+    # counted into the total).
+    assert "| embed pretrained | 80.0 |" in text and "| total | 110.5 |" in text
+    assert "stages.0 |" not in text.split("## Where the time went")[1]
+    assert "Where the time went" not in sweep_markdown(depth, [], rec, {})

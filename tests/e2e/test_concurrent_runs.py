@@ -1,0 +1,131 @@
+"""Two runs on one feature set at the same time, as two real `transfer-pipe embed`
+processes: the work is done once, the result is whole, and a dead holder blocks nobody."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_crash_resume import _shards_done
+from tests.images import make_dataset
+from transfer_pipe.config import EmbedConfig, TrainConfig
+from transfer_pipe.steps import embed
+from transfer_pipe.steps.train import train
+from transfer_pipe.store import open_store
+from transfer_pipe.store.claims import TTL_ENV
+
+GOOD, SHARDS = 400, 51  # 4 classes x 100 good images + 4 bad ones, 8 per shard
+
+
+def _command(data: Path, store: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "transfer_pipe.cli", "embed", str(data), "--store", str(store),
+        "--backbone", "tiny_test", "--layers", "penultimate,stages", "--image-size", "48",
+        "--shard-size", "8", "--batch-size", "4", "--workers", "1", "--json",
+    ]  # fmt: skip
+
+
+def _start(data: Path, store: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        _command(data, store), env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _wait_for_shards(run: subprocess.Popen[bytes], store: Path, n: int) -> None:
+    deadline = time.monotonic() + 300
+    while _shards_done(store) < n:
+        assert run.poll() is None, "the run ended before the test could act"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _summary(run: subprocess.Popen[bytes]) -> tuple[dict[str, int], str]:
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err.decode()[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1]), err.decode()
+
+
+def test_two_runs_at_once_write_each_shard_once(tmp_path: Path, prefect_api: str) -> None:
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=4, per_class=100)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    # Started together: whichever takes the claim first writes all 51 shards (tens of
+    # seconds), the other arrives within the second or two their start-ups differ by.
+    runs = [_start(data, store, env), _start(data, store, env)]
+    (one, one_log), (other, other_log) = (_summary(run) for run in runs)
+    writer, waiter = (one, other) if one["shards_computed"] else (other, one)
+    waiter_log = other_log if writer is one else one_log
+    # Mutation: prepare_embedding without the claim makes both runs plan every shard and
+    # compute most of them twice (both embedded > 0, no waiting).
+    assert "being written by another run" in waiter_log
+    assert (waiter["embedded"], waiter["shards_computed"]) == (0, 0)
+    assert (writer["embedded"], writer["shards_computed"]) == (GOOD, SHARDS)
+    opened = open_store(str(store))
+    [key] = opened.list_keys()
+    assert opened.status(key) == "complete"
+    assert int(opened.shard_stats(key)["embedded"].sum()) == GOOD  # each shard once
+    assert opened.verify(key).ok  # type: ignore[attr-defined]
+    assert not list((store / "claims").glob("*/*.json")), "a claim was not given back"
+
+
+def test_a_run_killed_holding_the_claim_does_not_block_the_next(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=4, per_class=100)
+    # A claim that would outlive the test: only its holder's death can free it this soon.
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
+    killed = _start(data, store, env)
+    _wait_for_shards(killed, store, 3)
+    os.killpg(killed.pid, signal.SIGKILL)  # no clean-up: the claim object stays
+    killed.wait()
+    done_at_kill = _shards_done(store)
+    assert list((store / "claims").glob("*/*.json")), "the killed run held no claim"
+
+    started = time.monotonic()
+    resumed, log = _summary(_start(data, store, env))
+    assert time.monotonic() - started < 300
+    assert "took over the claim" in log
+    assert resumed["shards_already_done"] == done_at_kill
+    assert resumed["shards_computed"] == SHARDS - done_at_kill
+
+    opened = open_store(str(store))
+    [key] = opened.list_keys()
+    assert opened.status(key) == "complete"
+    assert int(opened.shard_stats(key)["embedded"].sum()) == GOOD  # each image once
+    assert opened.verify(key).ok  # type: ignore[attr-defined]
+
+
+def test_two_heads_runs_at_once_fit_each_head_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two heads runs on one feature set (threads of one process: they overlap for sure;
+    the claim lives in the store, whichever process asks)."""
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=3, per_class=12)
+    summary = embed(
+        EmbedConfig(source=str(data), store=str(store), backbone="tiny_test", workers=1)
+    )
+    config = TrainConfig(
+        feature_set=summary.feature_set, store=str(store), heads=("torch-linear", "logreg")
+    )
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(train, [config, config]))
+    # Mutation: train_head without _claim_head makes both runs fit both heads (fitted 4).
+    assert sorted((r.heads_fitted, r.heads_reused) for r in runs) in (
+        [(0, 2), (2, 0)],
+        [(1, 1), (1, 1)],
+    )
+    assert "being fitted by another run" in caplog.text
+    cards = list((store / "heads").glob("*/card.json"))
+    assert len(cards) == 2
+    assert not list((store / "claims").glob("head-*/*.json")), "a claim was not given back"

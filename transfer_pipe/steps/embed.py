@@ -13,6 +13,7 @@ nothing). They are imported where the first shard is planned.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import importlib.metadata
@@ -486,11 +487,21 @@ def compute_shards(
             resources=resources or None,
         )
         shard_of = {f.key: t.shard for f, t in zip(futures, plan.tasks, strict=True)}
-        for future in as_completed(futures):
-            results.append(_shard_result(future, shard_of[future.key], plan))
-            bar.update(1)
-            for callback in on_progress:
-                callback(len(results), total)
+        try:
+            for future in as_completed(futures):
+                results.append(_shard_result(future, shard_of[future.key], plan))
+                bar.update(1)
+                for callback in on_progress:
+                    callback(len(results), total)
+        except (Exception, asyncio.CancelledError) as exc:
+            # The scheduler's loss surfaces, by timing, as a cancelled future, a closed
+            # comm or a cancelled wait: whichever it is, a client cut off from its
+            # scheduler means the run cannot go on (a retry would only wait to connect).
+            if isinstance(exc, TransferPipeError) or client.status == "running":
+                raise
+            written = {r.shard for r in results}
+            pending = next(t.shard for t in plan.tasks if t.shard not in written)
+            raise TransferPipeError(_lost_message(plan, pending)) from exc
     logger.info(
         "feature set %s: %d shards written, %d images embedded, %d copied, %d failed",
         plan.spec.key,
@@ -500,6 +511,15 @@ def compute_shards(
         sum(r.failed for r in results),
     )
     return sorted(results, key=lambda r: r.shard)
+
+
+def _lost_message(plan: EmbedPlan, shard: int) -> str:
+    return (
+        f"lost the Dask scheduler at {plan_cluster(plan.config.dask_address, 0).address} "
+        f"while shard {shard} of feature set {plan.spec.key} was pending: the run "
+        "stops. Shards already written are kept; restart the scheduler and its "
+        "workers and run again to resume from them."
+    )
 
 
 def _shard_result(future: Any, shard: int, plan: EmbedPlan) -> ShardResult:
@@ -514,12 +534,7 @@ def _shard_result(future: Any, shard: int, plan: EmbedPlan) -> ShardResult:
         raise
     except Exception as exc:
         if lost_scheduler(exc):  # not transient: no retry can reach the lost scheduler
-            raise TransferPipeError(
-                f"lost the Dask scheduler at {plan_cluster(plan.config.dask_address, 0).address} "
-                f"while shard {shard} of feature set {plan.spec.key} was pending: the run "
-                "stops. Shards already written are kept; restart the scheduler and its "
-                "workers and run again to resume from them."
-            ) from exc
+            raise TransferPipeError(_lost_message(plan, shard)) from exc
         raise StepFailed(
             f"shard {shard} of {plan.spec.n_shards} (rows {plan.spec.shard_rows(shard).start}-"
             f"{plan.spec.shard_rows(shard).stop - 1}) of feature set {plan.spec.key} failed: "

@@ -33,11 +33,20 @@ def _command(data: Path, store: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(data: Path, store: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        _command(data, store), env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+def _start(
+    data: Path, store: Path, env: dict[str, str], log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A CLI embed run; its log goes to ``log`` when given (to watch it while it runs)."""
+    if log is None:
+        return subprocess.Popen(
+            _command(data, store), env=env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    with log.open("wb") as err:  # the child keeps its own copy of the file
+        return subprocess.Popen(
+            _command(data, store), env=env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=err,
+        )  # fmt: skip
 
 
 def _wait_for_shards(run: subprocess.Popen[bytes], store: Path, n: int) -> None:
@@ -48,25 +57,41 @@ def _wait_for_shards(run: subprocess.Popen[bytes], store: Path, n: int) -> None:
         time.sleep(0.05)
 
 
-def _summary(run: subprocess.Popen[bytes]) -> tuple[dict[str, int], str]:
+def _summary(run: subprocess.Popen[bytes], log: Path | None = None) -> tuple[dict[str, int], str]:
     out, err = run.communicate(timeout=600)
-    assert run.returncode == 0, err.decode()[-3000:]
-    return json.loads(out.decode().strip().splitlines()[-1]), err.decode()
+    text = log.read_text() if log is not None else err.decode()
+    assert run.returncode == 0, text[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1]), text
+
+
+def _wait_for_log(run: subprocess.Popen[bytes], log: Path, line: str) -> None:
+    deadline = time.monotonic() + 300
+    while line not in log.read_text():
+        assert run.poll() is None, f"the run ended without saying {line!r}"
+        assert time.monotonic() < deadline, f"the run never said {line!r}"
+        time.sleep(0.1)
 
 
 def test_two_runs_at_once_write_each_shard_once(tmp_path: Path, prefect_api: str) -> None:
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=4, per_class=100)
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    # Started together: whichever takes the claim first writes all 51 shards (tens of
-    # seconds), the other arrives within the second or two their start-ups differ by.
-    runs = [_start(data, store, env), _start(data, store, env)]
-    (one, one_log), (other, other_log) = (_summary(run) for run in runs)
-    writer, waiter = (one, other) if one["shards_computed"] else (other, one)
-    waiter_log = other_log if writer is one else one_log
-    # Mutation: prepare_embedding without the claim makes both runs plan every shard and
-    # compute most of them twice (both embedded > 0, no waiting).
-    assert "being written by another run" in waiter_log
+    # Claims that cannot lapse while the writer is paused below.
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
+    writer_run = _start(data, store, env)
+    _wait_for_shards(writer_run, store, 3)
+    # The writer is paused holding the claim, so the second run surely arrives mid-write
+    # (started together, a slow start-up could make it arrive after the writer ended).
+    os.killpg(writer_run.pid, signal.SIGSTOP)
+    waiter_log = tmp_path / "waiter.log"
+    try:
+        waiter_run = _start(data, store, env, log=waiter_log)
+        # Mutation: prepare_embedding without the claim makes the second run plan the
+        # shards not yet written and compute them (it never waits, embedded > 0).
+        _wait_for_log(waiter_run, waiter_log, "being written by another run")
+    finally:
+        os.killpg(writer_run.pid, signal.SIGCONT)
+    writer, _ = _summary(writer_run)
+    waiter, _ = _summary(waiter_run, waiter_log)
     assert (waiter["embedded"], waiter["shards_computed"]) == (0, 0)
     assert (writer["embedded"], writer["shards_computed"]) == (GOOD, SHARDS)
     opened = open_store(str(store))

@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from transfer_pipe.config import EmbedConfig
@@ -52,6 +53,31 @@ def walk(data: Any, options: ProtocolOptions) -> dict[str, Any]:
     }
 
 
+def gradient_layouts(features: np.ndarray, classes: int = 10, repeats: int = 3) -> dict[str, float]:
+    """Seconds of one forward and backward pass of the probe's objective on ``features``
+    with its weights row-major (``[classes, dim]``, as the solver keeps them) and
+    transposed (a view of ``[dim, classes]``, as it kept them before): autograd forms the
+    weights' gradient as ``grad @ X`` for the first, ``X.T @ grad.T`` for the second, an
+    operand layout some BLAS builds run many times slower. Best of ``repeats``."""
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    targets = torch.randint(0, classes, (len(x),))
+    seconds = {}
+    for layout in ("row_major", "transposed"):
+        best = float("inf")
+        for _ in range(repeats):
+            weights = torch.zeros(classes, x.shape[1])
+            if layout == "transposed":
+                weights = torch.zeros(x.shape[1], classes).T
+            weights.requires_grad_(True)
+            started = time.perf_counter()
+            logits = weights @ x.T  # [classes, rows], as the solver computes them
+            torch.log_softmax(logits, dim=0).gather(0, targets[None, :]).mean().backward()
+            best = min(best, time.perf_counter() - started)
+        seconds[f"{layout}_s"] = best
+    seconds["transposed_over_row_major"] = seconds["transposed_s"] / seconds["row_major_s"]
+    return seconds
+
+
 def recorded_walk(image_size: int, layer: str) -> dict[str, Any] | None:
     """The walk of the solver before this one, from the heads benchmark's record."""
     path = RESULTS / f"heads_probe_{image_size}px.json"
@@ -61,6 +87,18 @@ def recorded_walk(image_size: int, layer: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return {"chosen_C": row["chosen"]["C"], "accuracy": row["accuracy"], "seconds": row["seconds"]}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and whether it has AVX2 (Linux): BLAS speed turns on both, so
+    results from different machines are told apart by it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.machine())  # fmt: skip
+    return f"{model} ({'AVX2' if ' avx2' in info else 'no AVX2'})"
 
 
 def main() -> None:
@@ -97,6 +135,8 @@ def main() -> None:
         }
         if row["before"] is not None:
             row["same_choice_as_before"] = row["before"]["chosen_C"] == stopped["chosen_C"]
+        if layer == "penultimate":
+            row["gradient_layouts"] = gradient_layouts(data.train.features)
         if layer in args.whole_walk.split(","):
             whole = walk(data, replace(options, c_patience=0))
             row["whole_walk"] = whole
@@ -117,6 +157,7 @@ def main() -> None:
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
+            "cpu": _cpu_model(),
             "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },

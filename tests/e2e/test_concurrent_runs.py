@@ -1,5 +1,6 @@
-"""Two runs on one feature set at the same time, as two real `transfer-pipe embed`
-processes: the work is done once, the result is whole, and a dead holder blocks nobody."""
+"""Two runs on one feature set at the same time (two real `transfer-pipe embed`
+processes; two heads runs, two fine-tuning runs): the work is done once, the result is
+whole, and a dead holder blocks nobody."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pytest
 
 from tests.e2e.test_crash_resume import _shards_done
 from tests.images import make_dataset
-from transfer_pipe.config import EmbedConfig, TrainConfig
+from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.steps import embed
+from transfer_pipe.steps.finetune import ensure_probe, finetune, prepare_finetune
 from transfer_pipe.steps.train import train
 from transfer_pipe.store import open_store
 from transfer_pipe.store.claims import TTL_ENV
@@ -154,3 +156,30 @@ def test_two_heads_runs_at_once_fit_each_head_once(
     cards = list((store / "heads").glob("*/card.json"))
     assert len(cards) == 2
     assert not list((store / "claims").glob("head-*/*.json")), "a claim was not given back"
+
+
+def test_two_fine_tuning_runs_at_once_train_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two identical fine-tuning runs at once (threads of one process, as above): one
+    trains, the other waits for it and reuses its model and card."""
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=3, per_class=12)
+    summary = embed(
+        EmbedConfig(source=str(data), store=str(store), backbone="tiny_test", workers=1)
+    )
+    config = FinetuneConfig(
+        feature_set=summary.feature_set, store=str(store), policy="top-1", epochs=30,
+        batch_size=8, loader_workers=0,
+    )  # fmt: skip
+    # The probe first, so both runs reach the training claim together (else the one that
+    # waited for the probe finds the model already trained, and never waits for it).
+    ensure_probe(prepare_finetune(config, summary.feature_set))
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(finetune, [config, config]))
+    # Mutation: run_finetune without _claim_run makes both runs train (neither reused).
+    assert sorted(run.reused for run in runs) == [False, True]
+    assert "being trained by another run" in caplog.text
+    assert runs[0].run_id == runs[1].run_id and runs[0].accuracy == runs[1].accuracy
+    assert len(list((store / "finetune").glob("*/card.json"))) == 1
+    assert not list((store / "claims").glob("*/*.json")), "a claim was not given back"

@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from tests.unit.heads.test_tasks import KEY, build_feature_set
+from tests.unit.heads.test_tasks import KEY, uneven_store
 from transfer_pipe.cli import build_parser, run_values_from
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
@@ -31,7 +31,7 @@ from transfer_pipe.steps.train import (
     protocol_options,
     train,
 )
-from transfer_pipe.store import FeatureSetSpec, ZarrFeatureStore
+from transfer_pipe.store import FeatureSetSpec
 
 # Quick protocol: these tests are about which rows each head sees, not about the C grid.
 QUICK: dict[str, Any] = {"c_values": 3, "bootstrap": 20}
@@ -45,15 +45,7 @@ def _config(store: str, **values: Any) -> TrainConfig:
 
 @pytest.fixture
 def store(tmp_path: Path) -> str:
-    """A feature set with source splits: 40 / 20 / 8 training rows of ant / bee / cat (the
-    features carry class signal), and 4 validation and 4 test rows per class."""
-    url = str(tmp_path / "store")
-    counts = {"ant": 40, "bee": 20, "cat": 8}
-    labels = [c for c, n in counts.items() for _ in range(n)]
-    labels += [c for c in counts for _ in range(8)]
-    splits = ["train"] * sum(counts.values()) + ["val", "test"] * 12
-    build_feature_set(ZarrFeatureStore(url), labels, splits, dim=4)
-    return url
+    return uneven_store(tmp_path)
 
 
 # -- the option ---------------------------------------------------------------------------

@@ -105,6 +105,18 @@ def build_feature_set(
     return Source(sample_ids, np.asarray(labels), np.asarray(splits), frozenset(failures))
 
 
+def uneven_store(tmp_path: Path) -> str:
+    """A store holding one feature set with source splits: 40 / 20 / 8 training rows of
+    ant / bee / cat (the features carry class signal), 4 validation and 4 test rows each."""
+    url = str(tmp_path / "store")
+    counts = {"ant": 40, "bee": 20, "cat": 8}
+    labels = [c for c, n in counts.items() for _ in range(n)]
+    labels += [c for c in counts for _ in range(8)]
+    splits = ["train"] * sum(counts.values()) + ["val", "test"] * 12
+    build_feature_set(ZarrFeatureStore(url), labels, splits, dim=4)
+    return url
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> FeatureStore:
     return ZarrFeatureStore(str(tmp_path / "store"))

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.unit.heads.test_tasks import KEY, LAYER, build_feature_set
+from tests.unit.heads.test_tasks import KEY, LAYER, uneven_store
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.heads.card import head_url
 from transfer_pipe.heads.tasks import load_task
 from transfer_pipe.steps import sweep as steps
 from transfer_pipe.steps import train as train_steps
-from transfer_pipe.store import ZarrFeatureStore
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +28,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> str:
-    """40 / 20 / 8 training rows of ant / bee / cat, 4 validation and 4 test rows each."""
-    url = str(tmp_path / "store")
-    counts = {"ant": 40, "bee": 20, "cat": 8}
-    labels = [c for c, n in counts.items() for _ in range(n)]
-    labels += [c for c in counts for _ in range(8)]
-    splits = ["train"] * sum(counts.values()) + ["val", "test"] * 12
-    build_feature_set(ZarrFeatureStore(url), labels, splits, dim=4)
-    return url
+    return uneven_store(tmp_path)
 
 
 def _run(store: str, fraction: float = 1.0, **extra: Any) -> steps.ProbeRun:

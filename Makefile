@@ -61,5 +61,6 @@ benchmark: install data
 	$(BIN)/python benchmarks/probe_walk.py         # the probe's C walk / the embed
 	$(BIN)/python benchmarks/sweep.py              # the transferability sweep / one embed
 	$(BIN)/python benchmarks/store_layout.py       # objects and requests per feature set
+	$(BIN)/python benchmarks/capacity.py           # bytes per image per layer and dtype: deploy/SCALING.md
 	$(BIN)/python benchmarks/pipeline_rerun.py --limit $(LIMIT) --image-size $(IMAGE_SIZE)
 	if command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then bash benchmarks/gpu.sh; fi

@@ -1,0 +1,117 @@
+"""What a feature set costs per image, measured on real features: the inputs of
+deploy/SCALING.md's arithmetic.
+
+From a complete feature set (EfficientNet-Lite0 on Fashion-MNIST, every stage and the
+penultimate layer; embedded here at ``--limit`` images unless ``--store`` holds one):
+- stored bytes per row of each layer, as written (float32), and the same rows encoded
+  again as float16 with the store's own codecs (one Zarr shard of ``--rows`` rows);
+- stored bytes per row of the row columns and the Parquet table;
+- objects per shard task (one per layer, plus its record);
+- the driver's memory per row of the manifest (the table it holds while it plans).
+
+Writes benchmarks/results/capacity.json.
+
+    python benchmarks/capacity.py [--store STORE] [--limit 10000] [--rows 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.storage import MemoryStore
+
+from transfer_pipe.config import EmbedConfig
+from transfer_pipe.data.sources import load_manifest
+from transfer_pipe.steps.embed import embed
+from transfer_pipe.store import ZarrFeatureStore, open_store
+
+RESULT = Path(__file__).parent / "results" / "capacity.json"
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def encoded_bytes(array: zarr.Array, values: np.ndarray, dtype: str) -> int:
+    """Bytes of ``values`` written as one Zarr shard with ``array``'s codecs in ``dtype``."""
+    target = zarr.create_array(
+        MemoryStore(),
+        shape=values.shape,
+        dtype=dtype,
+        shards=values.shape,
+        chunks=array.chunks,
+        compressors=array.compressors,
+        serializer=array.serializer,
+    )
+    target[:] = values.astype(dtype)
+    store = target.store
+    assert isinstance(store, MemoryStore)
+    return sum(len(v.to_bytes()) for k, v in store._store_dict.items() if "/" in k)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", help="a store holding the feature set (default: embed one)")
+    parser.add_argument("--limit", type=int, default=10_000, help="images to embed")
+    parser.add_argument("--rows", type=int, default=8192, help="rows re-encoded per layer")
+    options = parser.parse_args()
+    store_url = options.store or tempfile.mkdtemp(prefix="capacity-")
+    config = EmbedConfig(
+        source="fashion-mnist",
+        store=store_url,
+        image_size=64,
+        layers=("penultimate", "stages"),
+        limit=None if options.store else options.limit,
+    )
+    key = embed(config).feature_set
+    store = open_store(store_url)
+    assert isinstance(store, ZarrFeatureStore)
+    spec = store.spec(key)
+    folder = Path(store.folder(key))
+    layers: dict[str, Any] = {}
+    for layer, dim in spec.layer_dims.items():
+        array = zarr.open_array(str(folder / "features" / layer), mode="r")
+        sample = np.asarray(array[: min(options.rows, spec.rows)])
+        stored = folder_bytes(folder / "features" / layer) / spec.rows
+        layers[layer] = {
+            "dim": int(dim),
+            "float32_stored_bytes_per_row": stored,
+            "float32_raw_bytes_per_row": 4 * int(dim),
+            "float16_bytes_per_row": encoded_bytes(array, sample, "float16") / len(sample),
+            "float32_reencoded_bytes_per_row": encoded_bytes(array, sample, "float32")
+            / len(sample),
+        }
+    columns = {
+        path.name: folder_bytes(path) / spec.rows
+        for path in folder.iterdir()
+        if path.is_dir() and path.name != "features"
+    }
+    manifest = load_manifest("fashion-mnist")
+    manifest_bytes = int(manifest.table.memory_usage(deep=True).sum())
+    result = {
+        "benchmark": "capacity",
+        "feature_set": key,
+        "rows": spec.rows,
+        "backbone": spec.backbone,
+        "image_size": 64,
+        "shard_size": spec.shard_size,
+        "layers": layers,
+        "row_columns_bytes_per_row": columns,
+        "objects_per_shard_task": len(spec.layers) + 1,
+        "manifest_bytes_per_row": manifest_bytes / len(manifest.table),
+        "manifest_columns": list(manifest.table.columns),
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+    }
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

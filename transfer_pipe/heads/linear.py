@@ -165,8 +165,8 @@ class LBFGSLinearClassifier(ClassifierMixin, BaseEstimator):
             ]
             start_w, start_b = min(starts, key=lambda start: float(objective(*start)))
         # coef = weights @ precondition (both roots are symmetric). Row-major on purpose: a
-        # transposed coef makes autograd form its gradient as features.T @ grad.T, an
-        # operand layout some BLAS builds run 25x slower than grad @ features (measured).
+        # transposed coef makes autograd form its gradient as features.T @ grad.T, which
+        # some BLAS builds run 10x slower than grad @ features (benchmarks/probe_walk.py).
         weights = (start_w @ unprecondition).requires_grad_(True)
         bias = start_b.clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(

@@ -172,3 +172,45 @@ def test_progress_is_sent_at_most_once_per_whole_percent(
     # Mutation: report() updating at every shard sends 221 updates.
     assert len(updates) <= 101 and updates[-1] == 100.0
     assert updates == sorted(updates)
+
+
+def test_a_feature_set_written_by_the_flow_opens_in_xarray_and_joins_in_pandas(
+    tmp_path: Path,
+) -> None:
+    """What a user outside this library reads: xarray opens the feature set (its rows and
+    every layer) from its consolidated metadata, with named dimensions, and the Parquet
+    table of rows joins the features by sample id with nothing but pandas."""
+    import warnings
+
+    import pandas as pd
+    import xarray
+
+    make_dataset(tmp_path / "data", classes=2, per_class=6)  # and 4 bad files: 16 rows
+    key = run_embed(config_for(tmp_path / "data", tmp_path / "store")).feature_set
+    store = open_store(str(tmp_path / "store"))
+    folder = Path(store.folder(key))  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Failed to open ... consolidated metadata"
+        rows = xarray.open_zarr(str(folder), zarr_format=3)
+        # Mutation seen failing: one "feature" dimension name for every layer (xarray's
+        # "conflicting sizes for dimension 'feature'").
+        layers = xarray.open_zarr(str(folder), group="features", zarr_format=3)
+    assert rows["sample_id"].dims == ("row",) and rows.sizes["row"] == 16
+    spec = store.spec(key)
+    assert set(layers.data_vars) == set(spec.layers)
+    for layer in spec.layers:
+        assert layers[layer].shape == (16, spec.layer_dims[layer])
+    loaded = store.load(key, layer="penultimate")
+    penultimate = layers["penultimate"].values
+    by_id = dict(zip(rows["sample_id"].values.tolist(), range(16), strict=True))
+    for sample_id, features in zip(loaded.sample_ids, loaded.features, strict=True):
+        np.testing.assert_array_equal(penultimate[by_id[sample_id]], features)
+
+    table = pd.read_parquet(folder / "table" / "rows.parquet")
+    assert sorted(table["sample_id"]) == sorted(rows["sample_id"].values.tolist())
+    assert (table["failure"] != "").sum() == 4  # the bad files, each with its reason
+    joined = table.merge(
+        pd.DataFrame({"sample_id": loaded.sample_ids, "f0": loaded.features[:, 0]}),
+        on="sample_id",
+    )
+    assert len(joined) == 12 and joined["label"].isin(["class0", "class1"]).all()

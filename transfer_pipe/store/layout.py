@@ -136,7 +136,9 @@ def create_arrays(group: zarr.Group, spec: FeatureSetSpec) -> None:
             dtype=spec.dtype,
             fill_value=float("nan"),
             compressors=codecs(),
-            dimension_names=("row", "feature"),
+            # Its own feature dimension per layer: xarray opens the group as one dataset
+            # only when each dimension name has one length.
+            dimension_names=("row", f"{layer}_feature"),
         )
     group.create_array(
         RECORDS,

@@ -123,7 +123,7 @@ def test_every_array_names_its_dimensions(complete: Complete) -> None:
         f"features/{name}": array.metadata.dimension_names
         for name, array in group["features"].arrays()  # type: ignore[union-attr]
     }
-    assert dims["features/penultimate"] == ("row", "feature")
+    assert dims["features/penultimate"] == ("row", "penultimate_feature")
     assert dims["sample_id"] == dims["failure"] == ("row",)
     assert dims["shard_record"] == ("shard",)
     assert all(dims.values())  # the table marker too (xarray needs them on every array)
@@ -320,11 +320,12 @@ def test_a_lost_object_is_found_by_its_nan_rows(complete: Complete) -> None:
 
 
 def test_xarray_opens_a_feature_set_from_its_consolidated_metadata(complete: Complete) -> None:
-    # xarray is not a dependency: skipped unless installed. Run with xarray 2025 (pip
-    # --target, PYTHONPATH). Mutation seen failing: the table marker array without
-    # dimension_names (xarray's KeyError). xarray reads consolidated metadata only at the
-    # root of the store it is given, hence the feature set's folder as the store.
-    xarray = pytest.importorskip("xarray")
+    # xarray is a test dependency, not one of the library. Mutation seen failing: the
+    # table marker array without dimension_names (xarray's KeyError). xarray reads
+    # consolidated metadata only at the root of the store it is given, hence the feature
+    # set's folder as the store.
+    import xarray
+
     _, _, folder = complete
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "Failed to open ... consolidated metadata"

@@ -6,7 +6,7 @@ penultimate layer; embedded here at ``--limit`` images unless ``--store`` holds 
 - stored bytes per row of each layer, as written (float32), and the same rows encoded
   again as float16 with the store's own codecs (one Zarr shard of ``--rows`` rows);
 - stored bytes per row of the row columns and the Parquet table;
-- objects per shard task (one per layer, plus its record);
+- objects per shard task (one per layer, plus its record), and all objects counted;
 - the driver's memory per row of the manifest (the table it holds while it plans).
 
 Writes benchmarks/results/capacity.json.
@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import MemoryStore
 
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.sources import load_manifest
@@ -41,19 +40,18 @@ def folder_bytes(path: Path) -> int:
 
 def encoded_bytes(array: zarr.Array, values: np.ndarray, dtype: str) -> int:
     """Bytes of ``values`` written as one Zarr shard with ``array``'s codecs in ``dtype``."""
-    target = zarr.create_array(
-        MemoryStore(),
-        shape=values.shape,
-        dtype=dtype,
-        shards=values.shape,
-        chunks=array.chunks,
-        compressors=array.compressors,
-        serializer=array.serializer,
-    )
-    target[:] = values.astype(dtype)
-    store = target.store
-    assert isinstance(store, MemoryStore)
-    return sum(len(v.to_bytes()) for k, v in store._store_dict.items() if "/" in k)
+    with tempfile.TemporaryDirectory() as folder:
+        target = zarr.create_array(
+            folder,
+            shape=values.shape,
+            dtype=dtype,
+            shards=values.shape,
+            chunks=array.chunks,
+            compressors=array.compressors,
+            serializer=array.serializer,
+        )
+        target[:] = values.astype(dtype)
+        return folder_bytes(Path(folder) / "c")  # the data, not the metadata
 
 
 def main() -> None:
@@ -105,6 +103,7 @@ def main() -> None:
         "layers": layers,
         "row_columns_bytes_per_row": columns,
         "objects_per_shard_task": len(spec.layers) + 1,
+        "objects_counted": sum(1 for f in folder.rglob("*") if f.is_file()),
         "manifest_bytes_per_row": manifest_bytes / len(manifest.table),
         "manifest_columns": list(manifest.table.columns),
         "machine": f"{platform.machine()}, Python {platform.python_version()}",

@@ -80,13 +80,14 @@ def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
         100.0 * before / shards, description=f"shards of feature set {plan.spec.key} written"
     )
 
-    shown = [int(100.0 * before / shards)]
+    shown = int(100.0 * before / shards)
 
     def report(done: int, pending: int) -> None:
         # At most one API call per whole percent: a billion images make 122,000 shards.
+        nonlocal shown
         percent = 100.0 * (before + done) / shards
-        if int(percent) > shown[0]:
-            shown[0] = int(percent)
+        if int(percent) > shown:
+            shown = int(percent)
             update_progress_artifact(artifact, percent)
 
     results = steps.compute_shards(plan, on_progress=[report])

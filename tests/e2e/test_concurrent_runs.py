@@ -4,6 +4,7 @@ whole, and a dead holder blocks nobody."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,12 +40,8 @@ def _start(
     data: Path, store: Path, env: dict[str, str], log: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """A CLI embed run; its log goes to ``log`` when given (to watch it while it runs)."""
-    if log is None:
-        return subprocess.Popen(
-            _command(data, store), env=env, start_new_session=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-    with log.open("wb") as err:  # the child keeps its own copy of the file
+    with contextlib.ExitStack() as files:  # the child keeps its own copy of the file
+        err = subprocess.PIPE if log is None else files.enter_context(log.open("wb"))
         return subprocess.Popen(
             _command(data, store), env=env, start_new_session=True,
             stdout=subprocess.PIPE, stderr=err,

@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--gpu-worker", action="store_true", help="also run a worker on the gpu pool here"
     )
+    commands.add_parser(
+        "automations",
+        help="create or update, on the server of $PREFECT_API_URL, the automation that marks "
+        "runs Crashed when their heartbeats stop (serve does it itself)",
+    )
     return parser
 
 
@@ -517,6 +522,24 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
 
+def _automations(args: argparse.Namespace) -> int:
+    from transfer_pipe.serve import (
+        CRASH_AUTOMATION,
+        MISSED_HEARTBEATS,
+        ensure_crash_automation,
+        heartbeat_seconds,
+    )
+
+    heartbeat_s = heartbeat_seconds()
+    automation = ensure_crash_automation(heartbeat_s=heartbeat_s)
+    print(
+        f"automation {automation} ({CRASH_AUTOMATION!r}): a run without a heartbeat for "
+        f"{MISSED_HEARTBEATS * heartbeat_s} s is marked Crashed; runs must send one every "
+        f"{heartbeat_s} s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY)"
+    )
+    return 0
+
+
 def _backbones(args: argparse.Namespace) -> int:
     from transfer_pipe.backbones import list_backbones
 
@@ -538,6 +561,7 @@ _COMMANDS = {
     "heads": _heads,
     "predict": _predict,
     "serve": _serve,
+    "automations": _automations,
 }
 
 if __name__ == "__main__":

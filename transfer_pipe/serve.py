@@ -38,6 +38,16 @@ HOST = "127.0.0.1"  # loopback only: the server has no authentication
 WORK_POOLS = {"cpu": None, "gpu": 1}
 """The work pools serve creates and their concurrency limits (one run per GPU)."""
 
+# A run whose process dies with its machine (SIGKILL, out of memory, an evicted pod) never
+# reports a final state: it would show Running in the UI forever. Every flow run sends a
+# heartbeat event every HEARTBEAT_ENV seconds; this automation marks a run Crashed once
+# MISSED_HEARTBEATS of them in a row are missing (Prefect's "zombie flows" recipe).
+CRASH_AUTOMATION = "transfer-pipe: crash runs that stopped sending heartbeats"
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+DEFAULT_HEARTBEAT_S = 180  # Prefect's own default
+MISSED_HEARTBEATS = 3
+_FINAL_EVENTS = ("Completed", "Failed", "Cancelled", "Crashed")
+
 
 def home() -> Path:
     """The transfer-pipe home: ``$TRANSFER_PIPE_HOME``, default ``~/.transfer-pipe``."""
@@ -100,13 +110,80 @@ def running_server(at: Path | None = None) -> str | None:
 def use_running_server() -> str | None:
     """Point Prefect at the running ``transfer-pipe serve`` (``PREFECT_API_URL``) unless a
     server is chosen already; returns the URL used, or None when Prefect will start its
-    temporary server. Call before Prefect is imported: it reads settings from the env."""
+    temporary server. The run then sends heartbeats as often as that serve's crash
+    automation expects them (a slower cadence would get a live run marked Crashed). Call
+    before Prefect is imported: it reads settings from the env."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     api_url = running_server()
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
+        heartbeat_s = (read_record() or {}).get("heartbeat_s")
+        if heartbeat_s:
+            os.environ[HEARTBEAT_ENV] = str(heartbeat_s)
     return api_url
+
+
+def heartbeat_seconds() -> int:
+    """Seconds between a flow run's heartbeats: ``$PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
+    else Prefect's default; at least 30, Prefect's minimum."""
+    value = os.environ.get(HEARTBEAT_ENV) or str(DEFAULT_HEARTBEAT_S)
+    try:
+        return max(30, int(value))
+    except ValueError:
+        raise TransferPipeError(
+            f"{HEARTBEAT_ENV}={value!r} is not a whole number of seconds (30 or more)"
+        ) from None
+
+
+def ensure_crash_automation(api_url: str | None = None, heartbeat_s: int | None = None) -> str:
+    """Create, or bring up to date, the automation that marks a flow run Crashed once
+    ``MISSED_HEARTBEATS`` heartbeats in a row are missing; returns its id. Idempotent:
+    one automation of that name per server, whatever the number of serve starts. By
+    default the server of ``$PREFECT_API_URL`` and the heartbeat of the environment."""
+    api_url = api_url or os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise TransferPipeError("set PREFECT_API_URL to the server to create the automation on")
+    heartbeat_s = heartbeat_s or heartbeat_seconds()
+    body = {
+        "name": CRASH_AUTOMATION,
+        "description": (
+            f"A flow run that sent no heartbeat and no final state for "
+            f"{MISSED_HEARTBEATS} x {heartbeat_s} s lost its process: mark it Crashed."
+        ),
+        "enabled": True,
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": [
+                "prefect.flow-run.heartbeat",
+                *(f"prefect.flow-run.{state}" for state in _FINAL_EVENTS),
+            ],
+            "for_each": ["prefect.resource.id"],
+            "threshold": 1,
+            "within": MISSED_HEARTBEATS * heartbeat_s,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "message": (
+                    f"no heartbeat for {MISSED_HEARTBEATS * heartbeat_s} s: the run's "
+                    "process is gone (killed, out of memory, or its machine lost)"
+                ),
+            }
+        ],
+    }
+    named = {"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}
+    existing = rest("POST", f"{api_url}/automations/filter", named)
+    if not existing:
+        return str(rest("POST", f"{api_url}/automations/", body)["id"])
+    for extra in existing[1:]:  # created twice by a race of two serves: keep one
+        rest("DELETE", f"{api_url}/automations/{extra['id']}")
+    rest("PUT", f"{api_url}/automations/{existing[0]['id']}", body)
+    return str(existing[0]["id"])
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -120,6 +197,7 @@ class ServeOptions:
     port: int = 4200
     database_url: str | None = None
     gpu_worker: bool = False
+    heartbeat_s: int = field(default_factory=heartbeat_seconds)
     startup_timeout_s: float = 300.0
     stop_timeout_s: float = 15.0
     home: Path = field(default_factory=home)
@@ -172,11 +250,12 @@ def _run(
         logs,
     )
     children.append(server)
-    _write_record(options.home, options.port, api_url)
+    _write_record(options.home, options.port, api_url, options.heartbeat_s)
     if not _wait_healthy(api_url, server, options.startup_timeout_s, stop):
         return _failed(server, logs, stop, out)
     print(f"server healthy after {time.monotonic() - started:.0f} s", file=out)
     _ensure_work_pools(api_url, env, root)
+    ensure_crash_automation(api_url, options.heartbeat_s)
     for pool in ("cpu", "gpu") if options.gpu_worker else ("cpu",):
         worker = _prefect("worker", "start", "--pool", pool, "--type", "process")
         children.append(_spawn(f"worker-{pool}", worker, env, root, logs))
@@ -199,6 +278,7 @@ def _environment(options: ServeOptions, root: Path) -> dict[str, str]:
         "PREFECT_SERVER_API_PORT": str(options.port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false",
+        HEARTBEAT_ENV: str(options.heartbeat_s),  # the runs its workers start
         ROOT_ENV: str(root),
         STORE_ENV: store,
         HOME_ENV: str(options.home),
@@ -466,7 +546,7 @@ def _exclusive(at: Path) -> Iterator[None]:
         yield
 
 
-def _write_record(at: Path, port: int, api_url: str) -> None:
+def _write_record(at: Path, port: int, api_url: str, heartbeat_s: int) -> None:
     from transfer_pipe.files import write_text_atomic
 
     record = {
@@ -474,6 +554,7 @@ def _write_record(at: Path, port: int, api_url: str) -> None:
         "api_url": api_url,
         "port": port,
         "pid": os.getpid(),
+        "heartbeat_s": heartbeat_s,
     }
     write_text_atomic(at / RECORD_NAME, json.dumps(record))
 

@@ -152,3 +152,24 @@ def test_train_bad_input_fails_fast_with_a_clear_error(
     assert "heads ls" in err
     assert main(["heads", "ls", "--store", store]) == 0  # an empty store is not an error
     assert "no fitted heads" in capsys.readouterr().out
+
+
+def test_automations_keeps_one_crash_automation_with_the_heartbeat_window(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transfer_pipe.serve import CRASH_AUTOMATION, HEARTBEAT_ENV, rest
+
+    named = {"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}
+    for heartbeat_s in (45, 60):  # a second call updates the first's window, never adds one
+        monkeypatch.setenv(HEARTBEAT_ENV, str(heartbeat_s))
+        done = cli("automations", api=prefect_api)
+        assert f"{3 * heartbeat_s} s is marked Crashed" in done.stdout
+        automations = rest("POST", f"{prefect_api}/automations/filter", named)
+        # Mutation: creating without looking for an existing one leaves two here.
+        assert [a["trigger"]["within"] for a in automations] == [3 * heartbeat_s]
+    (automation,) = automations
+    assert automation["actions"][0]["state"] == "CRASHED"
+    monkeypatch.setenv(HEARTBEAT_ENV, "often")
+    failed = cli("automations", api=prefect_api, check=False)
+    assert failed.returncode == 2
+    assert f"{HEARTBEAT_ENV}='often' is not a whole number" in failed.stderr

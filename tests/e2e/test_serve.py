@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from tests.images import make_dataset
+from transfer_pipe.serve import CRASH_AUTOMATION, HEARTBEAT_ENV, MISSED_HEARTBEATS
 from transfer_pipe.serve import rest as api
 
 pytestmark = pytest.mark.slow
@@ -72,14 +73,14 @@ class Served:
         return f"http://127.0.0.1:{self.port}/api"
 
 
-def start_serve(base: Path, *extra: str) -> Served:
+def start_serve(base: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
     """``transfer-pipe serve`` in the background; returns once it printed that it's ready."""
     home, store, port, output = base / "home", base / "store", free_port(), base / "serve.out"
     home.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "transfer_pipe.cli", "serve", "--store", str(store)]
     process = subprocess.Popen(
         [*command, "--port", str(port), *extra],
-        env=user_env(home),
+        env={**user_env(home), **(env or {})},
         cwd=base,
         stdout=output.open("w"),
         stderr=subprocess.STDOUT,
@@ -120,9 +121,13 @@ def wait_for_run(served: Served, run_id: str, timeout_s: float = 600) -> dict[st
     pytest.fail(f"flow run {run_id} did not finish in {timeout_s} s")
 
 
+HEARTBEAT_S = 30  # Prefect's minimum: the crash automation's window is then 90 s
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = start_serve(tmp_path_factory.mktemp("serve"))
+    heartbeat = {HEARTBEAT_ENV: str(HEARTBEAT_S)}
+    served = start_serve(tmp_path_factory.mktemp("serve"), env=heartbeat)
     yield served
     stop_serve(served)
 
@@ -138,6 +143,7 @@ def test_serve_is_healthy_with_its_pools_and_deployments(served: Served) -> None
     assert api("GET", f"{served.api_url}/health") is True
     record = json.loads((served.home / "server.json").read_text())
     assert (record["api_url"], record["port"]) == (served.api_url, served.port)
+    assert record["heartbeat_s"] == HEARTBEAT_S  # what the CLI's runs against serve send
     # Mutation: a concurrency limit of None for gpu in serve.WORK_POOLS fails the limit.
     cpu = api("GET", f"{served.api_url}/work_pools/cpu")
     gpu = api("GET", f"{served.api_url}/work_pools/gpu")
@@ -193,6 +199,55 @@ def test_a_deployment_run_is_executed_by_the_worker(served: Served, images: Path
     assert finished["state_type"] == "COMPLETED", finished["state"]
     listed = cli(served.home, "ls", "--store", str(store), "--json")
     assert [(f["rows"], f["status"]) for f in json.loads(listed.stdout)] == [(6, "complete")]
+
+
+def test_a_run_whose_process_dies_is_marked_crashed_and_a_live_one_is_not(
+    served: Served, tmp_path: Path
+) -> None:
+    named = {"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}
+    (automation,) = api("POST", f"{served.api_url}/automations/filter", named)
+    window = MISSED_HEARTBEATS * HEARTBEAT_S
+    assert automation["trigger"]["within"] == window
+    # A CLI run in the user's shell (no heartbeat setting: it takes serve's), long enough
+    # to outlive the window: 70,000 images at 112 px take minutes on two cores.
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "transfer_pipe.cli", "embed", "fashion-mnist"]
+    log = (tmp_path / "cli.log").open("w")
+    process = subprocess.Popen(
+        [*command, "--store", str(store), "--image-size", "112"],
+        env=user_env(served.home),
+        cwd=served.home,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        run = _running_run_of(served, str(store), process)
+        # Mutation: a run that does not adopt serve's heartbeat (Prefect's 180 s) is
+        # marked Crashed while alive, inside this wait.
+        time.sleep(window + 20)
+        assert process.poll() is None, (tmp_path / "cli.log").read_text()[-2000:]
+        alive = api("GET", f"{served.api_url}/flow_runs/{run['id']}")
+        assert alive["state_type"] == "RUNNING", alive["state"]
+        process.kill()  # as a lost machine or the OOM killer would: no final state sent
+        process.wait()
+        # Mutation: serve without ensure_crash_automation leaves the run Running forever.
+        dead = wait_for_run(served, run["id"], timeout_s=window + 120)
+        assert dead["state_type"] == "CRASHED", dead["state"]
+        assert "no heartbeat" in dead["state"]["message"]
+    finally:
+        process.kill()
+        log.close()
+
+
+def _running_run_of(served: Served, store: str, process: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """The embed flow run writing to ``store``, once it is Running."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        for run in flow_runs(served, "embed"):
+            if store in json.dumps(run["parameters"]) and run["state_type"] == "RUNNING":
+                return run
+        time.sleep(1)
+    pytest.fail(f"no Running embed run for {store} (exit code {process.poll()})")
 
 
 def test_a_second_serve_on_the_same_home_says_where_the_first_runs(served: Served) -> None:

@@ -122,7 +122,7 @@ def check_dask(args: list[str]) -> None:
 
 def test_compose_runs_commands_that_exist() -> None:
     commands = compose_commands()
-    assert len(commands) >= 7  # server, two workers, the deploy job's five steps
+    assert len(commands) >= 7  # server, two workers, the deploy job's six steps
     for words in commands:
         # Mutation: `prefect worker start --pool cpu --typ process` in compose.yaml fails;
         # so does `dask worker ... --resource GPU=1` (seen).

@@ -56,6 +56,7 @@ test: install data lint
 # The GPU rows run where a CUDA GPU is present (benchmarks/gpu.sh), else stay "not measured".
 benchmark: install data
 	$(BIN)/python benchmarks/embed_throughput.py   # CLI embed / raw, steady, warm rerun, memory 10k vs 70k
+	$(BIN)/python benchmarks/run_phases.py         # where a cold and a warm CLI run spend their time
 	$(BIN)/python benchmarks/increments.py         # +10% images / cold, IDX and a folder of files
 	$(BIN)/python benchmarks/feeding.py            # decode/resize/normalise rate beside the raw forward
 	$(BIN)/python benchmarks/probe_walk.py         # the probe's C walk / the embed

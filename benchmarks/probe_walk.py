@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--layers", default=f"stages.4,stages.6,penultimate,{WIDEST}")
     parser.add_argument("--whole-walk", default="stages.4,stages.6")
     parser.add_argument("--store", help="reuse this store (default: a fresh temporary one)")
+    parser.add_argument("--out", type=Path, help="default: results/probe_walk_<size>px.json")
     args = parser.parse_args()
 
     store = args.store or tempfile.mkdtemp(prefix="probe-walk-store-")
@@ -162,7 +163,7 @@ def main() -> None:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }
-    out = RESULTS / f"probe_walk_{args.image_size}px.json"
+    out = args.out or RESULTS / f"probe_walk_{args.image_size}px.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

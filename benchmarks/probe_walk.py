@@ -89,16 +89,20 @@ def recorded_walk(image_size: int, layer: str) -> dict[str, Any] | None:
     return {"chosen_C": row["chosen"]["C"], "accuracy": row["accuracy"], "seconds": row["seconds"]}
 
 
+_VECTOR_FLAGS = ((" avx512_bf16", "AVX-512 BF16"), (" avx512f", "AVX-512"), (" avx2", "AVX2"))
+
+
 def _cpu_model() -> str:
-    """The CPU's model name and whether it has AVX2 (Linux): BLAS speed turns on both, so
-    results from different machines are told apart by it."""
+    """The CPU's model name and its widest vector instructions (Linux): BLAS speed turns
+    on both, so results from different machines are told apart by it."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.machine()
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
                   if line.startswith("model name")), platform.machine())  # fmt: skip
-    return f"{model} ({'AVX2' if ' avx2' in info else 'no AVX2'})"
+    widest = next((name for flag, name in _VECTOR_FLAGS if flag in info), "no AVX2")
+    return f"{model} ({widest})"
 
 
 def main() -> None:

@@ -220,7 +220,11 @@ class EmbedConfig(_Validated):
         None, "threads of the local Dask worker (default: one per core, at most 4)", minimum=1
     )
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    autocast: Autocast = option("none", "reduced-precision forward pass; CUDA only")
+    autocast: Autocast = option(
+        "none",
+        "reduced-precision forward pass, a feature set of its own: bf16 on CUDA or a CPU "
+        "(fast with AVX-512 BF16 or AMX), fp16 on CUDA only",
+    )
 
     def _problems(self) -> list[str]:
         return storage_options_problems(self.storage_options)

@@ -94,6 +94,10 @@ def test_a_store_with_a_recorded_run_estimates_without_running_the_model(
     assert "rows to copy from other feature sets: " + str(fewer.to_copy) in (
         embed_estimate_message(fewer)
     )
+    # A bfloat16 forward pass runs at another rate: it times the model rather than take
+    # the float32 run's. Mutation: a recorded-rate filter blind to the precision answers.
+    with pytest.raises(AssertionError, match="the model ran"):
+        estimate_embed(EmbedConfig(**{**config.to_dict(), "autocast": "bf16"}))
 
 
 _PROBE = """

@@ -13,6 +13,7 @@ import torch
 from transfer_pipe.backbones import Preprocessing, get_backbone
 from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.cluster import resolve_device, threads_per_task
+from transfer_pipe.errors import TransferPipeError
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class EmbedderConfig:
     layers: tuple[str, ...]
     preprocessing: Preprocessing
     device: str = "auto"
-    autocast: str = "none"  # "bf16" | "fp16" on CUDA; CPU always runs float32
+    autocast: str = "none"  # "bf16" (CUDA or CPU) | "fp16" (CUDA only)
     threads: int | None = None  # torch intra-op threads; None: cores / threads of this worker
 
 
@@ -34,15 +35,16 @@ class Embedder:
     def __init__(self, config: EmbedderConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        check_autocast(config.autocast, self.device)
         spec = get_backbone(config.backbone, config.weights_file)
         model = spec.build().to(self.device).to(memory_format=torch.channels_last)
         self.tap = LayerTap(model, config.layers).eval()
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.device.type != "cuda" or self.config.autocast == "none":
+        if self.config.autocast == "none":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def __call__(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """``batch`` is [B, 3, H, W] float32; returns {layer: float32 [B, dim]}."""
@@ -61,6 +63,17 @@ class Embedder:
         with torch.inference_mode(), self._autocast():
             outputs = self.tap(batch)
         return {name: out.float().cpu().numpy() for name, out in outputs.items()}
+
+
+def check_autocast(autocast: str, device: torch.device) -> None:
+    """A reduced-precision forward pass the device runs: bfloat16 on CUDA or a CPU (fast
+    where the CPU has AVX-512 BF16 or AMX), float16 on CUDA only (a CPU would run it in
+    slow reference kernels)."""
+    if autocast == "fp16" and device.type != "cuda":
+        raise TransferPipeError(
+            f"--autocast fp16 needs a CUDA device; this run's device is {device.type}: "
+            "use --autocast bf16 on a CPU, or none"
+        )
 
 
 def copies_async(device: torch.device) -> bool:

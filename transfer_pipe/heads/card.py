@@ -79,6 +79,7 @@ class HeadCard(ModelCard):
     notes: list[str] = field(default_factory=list)  # what the task's labelling noticed
     # The share of the training labels it was fitted on (seed: shot_seed); None: all of them.
     label_fraction: float | None = None
+    autocast: str = "none"  # its feature set's forward precision: predict embeds alike
 
     @property
     def card_id(self) -> str:

@@ -29,7 +29,7 @@ import zarr
 
 from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
 from transfer_pipe.backbones.published import use_store
-from transfer_pipe.cluster import plan_cluster
+from transfer_pipe.cluster import plan_cluster, resolve_device
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.hash_cache import CACHE_FOLDER, CACHE_HOLDS, HashCache, cache_url
 from transfer_pipe.data.manifest import Manifest
@@ -96,6 +96,7 @@ def check_embed_inputs(
     ``dry_run`` checks the store without its one write (the probe that may create its
     folder) and hands no manifest to a run: a dry run leaves no trace."""
     backbone = run_backbone(config)
+    _check_autocast_here(config)
     check_source(config.source)
     hashes = source_hash_cache(config)
     manifest = load_manifest(config.source, hashes=hashes).limit(config.limit)
@@ -112,6 +113,16 @@ def check_embed_inputs(
     while len(_checked_manifests) > 4:  # only the runs about to start; never a cache
         del _checked_manifests[next(iter(_checked_manifests))]
     return backbone, layers, manifest
+
+
+def _check_autocast_here(config: EmbedConfig) -> None:
+    """``--autocast fp16`` on a local run without CUDA fails here, before anything is
+    written (on a cluster each worker checks its own device)."""
+    if config.autocast != "fp16" or plan_cluster(config.dask_address, None).address:
+        return
+    from transfer_pipe.features.embedder import check_autocast  # torch: for this choice only
+
+    check_autocast(config.autocast, resolve_device(config.device))
 
 
 # The manifest a check just loaded, taken (once) by the run that follows it in the same
@@ -179,7 +190,9 @@ def identity_of(
     if config.image_size is not None:
         preprocessing = preprocessing.replace(image_size=config.image_size)
     weights_digest = backbone.weights_digest()
-    emb_key = embedding_key(backbone.id, weights_digest, preprocessing.to_dict(), config.dtype)
+    emb_key = embedding_key(
+        backbone.id, weights_digest, preprocessing.to_dict(), config.dtype, config.autocast
+    )
     data_digest = manifest.digest()
     return Identity(
         key=feature_set_key(emb_key, list(layers), data_digest),
@@ -238,6 +251,7 @@ def new_spec(
         layers=tuple(layers),
         layer_dims=_layer_widths(backbone, layers, identity.preprocessing.image_size),
         dtype=config.dtype,
+        autocast=config.autocast,
         data_digest=identity.data_digest,
         rows=len(manifest),
         shard_size=config.shard_size or default_shard_size(len(manifest)),
@@ -599,9 +613,8 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
 
 
 def _device_name(requested: str) -> str:
-    """``cpu`` or ``cuda``: what ``requested`` (``auto`` included) resolves to here."""
-    from transfer_pipe.cluster import resolve_device  # torch: a run that computed has it
-
+    """``cpu`` or ``cuda``: what ``requested`` (``auto`` included) resolves to here
+    (imports torch: a run that computed has it)."""
     return resolve_device(requested).type
 
 

@@ -244,8 +244,9 @@ def _recorded_rate(
     store: FeatureStore, spec: FeatureSetSpec, device: str, config: EmbedConfig
 ) -> tuple[float, int] | None:
     """(images/s, feature sets measured) over the complete feature sets of the same
-    backbone and preprocessing (and device, where recorded) that embedded images. Shard
-    seconds are per shard; the local cluster runs ``workers`` shards at once."""
+    backbone, preprocessing and forward precision (and device, where recorded) that
+    embedded images. Shard seconds are per shard; the local cluster runs ``workers``
+    shards at once."""
     parallel = max(1, plan_cluster(config.dask_address, config.workers).workers)
     images, seconds, runs = 0.0, 0.0, 0
     for key in store.list_keys():
@@ -256,6 +257,7 @@ def _recorded_rate(
         if (
             other.backbone != spec.backbone
             or other.preprocessing != spec.preprocessing
+            or other.autocast != spec.autocast  # bfloat16 runs about 2x float32's rate
             or (recorded_device is not None and recorded_device != device)
         ):
             continue

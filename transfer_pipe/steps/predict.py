@@ -65,14 +65,16 @@ def predict(
     uris = [_uri(path) for path in paths]
     contents, errors = _read_all(uris)
     hashes = [hashlib.sha256(c).hexdigest() if c is not None else "" for c in contents]
-    key = embedding_key(backbone.id, card.weights_digest, preprocessing.to_dict(), card.dtype)
+    key = embedding_key(
+        backbone.id, card.weights_digest, preprocessing.to_dict(), card.dtype, card.autocast
+    )
     if key != card.embedding_key:
         raise TransferPipeError(f"head {head_id}: its card's embedding key does not match.")
 
     features = np.full((len(uris), _layer_width(model)), np.nan, np.float32)
     cached = _fill_from_store(open_store(store_url, storage_options), key, layers, hashes, features)
     embedder = EmbedderConfig(
-        backbone.id, backbone.weights_file, tuple(layers), preprocessing, device
+        backbone.id, backbone.weights_file, tuple(layers), preprocessing, device, card.autocast
     )
     to_embed = [i for i, c in enumerate(contents) if c is not None and i not in cached]
     _embed_new(contents, to_embed, embedder, card.dtype, features, errors)

@@ -371,6 +371,7 @@ def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, identity: str) ->
         preprocessing=dict(spec.preprocessing),
         embedding_key=spec.embedding_key,
         dtype=spec.dtype,
+        autocast=spec.autocast,
         layer=data.layer,
         task=task_ref(data),
         classes=list(data.classes),

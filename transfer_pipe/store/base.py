@@ -44,6 +44,7 @@ class FeatureSetSpec:
     # The local weights file the features were embedded with (an absolute path), None
     # for the backbone id's own weights: fine-tuning loads the very same weights again.
     weights_file: str | None = None
+    autocast: str = "none"  # the forward pass's precision (part of embedding_key)
 
     @property
     def n_shards(self) -> int:

@@ -17,22 +17,30 @@ def _digest(payload: dict[str, Any]) -> str:
 
 
 def embedding_key(
-    backbone: str, weights_digest: str, preprocessing: dict[str, Any], dtype: str
+    backbone: str,
+    weights_digest: str,
+    preprocessing: dict[str, Any],
+    dtype: str,
+    autocast: str = "none",
 ) -> str:
-    """What makes one image's embedding reusable: same model, weights, preprocessing, dtype.
+    """What makes one image's embedding reusable: same model, weights, preprocessing,
+    dtype, and the forward pass's precision (``autocast``: a bfloat16 forward pass moves
+    features by a few percent, so its rows are never taken for float32 ones).
 
     Layers are left out on purpose: a feature set holding a superset of the wanted layers
-    can donate rows to any other with the same embedding key.
+    can donate rows to any other with the same embedding key. A float32 forward pass adds
+    nothing to the hashed fields, so keys written before ``autocast`` counted stay valid.
     """
-    return _digest(
-        {
-            "format": FORMAT_VERSION,
-            "backbone": backbone,
-            "weights": weights_digest,
-            "preprocessing": preprocessing,
-            "dtype": dtype,
-        }
-    )
+    fields = {
+        "format": FORMAT_VERSION,
+        "backbone": backbone,
+        "weights": weights_digest,
+        "preprocessing": preprocessing,
+        "dtype": dtype,
+    }
+    if autocast != "none":
+        fields["autocast"] = autocast
+    return _digest(fields)
 
 
 def feature_set_key(embedding: str, layers: list[str], data_digest: str) -> str:

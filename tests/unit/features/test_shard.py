@@ -17,6 +17,7 @@ from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.read import read_image
+from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.features.embedder import EmbedderConfig, get_embedder
 from transfer_pipe.features.shard import run_shard
 from transfer_pipe.store import open_store
@@ -124,18 +125,21 @@ def test_the_model_is_loaded_once_per_dask_worker_process(tmp_path: Path) -> Non
     assert list(loads.values()) == [1]
 
 
-def test_cpu_ignores_autocast_and_repeats_numbers_exactly() -> None:
+def test_cpu_repeats_numbers_exactly_and_runs_bf16_when_asked() -> None:
     preprocessing = get_backbone("tiny_test").preprocessing
     batch = torch.rand(5, 3, preprocessing.image_size, preprocessing.image_size)
     plain = EmbedderConfig("tiny_test", None, ("penultimate",), preprocessing, device="cpu")
-    outputs = [
-        get_embedder(plain)(batch)["penultimate"],
-        get_embedder(replace(plain, autocast="bf16"))(batch)["penultimate"],
-        get_embedder(plain)(batch.clone())["penultimate"],
-    ]
-    assert outputs[0].dtype == np.float32
-    for other in outputs[1:]:
-        np.testing.assert_array_equal(other, outputs[0])
+    half = replace(plain, autocast="bf16")
+    single = get_embedder(plain)(batch)["penultimate"]
+    assert single.dtype == np.float32
+    np.testing.assert_array_equal(get_embedder(plain)(batch.clone())["penultimate"], single)
+    bf16 = get_embedder(half)(batch)["penultimate"]
+    assert bf16.dtype == np.float32  # computed in bfloat16, returned as float32
+    assert not np.array_equal(bf16, single)
+    np.testing.assert_allclose(bf16, single, rtol=0.05, atol=0.02)
+    np.testing.assert_array_equal(get_embedder(half)(batch.clone())["penultimate"], bf16)
+    with pytest.raises(TransferPipeError, match="fp16 needs a CUDA device"):
+        get_embedder(replace(plain, autocast="fp16"))
 
 
 def test_a_shard_mixing_reused_new_and_bad_rows_puts_each_in_its_row(tmp_path: Path) -> None:

@@ -22,3 +22,13 @@ def test_every_input_changes_the_key() -> None:
         feature_set_key(embedding_key("b", "w", PRE, "float32"), ["penultimate"], "data2"),
     ]
     assert len({base, *variants}) == len(variants) + 1
+
+
+def test_a_reduced_precision_forward_pass_has_its_own_key_and_float32_keeps_its_old_one() -> None:
+    old = embedding_key("b", "w", PRE, "float32")  # as every key before autocast counted
+    # Mutation: hashing autocast="none" into the fields re-keys every existing feature set.
+    assert embedding_key("b", "w", PRE, "float32", "none") == old
+    # Mutation: leaving autocast out of the key makes a bf16 set pass for a float32 one.
+    keys = {old, embedding_key("b", "w", PRE, "float32", "bf16")}
+    keys.add(embedding_key("b", "w", PRE, "float32", "fp16"))
+    assert len(keys) == 3

@@ -6,32 +6,30 @@ float32 features; heads learn from it, and ``predict`` embeds new files the same
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.e2e.test_float16 import run
 from tests.images import beyond_luck, fashion_mnist_folder, make_fashion_mnist
 from transfer_pipe.cli import main
 from transfer_pipe.store import open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
-    """Run the CLI in this process with ``--json``; returns its last line's object."""
-    assert main([*args, "--json"]) == 0
-    result: dict[str, object] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    return result
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("prefect_api"),
+    pytest.mark.skipif(
+        fashion_mnist_folder() is None,
+        reason="Fashion-MNIST's IDX files are not installed (`make data` installs them)",
+    ),
+]
 
 
 def test_bf16_features_are_their_own_set_and_heads_and_predict_use_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if fashion_mnist_folder() is None:
-        pytest.skip("Fashion-MNIST's IDX files are not installed (`make data` installs them)")
     images, store = tmp_path / "images", tmp_path / "store"
     files = make_fashion_mnist(images, per_class=30)
     common = ("--store", str(store), "--backbone", "tiny_test", "--workers", "1")
@@ -73,8 +71,6 @@ def test_bf16_features_are_their_own_set_and_heads_and_predict_use_them(
 def test_fp16_without_cuda_fails_before_anything_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if fashion_mnist_folder() is None:
-        pytest.skip("Fashion-MNIST's IDX files are not installed (`make data` installs them)")
     images, store = tmp_path / "images", tmp_path / "store"
     make_fashion_mnist(images, per_class=2)
     args = ["embed", str(images), "--store", str(store), "--backbone", "tiny_test"]

@@ -143,7 +143,10 @@ def ensure_crash_automation(api_url: str | None = None, heartbeat_s: int | None 
     default the server of ``$PREFECT_API_URL`` and the heartbeat of the environment."""
     api_url = api_url or os.environ.get("PREFECT_API_URL")
     if not api_url:
-        raise TransferPipeError("set PREFECT_API_URL to the server to create the automation on")
+        raise TransferPipeError(
+            "set PREFECT_API_URL to the server to create the automation on "
+            "(`transfer-pipe serve` creates it on its own server)"
+        )
     heartbeat_s = heartbeat_s or heartbeat_seconds()
     body = {
         "name": CRASH_AUTOMATION,

@@ -91,12 +91,7 @@ def child(argv: list[str]) -> None:
     config = run_config(EmbedConfig, values)
     check_inputs(config)
     marks["check"] = time.time()
-    from transfer_pipe.serve import use_running_server
-
-    use_running_server()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "transfer_pipe")
-    cli._quiet_prefect_tracebacks()
+    cli.prepare_prefect()
     flow_marks = _FlowMarks()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addHandler(flow_marks)

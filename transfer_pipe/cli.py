@@ -246,11 +246,16 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _check_before_prefect(config: EmbedConfig | TaskOptions) -> None:
     """Check every input, the source's content included, in seconds, before a Prefect
-    server starts (20-40 s on a small machine); then quiet Prefect's own tracebacks for
-    the errors whose message already says what to fix."""
+    server starts (20-40 s on a small machine); then set Prefect up for the run."""
     from transfer_pipe.steps.checks import check_inputs
 
     check_inputs(config)
+    prepare_prefect()
+
+
+def prepare_prefect() -> None:
+    """Point Prefect at its server and settings, and quiet its own tracebacks for the
+    errors whose message already says what to fix. Before Prefect runs a flow."""
     from transfer_pipe.serve import use_running_server
 
     use_running_server()  # a running `transfer-pipe serve`, else Prefect's temporary server

@@ -97,14 +97,13 @@ def read_record(at: Path | None = None) -> dict[str, Any] | None:
     return record
 
 
-def running_server(at: Path | None = None) -> str | None:
-    """The API URL of the ``serve`` recorded under the home when its process is alive and
-    its server answers ``/api/health``; else None (no record, or a stale one)."""
+def running_record(at: Path | None = None) -> dict[str, Any] | None:
+    """The record of the ``serve`` under the home when its process is alive and its
+    server answers ``/api/health``; else None (no record, or a stale one)."""
     record = read_record(at)
     if not record or not _alive(int(record.get("pid", 0))):
         return None
-    api_url = str(record.get("api_url", ""))
-    return api_url if _healthy(api_url) else None
+    return record if _healthy(str(record.get("api_url", ""))) else None
 
 
 def use_running_server() -> str | None:
@@ -115,12 +114,12 @@ def use_running_server() -> str | None:
     before Prefect is imported: it reads settings from the env."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    api_url = running_server()
-    if api_url:
-        os.environ["PREFECT_API_URL"] = api_url
-        heartbeat_s = (read_record() or {}).get("heartbeat_s")
-        if heartbeat_s:
-            os.environ[HEARTBEAT_ENV] = str(heartbeat_s)
+    record = running_record()
+    if record is None:
+        return None
+    os.environ["PREFECT_API_URL"] = api_url = str(record["api_url"])
+    if record.get("heartbeat_s"):
+        os.environ[HEARTBEAT_ENV] = str(record["heartbeat_s"])
     return api_url
 
 

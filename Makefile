@@ -9,7 +9,7 @@ LIMIT ?= 10000
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint install data benchmark serve
+.PHONY: run test check lint install data benchmark serve
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -48,8 +48,23 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Tests run on three pytest-xdist workers: the suite waits on servers, schedules and
+# processes much of the time (one worker mostly waits on the serve stack's runs). The tests
+# of one shared stack (serve, the shared Dask cluster) stay in one worker, so it starts
+# once. Both print the 15 slowest tests.
+TEST_WORKERS ?= 3
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+# What the check tier leaves out: every test that needs one of these resources.
+RESOURCES := serve or cluster or kill or s3 or browser or real_data or postgres
+
+# The whole suite: what CI runs.
 test: install data lint
-	$(BIN)/pytest -q
+	$(PYTEST)
+
+# The fast tier (about 3 minutes): lint, unit, contract and the in-process end-to-end
+# tests on the session's Prefect harness.
+check: install lint
+	$(PYTEST) -m "not ($(RESOURCES))"
 
 # Every row of the README's "Fast where it counts" table, each script measuring side by
 # side in one run (ratios; this machine is shared), results in benchmarks/results/*.json.

@@ -22,9 +22,9 @@ from PIL import Image
 from serve_stack import Stack, api, exit_on_sigterm, serve_stack
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the browser driver is the tests' (tests/browser.py)
+sys.path.insert(0, str(ROOT))  # the browser driver is the tests' (tests/support/browser.py)
 
-from tests.browser import Browser  # noqa: E402
+from tests.support.browser import Browser  # noqa: E402
 
 RUN_URL = re.compile(r"View at (http://\S+/runs/flow-run/([0-9a-f-]{36}))")
 

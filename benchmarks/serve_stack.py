@@ -1,6 +1,6 @@
 """A ``transfer-pipe serve`` stack for benchmark scripts: started as a user starts it (a
 subprocess with its own home and a free loopback port), driven through Prefect's REST API,
-stopped with SIGTERM. (The tests have their own, pytest-aware copy in tests/e2e/test_serve.py.)
+stopped with SIGTERM. (The tests have their own, pytest-aware copy in tests/support/serve.py.)
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from flows.runs import (
 )
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig, run_values
+from transfer_pipe.progress import WholePercent
 from transfer_pipe.steps.embed import embed_message
 from transfer_pipe.steps.failures import FAILURE_ROWS, failure_report
 from transfer_pipe.steps.results import EmbedSummary
@@ -79,20 +80,12 @@ def compute(plan: steps.EmbedPlan) -> list[ShardResult]:
     artifact: UUID = create_progress_artifact(  # type: ignore[assignment]
         100.0 * before / shards, description=f"shards of feature set {plan.spec.key} written"
     )
-
-    shown = int(100.0 * before / shards)
-
-    def report(done: int, pending: int) -> None:
-        # At most one API call per whole percent: a billion images make 122,000 shards.
-        nonlocal shown
-        percent = 100.0 * (before + done) / shards
-        if int(percent) > shown:
-            shown = int(percent)
-            update_progress_artifact(artifact, percent)
-
-    results = steps.compute_shards(plan, on_progress=[report])
+    progress = WholePercent(
+        shards, before, lambda percent: update_progress_artifact(artifact, percent)
+    )
+    results = steps.compute_shards(plan, on_progress=[progress])
     # 100 % only when every shard is written: the shards done before plus those returned.
-    update_progress_artifact(artifact, 100.0 * (before + len(results)) / shards)
+    progress.finish(len(results))
     return results
 
 

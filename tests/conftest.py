@@ -5,35 +5,70 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.s3 import S3Server, start_s3_server
+# The helpers in tests/support assert as test modules do: with pytest's detailed messages.
+pytest.register_assert_rewrite("tests.support")
 
-# Set before Prefect is imported anywhere: Prefect reads its settings at import time.
+from tests.support.dask_processes import DaskProcesses, worker_homes  # noqa: E402
+from tests.support.s3 import S3Server, start_s3_server  # noqa: E402
+from tests.support.serve import SESSION_SERVE_ENV, Served, start_serve, stop_serve  # noqa: E402
+
+# Set before Prefect is imported anywhere: Prefect reads its settings at import time. Each
+# pytest-xdist worker has homes of its own (a worker inherits the controller's variables).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("PREFECT_HOME", "TRANSFER_PIPE_HOME"):
+        os.environ.pop(variable, None)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="transfer-pipe-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# OpenMP threads that find no work sleep instead of spinning: the tests run processes side
+# by side (xdist workers, CLI runs, servers) on few cores, and spinning threads take the
+# cores the others wait for. (Speed only: results do not depend on it.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Published backbones are recorded here, not in the user's home.
 os.environ.setdefault("TRANSFER_PIPE_HOME", tempfile.mkdtemp(prefix="transfer-pipe-home-"))
 
 
-_E2E = Path(__file__).parent / "e2e"
+# Markers by the resource a test needs (registered in pyproject.toml; `make check` runs
+# the tests that need none of them). A test that takes one of these fixtures, directly or
+# through another, is marked here; the rest are marked in their modules.
+_MARK_OF_FIXTURE = {
+    "served": "serve",
+    "s3_server": "s3",
+    "postgres": "postgres",
+    "shared_cluster": "cluster",
+}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every end-to-end test is ``slow`` (a Prefect server, subprocesses, real models), so
-    that ``pytest -m "not slow"`` is a fast inner loop; plain ``pytest`` runs them all."""
-    for item in items:
-        if _E2E in item.path.parents:
-            item.add_marker(pytest.mark.slow)
+# Under pytest-xdist (`make test`), the tests of one shared stack run in one worker, so
+# that the stack starts once (`--dist loadgroup`).
+_GROUP_OF_FIXTURE = {"served": "serve", "shared_cluster": "cluster"}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marks each test as it is collected: before any collection hook (-m, xdist's groups)
+    reads the marks."""
+    names = item.fixturenames  # type: ignore[attr-defined]
+    for fixture, marker in _MARK_OF_FIXTURE.items():
+        if fixture in names:
+            item.add_marker(marker)
+    for fixture, group in _GROUP_OF_FIXTURE.items():
+        if fixture in names:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
 def _torch_threads_at_start() -> int:
+    """Torch's threads in this process: under pytest-xdist, the worker's share of the
+    cores. Each worker's torch taking every core made OpenMP threads of two processes spin
+    against each other (the torch-heads tests ran 12x slower beside another worker)."""
     import torch
 
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     return torch.get_num_threads()
 
 
@@ -50,6 +85,20 @@ def _torch_threads_restored(_torch_threads_at_start: int) -> Iterator[None]:
         torch.set_num_threads(_torch_threads_at_start)
 
 
+@pytest.fixture(autouse=True)
+def _published_stores_restored() -> Iterator[None]:
+    """Put back the stores this process searches for published backbones (``use_store``
+    keeps them in the process): a test that used its own S3 bucket left it there, and a
+    later test in the same process that listed the backbones asked that bucket, whose
+    credentials were gone (NoCredentialsError; seen with two xdist workers)."""
+    from transfer_pipe.backbones import published
+
+    before = dict(published._STORES)
+    yield
+    published._STORES.clear()
+    published._STORES.update(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real Prefect server (the test harness); yields its API URL for subprocesses."""
@@ -58,6 +107,36 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=300):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One ``transfer-pipe serve`` stack (server, work pools, deployments, worker, crash
+    automation) for the session's serve, deployment, crash and browser tests: it takes
+    40-100 s to start on two cores. Each test keeps its own work area and store, and finds
+    its own runs by their parameters."""
+    served = start_serve(tmp_path_factory.mktemp("serve"), env=SESSION_SERVE_ENV)
+    yield served
+    stop_serve(served)
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
+    """One real Dask cluster for the session's cluster tests that kill nothing: a `dask
+    scheduler` process, a plain worker and one advertising a GPU (``--resources GPU=1``),
+    one thread each, each with a HOME of its own. Fault tests start clusters of their own."""
+    from transfer_pipe.cluster import GPU
+
+    processes = DaskProcesses(tmp_path_factory.mktemp("shared-cluster"))
+    try:
+        processes.start_scheduler()
+        processes.start_worker(env=worker_homes(processes.folder, "worker-a"))
+        homes = worker_homes(processes.folder, "worker-gpu")
+        processes.start_worker("--resources", f"{GPU}=1", env=homes)
+        processes.wait_for_workers(2)
+        yield processes
+    finally:
+        processes.stop()
 
 
 @pytest.fixture(scope="session")

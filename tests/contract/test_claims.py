@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.test_feature_store import IMPLEMENTATIONS
+from tests.support.stores import STORE_PARAMS
 from transfer_pipe.store import FeatureStore, open_store
 from transfer_pipe.store.claims import TTL_ENV, Holder, this_machine
 
 
-@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda f: f.__name__)
+@pytest.fixture(params=STORE_PARAMS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
     return request.param(request, tmp_path)
 
@@ -68,17 +68,22 @@ def test_a_waiting_run_stops_waiting_once_the_work_is_done(
     monkeypatch.setenv(TTL_ENV, "3")
     holder = store.claim("k0", done=_never)
     assert holder is not None
-    finished = threading.Event()
+    finished, told = threading.Event(), threading.Event()
     seen: list[Holder] = []
     got: list[object] = []
+
+    def waiting(holder: Holder) -> None:
+        seen.append(holder)
+        told.set()
+
     waiter = threading.Thread(
         target=lambda: got.append(
-            open_store(store.url).claim("k0", done=finished.is_set, waiting=seen.append)
+            open_store(store.url).claim("k0", done=finished.is_set, waiting=waiting)
         )
     )
     waiter.start()
-    time.sleep(1.0)
-    assert waiter.is_alive() and seen  # it waits, told who holds the claim
+    assert told.wait(60)  # it waits, told who holds the claim (not a fixed second)
+    assert waiter.is_alive()
     assert seen[0].pid == holder.holder.pid
     finished.set()  # the holder completed the feature set
     holder.release()
@@ -89,7 +94,9 @@ def test_a_waiting_run_stops_waiting_once_the_work_is_done(
 def test_a_renewed_claim_outlives_its_ttl_and_a_lapsed_one_is_taken_over(
     store: FeatureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(TTL_ENV, "0.8")
+    # A ttl of 2 s, not less: the heartbeat (every ttl/4) must keep the claim alive on a
+    # loaded machine too, where a thread (or an S3 request) can wait a second for its turn.
+    monkeypatch.setenv(TTL_ENV, "2")
     first = store.claim("k0", done=_never)
     assert first is not None
     got: list[object] = []
@@ -97,7 +104,7 @@ def test_a_renewed_claim_outlives_its_ttl_and_a_lapsed_one_is_taken_over(
         target=lambda: got.append(open_store(store.url).claim("k0", done=_never))
     )
     waiter.start()
-    time.sleep(2.5)  # three ttls: the heartbeat (every ttl/4) keeps the claim alive
+    time.sleep(5)  # two and a half ttls: the heartbeat keeps the claim alive
     # Mutation: no heartbeat (the renewal loop returning at once) lets the waiter take
     # the claim after one ttl.
     assert waiter.is_alive() and not got

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.test_float16 import run
-from tests.images import beyond_luck, fashion_mnist_folder, make_fashion_mnist
+from tests.support.cli import run
+from tests.support.images import beyond_luck, fashion_mnist_folder, make_fashion_mnist
 from transfer_pipe.cli import main
 from transfer_pipe.store import open_store
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.real_data,
     pytest.mark.usefixtures("prefect_api"),
     pytest.mark.skipif(
         fashion_mnist_folder() is None,

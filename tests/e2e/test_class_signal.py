@@ -18,11 +18,17 @@ import pytest
 
 from flows.finetune import run_finetune
 from flows.train import run_train
-from tests.images import SHAPES, beyond_luck, fashion_mnist_folder, make_fashion_mnist, make_shapes
+from tests.support.images import (
+    SHAPES,
+    beyond_luck,
+    fashion_mnist_folder,
+    make_fashion_mnist,
+    make_shapes,
+)
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.store import open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("prefect_api")]
 
 
 def embed_config(data: Path, store: Path) -> EmbedConfig:

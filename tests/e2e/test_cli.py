@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.images import make_dataset
+from tests.support.cli import cli
+from tests.support.images import make_dataset
 from transfer_pipe.cli import main
-
-
-def cli(*args: str, api: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_API_URL": api}
-    return subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=600,
-    )
 
 
 def test_embed_json_then_ls_and_show(tmp_path: Path, prefect_api: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.cli import main
 from transfer_pipe.config import EmbedConfig, TrainConfig
 from transfer_pipe.steps.embed import embed
@@ -205,7 +205,6 @@ SUBPROCESS_ERRORS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("argv", SUBPROCESS_ERRORS, ids=lambda argv: argv.split()[0])
 def test_the_installed_command_prints_one_line_and_exits_2(populated: Populated, argv: str) -> None:
     # Mutation: dropping `except TransferPipeError` in cli.main gives exit 1 and a traceback.

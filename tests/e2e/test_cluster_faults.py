@@ -17,13 +17,13 @@ import pytest
 import torch
 from distributed import Client
 
-from tests.e2e.dask_processes import DaskProcesses, assert_same_features
-from tests.images import make_dataset
+from tests.support.dask_processes import DaskProcesses, assert_same_features
+from tests.support.images import make_dataset
 from transfer_pipe.cli import main
 from transfer_pipe.features.embedder import Embedder
 from transfer_pipe.store import open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.cluster, pytest.mark.kill, pytest.mark.usefixtures("prefect_api")]
 
 SHARDS = 5  # 16 good images + 4 bad files, 4 per shard
 FORWARD_S = 1.5  # each forward pass (one per shard) takes this long in the workers

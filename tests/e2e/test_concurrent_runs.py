@@ -16,14 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_crash_resume import _shards_done
-from tests.images import make_dataset
+from tests.support.images import make_dataset
+from tests.support.pausing import PAUSE_ENV, pausing_command, wait_until_stopped
+from tests.support.progress import shards_done
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, TrainConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.steps.finetune import ensure_probe, finetune, prepare_finetune
 from transfer_pipe.steps.train import train
 from transfer_pipe.store import open_store
 from transfer_pipe.store.claims import TTL_ENV
+
+pytestmark = pytest.mark.kill  # runs paused, killed and resumed
 
 GOOD, SHARDS = 400, 51  # 4 classes x 100 good images + 4 bad ones, 8 per shard
 
@@ -37,23 +40,23 @@ def _command(data: Path, store: Path) -> list[str]:
 
 
 def _start(
-    data: Path, store: Path, env: dict[str, str], log: Path | None = None
+    data: Path,
+    store: Path,
+    env: dict[str, str],
+    log: Path | None = None,
+    pause_after: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A CLI embed run; its log goes to ``log`` when given (to watch it while it runs)."""
+    """A CLI embed run; its log goes to ``log`` when given (to watch it while it runs). With
+    ``pause_after``, the run stops itself once it has written that many shards."""
+    command = _command(data, store)
+    if pause_after is not None:
+        command = pausing_command(*command[3:])
+        env = {**env, PAUSE_ENV: str(pause_after)}
     with contextlib.ExitStack() as files:  # the child keeps its own copy of the file
         err = subprocess.PIPE if log is None else files.enter_context(log.open("wb"))
         return subprocess.Popen(
-            _command(data, store), env=env, start_new_session=True,
-            stdout=subprocess.PIPE, stderr=err,
-        )  # fmt: skip
-
-
-def _wait_for_shards(run: subprocess.Popen[bytes], store: Path, n: int) -> None:
-    deadline = time.monotonic() + 300
-    while _shards_done(store) < n:
-        assert run.poll() is None, "the run ended before the test could act"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+            command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=err
+        )
 
 
 def _summary(run: subprocess.Popen[bytes], log: Path | None = None) -> tuple[dict[str, int], str]:
@@ -76,11 +79,11 @@ def test_two_runs_at_once_write_each_shard_once(tmp_path: Path, prefect_api: str
     make_dataset(data, classes=4, per_class=100)
     # Claims that cannot lapse while the writer is paused below.
     env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
-    writer_run = _start(data, store, env)
-    _wait_for_shards(writer_run, store, 3)
-    # The writer is paused holding the claim, so the second run surely arrives mid-write
-    # (started together, a slow start-up could make it arrive after the writer ended).
-    os.killpg(writer_run.pid, signal.SIGSTOP)
+    # The writer stops itself holding the claim, 3 shards written, so the second run
+    # surely arrives mid-write (started together, a slow start-up could make it arrive
+    # after the writer ended; paused from outside, a fast writer could end first).
+    writer_run = _start(data, store, env, pause_after=3)
+    wait_until_stopped(writer_run)
     waiter_log = tmp_path / "waiter.log"
     try:
         waiter_run = _start(data, store, env, log=waiter_log)
@@ -108,11 +111,11 @@ def test_a_run_killed_holding_the_claim_does_not_block_the_next(
     make_dataset(data, classes=4, per_class=100)
     # A claim that would outlive the test: only its holder's death can free it this soon.
     env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
-    killed = _start(data, store, env)
-    _wait_for_shards(killed, store, 3)
+    killed = _start(data, store, env, pause_after=3)
+    wait_until_stopped(killed)
     os.killpg(killed.pid, signal.SIGKILL)  # no clean-up: the claim object stays
     killed.wait()
-    done_at_kill = _shards_done(store)
+    done_at_kill = shards_done(store)
     assert list((store / "claims").glob("*/*.json")), "the killed run held no claim"
 
     started = time.monotonic()

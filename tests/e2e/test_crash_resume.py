@@ -7,14 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.images import make_dataset
+from tests.support.images import make_dataset
+from tests.support.pausing import PAUSE_ENV, pausing_command, wait_until_stopped
+from tests.support.progress import shards_done
 from transfer_pipe.store import open_store
+
+pytestmark = pytest.mark.kill  # runs SIGKILLed and resumed
 
 
 def _command(data: Path, store: Path) -> list[str]:
@@ -25,33 +28,22 @@ def _command(data: Path, store: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _shards_done(store: Path) -> int:
-    """Shards written so far (read through the store: its layout is its own business)."""
-    try:
-        opened = open_store(str(store))
-        return sum(int(opened.shards_done(key).sum()) for key in opened.list_keys())
-    except (KeyError, FileNotFoundError, ValueError):
-        return 0
-
-
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, prefect_api: str) -> None:
     data = tmp_path / "images"
     make_dataset(data, classes=4, per_class=60)  # 240 good images + 4 bad = 31 shards
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     killed_store = tmp_path / "killed"
 
+    # The run stops itself once 5 shards are written, and is killed there: mid-run, on a
+    # fast machine too (polling the store, a run once finished every shard before the kill).
     run = subprocess.Popen(
-        _command(data, killed_store), env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        pausing_command(*_command(data, killed_store)[3:]), env={**env, PAUSE_ENV: "5"},
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while _shards_done(killed_store) < 5:
-        assert run.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until_stopped(run)
     os.killpg(run.pid, signal.SIGKILL)  # the CLI and its Dask workers, no cleanup
     run.wait()
-    done_at_kill = _shards_done(killed_store)
+    done_at_kill = shards_done(killed_store)
     assert 5 <= done_at_kill < 31
     at_kill = open_store(str(killed_store))
     stats_at_kill = at_kill.shard_stats(at_kill.list_keys()[0])
@@ -164,7 +156,6 @@ def small_uninterrupted(
     return data, store
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_a_kill_while_creating_or_committing_resumes_to_the_uninterrupted_result(
     point: str, small_uninterrupted: tuple[Path, Path], tmp_path: Path, prefect_api: str

@@ -18,8 +18,8 @@ import torch
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from tests.images import make_dataset
-from tests.unit.heads.synthetic import blobs, task_data
+from tests.support.images import make_dataset
+from tests.support.synthetic import blobs, task_data
 from transfer_pipe.cli import main
 from transfer_pipe.features.embedder import Embedder
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
@@ -28,7 +28,7 @@ from transfer_pipe.heads.protocol import fit_head
 from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.store import open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("prefect_api")]
 
 # The worker processes are told the machine has this many cores, so that "the worker's
 # share" (cores // worker threads = 4) differs both from the whole machine (8) and from
@@ -109,7 +109,10 @@ class ShardLog(SchedulerPlugin):
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[LocalCluster, Client]]:
-    """An existing cluster of one worker process with two threads, as a user starts one."""
+    """An existing cluster of one worker process with two threads, as a user starts one.
+    Not the session's shared cluster: the share of the cores is only told apart from the
+    whole machine on a worker of two threads, and the shard log needs the scheduler in
+    this process."""
     with (
         LocalCluster(
             n_workers=1,

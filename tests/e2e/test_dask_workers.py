@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 from distributed import Client
 
-from tests.e2e.dask_processes import DaskProcesses, assert_same_features
-from tests.images import make_dataset
+from tests.support.dask_processes import DaskProcesses, assert_same_features
+from tests.support.images import make_dataset
 from transfer_pipe.cli import main
 from transfer_pipe.cluster import GPU, run_on_cluster
 from transfer_pipe.features import embedder
 from transfer_pipe.store import open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.usefixtures("prefect_api")]
 
 SHARD_SIZE = 5
 SHARDS = 7  # 30 good images + 4 bad files, 5 per shard
@@ -70,20 +70,12 @@ def _wait_for_the_driver(flag: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaskProcesses, Client]]:
-    """A scheduler, one plain worker and one worker advertising a GPU, as a user starts
-    them; the client is the test's own (to read the task stream)."""
-    processes = DaskProcesses(tmp_path_factory.mktemp("dask-processes"))
-    try:
-        processes.start_scheduler()
-        processes.start_worker()
-        processes.start_worker("--resources", f"{GPU}=1")
-        processes.wait_for_workers(2)
-        with Client(processes.address) as client:
-            client.get_task_stream()  # starts the scheduler's record of where tasks ran
-            yield processes, client
-    finally:
-        processes.stop()
+def cluster(shared_cluster: DaskProcesses) -> Iterator[tuple[DaskProcesses, Client]]:
+    """The session's cluster (a scheduler, one plain worker and one worker advertising a
+    GPU, as a user starts them); the client is the test's own (to read the task stream)."""
+    with Client(shared_cluster.address) as client:
+        client.get_task_stream()  # starts the scheduler's record of where tasks ran
+        yield shared_cluster, client
 
 
 @pytest.fixture(scope="module")

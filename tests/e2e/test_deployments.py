@@ -1,5 +1,5 @@
 """The deployments of ``deploy/prefect.yaml`` as a user runs them: one ``transfer-pipe serve``
-stack (server, work pools, deployments, process worker) shared by the module; runs
+stack (server, work pools, deployments, process worker): the session's (``served``); runs
 triggered through the REST API or made by Prefect's scheduler, executed by the worker, and
 read back through the API (states, subflows, artifacts)."""
 
@@ -7,33 +7,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_serve import Served, api, start_serve, stop_serve, wait_for_run
-from tests.images import make_dataset
-
-pytestmark = pytest.mark.slow
+from tests.support.images import make_dataset
+from tests.support.serve import Served, wait_for_run
+from transfer_pipe.serve import rest as api
 
 GOOD = 16  # images per dataset below: 2 classes x 8 (enough for train/val/test splits)
 BAD = {"class0/empty.png", "class0/notes.png", "class1/truncated.jpg", "class1/bomb.png"}
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One serve stack for the module (40-100 s to start on two cores). Its scheduler and
-    worker poll every few seconds instead of Prefect's 60 s and 10 s, so a scheduled run
-    appears and starts within a test's patience."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")
-        env.setenv("PREFECT_WORKER_QUERY_SECONDS", "3")
-        served = start_serve(tmp_path_factory.mktemp("serve"))
-    yield served
-    stop_serve(served)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +120,9 @@ def scheduled_run(
     due in seconds, wait for the scheduler to create that run and the worker to start it,
     then remove the schedule (and the runs it planned); returns the finished run."""
     before = {r["id"] for r in runs_of(served, deployment, Path(values["store"]))}
-    anchor = datetime.now(UTC) + timedelta(seconds=15)
+    # Due after one scheduler loop (5 s): were the scheduler later than that, the run
+    # would come at the next interval, a minute on, inside the wait below.
+    anchor = datetime.now(UTC) + timedelta(seconds=8)
     schedule = {"interval": 60, "anchor_date": anchor.isoformat(), "timezone": "UTC"}
     url = f"{served.api_url}/deployments/{deployment['id']}/schedules"
     body = [{"schedule": schedule, "active": True, "max_scheduled_runs": 1, "parameters": values}]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import estimate as estimate_module

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flows.embed import embed_flow, run_embed
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.config import EmbedConfig, run_values
 from transfer_pipe.store import open_store
 
@@ -135,6 +135,7 @@ def test_progress_artifact_reaches_100_percent_when_every_shard_is_written(
     assert again.result().shards_computed == 0
 
 
+@pytest.mark.cluster
 def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:
     from distributed import LocalCluster
 
@@ -148,30 +149,6 @@ def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:
     assert (summary.rows, summary.embedded) == (10, 10)
     # Our scheduler, not a LocalCluster of the flow's own, finished both shard tasks.
     assert shard_tasks is not None and shard_tasks.state_counts["memory"] == 2
-
-
-def test_progress_is_sent_at_most_once_per_whole_percent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run of many shards updates its progress artifact a bounded number of times (the
-    Prefect API serves every run; a billion images make 122,000 shards)."""
-    import flows.embed
-
-    updates: list[float] = []
-    real = flows.embed.update_progress_artifact
-
-    def counted(artifact_id: UUID, progress: float) -> object:
-        updates.append(progress)
-        return real(artifact_id, progress)
-
-    monkeypatch.setattr(flows.embed, "update_progress_artifact", counted)
-    make_dataset(tmp_path / "data", classes=2, per_class=110, bad=False)  # 220 shards of 1
-    config = config_for(tmp_path / "data", tmp_path / "store", layers=(), shard_size=1)
-    state = embed_flow(**run_values(config), return_state=True)
-    assert state.result().shards_computed == 220
-    # Mutation: report() updating at every shard sends 221 updates.
-    assert len(updates) <= 101 and updates[-1] == 100.0
-    assert updates == sorted(updates)
 
 
 def test_a_feature_set_written_by_the_flow_opens_in_xarray_and_joins_in_pandas(

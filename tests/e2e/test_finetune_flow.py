@@ -15,9 +15,9 @@ from prefect.utilities.callables import parameter_schema
 
 from flows.embed import run_embed
 from flows.finetune import finetune_flow, run_finetune
-from tests.e2e.test_cli import cli
-from tests.images import make_dataset
-from tests.unit.finetune.training import make_data
+from tests.support.cli import cli
+from tests.support.images import make_dataset
+from tests.support.training import make_data
 from transfer_pipe.backbones import get_backbone, list_backbones
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, run_values
 from transfer_pipe.errors import TransferPipeError

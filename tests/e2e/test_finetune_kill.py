@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from tests.unit.finetune.training import assert_same_checkpoints, make_data, same_tensors
+from tests.support.training import assert_same_checkpoints, make_data, same_tensors
 from transfer_pipe.finetune.checkpoint import CheckpointFolder
 from transfer_pipe.finetune.loop import LAST
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.kill]
 EPOCHS = 8
 
 

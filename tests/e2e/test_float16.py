@@ -4,27 +4,19 @@ heads on them that find the classes of real images (Fashion-MNIST PNG files)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from tests.images import beyond_luck, fashion_mnist_folder, make_fashion_mnist
-from transfer_pipe.cli import main
+from tests.support.cli import run
+from tests.support.images import beyond_luck, fashion_mnist_folder, make_fashion_mnist
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.store import open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
-    """Run the CLI in this process with ``--json``; returns its last line's object."""
-    assert main([*args, "--json"]) == 0
-    result: dict[str, object] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    return result
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("prefect_api")]
 
 
 def test_float16_features_are_stored_as_such_and_heads_learn_from_them(

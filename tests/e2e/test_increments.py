@@ -22,13 +22,12 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.images import make_dataset, write_image
+from tests.support.images import make_dataset, write_image
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data import sources
 from transfer_pipe.steps import embed
 from transfer_pipe.store import ZarrFeatureStore, open_store
 
-pytestmark = pytest.mark.slow
 SHARD = 4
 OLD = time.time() - 3600  # one fixed time: re-dating a file changes its stamp
 

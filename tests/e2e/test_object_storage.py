@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.images import make_dataset
-from tests.s3 import S3Server, start_refusing_server
+from tests.support.images import make_dataset
+from tests.support.pausing import PAUSE_ENV, pausing_command, wait_until_stopped
+from tests.support.s3 import S3Server, start_refusing_server
+from tests.support.stores import fill, make_rows, make_spec, shard_values
 from transfer_pipe.store import open_store
 
-pytestmark = pytest.mark.slow
 EMBED = ("--backbone", "tiny_test", "--shard-size", "4", "--workers", "1", "--json")
 
 
@@ -203,8 +203,6 @@ def test_transient_s3_errors_are_retried_and_lose_nothing(
 ) -> None:
     """Every tenth request to S3 fails (500 InternalError or 503 SlowDown, alternately):
     a feature set is still written whole, completed, and reads back exactly."""
-    from tests.contract.test_feature_store import fill, make_rows, make_spec, shard_values
-
     store = open_store(f"s3://{s3_bucket}/flaky-store")
     spec = make_spec()
     s3_server.faults.every, s3_server.faults.injected = 10, 0
@@ -263,6 +261,7 @@ def test_a_whole_embed_through_flaky_s3_is_complete_and_identical(
     assert open_store(flaky).shards_done(key).all()
 
 
+@pytest.mark.kill
 def test_a_killed_embed_on_s3_resumes_to_the_uninterrupted_result(
     tmp_path: Path, s3_bucket: str, prefect_api: str
 ) -> None:
@@ -272,18 +271,14 @@ def test_a_killed_embed_on_s3_resumes_to_the_uninterrupted_result(
     make_dataset(tmp_path / "images", classes=2, per_class=24, bad=False)  # 12 shards
     source, killed_url = str(tmp_path / "images"), f"s3://{s3_bucket}/killed"
     args = ["embed", source, *EMBED[:-1], "--batch-size", "2"]
-    run = subprocess.Popen(
-        [sys.executable, "-m", "transfer_pipe.cli", *args, "--store", killed_url],
-        env={**os.environ, "PREFECT_API_URL": prefect_api},
+    run = subprocess.Popen(  # it stops itself once 2 shards are written: killed mid-run
+        pausing_command(*args, "--store", killed_url),
+        env={**os.environ, "PREFECT_API_URL": prefect_api, PAUSE_ENV: "2"},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300
-    while shards_done(killed_url) < 2:
-        assert run.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until_stopped(run)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     done_at_kill = shards_done(killed_url)

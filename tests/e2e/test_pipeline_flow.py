@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import pipeline_flow
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.config import EmbedConfig, PipelineConfig, run_values
 from transfer_pipe.heads.card import list_cards
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import fashion_mnist_folder
+from tests.support.images import fashion_mnist_folder
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.protocol import fit_head
@@ -21,7 +21,7 @@ from transfer_pipe.heads.tasks import SplitOptions, Task, load_task
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.store import open_store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_data]
 
 LAYERS = ("stages.5", "stages.6")
 

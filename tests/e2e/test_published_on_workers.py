@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from tests.e2e.dask_processes import DaskProcesses
-from tests.unit.finetune.training import make_data
+from tests.support.dask_processes import DaskProcesses
+from tests.support.training import make_data
 from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.finetune.loop import BEST, LAST
 from transfer_pipe.finetune.persist import checkpoint_folder
@@ -31,37 +30,16 @@ from transfer_pipe.steps.finetune import (
 )
 from transfer_pipe.store import open_store
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def worker_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A scheduler and one worker process started with their own HOME and transfer-pipe
-    home (what a worker on another machine has); yields the scheduler's address."""
-    processes = DaskProcesses(tmp_path / "dask")
-    processes.folder.mkdir()
-    with monkeypatch.context() as worker_env:  # the processes inherit it; the test does not
-        worker_env.setenv("HOME", str(tmp_path / "worker-home"))
-        worker_env.setenv("TRANSFER_PIPE_HOME", str(tmp_path / "worker-home" / ".transfer-pipe"))
-        try:
-            processes.start_scheduler()
-            processes.start_worker()
-        except BaseException:
-            processes.stop()
-            raise
-    try:
-        processes.wait_for_workers(1)
-        yield processes.address
-    finally:
-        processes.stop()
-
-
 def test_a_published_backbone_embeds_on_a_worker_that_shares_only_the_store(
-    tmp_path: Path, worker_elsewhere: str
+    tmp_path: Path, shared_cluster: DaskProcesses
 ) -> None:
-    """Mutation seen to fail it: ``run_shard`` not calling ``use_store(task.store)`` (the
-    worker cannot resolve the id: the shard fails naming the stores it searched)."""
+    """On the session's cluster, whose workers have a HOME and transfer-pipe home of their
+    own (what a worker on another machine has)."""
+    # Mutation seen to fail it: ``run_shard`` not calling ``use_store(task.store)`` (the
+    # worker cannot resolve the id: the shard fails naming the stores it searched).
     make_data(tmp_path / "images")
     store = str(tmp_path / "store")
     base = EmbedConfig(source=str(tmp_path / "images"), store=store, backbone="tiny_test",
@@ -74,7 +52,7 @@ def test_a_published_backbone_embeds_on_a_worker_that_shares_only_the_store(
     published = publish_config(plan)
     assert published.backbone == f"finetuned/{plan.run_id}"
 
-    on_cluster = embed(replace(published, workers=None, dask_address=worker_elsewhere))
+    on_cluster = embed(replace(published, workers=None, dask_address=shared_cluster.address))
     local_store = str(tmp_path / "local-store")
     local = embed(replace(published, store=local_store))  # the driver's own worker
 
@@ -86,8 +64,8 @@ def test_a_published_backbone_embeds_on_a_worker_that_shares_only_the_store(
         catalog.load(on_cluster.feature_set).features,
         open_store(local_store).load(local.feature_set).features,
     )
-    worker_home = tmp_path / "worker-home" / ".transfer-pipe"
-    assert not (worker_home / "backbones.json").exists()  # nothing machine-local was used
+    for home in shared_cluster.folder.glob("worker-*/.transfer-pipe"):  # nothing local used
+        assert not (home / "backbones.json").exists()
 
 
 def _embed_in_a_new_process(config: EmbedConfig, home: Path) -> str:
@@ -150,6 +128,7 @@ def _digest_on_this_worker(backbone_id: str, store: str) -> str:
     return get_backbone(backbone_id).weights_digest()
 
 
+@pytest.mark.cluster  # a cluster of its own: its workers' variables point at the S3 server
 def test_a_model_fine_tuned_on_a_worker_into_s3_resolves_on_every_worker(
     tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,7 +19,7 @@ FOLDER = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT)
 # Skipped only where the dataset is not installed at all: where its folder exists (CI
 # installs it), a loader that fails must fail these tests, not skip them.
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.real_data,
     pytest.mark.skipif(
         not FOLDER.is_dir(),
         reason=f"no Fashion-MNIST folder at {FOLDER}: apt-get install dataset-fashion-mnist "

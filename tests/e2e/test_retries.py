@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 import flows.embed
 from flows.embed import embed_flow, run_embed
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.config import EmbedConfig, run_values
 from transfer_pipe.store.zarr_store import ZarrFeatureStore
 

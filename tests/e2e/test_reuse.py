@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.backbones.tiny import TinyNet
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.store import open_store
 
-pytestmark = pytest.mark.slow
 KNOWN, NEW = 8, 2
 
 

@@ -1,6 +1,7 @@
 """`transfer-pipe serve` as a user runs it: a real subprocess with its own home and port,
-its Prefect server, work pools, deployments and worker, read back through Prefect's REST API;
-then the same stack on a real PostgreSQL where Debian's `postgresql` is installed."""
+its Prefect server, work pools, deployments and worker (the session's stack, ``served``),
+read back through Prefect's REST API; then a stack of its own on a real PostgreSQL, where
+Debian's `postgresql` is installed, stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,127 +10,32 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from tests.images import make_dataset
-from transfer_pipe.serve import CRASH_AUTOMATION, HEARTBEAT_ENV, MISSED_HEARTBEATS
+from tests.support.images import make_dataset
+from tests.support.serve import (
+    SERVE_HEARTBEAT_S,
+    Served,
+    cli,
+    flow_runs,
+    free_port,
+    start_serve,
+    stop_serve,
+    wait_for_run,
+)
 from transfer_pipe.serve import rest as api
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.serve
 
 ROOT = Path(__file__).resolve().parents[2]
-READY = "transfer-pipe serve is ready"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def user_env(home: Path) -> dict[str, str]:
-    """A user's shell: their own transfer-pipe home, no Prefect server chosen."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.pop("PREFECT_HOME", None)  # the session's (conftest's): serve chooses its own
-    env.pop("PREFECT_LOGGING_LEVEL", None)  # INFO: "Starting temporary server" is shown
-    return {**env, "TRANSFER_PIPE_HOME": str(home)}
-
-
-def cli(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *args],
-        env=user_env(home),
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    home: Path
-    store: Path
-    port: int
-    output: Path
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-
-def start_serve(base: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
-    """``transfer-pipe serve`` in the background; returns once it printed that it's ready."""
-    home, store, port, output = base / "home", base / "store", free_port(), base / "serve.out"
-    home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "transfer_pipe.cli", "serve", "--store", str(store)]
-    process = subprocess.Popen(
-        [*command, "--port", str(port), *extra],
-        env={**user_env(home), **(env or {})},
-        cwd=base,
-        stdout=output.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    served = Served(process, home, store, port, output)
-    deadline = time.monotonic() + 600
-    while READY not in output.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_serve(served)
-            pytest.fail(f"serve did not become ready:\n{output.read_text()}")
-        time.sleep(1)
-    return served
-
-
-def stop_serve(served: Served) -> None:
-    if served.process.poll() is None:
-        served.process.send_signal(signal.SIGTERM)
-        try:
-            served.process.wait(120)
-        except subprocess.TimeoutExpired:
-            served.process.kill()
-
-
-def flow_runs(served: Served, flow_name: str) -> list[dict[str, Any]]:
-    body = {"flows": {"name": {"any_": [flow_name]}}}
-    runs: list[dict[str, Any]] = api("POST", f"{served.api_url}/flow_runs/filter", body)
-    return runs
-
-
-def wait_for_run(served: Served, run_id: str, timeout_s: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run: dict[str, Any] = api("GET", f"{served.api_url}/flow_runs/{run_id}")
-        if run["state_type"] in TERMINAL:
-            return run
-        time.sleep(2)
-    pytest.fail(f"flow run {run_id} did not finish in {timeout_s} s")
-
-
-HEARTBEAT_S = 30  # Prefect's minimum: the crash automation's window is then 90 s
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    heartbeat = {HEARTBEAT_ENV: str(HEARTBEAT_S)}
-    served = start_serve(tmp_path_factory.mktemp("serve"), env=heartbeat)
-    yield served
-    stop_serve(served)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +49,7 @@ def test_serve_is_healthy_with_its_pools_and_deployments(served: Served) -> None
     assert api("GET", f"{served.api_url}/health") is True
     record = json.loads((served.home / "server.json").read_text())
     assert (record["api_url"], record["port"]) == (served.api_url, served.port)
-    assert record["heartbeat_s"] == HEARTBEAT_S  # what the CLI's runs against serve send
+    assert record["heartbeat_s"] == SERVE_HEARTBEAT_S  # what CLI runs against serve send
     # Mutation: a concurrency limit of None for gpu in serve.WORK_POOLS fails the limit.
     cpu = api("GET", f"{served.api_url}/work_pools/cpu")
     gpu = api("GET", f"{served.api_url}/work_pools/gpu")
@@ -201,55 +107,6 @@ def test_a_deployment_run_is_executed_by_the_worker(served: Served, images: Path
     assert [(f["rows"], f["status"]) for f in json.loads(listed.stdout)] == [(6, "complete")]
 
 
-def test_a_run_whose_process_dies_is_marked_crashed_and_a_live_one_is_not(
-    served: Served, tmp_path: Path
-) -> None:
-    named = {"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}
-    (automation,) = api("POST", f"{served.api_url}/automations/filter", named)
-    window = MISSED_HEARTBEATS * HEARTBEAT_S
-    assert automation["trigger"]["within"] == window
-    # A CLI run in the user's shell (no heartbeat setting: it takes serve's), long enough
-    # to outlive the window: 70,000 images at 112 px take minutes on two cores.
-    store = tmp_path / "store"
-    command = [sys.executable, "-m", "transfer_pipe.cli", "embed", "fashion-mnist"]
-    log = (tmp_path / "cli.log").open("w")
-    process = subprocess.Popen(
-        [*command, "--store", str(store), "--image-size", "112"],
-        env=user_env(served.home),
-        cwd=served.home,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        run = _running_run_of(served, str(store), process)
-        # Mutation: a run that does not adopt serve's heartbeat (Prefect's 180 s) is
-        # marked Crashed while alive, inside this wait.
-        time.sleep(window + 20)
-        assert process.poll() is None, (tmp_path / "cli.log").read_text()[-2000:]
-        alive = api("GET", f"{served.api_url}/flow_runs/{run['id']}")
-        assert alive["state_type"] == "RUNNING", alive["state"]
-        process.kill()  # as a lost machine or the OOM killer would: no final state sent
-        process.wait()
-        # Mutation: serve without ensure_crash_automation leaves the run Running forever.
-        dead = wait_for_run(served, run["id"], timeout_s=window + 120)
-        assert dead["state_type"] == "CRASHED", dead["state"]
-        assert "no heartbeat" in dead["state"]["message"]
-    finally:
-        process.kill()
-        log.close()
-
-
-def _running_run_of(served: Served, store: str, process: subprocess.Popen[bytes]) -> dict[str, Any]:
-    """The embed flow run writing to ``store``, once it is Running."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        for run in flow_runs(served, "embed"):
-            if store in json.dumps(run["parameters"]) and run["state_type"] == "RUNNING":
-                return run
-        time.sleep(1)
-    pytest.fail(f"no Running embed run for {store} (exit code {process.poll()})")
-
-
 def test_a_second_serve_on_the_same_home_says_where_the_first_runs(served: Served) -> None:
     args = ("serve", "--store", str(served.store), "--port", str(free_port()))
     second = cli(served.home, *args, timeout=180)  # a refusal takes seconds
@@ -257,18 +114,6 @@ def test_a_second_serve_on_the_same_home_says_where_the_first_runs(served: Serve
     assert second.returncode == 2
     assert "already running" in second.stderr
     assert f"127.0.0.1:{served.port}" in second.stderr
-
-
-def test_sigterm_stops_every_process_serve_started(served: Served) -> None:
-    tree = psutil.Process(served.process.pid).children(recursive=True)
-    names = " ".join(" ".join(p.cmdline()) for p in tree)
-    assert "server start" in names and "worker start" in names
-    served.process.send_signal(signal.SIGTERM)
-    assert served.process.wait(120) == 0
-    # Mutation: signalling only the server in _stop_all leaves the worker running.
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    assert alive == []
-    assert not (served.home / "server.json").exists()
 
 
 # --- PostgreSQL --------------------------------------------------------------------------
@@ -321,15 +166,25 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_serve_on_postgresql_keeps_its_runs_there(
+def test_serve_on_postgresql_keeps_its_runs_there_and_sigterm_stops_it_all(
     postgres: str, tmp_path: Path, images: Path
 ) -> None:
+    """A stack of its own (its database is another), stopped as a user stops it."""
     served = start_serve(tmp_path, "--database-url", postgres)
     try:
         store = tmp_path / "store"
         args = ("embed", str(images), "--store", str(store), "--backbone", "tiny_test")
         done = cli(served.home, *args, "--workers", "1")
         assert done.returncode == 0, done.stderr
+        tree = psutil.Process(served.process.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in tree)
+        assert "server start" in names and "worker start" in names
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(120) == 0
+        # Mutation: signalling only the server in _stop_all leaves the worker running.
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert alive == []
+        assert not (served.home / "server.json").exists()
     finally:
         stop_serve(served)
     # Read the database itself, with the server gone: the run is in PostgreSQL (Mutation:

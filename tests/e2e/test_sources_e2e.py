@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 
 from flows.embed import run_embed
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.cli import main
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.store import LoadedFeatures, open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.usefixtures("prefect_api")]
 GOOD, BAD = 8, 4  # make_dataset(classes=2, per_class=4): 8 good images and 4 bad files
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from flows.sweep import run_sweep
-from tests.images import beyond_luck, fashion_mnist_folder, make_dataset, make_fashion_mnist
+from tests.support.images import beyond_luck, fashion_mnist_folder, make_dataset, make_fashion_mnist
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.config import EmbedConfig, SweepConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.steps.sweep import RECORD, sweep
 from transfer_pipe.store import open_store
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("prefect_api")]
 
 IMAGES = 400
 RANDOM_LIMIT = 200  # the random-weights baseline embeds half of the images

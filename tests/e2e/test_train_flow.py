@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import (
 
 from flows.embed import run_embed
 from flows.train import run_train, train_flow
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.config import EmbedConfig, TrainConfig, run_values
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import list_cards

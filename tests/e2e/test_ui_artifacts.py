@@ -28,7 +28,7 @@ from prefect.logging.handlers import APILogHandler
 
 from flows.embed import embed_flow
 from flows.train import train_flow
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.config import EmbedConfig, TrainConfig, run_values
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.browser import Browser, chromium_path
-from tests.e2e.test_serve import Served, api, cli, start_serve, stop_serve
-from tests.images import make_dataset
+from tests.support.browser import Browser, chromium_path
+from tests.support.images import make_dataset
+from tests.support.serve import Served, cli
+from transfer_pipe.serve import rest as api
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.browser,
     pytest.mark.skipif(
         chromium_path() is None,
         reason="Chromium is not installed (Debian: apt-get install chromium; .ci/run does)",
@@ -33,19 +33,12 @@ RUN_URL = re.compile(r"View at (http://\S+/runs/flow-run/([0-9a-f-]{36}))")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = start_serve(tmp_path_factory.mktemp("serve"))
-    yield served
-    stop_serve(served)
-
-
-@pytest.fixture(scope="module")
 def train_run(served: Served, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A ``train`` run with its artifacts: (the run page's address the CLI printed, run id)."""
     images = tmp_path_factory.mktemp("images")
     # Enough images per class for stratified train/val/test splits of two classes.
     make_dataset(images, classes=2, per_class=12, bad=True)
-    args = ("train", str(images), "--store", str(served.home / "store"))
+    args = ("train", str(images), "--store", str(images.parent / "store"))
     done = cli(served.home, *args, "--backbone", "tiny_test", "--heads", "logreg,ridge")
     assert done.returncode == 0, done.stderr
     # The first "View at" is the train run itself; its subflow (embed) follows.

@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.cli import main
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.store import open_store
 from transfer_pipe.store.zarr_store import DamagedFeatureSet
 
-pytestmark = pytest.mark.slow
 DAMAGED_SHARD = 2
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import pipeline_flow
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe.config import EmbedConfig, PipelineConfig, run_values
 
 HEAVY = ("torch", "sklearn", "scipy", "distributed")
@@ -47,11 +47,16 @@ def _fresh_process(body: str, api: str, home: Path) -> dict[str, Any]:
     return report
 
 
-@pytest.fixture
-def computed(tmp_path: Path) -> tuple[PipelineConfig, Any]:
+@pytest.fixture(scope="module")
+def computed(
+    prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[PipelineConfig, Any]:
     """A small folder embedded by the default backbone (its weights are a file, so no
-    run needs torch to know their digest) and two heads fitted, through the pipeline."""
-    data, store = tmp_path / "images", tmp_path / "store"
+    run needs torch to know their digest) and two heads fitted, through the pipeline; once
+    for the module: its tests rerun it, and a changed option writes another feature set
+    beside it, which leaves this one and its heads as they are."""
+    root = tmp_path_factory.mktemp("computed")
+    data, store = root / "images", root / "store"
     make_dataset(data, classes=2, per_class=8)
     embed = EmbedConfig(source=str(data), store=str(store), image_size=32, shard_size=8, workers=1)
     config = PipelineConfig(embed=embed, store=str(store), heads=("logreg", "ridge"))

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0.in1k"
 TINY_TEST = "tiny_test"
+SLOW_TEST = "slow_test"
+SLOW_TEST_FORWARD_S = 1.0  # the wait before each of slow_test's forward passes
 TORCHVISION_PREFIX = "torchvision/"
 RANDOM_PREFIX = "random/"
 LITE0_STAGES = 7  # len(efficientnet_lite.LITE0_BLOCKS)
@@ -85,6 +87,13 @@ register(
     )
 )
 
+
+def _slow_tiny() -> nn.Module:
+    from transfer_pipe.backbones.tiny import SlowTinyNet
+
+    return SlowTinyNet()
+
+
 register(
     BackboneEntry(
         id=TINY_TEST,
@@ -97,6 +106,25 @@ register(
             "feature_dim": TINY_WIDTH,
             "imagenet_top1": None,
             "source": "transfer_pipe.backbones.tiny (for tests)",
+            "license": "same as transfer-pipe",
+        },
+        stages=lambda: [f"stages.{i}" for i in range(TINY_STAGES)],
+    )
+)
+
+register(
+    BackboneEntry(
+        id=SLOW_TEST,
+        architecture=_slow_tiny,
+        weights=RandomInit(arch=SLOW_TEST, seed=TINY_SEED),
+        preprocessing=Preprocessing(32, (0.5,) * 3, (0.25,) * 3, resize="squash"),
+        metadata={
+            "architecture": "slow_test",
+            "num_params": 6362,
+            "feature_dim": TINY_WIDTH,
+            "imagenet_top1": None,
+            "source": "transfer_pipe.backbones.tiny (for tests: a run that lasts, "
+            f"{SLOW_TEST_FORWARD_S:g} s per forward pass)",
             "license": "same as transfer-pipe",
         },
         stages=lambda: [f"stages.{i}" for i in range(TINY_STAGES)],

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import torch
 from torch import nn
 
-from transfer_pipe.backbones.builtin import TINY_SEED
+from transfer_pipe.backbones.builtin import SLOW_TEST_FORWARD_S, TINY_SEED
 
 TINY_CHANNELS = (8, 16, 32)
 
@@ -46,3 +47,13 @@ class TinyNet(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+class SlowTinyNet(TinyNet):
+    """TinyNet whose every forward pass first waits ``SLOW_TEST_FORWARD_S`` seconds: a run
+    that lasts as long as a test needs (images / batch size x that wait) on a few images,
+    without using the CPU (a test beside it keeps both cores)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(SLOW_TEST_FORWARD_S)
+        return super().forward(x)

@@ -83,7 +83,6 @@ def _resolve_in_a_new_process(store: str | None, backbone_id: str, home: Path) -
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.slow  # an S3 server on loopback, two interpreters
 def test_another_machine_resolves_a_published_id_given_only_the_store_url(
     s3_bucket: str, tmp_path: Path
 ) -> None:

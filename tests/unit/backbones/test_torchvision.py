@@ -75,7 +75,6 @@ def test_stage_layers_per_family(name: str, expected: list[str]) -> None:
     assert stage_layers(name) == expected
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", model_names())
 def test_stage_layers_exist_in_every_model(name: str) -> None:
     model = _skeleton(name)

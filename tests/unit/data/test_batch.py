@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.images import truncated_jpeg, write_image
+from tests.support.images import truncated_jpeg, write_image
 from transfer_pipe.backbones import Preprocessing
 from transfer_pipe.data.batch import prepare_batch
 from transfer_pipe.data.decode import decode_image

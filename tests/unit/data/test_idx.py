@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support.idx_files import FASHION_ROOT, idx_bytes, write_idx, write_idx_dataset
 from transfer_pipe.data.decode import DecodeError
 from transfer_pipe.data.idx import (
     FASHION_MNIST_CLASSES,
@@ -24,36 +23,6 @@ from transfer_pipe.data.idx import (
 )
 from transfer_pipe.data.read import read_image
 from transfer_pipe.errors import TransferPipeError
-
-FASHION_ROOT = Path(
-    os.environ.get("TRANSFER_PIPE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
-)
-
-
-def idx_bytes(array: np.ndarray, dtype_code: int = 0x08) -> bytes:
-    """The bytes of an IDX file holding ``array`` (uncompressed)."""
-    header = bytes([0, 0, dtype_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, *, gz: bool) -> Path:
-    """Write ``array`` as an IDX file at ``path``, gzipped when ``gz`` (whatever the name)."""
-    raw = idx_bytes(np.asarray(array, dtype=np.uint8))
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
-
-
-def write_idx_dataset(
-    root: Path, images: dict[str, np.ndarray], labels: dict[str, np.ndarray], *, gz: bool = True
-) -> Path:
-    """A standard MNIST-layout folder; keys are "train" and "test"."""
-    root.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if gz else ""
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        if split in images:
-            write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images[split], gz=gz)
-            write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels[split], gz=gz)
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +75,7 @@ def test_read_idx_accepts_paths_and_file_urls_and_caches_a_read_only_array(tmp_p
         (idx_bytes(np.zeros((2, 4, 4), np.uint8))[:-1], "damaged"),
         (idx_bytes(np.zeros((2, 4, 4), np.uint8)) + b"\0", "damaged"),
         (bytes([0, 0, 8, 3, 0, 0]), "truncated inside its header"),
-        (gzip.compress(idx_bytes(np.zeros((2, 4, 4), np.uint8)))[:-8], "damaged gzip"),
+        (gzip.compress(idx_bytes(np.zeros((2, 4, 4), np.uint8)), mtime=0)[:-8], "damaged gzip"),
     ],
 )
 def test_malformed_idx_files_raise_a_clear_error(tmp_path: Path, raw: bytes, message: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.images import GOOD_KINDS, truncated_jpeg, write_image
+from tests.support.images import GOOD_KINDS, truncated_jpeg, write_image
 from transfer_pipe.backbones import Preprocessing
 from transfer_pipe.data.batch import prepare_batch, prepare_pixels
 from transfer_pipe.data.decode import decode_image

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.unit.data.test_idx import FASHION_ROOT, write_idx_dataset
+from tests.support.idx_files import FASHION_ROOT, write_idx_dataset
 from transfer_pipe.data.decode import DecodeError
 from transfer_pipe.data.idx import FASHION_MNIST_CLASSES, clear_idx_cache
 from transfer_pipe.data.read import read_image

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.images import write_image
+from tests.support.images import write_image
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.data.decode import decode_image

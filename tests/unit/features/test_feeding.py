@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.images import GOOD_KINDS, truncated_jpeg, write_image
+from tests.support.images import GOOD_KINDS, truncated_jpeg, write_image
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.data.decode import decode_image
 from transfer_pipe.features.batch import ahead, batches_ahead, decoder_threads, embed_images

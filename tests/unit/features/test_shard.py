@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe import steps
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
@@ -100,7 +100,7 @@ def _model_loads() -> int:
     return int(getattr(embedder, "model_loads", 0))
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_the_model_is_loaded_once_per_dask_worker_process(tmp_path: Path) -> None:
     """Four shards, one batch each, on a Dask worker process of two threads: one load.
     Mutation: get_embedder building ``Embedder(config)`` on every call (no per-process

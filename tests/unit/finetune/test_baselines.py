@@ -12,8 +12,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tests.unit.finetune.training import make_data
-from tests.unit.report.test_finetune_report import finetune_result
+from tests.support.report import finetune_result
+from tests.support.training import make_data
 from transfer_pipe.cli import build_parser, run_values_from
 from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.errors import TransferPipeError

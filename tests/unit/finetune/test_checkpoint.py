@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from tests.unit.finetune.training import (
+from tests.support.training import (
     OPTIONS,
     REPO,
     assert_same_checkpoints,
@@ -149,12 +149,12 @@ def test_a_payload_round_trips_with_its_types() -> None:
 def _train_to_the_end(data: Path, checkpoints: str, home: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
     subprocess.run(
-        [sys.executable, "-m", "tests.unit.finetune.training", str(data), checkpoints],
+        [sys.executable, "-m", "tests.support.training", str(data), checkpoints],
         cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
     )  # fmt: skip
 
 
-@pytest.mark.slow  # an S3 server on loopback, three training runs
+@pytest.mark.kill  # an S3 server on loopback, three training runs, one killed
 def test_a_run_killed_on_one_machine_resumes_on_another_from_the_store(
     data: Path, tmp_path: Path, s3_bucket: str
 ) -> None:

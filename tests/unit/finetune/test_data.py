@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.images import write_image
+from tests.support.images import write_image
 from transfer_pipe.backbones import Preprocessing
 from transfer_pipe.data.sources import to_url
 from transfer_pipe.finetune.data import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.finetune.training import (
+from tests.support.training import (
     OPTIONS,
     assert_same_checkpoints,
     kill_after_steps,
@@ -52,7 +52,7 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Train
     return trainer
 
 
-@pytest.mark.slow  # three training subprocesses
+@pytest.mark.kill  # three training subprocesses, each killed
 @pytest.mark.parametrize("steps", [2, 5, 12])
 def test_a_run_killed_after_any_optimizer_step_resumes_to_the_uninterrupted_run(
     data: Path, uninterrupted: Trainer, tmp_path: Path, steps: int

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.unit.finetune.training import make_data
+from tests.support.training import make_data
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.finetune.loop import BEST

@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from tests.unit.heads.test_tasks import KEY, uneven_store
+from tests.support.task_feature_set import KEY, uneven_store
 from transfer_pipe.cli import build_parser, run_values_from
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError

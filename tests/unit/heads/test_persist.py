@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tests.unit.heads.synthetic import CLASSES, blobs, task_data
+from tests.support.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, list_cards, read_card
 from transfer_pipe.heads.persist import load_head, save_head

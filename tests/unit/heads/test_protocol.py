@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.preprocessing import StandardScaler
 
-from tests.unit.heads.synthetic import CLASSES, blobs, task_data
+from tests.support.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.config import HEAD_NAMES, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads import protocol

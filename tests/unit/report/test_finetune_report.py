@@ -6,26 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.unit.report.test_report import CLASSES, PNG_SIGNATURE, evaluated
-from transfer_pipe.finetune.card import FinetuneResult, ProbeScore, SkippedImage
+from tests.support.report import CLASSES, HISTORY, PNG_SIGNATURE, finetune_result
 from transfer_pipe.report import comparison_rows, finetune_report, save_learning_curves
-
-HISTORY = [
-    {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_accuracy": 0.5 + e / 10,
-     "val_accuracy": 0.45 + e / 10}
-    for e in (1, 2, 3)
-]  # fmt: skip
-
-
-def finetune_result() -> FinetuneResult:
-    return FinetuneResult(
-        run_id="source-top-2-abc", head="finetune top-2", task="source", layer="penultimate",
-        policy="top-2", lp_ft=True, epochs=3, best_epoch=3, stopped="epochs", history=HISTORY,
-        skipped_images=[SkippedImage("train", "train/7", "not-an-image")], device="cpu",
-        image_size=64, chosen={"epoch": 3}, metrics=evaluated(CLASSES, seed=4),
-        probe=ProbeScore("source-logreg-x", evaluated(CLASSES, seed=7)),  # 0.89 vs 0.8633
-        seconds={"train": 12.5}, checkpoint="/tmp/best.pt",
-    )  # fmt: skip
 
 
 def test_comparison_puts_the_probe_first_with_its_own_metrics() -> None:

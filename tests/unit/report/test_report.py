@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.support.report import CLASSES, assert_png, evaluated
 from transfer_pipe.heads.card import HeadResult
-from transfer_pipe.heads.metrics import evaluate, softmax
 from transfer_pipe.report import (
     ROW_COLUMNS,
     markdown_report,
@@ -23,18 +22,6 @@ from transfer_pipe.report import (
     save_per_class_accuracy,
     terminal_table,
 )
-from transfer_pipe.scores import Metrics
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CLASSES = ["T-shirt/top", "Trouser", "Ankle boot"]
-
-
-def evaluated(classes: list[str], seed: int) -> Metrics:
-    """Real ``evaluate()`` metrics of a noisy but informative classifier."""
-    rng = np.random.default_rng(seed)
-    y_idx = rng.integers(0, len(classes), size=300)
-    scores = rng.normal(size=(300, len(classes))) + 2.0 * np.eye(len(classes))[y_idx]
-    return evaluate(np.array(classes)[y_idx], softmax(scores), classes, bootstrap=200)
 
 
 def head_result(head_id: str, classes: list[str], seed: int, **changes: Any) -> HeadResult:
@@ -140,17 +127,6 @@ def test_markdown_report_without_images_and_with_top5(results: list[HeadResult])
     text = markdown_report(results[1])
     assert "![" not in text
     assert f"{results[1].metrics.top5_accuracy:.4f}" in text
-
-
-def assert_png(path: Path, min_side: int = 200) -> tuple[int, int]:
-    assert path.is_file()
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    with Image.open(path) as image:
-        image.load()
-        assert image.format == "PNG"
-        width, height = image.size
-    assert width >= min_side and height >= min_side
-    return width, height
 
 
 def test_save_confusion_matrix_writes_png(tmp_path: Path, results: list[HeadResult]) -> None:

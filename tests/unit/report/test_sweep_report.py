@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.unit.report.test_report import assert_png
-from tests.unit.test_curves import FLAT, KEY, LAYERS, RANDOM_ACC, depth_curve, learning_curve
+from tests.support.curves import FLAT, KEY, LAYERS, RANDOM_ACC, depth_curve, learning_curve
+from tests.support.report import assert_png
 from transfer_pipe.curves import recommend
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
 

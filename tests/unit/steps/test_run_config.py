@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.contract.test_feature_store import fill, make_rows, make_spec
+from tests.support.stores import fill, make_rows, make_spec
 from transfer_pipe.config import FinetuneConfig, TrainConfig, run_values
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.steps.target import run_config

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.heads.test_tasks import KEY, LAYER, uneven_store
+from tests.support.task_feature_set import KEY, LAYER, uneven_store
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.heads.card import head_url
 from transfer_pipe.heads.tasks import load_task

@@ -18,59 +18,12 @@ import zarr.storage
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 
-from transfer_pipe.store import FeatureSetSpec, ShardStats, ZarrFeatureStore, embedding_key
+from tests.support.failed_rows import FAILED, ROWS, make_rows, make_spec, write
+from transfer_pipe.store import FeatureSetSpec, ZarrFeatureStore, embedding_key
 from transfer_pipe.store.keys import FORMAT_VERSION
 from transfer_pipe.store.zarr_store import DamagedFeatureSet
 
-LAYERS = {"penultimate": 6, "stages.0": 3}
-ROWS, SHARD = 22, 4  # 6 shards, the last one short
-FAILED = {5: "corrupt: bad bytes", 21: "empty: zero-byte file"}
 Complete = tuple[ZarrFeatureStore, FeatureSetSpec, Path]
-
-
-def make_spec(key: str = "k0") -> FeatureSetSpec:
-    return FeatureSetSpec(
-        key=key,
-        embedding_key="emb",
-        source="test",
-        backbone="tiny_test",
-        weights_digest="w",
-        preprocessing={"image_size": 32},
-        layers=tuple(LAYERS),
-        layer_dims=dict(LAYERS),
-        dtype="float32",
-        data_digest="d",
-        rows=ROWS,
-        shard_size=SHARD,
-    )
-
-
-def make_rows(n: int = ROWS) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "sample_id": [f"s{i:02d}" for i in range(n)],
-            "uri": [f"file:///data/{i}.png" for i in range(n)],
-            "label": [f"c{i % 3}" for i in range(n)],
-            "split": ["train" if i < 15 else "test" for i in range(n)],
-            "content_hash": [f"h{i}" for i in range(n)],
-        }
-    )
-
-
-def shard_values(spec: FeatureSetSpec, shard: int) -> dict[str, np.ndarray]:
-    """Row r holds r * (1..dim); a failed row is NaN, as an embed writes it."""
-    rows = np.array(spec.shard_rows(shard), dtype=np.float32)
-    values = {}
-    for layer, dim in spec.layer_dims.items():
-        block = np.outer(rows, np.arange(1, dim + 1)).astype(np.float32)
-        block[[r - rows[0].astype(int) for r in spec.shard_rows(shard) if r in FAILED]] = np.nan
-        values[layer] = block
-    return values
-
-
-def write(store: ZarrFeatureStore, spec: FeatureSetSpec, shard: int) -> None:
-    reasons = [FAILED.get(r, "") for r in spec.shard_rows(shard)]
-    store.write_shard(spec.key, shard, shard_values(spec, shard), reasons, ShardStats(4, 0, 0.5))
 
 
 @pytest.fixture

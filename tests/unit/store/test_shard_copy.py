@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.store.test_layout import FAILED, make_rows, make_spec, shard_values, write
+from tests.support.failed_rows import FAILED, make_rows, make_spec, shard_values, write
 from transfer_pipe.store import FeatureSetSpec, ZarrFeatureStore
 from transfer_pipe.store.shard_copy import copy_shard
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from tests.images import make_dataset
+from tests.support.images import make_dataset
 from transfer_pipe import steps
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.config import EmbedConfig

@@ -1,7 +1,7 @@
 """One small, fixed fine-tuning job, built the same way in the test process and in a
 subprocess that the resume test kills midway.
 
-    python -m tests.unit.finetune.training DATA CHECKPOINTS [--step-handshake]
+    python -m tests.support.training DATA CHECKPOINTS [--step-handshake]
 
 With ``--step-handshake`` the job prints ``step`` after every optimizer step and waits
 for a line on stdin before going on: the test counts steps from outside and, at a step
@@ -111,7 +111,7 @@ def assert_same_checkpoints(
     same_tensors(read_checkpoint(resumed, BEST)["model"], read_checkpoint(reference, BEST)["model"])
 
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def kill_after_steps(
@@ -123,7 +123,7 @@ def kill_after_steps(
     written for the epoch under way."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **({"HOME": str(home)} if home else {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.finetune.training", str(data), str(checkpoints),
+        [sys.executable, "-m", "tests.support.training", str(data), str(checkpoints),
          "--step-handshake"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip

@@ -45,19 +45,28 @@ class DaskProcesses:
         args = [DASK, "scheduler", "--port", "0", "--no-dashboard", "--scheduler-file"]
         self.scheduler = self._spawn("scheduler", [*args, str(self.scheduler_file)])
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.scheduler_file.exists():
+        while not self._scheduler_file_written():  # (the file exists before it is written)
             if self.scheduler.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dask scheduler did not start: {self.log('scheduler')}")
             time.sleep(0.2)
         return self.address
 
-    def start_worker(self, *options: str, nanny: bool = True) -> subprocess.Popen[bytes]:
-        """Start one `dask worker` process of one thread (``options``: e.g. resources)."""
+    def _scheduler_file_written(self) -> bool:
+        try:
+            return "address" in json.loads(self.scheduler_file.read_text())
+        except (OSError, ValueError):
+            return False
+
+    def start_worker(
+        self, *options: str, nanny: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start one `dask worker` process of one thread (``options``: e.g. resources;
+        ``env``: variables of its own, e.g. another HOME)."""
         args = [DASK, "worker", "--scheduler-file", str(self.scheduler_file)]
         args += ["--nthreads", "1", "--nworkers", "1", "--no-dashboard", *options]
         if not nanny:
             args.append("--no-nanny")
-        worker = self._spawn(f"worker{len(self.workers)}", args)
+        worker = self._spawn(f"worker{len(self.workers)}", args, env or {})
         self.workers.append(worker)
         return worker
 
@@ -89,10 +98,12 @@ class DaskProcesses:
         path = self.folder / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """The process, its output in ``folder/<name>.log``; it imports this checkout
         (and the tests package, for functions a test runs inside it)."""
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, **(extra or {}), "PYTHONPATH": str(REPO)}
         env.pop("DASK_SCHEDULER_ADDRESS", None)
         with (self.folder / f"{name}.log").open("ab") as log:
             return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -108,3 +119,10 @@ def assert_same_features(a_store: Path, b_store: Path, key: str) -> None:
         assert x.sample_ids.tolist() == y.sample_ids.tolist()
         np.testing.assert_array_equal(x.features, y.features)
     assert a.failures(key).equals(b.failures(key))
+
+
+def worker_homes(folder: Path, name: str) -> dict[str, str]:
+    """A worker's own HOME and transfer-pipe home under ``folder``: what a worker on another
+    machine has (it shares nothing with the driver but the store)."""
+    home = folder / name
+    return {"HOME": str(home), "TRANSFER_PIPE_HOME": str(home / ".transfer-pipe")}

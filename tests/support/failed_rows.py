@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tests.support import stores
 from transfer_pipe.store import FeatureSetSpec, ShardStats, ZarrFeatureStore
 
 LAYERS = {"penultimate": 6, "stages.0": 3}
@@ -31,15 +32,7 @@ def make_spec(key: str = "k0") -> FeatureSetSpec:
 
 
 def make_rows(n: int = ROWS) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "sample_id": [f"s{i:02d}" for i in range(n)],
-            "uri": [f"file:///data/{i}.png" for i in range(n)],
-            "label": [f"c{i % 3}" for i in range(n)],
-            "split": ["train" if i < 15 else "test" for i in range(n)],
-            "content_hash": [f"h{i}" for i in range(n)],
-        }
-    )
+    return stores.make_rows(n, train=15)
 
 
 def shard_values(spec: FeatureSetSpec, shard: int) -> dict[str, np.ndarray]:

@@ -75,13 +75,14 @@ def make_spec(key: str = "k0", dtype: str = "float32", embedding: str = "emb") -
     )
 
 
-def make_rows(n: int = ROWS) -> pd.DataFrame:
+def make_rows(n: int = ROWS, train: int = 7) -> pd.DataFrame:
+    """``n`` rows of three labels, the first ``train`` of them in the train split."""
     return pd.DataFrame(
         {
             "sample_id": [f"s{i:02d}" for i in range(n)],
             "uri": [f"file:///data/{i}.png" for i in range(n)],
             "label": [f"c{i % 3}" for i in range(n)],
-            "split": ["train" if i < 7 else "test" for i in range(n)],
+            "split": ["train" if i < train else "test" for i in range(n)],
             "content_hash": [f"h{i}" for i in range(n)],
         }
     )

@@ -12,6 +12,7 @@ checked against the built models by the backbone tests.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
@@ -113,21 +114,17 @@ register(
 )
 
 register(
-    BackboneEntry(
+    replace(
+        lookup(TINY_TEST),
         id=SLOW_TEST,
         architecture=_slow_tiny,
         weights=RandomInit(arch=SLOW_TEST, seed=TINY_SEED),
-        preprocessing=Preprocessing(32, (0.5,) * 3, (0.25,) * 3, resize="squash"),
         metadata={
+            **lookup(TINY_TEST).metadata,
             "architecture": "slow_test",
-            "num_params": 6362,
-            "feature_dim": TINY_WIDTH,
-            "imagenet_top1": None,
             "source": "transfer_pipe.backbones.tiny (for tests: a run that lasts, "
             f"{SLOW_TEST_FORWARD_S:g} s per forward pass)",
-            "license": "same as transfer-pipe",
         },
-        stages=lambda: [f"stages.{i}" for i in range(TINY_STAGES)],
     )
 )
 

@@ -70,6 +70,9 @@ check: install lint
 # side in one run (ratios; this machine is shared), results in benchmarks/results/*.json.
 # The GPU rows run where a CUDA GPU is present (benchmarks/gpu.sh), else stay "not measured".
 benchmark: install data
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/nightly.py            # a night costs what changed: 8 nights via the CLI
+	$(BIN)/python benchmarks/storage_designs.py    # Icechunk vs appended Zarr + Parquet, storage only
 	$(BIN)/python benchmarks/embed_throughput.py   # CLI embed / raw, steady, warm rerun, memory 10k vs 70k
 	$(BIN)/python benchmarks/run_phases.py         # where a cold and a warm CLI run spend their time
 	$(BIN)/python benchmarks/autocast_cpu.py       # a bfloat16 forward pass on the CPU against float32

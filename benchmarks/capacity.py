@@ -29,7 +29,7 @@ import zarr
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.steps.embed import embed
-from transfer_pipe.store import ZarrFeatureStore, open_store
+from transfer_pipe.store import open_store
 
 RESULT = Path(__file__).parent / "results" / "capacity.json"
 
@@ -70,9 +70,9 @@ def main() -> None:
     )
     key = embed(config).feature_set
     store = open_store(store_url)
-    assert isinstance(store, ZarrFeatureStore)
     spec = store.spec(key)
-    folder = Path(store.folder(key))
+    # A first version's rows are its lineage's: the lineage's arrays are its bytes.
+    folder = Path(store_url) / "lineages" / spec.lineage
     layers: dict[str, Any] = {}
     for layer, dim in spec.layer_dims.items():
         array = zarr.open_array(str(folder / "features" / layer), mode="r")
@@ -91,6 +91,8 @@ def main() -> None:
         for path in folder.iterdir()
         if path.is_dir() and path.name != "features"
     }
+    version = Path(store_url) / "versions" / key / "table"
+    columns["version table (rows.parquet, appended.parquet)"] = folder_bytes(version) / spec.rows
     manifest = load_manifest("fashion-mnist")
     manifest_bytes = int(manifest.table.memory_usage(deep=True).sum())
     result = {

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -89,22 +90,26 @@ def _is_feature_set_key(source: str) -> bool:
 
 def run_name(*fields: str) -> Any:
     """A ``flow_run_name`` callable: the dataset, then each of ``fields`` of the run's
-    parameters that is set, e.g. ``photos-efficientnet_lite0.in1k-224px``. A source that is
-    a feature-set key names the feature set; its backbone and image size are fixed by it."""
+    parameters that is set, then when the run began (UTC), e.g.
+    ``photos-efficientnet_lite0.in1k-224px-20261207-020000``. A source that is a feature-set
+    key names the feature set; its backbone and image size are fixed by it. Prefect calls
+    it as the run starts, whatever started it (the CLI, a schedule, a parent flow), so a
+    flow's runs are named alike on every route, and two runs of one dataset apart."""
 
     def name() -> str:
         values = _parameters()
         source = str(values.get("source", ""))
+        began = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         if _is_feature_set_key(source):
-            return f"feature-set-{source}-" + "-".join(
-                str(values[f]) for f in fields if f not in _EMBED_FIELDS and values.get(f)
-            ).rstrip("-")
+            words = [f"feature-set-{source}"]
+            words += [str(values[f]) for f in fields if f not in _EMBED_FIELDS and values.get(f)]
+            return "-".join([*words, began])
         words = [dataset_name(source)]
         for field in fields:
             value = values.get(field)
             if value:
                 words.append(f"{value}px" if field == "image_size" else str(value))
-        return "-".join(words)
+        return "-".join([*words, began])
 
     return name
 
@@ -112,15 +117,23 @@ def run_name(*fields: str) -> Any:
 _EMBED_FIELDS = ("backbone", "image_size")
 
 
+PROJECT_TAG = "transfer-pipe"  # every run, as the deployments' own tags say
+
+
 def run_tags() -> list[str]:
-    """Tags of the current run from its parameters: ``dataset:<name>``,
-    ``backbone:<id>`` (or ``feature-set:<key>``), ``task:<task>`` where it has one."""
+    """Tags of the current run, the same whatever started it: ``transfer-pipe``, its
+    flow's name, and from its parameters ``dataset:<name>``, ``backbone:<id>`` (or
+    ``feature-set:<key>``), ``task:<task>`` where it has one."""
     values = _parameters()
     source = str(values.get("source", ""))
+    context = FlowRunContext.get()
+    found = [PROJECT_TAG]
+    if context is not None and context.flow is not None:
+        found.append(context.flow.name)
     if _is_feature_set_key(source):
-        found = [f"feature-set:{source}"]
+        found.append(f"feature-set:{source}")
     else:
-        found = [f"dataset:{dataset_name(source)}", f"backbone:{values.get('backbone')}"]
+        found += [f"dataset:{dataset_name(source)}", f"backbone:{values.get('backbone')}"]
     if values.get("task"):
         found.append(f"task:{values['task']}")
     return found

@@ -20,6 +20,7 @@ from transfer_pipe.config import (
     REQUIRED,
     EmbedConfig,
     FinetuneConfig,
+    GcConfig,
     Option,
     PredictConfig,
     SweepConfig,
@@ -33,6 +34,7 @@ from transfer_pipe.errors import TransferPipeError
 if typing.TYPE_CHECKING:  # importing transfer_pipe.steps loads torch: not for `ls`
     from transfer_pipe.records import Record
     from transfer_pipe.steps.results import EmbedSummary
+    from transfer_pipe.store import FeatureSetInfo
 
 T = TypeVar("T")
 
@@ -67,7 +69,7 @@ def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]
             # An option that is on by default is turned off with --no-<flag>.
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         elif typing.get_origin(base) is tuple and opt.positional:
-            kwargs["nargs"] = "+"
+            kwargs["nargs"] = "+" if opt.required else "*"
         elif typing.get_origin(base) is tuple and typing.get_args(base)[0] is float:
             kwargs["type"] = _numbers
         elif typing.get_origin(base) is tuple:
@@ -77,7 +79,9 @@ def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]
         elif base in (int, float):
             kwargs["type"] = base
         if opt.positional:
-            parser.add_argument(opt.name, **kwargs)
+            parser.add_argument(
+                opt.name, **({} if opt.required else {"default": default}), **kwargs
+            )
         elif opt.required:
             parser.add_argument(opt.flag, dest=opt.name, required=True, **kwargs)
         else:
@@ -130,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
         "metadata: the next embed of the same source recomputes only those shards",
     )
     verify.add_argument("--json", action="store_true", help="end with one JSON report line")
+
+    gc = commands.add_parser(
+        "gc", help="remove old versions of feature sets and the rows only they hold"
+    )
+    add_options(gc, options(GcConfig))
+    gc.add_argument("--json", action="store_true", help="end with one JSON report line")
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="turn the feature sets an earlier release wrote (one copy each) into versions "
+        "that share rows; every key stays valid",
+    )
+    _store_option(migrate, with_storage_options=True)
+    migrate.add_argument("--json", action="store_true", help="end with one JSON report line")
 
     commands.add_parser("backbones", help="list registered backbone ids")
 
@@ -462,31 +480,53 @@ def _print_summary(summary: EmbedSummary) -> None:
 def _ls(args: argparse.Namespace) -> int:
     from transfer_pipe.store import open_store
 
-    infos = open_store(args.store, args.storage_options).catalog()
+    store = open_store(args.store, args.storage_options)
+    infos = store.catalog()
     if args.json:
         print(json.dumps([dataclasses.asdict(info) for info in infos]))
         return 0
     if not infos:
-        print(f"no feature sets in {args.store}")
+        legacy = store.legacy_keys()
+        if legacy:
+            print(
+                f"{args.store} holds {len(legacy)} feature sets of an earlier release: run "
+                f"`transfer-pipe migrate --store {args.store}` to read them"
+            )
+        else:
+            print(f"no feature sets in {args.store}")
         return 0
-    header = ("KEY", "STATUS", "ROWS", "FAILED", "MB", "BACKBONE", "LAYERS", "SOURCE")
-    rows = [
-        (
-            i.key,
-            i.status,
-            str(i.rows),
-            str(i.failed),
-            f"{i.nbytes / 1e6:.1f}",
-            i.backbone,
-            ",".join(i.layers),
-            i.source,
-        )
-        for i in infos
-    ]
-    widths = [max(len(r[c]) for r in (header, *rows)) for c in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    header = ("KEY", "STATUS", "ROWS", "ADDED", "REMOVED", "CHANGED", "FAILED", "NEW MB", "CREATED")
+    lineage = None
+    for info in infos:  # catalog: by lineage, oldest first
+        if info.lineage != lineage:
+            lineage = info.lineage
+            print(
+                f"{'' if lineage == infos[0].lineage else chr(10)}lineage {lineage}: "
+                f"{info.source} through {info.backbone}, layers {','.join(info.layers)}"
+            )
+            _print_table([header, *(_version_row(i) for i in infos if i.lineage == lineage)])
+    print(f"\nstore {args.store}: {store.store_nbytes() / 1e6:.1f} MB")
     return 0
+
+
+def _version_row(info: FeatureSetInfo) -> tuple[str, ...]:
+    return (
+        info.key,
+        info.status,
+        str(info.rows),
+        str(info.added),
+        str(info.removed),
+        str(info.changed),
+        str(info.failed),
+        f"{info.new_bytes / 1e6:.2f}",
+        info.created,
+    )
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -494,12 +534,58 @@ def _show(args: argparse.Namespace) -> int:
 
     store = open_store(args.store, args.storage_options)
     provenance = store.provenance(args.key)
+    info = store.info(args.key)
+    provenance["version"] = {
+        "lineage": info.lineage,
+        "parent": info.parent,
+        "rows": info.rows,
+        "added": info.added,
+        "removed": info.removed,
+        "changed": info.changed,
+        "new_bytes": info.new_bytes,
+        "bytes": info.nbytes,
+    }
     failures = store.failures(args.key)
     provenance["failures"] = failures.to_dict(orient="records")
     if args.json:
         print(json.dumps(provenance))
-    else:
-        print(json.dumps(provenance, indent=2))
+        return 0
+    parent = f"parent {info.parent}" if info.parent else "the lineage's first version"
+    print(
+        f"feature set {args.key} ({info.status}): version of lineage {info.lineage}, {parent}; "
+        f"{info.rows} rows: {info.added} added, {info.removed} removed, {info.changed} "
+        f"changed; wrote {info.new_bytes / 1e6:.2f} MB, reads {info.nbytes / 1e6:.2f} MB"
+    )
+    print(json.dumps(provenance, indent=2))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from transfer_pipe.store import open_store
+    from transfer_pipe.store.migrate import migrate
+
+    store = open_store(args.store, args.storage_options)
+    report = migrate(store)  # type: ignore[arg-type]  # the one implementation
+    print(
+        f"migrated {len(report.migrated)} feature sets into versions "
+        f"({', '.join(report.migrated) or 'nothing to migrate'}); {report.shared_rows} rows "
+        f"shared instead of copied; store {report.bytes_before / 1e6:.2f} MB -> "
+        f"{report.bytes_after / 1e6:.2f} MB"
+    )
+    for line in report.left:
+        print(f"left {line}")
+    if args.json:
+        print(report.to_json())
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from transfer_pipe.steps.gc import collect_garbage, gc_message
+
+    report = collect_garbage(GcConfig(**{o.name: getattr(args, o.name) for o in options(GcConfig)}))
+    print(gc_message(report))
+    if args.json:
+        print(report.to_json())
     return 0
 
 
@@ -558,6 +644,8 @@ _COMMANDS = {
     "ls": _ls,
     "show": _show,
     "verify": _verify,
+    "gc": _gc,
+    "migrate": _migrate,
     "backbones": _backbones,
     "train": _train,
     "finetune": _finetune,

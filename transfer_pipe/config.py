@@ -457,6 +457,39 @@ class PredictConfig(_Validated):
 
 
 @dataclass(frozen=True)
+class GcConfig(_Validated):
+    """Remove old versions of feature sets and the rows only they hold (``store.retention``)."""
+
+    keys: tuple[str, ...] = option(
+        (),
+        "versions to remove (default: all but those --keep-last and --older-than keep)",
+        positional=True,
+    )
+    store: str = option(DEFAULT_STORE, "feature store folder or URL")
+    storage_options: str | None = option(None, STORAGE_OPTIONS_HELP)
+    keep_last: int | None = option(
+        None,
+        "keep each lineage's newest N versions (7 when neither keys nor --older-than is given)",
+        minimum=1,
+    )
+    older_than: float | None = option(
+        None, "remove only versions created more than DAYS days ago", minimum=0
+    )
+    force: bool = option(
+        False,
+        "also remove versions that a saved head, fine-tuning run, sweep or published "
+        "backbone references",
+    )
+    dry_run: bool = option(False, "print what would be removed and freed; remove nothing")
+
+    def _problems(self) -> list[str]:
+        problems = storage_options_problems(self.storage_options)
+        if self.keys and (self.keep_last is not None or self.older_than is not None):
+            problems.append("give versions to remove or --keep-last/--older-than, not both")
+        return problems
+
+
+@dataclass(frozen=True)
 class PipelineConfig(TrainConfig):
     """A scheduled run over a source that grows: embed it (only the images the store lacks),
     fit the heads the store lacks for the task, and optionally fine-tune."""
@@ -468,6 +501,13 @@ class PipelineConfig(TrainConfig):
     finetune_epochs: int = option_of(FinetuneConfig, "epochs")
     finetune_lp_ft: bool = option_of(FinetuneConfig, "lp_ft")
     finetune_time_budget_s: float | None = option_of(FinetuneConfig, "time_budget_s")
+    keep_last: int | None = option(
+        7,
+        "after the run, keep the newest N versions of the source's lineage and every "
+        "version a head, fine-tuning run, sweep or published backbone references "
+        "(`transfer-pipe gc`); 0 keeps every version",
+        minimum=0,
+    )
 
     def _problems(self) -> list[str]:
         problems = super()._problems()

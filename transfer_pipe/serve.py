@@ -36,6 +36,11 @@ RECORD_NAME = "server.json"
 PREFECT_FILE = Path("deploy") / "prefect.yaml"
 HOST = "127.0.0.1"  # loopback only: the server has no authentication
 WORK_POOLS = {"cpu": None, "gpu": 1}
+GPU_POOL_NOTE = (
+    "no worker: the finetune deployment shows Not Ready and its runs wait until one "
+    "starts; on a machine with a GPU run `transfer-pipe serve --gpu-worker`, or "
+    "`prefect worker start --pool gpu` against this server"
+)
 """The work pools serve creates and their concurrency limits (one run per GPU)."""
 
 # A run whose process dies with its machine (SIGKILL, out of memory, an evicted pod) never
@@ -416,12 +421,14 @@ def _print_ready(
 ) -> None:
     ui = api_url.removesuffix("/api")
     workers = "cpu and gpu pools" if options.gpu_worker else "cpu pool"
+    gpu_note = "" if options.gpu_worker else f"  gpu pool:    {GPU_POOL_NOTE}\n"
     print(
         f"\ntransfer-pipe serve is ready after {seconds:.0f} s\n"
         f"  UI:          {ui}\n"
         f"  API:         {api_url}\n"
         f"  deployments: {', '.join(deployed)}\n"
         f"  worker:      process worker on the {workers}\n"
+        f"{gpu_note}"
         f"  store:       {options.store}\n"
         f"  logs:        {options.home / 'logs'}\n\n"
         "Try, in another terminal (transfer-pipe commands find this server by themselves):\n"

@@ -104,6 +104,41 @@ def test_two_runs_at_once_write_each_shard_once(tmp_path: Path, prefect_api: str
     assert not list((store / "claims").glob("*/*.json")), "a claim was not given back"
 
 
+def test_two_versions_of_one_lineage_at_once_append_each_content_once(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """Two runs at once over one source that want two versions (``--limit 200`` and the
+    whole folder): the second waits for the lineage, then builds its version on the
+    first, appending only what the first lacks; no lineage row is written twice."""
+    # Mutation seen failing: _claim taking the claim of the version key instead of the
+    # lineage (both plan from the same lineage length: they append into the same rows).
+    data, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(data, classes=4, per_class=100)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
+    first = _start(data, store, env, pause_after=3)  # all of it, paused mid-write
+    wait_until_stopped(first)
+    log = tmp_path / "second.log"
+    try:
+        command = [*_command(data, store), "--limit", "200"]
+        with log.open("wb") as err:
+            second = subprocess.Popen(
+                command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=err
+            )
+        _wait_for_log(second, log, "being written by another run")
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    whole, _ = _summary(first)
+    part, _ = _summary(second, log)
+    assert (whole["embedded"], part["embedded"]) == (GOOD, 0)  # the 200 are all shared
+    opened = open_store(str(store))
+    assert sorted(opened.list_keys()) == sorted([whole["feature_set"], part["feature_set"]])
+    assert opened.spec(part["feature_set"]).parent == whole["feature_set"]
+    assert opened.spec(part["feature_set"]).appended == 0
+    rows = opened.lineage_rows(opened.spec(whole["feature_set"]).lineage)
+    assert rows["content_hash"].is_unique and len(rows) == GOOD + 4  # each content once
+    assert opened.verify(part["feature_set"]).ok and opened.verify(whole["feature_set"]).ok
+
+
 def test_a_run_killed_holding_the_claim_does_not_block_the_next(
     tmp_path: Path, prefect_api: str
 ) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.support.images import make_dataset
+from tests.support.images import make_dataset, write_image
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import estimate as estimate_module
@@ -42,6 +44,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_byte_estimate_is_what_the_run_then_writes(
     images: Path, tmp_path: Path, backbone_options: dict[str, object]
 ) -> None:
+    # Fails today (library bug, see the report): estimate._bytes counts the layers' chunks
+    # of spec.new_shards on the spec new_spec made, whose appended is -1 (not planned): no
+    # shard, so the estimate is the table and metadata alone (8716 B for 13796 B written).
     # Mutations seen failing: bytes per row taken as width x itemsize (no compression:
     # default-32px fails, its 1280 floats compress 40x; tiny_test's 32 barely do); the
     # row columns and metadata left out (_structure_bytes returning 0: tiny_test fails);
@@ -70,9 +75,19 @@ def test_the_byte_estimate_is_what_the_run_then_writes(
 def test_a_store_with_a_recorded_run_estimates_without_running_the_model(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Mutation seen failing: _recorded_rate returning None (every estimate calibrates).
+    # Fails today (library bugs, see the report): the estimate counts the lineage's failed
+    # rows as to embed (fewer.to_embed 1, the run shares them), and leaves every layer's
+    # bytes out (_bytes on the unplanned spec: no new shards). With both fixed (in-process,
+    # for the check), mutations seen failing: _recorded_rate returning None (every
+    # estimate calibrates); _pending_rows planning every content of the manifest
+    # (fewer.to_embed 10).
+    shutil.copytree(images, tmp_path / "images")  # this test adds files to its own copy
     config = EmbedConfig(
-        source=str(images), store=str(tmp_path / "store"), backbone="tiny_test", workers=1
+        source=str(tmp_path / "images"),
+        store=str(tmp_path / "store"),
+        backbone="tiny_test",
+        shard_size=16,
+        workers=1,
     )
     summary = steps.embed(config)
 
@@ -85,19 +100,43 @@ def test_a_store_with_a_recorded_run_estimates_without_running_the_model(
     assert (again.status, again.to_embed, again.seconds) == ("complete", 0, 0.0)
     assert again.bytes == open_store(config.store).nbytes(summary.feature_set)
 
-    # Other rows through the same backbone: the good ones are copied, the time is the
-    # recorded throughput's.
-    fewer = estimate_embed(EmbedConfig(**{**config.to_dict(), "limit": 10}))
-    assert fewer.to_copy + fewer.to_embed == 10 and fewer.to_copy > 0
-    assert fewer.seconds_from.startswith("recorded")
-    assert fewer.seconds is not None and fewer.seconds > 0
-    assert "rows to copy from other feature sets: " + str(fewer.to_copy) in (
-        embed_estimate_message(fewer)
+    # Fewer rows of the same folder: a version of the same lineage that shares every row,
+    # the failed ones too (the same bytes fail the same way): nothing to embed or copy.
+    # Mutation seen failing: _plan_rows sharing good rows only (the run appends the
+    # failed row among the first 10, the estimate says 0).
+    fewer_config = replace(config, limit=10)
+    fewer = estimate_embed(fewer_config)
+    assert (fewer.status, fewer.to_embed, fewer.to_copy) == ("missing", 0, 0)
+    assert fewer.already_written == 10
+    fewer_run = steps.embed(fewer_config)
+    assert (fewer_run.embedded, fewer_run.shards_computed) == (fewer.to_embed, 0)
+
+    # An increment: 3 new files. The estimate plans only their contents, at the recorded
+    # throughput, and the run then embeds exactly those.
+    for i in range(3):
+        write_image(tmp_path / "images" / "class2" / f"new{i}.png", 9000 + i)
+    grown = estimate_embed(config)
+    assert (grown.status, grown.rows, grown.to_embed, grown.to_copy) == ("missing", 43, 3, 0)
+    assert grown.already_written == 40
+    assert grown.seconds_from.startswith("recorded")
+    assert grown.seconds is not None and grown.seconds > 0
+    grown_run = steps.embed(config)
+    assert grown_run.feature_set == grown.feature_set
+    assert (grown_run.embedded, grown_run.shards_computed) == (grown.to_embed, 1)
+    assert grown.bytes == pytest.approx(
+        open_store(config.store).nbytes(grown_run.feature_set), rel=0.10
     )
+
+    # The same images under another path (another lineage, the same backbone): their good
+    # rows are copied from the first lineage, the time is the recorded throughput's.
+    other = estimate_embed(replace(config, source=str(images)))
+    assert (other.to_copy, other.to_copy + other.to_embed) == (36, 40)
+    assert other.seconds_from.startswith("recorded")
+    assert "rows to copy from other feature sets: 36" in embed_estimate_message(other)
     # A bfloat16 forward pass runs at another rate: it times the model rather than take
     # the float32 run's. Mutation: a recorded-rate filter blind to the precision answers.
     with pytest.raises(AssertionError, match="the model ran"):
-        estimate_embed(EmbedConfig(**{**config.to_dict(), "autocast": "bf16"}))
+        estimate_embed(replace(config, autocast="bf16"))
 
 
 _PROBE = """

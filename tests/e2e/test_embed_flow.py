@@ -68,8 +68,12 @@ def test_embed_rerun_and_added_images(tmp_path: Path) -> None:
     grown = run_embed(config)
     assert grown.feature_set != key
     assert (grown.rows, grown.embedded, grown.reused, grown.failed) == (28, 6, first.embedded, 4)
-    # The shards themselves counted the rows they copied by content hash.
-    assert int(store.shard_stats(grown.feature_set)["reused"].sum()) == first.embedded
+    # The new version shares the first one's rows (the 4 bad files' too: the same bytes
+    # fail the same way), copies none, and appends only the 6 new images' rows.
+    # Mutation seen failing: _plan_rows sharing good rows only (10 appended, 4 re-decoded).
+    assert int(store.shard_stats(grown.feature_set)["reused"].sum()) == 0
+    assert store.spec(grown.feature_set).appended == 6
+    assert store.spec(grown.feature_set).parent == key
     old = store.load(key, layer="penultimate")
     new = store.load(grown.feature_set, layer="penultimate", sample_ids=list(old.sample_ids))
     np.testing.assert_array_equal(new.features, old.features)
@@ -151,43 +155,43 @@ def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:
     assert shard_tasks is not None and shard_tasks.state_counts["memory"] == 2
 
 
-def test_a_feature_set_written_by_the_flow_opens_in_xarray_and_joins_in_pandas(
-    tmp_path: Path,
-) -> None:
-    """What a user outside this library reads: xarray opens the feature set (its rows and
-    every layer) from its consolidated metadata, with named dimensions, and the Parquet
-    table of rows joins the features by sample id with nothing but pandas."""
+def test_each_version_opens_with_xarray_and_pandas_alone(tmp_path: Path) -> None:
+    """What a user outside this library reads (the README's recipe): a version's row
+    table with pandas, and its features by layer from its lineage with xarray, picked by
+    the table's ``row`` column; both versions of a lineage read back what the library
+    loads, the older one unchanged by the newer."""
     import warnings
 
     import pandas as pd
     import xarray
+    import zarr
 
-    make_dataset(tmp_path / "data", classes=2, per_class=6)  # and 4 bad files: 16 rows
-    key = run_embed(config_for(tmp_path / "data", tmp_path / "store")).feature_set
-    store = open_store(str(tmp_path / "store"))
-    folder = Path(store.folder(key))  # type: ignore[attr-defined]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # e.g. "Failed to open ... consolidated metadata"
-        rows = xarray.open_zarr(str(folder), zarr_format=3)
-        # Mutation seen failing: one "feature" dimension name for every layer (xarray's
-        # "conflicting sizes for dimension 'feature'").
-        layers = xarray.open_zarr(str(folder), group="features", zarr_format=3)
-    assert rows["sample_id"].dims == ("row",) and rows.sizes["row"] == 16
-    spec = store.spec(key)
-    assert set(layers.data_vars) == set(spec.layers)
-    for layer in spec.layers:
-        assert layers[layer].shape == (16, spec.layer_dims[layer])
-    loaded = store.load(key, layer="penultimate")
-    penultimate = layers["penultimate"].values
-    by_id = dict(zip(rows["sample_id"].values.tolist(), range(16), strict=True))
-    for sample_id, features in zip(loaded.sample_ids, loaded.features, strict=True):
-        np.testing.assert_array_equal(penultimate[by_id[sample_id]], features)
-
-    table = pd.read_parquet(folder / "table" / "rows.parquet")
-    assert sorted(table["sample_id"]) == sorted(rows["sample_id"].values.tolist())
-    assert (table["failure"] != "").sum() == 4  # the bad files, each with its reason
-    joined = table.merge(
-        pd.DataFrame({"sample_id": loaded.sample_ids, "f0": loaded.features[:, 0]}),
-        on="sample_id",
-    )
-    assert len(joined) == 12 and joined["label"].isin(["class0", "class1"]).all()
+    data, root = tmp_path / "data", tmp_path / "store"
+    make_dataset(data, classes=2, per_class=6)  # and 4 bad files: 16 rows
+    config = config_for(data, root)
+    first = run_embed(config).feature_set
+    make_dataset(data, classes=2, per_class=2, bad=False, start=6)  # 4 more: 20 rows
+    second = run_embed(config).feature_set
+    store = open_store(str(root))
+    for key, rows in ((first, 16), (second, 20)):
+        version = root / "versions" / key
+        lineage = (
+            root / "lineages" / zarr.open_group(str(version), mode="r").attrs["spec"]["lineage"]
+        )
+        table = pd.read_parquet(version / "table" / "rows.parquet")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            by_row = xarray.open_zarr(str(lineage), consolidated=False, zarr_format=3)
+            # Mutation seen failing: one "feature" dimension name for every layer
+            # (xarray's "conflicting sizes for dimension 'feature'").
+            layers = xarray.open_zarr(
+                str(lineage), group="features", consolidated=False, zarr_format=3
+            )
+        table["failure"] = by_row["failure"].isel(row=table["row"].to_numpy()).values
+        assert len(table) == rows and (table["failure"] != "").sum() == 4
+        assert set(layers.data_vars) == set(store.spec(key).layers)
+        good = table[table["failure"] == ""]
+        picked = layers["penultimate"].isel(row=good["row"].to_numpy()).values
+        loaded = store.load(key, layer="penultimate", sample_ids=good["sample_id"].tolist())
+        np.testing.assert_array_equal(picked, loaded.features)
+        assert good["label"].isin(["class0", "class1"]).all()

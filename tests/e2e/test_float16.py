@@ -32,9 +32,11 @@ def test_float16_features_are_stored_as_such_and_heads_learn_from_them(
     assert (embedded["rows"], embedded["embedded"]) == (300, 300)
 
     # On disk, not only after loading: half the bytes per value.
-    # Mutation: creating every features array as float32 (store/zarr_store.py) fails here;
-    # an EmbedConfig.dtype kept off the command line (config.py) fails the run.
-    on_disk = zarr.open_array(store / "feature_sets" / key / "features" / "penultimate", mode="r")
+    # Mutation seen failing: every lineage features array created as float32
+    # (store/layout.py create_lineage_arrays). An EmbedConfig.dtype kept off the command
+    # line (config.py) fails the run.
+    lineage = open_store(str(store)).spec(key).lineage
+    on_disk = zarr.open_array(store / "lineages" / lineage / "features" / "penultimate", mode="r")
     assert on_disk.dtype == np.float16
     half = open_store(str(store)).load(key)
     assert half.features.dtype == np.float16

@@ -66,7 +66,7 @@ def test_embed_train_and_rerun_with_source_and_store_on_s3(
     key = str(first["feature_set"])
     # The features are in the bucket, not on this machine's disk. Mutation seen failing:
     # open_store opening fsspec.core.strip_protocol(url) (s3:// as a local folder).
-    assert fsspec.filesystem("s3").exists(f"{s3_bucket}/store/feature_sets/{key}")
+    assert fsspec.filesystem("s3").exists(f"{s3_bucket}/store/versions/{key}")
     # (s3:// read as a local folder would be BUCKET/store under the working directory; a
     # ./feature-store there is `make run`'s, not this test's.)
     assert not Path(s3_bucket).exists()
@@ -211,6 +211,7 @@ def test_transient_s3_errors_are_retried_and_lose_nothing(
     # (max_attempts 1 alone still passes: botocore counts retries, and one always suffices
     # here, and s3fs retries SlowDown itself.)
     store.create(spec, make_rows())
+    spec = store.spec(spec.key)  # as planned: a first version appends all its rows
     fill(store, spec)
     store.mark_complete(spec.key, {"note": "flaky"})
     s3_server.faults.every = 0

@@ -136,7 +136,7 @@ def test_bad_input_fails_in_seconds_and_writes_nothing(tmp_path: Path) -> None:
         _config(data, store).__class__(
             embed=EmbedConfig(source=str(data), store=str(store)), store=str(store), fractions=(0,)
         )
-    assert not (store / "feature_sets").exists()
+    assert not (store / "versions").exists()
 
 
 def test_dry_run_prints_both_embeds_cost_and_writes_nothing(
@@ -170,4 +170,4 @@ def test_a_backbone_without_stages_fails_before_anything_is_embedded(
     # embeds the penultimate layer alone before probing nothing).
     with pytest.raises(TransferPipeError, match="no stages to sweep"):
         run_sweep(_config(data, store, backbone="stageless"))
-    assert not (store / "feature_sets").exists()
+    assert not (store / "versions").exists()

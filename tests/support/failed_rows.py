@@ -28,6 +28,7 @@ def make_spec(key: str = "k0") -> FeatureSetSpec:
         data_digest="d",
         rows=ROWS,
         shard_size=SHARD,
+        lineage=f"lineage-{key}",
     )
 
 
@@ -47,5 +48,6 @@ def shard_values(spec: FeatureSetSpec, shard: int) -> dict[str, np.ndarray]:
 
 
 def write(store: ZarrFeatureStore, spec: FeatureSetSpec, shard: int) -> None:
+    spec = store.spec(spec.key)  # as created: a first version's rows are its lineage's
     reasons = [FAILED.get(r, "") for r in spec.shard_rows(shard)]
     store.write_shard(spec.key, shard, shard_values(spec, shard), reasons, ShardStats(4, 0, 0.5))

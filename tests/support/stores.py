@@ -58,7 +58,10 @@ STORE_PARAMS = [
 ]
 
 
-def make_spec(key: str = "k0", dtype: str = "float32", embedding: str = "emb") -> FeatureSetSpec:
+def make_spec(
+    key: str = "k0", dtype: str = "float32", embedding: str = "emb", lineage: str | None = None
+) -> FeatureSetSpec:
+    """A spec of ROWS rows in shards of SHARD; by default in a lineage of its own."""
     return FeatureSetSpec(
         key=key,
         embedding_key=embedding,
@@ -72,6 +75,7 @@ def make_spec(key: str = "k0", dtype: str = "float32", embedding: str = "emb") -
         data_digest="d",
         rows=ROWS,
         shard_size=SHARD,
+        lineage=lineage or f"lineage-{key}",
     )
 
 
@@ -95,7 +99,8 @@ def shard_values(spec: FeatureSetSpec, shard: int) -> dict[str, np.ndarray]:
 
 def fill(store: FeatureStore, spec: FeatureSetSpec, failures: dict[int, str] | None = None) -> None:
     failures = failures or {}
-    for shard in range(spec.n_shards):
+    spec = store.spec(spec.key)  # as created: where its rows live
+    for shard in spec.new_shards:
         rows = spec.shard_rows(shard)
         reasons = [failures.get(r, "") for r in rows]
         store.write_shard(

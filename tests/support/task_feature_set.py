@@ -67,6 +67,7 @@ def build_feature_set(
         data_digest="d",
         rows=n,
         shard_size=shard_size,
+        lineage=f"lineage-{key}",
     )
     rows = pd.DataFrame(
         {
@@ -78,7 +79,8 @@ def build_feature_set(
         }
     )
     store.create(spec, rows)
-    for shard in range(spec.n_shards):
+    spec = store.spec(key)  # a first version: its lineage rows are its own rows
+    for shard in spec.new_shards:
         span = spec.shard_rows(shard)
         values = features[span.start : span.stop].copy()
         reasons = [failures.get(row, "") for row in span]

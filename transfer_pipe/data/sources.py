@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from fsspec import AbstractFileSystem
 
-from transfer_pipe.data.hash_cache import HashCache, file_stamp
 from transfer_pipe.data.idx import (
     FASHION_MNIST_CLASSES,
     find_idx_dataset,
@@ -33,6 +32,7 @@ from transfer_pipe.data.idx import (
     to_url,
 )
 from transfer_pipe.data.manifest import Manifest
+from transfer_pipe.data.stamps import Hashes, file_stamp
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import CONTENT_HASH, LABEL, SAMPLE_ID, SPLIT, SPLIT_ALIASES, URI
 
@@ -52,7 +52,7 @@ _SOURCE_HINT = "pass a folder of images, a CSV/Parquet manifest, an IDX folder, 
 
 
 def load_manifest(
-    source: str, *, split: str | None = None, hashes: HashCache | None = None
+    source: str, *, split: str | None = None, hashes: Hashes | None = None
 ) -> Manifest:
     """Build the Manifest for ``source``; keep only rows of ``split`` when given.
 
@@ -191,7 +191,7 @@ def pixel_hashes(images: np.ndarray) -> list[str]:
 
 
 def _folder_manifest(
-    fs: AbstractFileSystem, root: str, source: str, hashes: HashCache | None = None
+    fs: AbstractFileSystem, root: str, source: str, hashes: Hashes | None = None
 ) -> Manifest:
     """``root/<class>/...`` or, when every top-level folder is a split name,
     ``root/<split>/<class>/...``. Every non-hidden regular file is a row, so
@@ -252,7 +252,7 @@ def _list_files(fs: AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
 
 
 def _table_manifest(
-    fs: AbstractFileSystem, path: str, kind: str, source: str, hashes: HashCache | None = None
+    fs: AbstractFileSystem, path: str, kind: str, source: str, hashes: Hashes | None = None
 ) -> Manifest:
     """Rows from a CSV/Parquet file with ``path`` or ``uri``, ``label`` and optional
     ``split`` / ``sample_id`` columns; relative paths resolve against its folder.
@@ -293,7 +293,7 @@ def _table_manifest(
 
 
 def _listed_stamps(uris: Sequence[str]) -> list[str | None]:
-    """Each file's stamp (``hash_cache.file_stamp``) from a listing of its folder: one
+    """Each file's stamp (``stamps.file_stamp``) from a listing of its folder: one
     listing request per folder, not one per file; None where a file is not listed (it is
     then read, and a missing one reported as unreadable)."""
     listed_at = time.time()
@@ -344,7 +344,7 @@ def _resolve(fs: AbstractFileSystem, folder: str, written: str) -> str:
 def file_hashes(
     urls: list[str],
     stamps: Sequence[str | None] | None = None,
-    cache: HashCache | None = None,
+    cache: Hashes | None = None,
 ) -> list[str]:
     """sha256 hex digest of each file's bytes, in order, read with a thread pool.
 

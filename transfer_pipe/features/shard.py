@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from transfer_pipe.backbones.published import use_store
-from transfer_pipe.data.read import read_image
+from transfer_pipe.data.decode import DecodeError, decode_image
+from transfer_pipe.data.idx import split_idx_uri
+from transfer_pipe.data.read import read_bytes, read_image
 from transfer_pipe.features.batch import embed_images
 from transfer_pipe.features.embedder import EmbedderConfig, use_threads
-from transfer_pipe.store import ShardStats, ZarrFeatureStore, shared_store
-from transfer_pipe.store.shard_copy import copy_shard
+from transfer_pipe.store import ShardStats, shared_store
+from transfer_pipe.store.layout import LOST
+
+LOST_ROW = (
+    f"{LOST}: its shard was damaged and repaired, and no version of its lineage names its "
+    "image any more"
+)
 
 
 @dataclass(frozen=True)
 class Reuse:
-    """Copy row ``source_row`` of feature set ``source`` into offset ``offset`` of a shard."""
+    """Copy row ``source_row`` of lineage ``source`` into offset ``offset`` of a shard."""
 
     offset: int
     source: str
@@ -27,7 +36,7 @@ class Reuse:
 
 @dataclass(frozen=True)
 class ShardCopy:
-    """Shard ``shard`` of feature set ``source`` holds this shard's images in its order:
+    """Shard ``shard`` of lineage ``source`` holds this shard's images in its order:
     copy its objects whole (``store.shard_copy``) rather than its rows."""
 
     source: str
@@ -39,15 +48,19 @@ class ShardTask:
     """Small and picklable: what one Dask task needs to produce one shard."""
 
     store: str
-    key: str
-    shard: int
+    key: str  # the version that writes it
+    shard: int  # of the version's lineage
     storage_options: str | None  # JSON, as the run's config carries them
-    uris: tuple[str, ...]  # one per row of the shard
-    reuse: tuple[Reuse, ...]  # rows copied from other feature sets by content hash
+    uris: tuple[str, ...]  # one per used row of the shard ("" for a row lost to a repair)
+    hashes: tuple[str, ...]  # the content hash of each of those rows ("" where lost)
+    reuse: tuple[Reuse, ...]  # rows copied from other lineages by content hash
     embedder: EmbedderConfig
     layer_dims: tuple[tuple[str, int], ...]
     batch_size: int
     copy: ShardCopy | None = None  # a donor shard that lines up; else rows are copied
+    # Rows only other versions name (a shard a repair cleared): each file is read against
+    # its hash, and one changed or gone since is a row lost, not a bad image.
+    foreign: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,11 +84,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     store = shared_store(task.store, task.storage_options)
     n = len(task.uris)
     copy = task.copy
-    if (
-        copy is not None
-        and isinstance(store, ZarrFeatureStore)
-        and copy_shard(store, task.key, task.shard, copy.source, copy.shard)
-    ):
+    if copy is not None and store.copy_shard(task.key, task.shard, copy.source, copy.shard):
         seconds = time.perf_counter() - started
         return ShardResult(
             shard=task.shard,
@@ -89,16 +98,15 @@ def run_shard(task: ShardTask) -> ShardResult:
             copy_seconds=seconds,
         )
     features = {layer: np.full((n, dim), np.nan, np.float32) for layer, dim in task.layer_dims}
-    failures = [""] * n
+    failures = ["" if uri else LOST_ROW for uri in task.uris]
 
     _copy_reused(task, features)
     copy_seconds = time.perf_counter() - started
     embedded = _embed_new(task, features, failures)
 
     seconds = time.perf_counter() - started
-    store.write_shard(
-        task.key, task.shard, features, failures, ShardStats(embedded, len(task.reuse), seconds)
-    )
+    stats = ShardStats(embedded, len(task.reuse), seconds)
+    store.write_shard(task.key, task.shard, features, failures, stats, task.hashes)
     return ShardResult(
         shard=task.shard,
         rows=n,
@@ -121,18 +129,34 @@ def _copy_reused(task: ShardTask, features: dict[str, np.ndarray]) -> None:
         offsets = [r.offset for r in reuses]
         rows = np.array([r.source_row for r in reuses])
         for layer in features:
-            features[layer][offsets] = store.read_rows(source, layer, rows)
+            features[layer][offsets] = store.read_lineage_rows(source, layer, rows)
 
 
 def _embed_new(task: ShardTask, features: dict[str, np.ndarray], failures: list[str]) -> int:
     """Embed the rows not reused into ``features``, a bad image's reason into ``failures``;
     returns how many rows were embedded."""
     reused = {r.offset for r in task.reuse}
-    offsets = [i for i in range(len(task.uris)) if i not in reused]
-    uris = [task.uris[i] for i in offsets]
-    result = embed_images(uris, read_image, task.embedder, task.batch_size).placed(offsets)
+    offsets = [i for i, uri in enumerate(task.uris) if i not in reused and uri]
+    foreign = task.foreign or (False,) * len(task.uris)
+    items = [(task.uris[i], task.hashes[i] if foreign[i] else "") for i in offsets]
+    result = embed_images(items, _read, task.embedder, task.batch_size).placed(offsets)
     for offset, reason in result.failures.items():
         failures[offset] = reason
     for layer, values in result.features.items():
         features[layer][list(result.ok)] = values
     return len(result.ok)
+
+
+def _read(item: tuple[str, str]) -> Image.Image:
+    """The image at ``item``'s URI; with a content hash, only if its bytes still have it
+    (else a DecodeError whose reason marks the row lost: its content is gone)."""
+    uri, content_hash = item
+    if not content_hash or split_idx_uri(uri) is not None:
+        return read_image(uri)
+    try:
+        data = read_bytes(uri)
+    except DecodeError as err:
+        raise DecodeError(LOST, f"{uri} can no longer be read ({err})") from err
+    if hashlib.sha256(data).hexdigest() != content_hash:
+        raise DecodeError(LOST, f"{uri} changed since its row was written; it is not that image")
+    return decode_image(data)

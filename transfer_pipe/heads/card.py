@@ -80,6 +80,8 @@ class HeadCard(ModelCard):
     # The share of the training labels it was fitted on (seed: shot_seed); None: all of them.
     label_fraction: float | None = None
     autocast: str = "none"  # its feature set's forward precision: predict embeds alike
+    # A kNN head's training rows, referenced in its feature set ("": kept in the model).
+    fit_rows_file: str = ""
 
     @property
     def card_id(self) -> str:

@@ -3,25 +3,30 @@
 Layout: ``<store>/heads/<head_id>/`` holds ``card.json`` and the model:
 ``model.safetensors`` for torch-backed heads (the scaler's statistics and the head's tensors;
 class, params and classes in its metadata), ``model.skops`` for scikit-learn ones (loaded
-back only when every type in it is one we save). The card is written last
+back only when every type in it is one we save). A head that keeps its training rows (kNN)
+is saved without them: ``fit_rows.parquet`` names them (sample ids, in order) in its feature
+set, and loading reads them back from there. The card is written last
 (``store.cards.save_with_card``), so a head without one is unfinished: not listed, and
 ``read_card`` returns ``None`` for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -29,6 +34,7 @@ from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, head_url, read_card
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.torch_heads import TorchLinearClassifier, TorchMLPClassifier
+from transfer_pipe.schema import SAMPLE_ID
 from transfer_pipe.store import StorageOptions
 from transfer_pipe.store.cards import save_with_card, store_fs
 
@@ -36,6 +42,7 @@ _TENSOR_HEADS: dict[str, Any] = {
     cls.__name__: cls for cls in (LBFGSLinearClassifier, TorchLinearClassifier, TorchMLPClassifier)
 }
 _SKOPS_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
+FIT_ROWS = "fit_rows.parquet"  # a kNN head's training rows: sample ids in its feature set
 
 
 def save_head(
@@ -44,15 +51,49 @@ def save_head(
     model: Pipeline,
     files: Iterable[Path] = (),
     storage_options: StorageOptions = None,
+    fit_ids: Sequence[str] | None = None,
 ) -> str:
     """Write the model, the extra ``files`` (reports, plots) and then the card (see
     ``store.cards.save_with_card``) with the run's ``storage_options``; returns the head's
-    URL. Rewriting a head with the same id replaces it."""
+    URL. ``fit_ids`` (the sample ids the model was fitted on, in order) let a kNN head
+    reference its training rows instead of keeping a copy. Rewriting a head with the
+    same id replaces it."""
     with tempfile.TemporaryDirectory() as tmp:
-        model_file = _write_model(model, Path(tmp))
-        card = replace(card, model_file=model_file.name)
+        folder = Path(tmp)
+        rows = _reference_training_rows(model, fit_ids, folder)
+        with _training_rows_left_out(model if rows else None):
+            model_file = _write_model(model, folder)
+        card = replace(card, model_file=model_file.name, fit_rows_file=rows.name if rows else "")
         url = head_url(store, card.head_id)
-        return save_with_card(url, (model_file, *files), card, storage_options)
+        saved = (model_file, *([rows] if rows else []), *files)
+        return save_with_card(url, saved, card, storage_options)
+
+
+def _reference_training_rows(
+    model: Pipeline, fit_ids: Sequence[str] | None, folder: Path
+) -> Path | None:
+    """``fit_rows.parquet`` in ``folder`` for a head that keeps its training rows."""
+    if fit_ids is None or not isinstance(model.named_steps["head"], KNeighborsClassifier):
+        return None
+    out = folder / FIT_ROWS
+    pd.DataFrame({SAMPLE_ID: np.asarray(fit_ids, dtype=str)}).to_parquet(out, index=False)
+    return out
+
+
+@contextlib.contextmanager
+def _training_rows_left_out(model: Pipeline | None) -> Iterator[None]:
+    """The kNN head of ``model`` without its copy of the training rows while it is
+    written (put back after: the caller's model stays whole)."""
+    if model is None:
+        yield
+        return
+    head = model.named_steps["head"]
+    kept = head._fit_X
+    head._fit_X = np.empty((0, kept.shape[1]), dtype=kept.dtype)
+    try:
+        yield
+    finally:
+        head._fit_X = kept
 
 
 def _write_model(model: Pipeline, folder: Path) -> Path:
@@ -93,7 +134,36 @@ def load_head(
         local = Path(tmp) / card.model_file
         local.write_bytes(f.read())
         model = _read_model(local)
+    if card.fit_rows_file:
+        _restore_training_rows(store, model, card, storage_options)
     return model, card
+
+
+def _restore_training_rows(
+    store_url: str, model: Pipeline, card: HeadCard, storage_options: StorageOptions
+) -> None:
+    """Read a kNN head's training rows back from its feature set, scaled as when it was
+    fitted: the very values it was saved without."""
+    from transfer_pipe.heads.tasks import layer_features
+    from transfer_pipe.store import open_store
+
+    fs, path = store_fs(
+        posixpath.join(head_url(store_url, card.head_id), card.fit_rows_file), storage_options
+    )
+    with fs.open(path, "rb") as f:
+        ids = pd.read_parquet(f)[SAMPLE_ID].astype(str).tolist()
+    store = open_store(store_url, storage_options)
+    try:
+        features = layer_features(store, card.feature_set, card.layer, ids)
+    except TransferPipeError as err:
+        raise TransferPipeError(
+            f"head {card.head_id} (kNN) reads its training rows from feature set "
+            f"{card.feature_set}, which no longer holds them ({err}); fit it again with "
+            "`transfer-pipe train`."
+        ) from err
+    head = model.named_steps["head"]
+    scaled = model.named_steps["scale"].transform(features)
+    head._fit_X = np.asarray(scaled, dtype=head._fit_X.dtype)
 
 
 def _read_model(path: Path) -> Pipeline:

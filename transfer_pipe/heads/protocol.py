@@ -131,6 +131,9 @@ class FittedHead:
     validation: list[dict[str, Any]]  # one entry per candidate: its params and val accuracy
     metrics: Metrics
     seconds: dict[str, float] = field(default_factory=dict)
+    # The sample ids of the rows the model was refitted on, in order: a head that keeps
+    # its training rows (kNN) references them in the store instead of a copy.
+    fit_ids: np.ndarray | None = None
 
 
 def fit_head(name: str, data: TaskData, options: ProtocolOptions) -> FittedHead:
@@ -173,7 +176,7 @@ def fit_head(name: str, data: TaskData, options: ProtocolOptions) -> FittedHead:
         torch.set_num_threads(previous_threads)
     seconds = {"select": selected - started, "refit": refitted - selected}
     seconds["evaluate"] = time.perf_counter() - refitted
-    return FittedHead(name, model, chosen, curve, metrics, seconds)
+    return FittedHead(name, model, chosen, curve, metrics, seconds, both.sample_ids)
 
 
 def _format_params(params: dict[str, Any]) -> str:

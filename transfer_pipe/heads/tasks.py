@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import fsspec
@@ -215,6 +215,19 @@ def _invert(groups: Mapping[str, tuple[str, ...] | list[str]]) -> dict[str, str]
                 )
             mapping[member] = group
     return mapping
+
+
+def layer_features(
+    store: FeatureStore, key: str, layer: str, sample_ids: Sequence[str]
+) -> np.ndarray:
+    """The features a head reads for ``sample_ids`` of ``key`` at ``layer`` (several
+    layers joined by "+" side by side), as ``load_task`` gives them to it."""
+    return np.hstack(
+        [
+            np.asarray(store.load(key, layer=name, sample_ids=sample_ids).features, np.float32)
+            for name in split_layers(layer)
+        ]
+    )
 
 
 def load_task(

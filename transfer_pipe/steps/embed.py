@@ -25,31 +25,30 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
+import pandas as pd
 
 from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
 from transfer_pipe.backbones.published import use_store
 from transfer_pipe.cluster import plan_cluster, resolve_device
 from transfer_pipe.config import EmbedConfig
-from transfer_pipe.data.hash_cache import CACHE_FOLDER, CACHE_HOLDS, HashCache, cache_url
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest, source_cache_id
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import check_writable_without_writing
-from transfer_pipe.schema import CONTENT_HASH, FAILURE, URI
+from transfer_pipe.schema import CONTENT_HASH, FAILURE, SAMPLE_ID, URI
 from transfer_pipe.steps.failures import StepFailed, failure_report
 from transfer_pipe.steps.results import EmbedSummary
 from transfer_pipe.store import (
     FeatureSetSpec,
     FeatureStore,
-    ZarrFeatureStore,
     embedding_key,
     feature_set_key,
+    lineage_id,
     open_store,
 )
 from transfer_pipe.store.claims import Holder, every
-from transfer_pipe.store.layout import FOREIGN_FOLDERS, mark_foreign
-from transfer_pipe.store.options import store_options
+from transfer_pipe.store.hash_cache import CACHE_FOLDER, HashCache
+from transfer_pipe.store.layout import FOREIGN_FOLDERS, ROW, shareable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -143,14 +142,14 @@ def _checked(config: EmbedConfig) -> tuple[BackboneSpec, list[str], Manifest]:
 
 
 def source_hash_cache(config: EmbedConfig) -> HashCache | None:
-    """The store's cache of ``config.source``'s content hashes (``data.hash_cache``), so
+    """The store's cache of ``config.source``'s content hashes (``store.hash_cache``), so
     files unchanged since a run that listed them are not read again (all are with
     ``rehash``); None for sources hashed from memory (IDX, ``fashion-mnist``)."""
     cache_id = source_cache_id(config.source)
     if cache_id is None:
         return None
-    options = store_options(config.store, config.storage_options)
-    return HashCache(cache_url(config.store, cache_id), options, rehash=config.rehash)
+    store = open_store(config.store, config.storage_options)
+    return store.hash_cache(cache_id, rehash=config.rehash)
 
 
 def _save_hashes(store: FeatureStore, hashes: HashCache | None) -> None:
@@ -164,10 +163,9 @@ def _save_hashes(store: FeatureStore, hashes: HashCache | None) -> None:
         hashes.misses,
         hashes.hits,
     )
-    if hashes.save() and isinstance(store, ZarrFeatureStore):
+    if hashes.save():
         try:
-            root = zarr.open_group(store.zarr_store(read_only=False), mode="a")
-            mark_foreign(root, CACHE_FOLDER, FOREIGN_FOLDERS.get(CACHE_FOLDER, CACHE_HOLDS))
+            store.note_folder(CACHE_FOLDER, FOREIGN_FOLDERS[CACHE_FOLDER])
         except Exception as err:  # the next run's create() marks it; never fail a run
             logger.warning("could not mark %s/ in %s (%s)", CACHE_FOLDER, store.url, err)
 
@@ -181,6 +179,7 @@ class Identity:
     weights_digest: str
     data_digest: str
     preprocessing: Preprocessing
+    lineage: str  # the source's embeddings under this model configuration
 
 
 def identity_of(
@@ -200,6 +199,7 @@ def identity_of(
         weights_digest=weights_digest,
         data_digest=data_digest,
         preprocessing=preprocessing,
+        lineage=lineage_id(manifest.source, emb_key, list(layers)),
     )
 
 
@@ -256,6 +256,7 @@ def new_spec(
         rows=len(manifest),
         shard_size=config.shard_size or default_shard_size(len(manifest)),
         backbone_metadata=dict(backbone.metadata),
+        lineage=identity.lineage,
     )
 
 
@@ -285,7 +286,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         return replace(complete, seconds={"check": checked_seconds, **complete.seconds})
     store = open_store(config.store, config.storage_options)
     key = identity.key
-    if not _claim(store, key):  # another run completed it while this one waited
+    if not _claim(store, key, identity.lineage):  # another run completed it meanwhile
         complete = _plan_if_complete(config, identity, started)
         assert complete is not None
         return replace(complete, seconds={"check": checked_seconds, **complete.seconds})
@@ -296,8 +297,8 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         store.create(spec, manifest.table)
     elif status == "incomplete":
         store.recover(key)
-    spec = store.spec(key)  # a resumed run keeps the layout it started with
-    done = store.shards_done(key)
+    spec = store.spec(key)  # where its rows live: shared, appended (kept on a resume)
+    pending = store.pending_shards(key)
     from transfer_pipe.features.embedder import EmbedderConfig  # torch: a shard to plan
 
     embedder = EmbedderConfig(
@@ -309,11 +310,13 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         autocast=config.autocast,
         threads=plan_cluster(config.dask_address, config.workers).torch_threads,
     )
-    donors = reusable_rows(store, spec) if not done.all() else {}
-    tasks = _shard_tasks(config, spec, manifest, done, donors, embedder)
+    donors = reusable_rows(store, spec) if pending else Donors()
+    tasks = _shard_tasks(config, spec, store, manifest, pending, donors, embedder)
+    already = spec.n_shards - len(set(pending) & set(spec.new_shards))
     logger.info(
         "feature set %s: %d images of %s through %s at %d px (layers %s), %s; "
-        "%d of %d shards to write, %d already written, %d rows to copy from other feature sets",
+        "lineage %s: %d new contents appended, the other rows shared with its versions; "
+        "%d shards to write, %d already written, %d rows to copy from other lineages",
         key,
         spec.rows,
         spec.source,
@@ -321,9 +324,10 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         preprocessing.image_size,
         ", ".join(spec.layers),
         status,
+        spec.lineage,
+        spec.appended,
         len(tasks),
-        spec.n_shards,
-        int(done.sum()),
+        already,
         sum(len(task.reuse) for task in tasks),
     )
     return EmbedPlan(
@@ -331,7 +335,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         spec=spec,
         status_before=status,
         tasks=tasks,
-        shards_already_done=int(done.sum()),
+        shards_already_done=already,
         seconds={"check": checked_seconds, "prepare": time.perf_counter() - started},
     )
 
@@ -342,9 +346,10 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
 _claims: dict[tuple[str, str], Claim] = {}
 
 
-def _claim(store: FeatureStore, key: str) -> bool:
-    """Take the claim to write feature set ``key``, waiting while another run holds it
-    (``store.claims``); False when that run completed it meanwhile: nothing to write."""
+def _claim(store: FeatureStore, key: str, lineage: str) -> bool:
+    """Take the claim of ``lineage`` to write its version ``key``, waiting while another
+    run holds it (``store.claims``); False when that run completed ``key`` meanwhile:
+    nothing to write. (Another version of the lineage it completed becomes the parent.)"""
     if (store.url, key) in _claims and _claims[store.url, key].held:
         return True  # a retried prepare task of this same run
 
@@ -352,15 +357,16 @@ def _claim(store: FeatureStore, key: str) -> bool:
         status = store.status(key)
         written = int(store.shards_done(key).sum()) if status == "incomplete" else 0
         logger.warning(  # the run stands still: say why, where a user looks
-            "feature set %s is being written by another run (%s; %d shards written so "
-            "far): waiting for it, to reuse what it writes",
+            "lineage %s of feature set %s is being written by another run (%s; %d shards "
+            "written so far): waiting for it, to reuse what it writes",
+            lineage,
             key,
             holder.describe(),
             written,
         )
 
     claim = store.claim(
-        key, done=lambda: store.status(key) == "complete", waiting=every(30, waiting)
+        lineage, done=lambda: store.status(key) == "complete", waiting=every(30, waiting)
     )
     if claim is None:
         return False
@@ -379,54 +385,106 @@ def release_claim(plan: EmbedPlan) -> None:
 def _shard_tasks(
     config: EmbedConfig,
     spec: FeatureSetSpec,
+    store: FeatureStore,
     manifest: Manifest,
-    done: np.ndarray,
-    donors: dict[str, tuple[str, int]],
+    pending: Sequence[int],
+    donors: Donors,
     embedder: EmbedderConfig,
 ) -> list[ShardTask]:
-    """One task per shard not yet written, the embed-heaviest first (copy-only shards
-    then fill the gaps at the end). A shard whose images a donor's shard holds in the same
-    order (``Donors.shards``: images appended after the known ones keep the earlier shards
-    aligned) copies that shard's objects whole; others copy rows. New images whose ids
-    sort among the known ones shift every later row: those shards copy rows."""
+    """One task per lineage shard still to write, the embed-heaviest first (copy-only
+    shards then fill the gaps at the end). A shard whose images a shard of another lineage
+    holds in the same order (``Donors.shards``) copies that shard's objects whole; others
+    copy the rows other lineages hold by content hash, and embed the rest.
+
+    A shard's rows are the version's rows that live in it. A shard a repair cleared may
+    also hold rows only other versions of the lineage name: their images are read again
+    from those versions' URIs, each checked against its content hash (a file changed or
+    gone since, or a row no version names, is written as lost)."""
     from transfer_pipe.features.shard import Reuse, ShardCopy, ShardTask
 
-    uris = manifest.table[URI].tolist()
-    hashes = manifest.table[CONTENT_HASH].tolist()
+    table = store.row_table(spec.key, columns=(SAMPLE_ID, URI))
+    # The version's content is the manifest's (the same key): its hashes by sample id.
+    content = manifest.table.set_index(SAMPLE_ID)[CONTENT_HASH].astype(str)
+    table[CONTENT_HASH] = content.reindex(table[SAMPLE_ID]).to_numpy()
+    table = table.drop_duplicates(ROW).set_index(ROW)  # shared contents: one row each
+    table["foreign"] = False
+    rewritten = [shard for shard in pending if not spec.shard_rows(shard)]
+    written: pd.DataFrame = pd.DataFrame()
+    if rewritten:  # cleared by a repair, or written with rows a repair lost
+        table = _with_rows_of_other_versions(store, spec, table, set(rewritten))
+        written = shareable(store.lineage_rows(spec.lineage))  # rows to keep as they are
     layer_dims = tuple((layer, spec.layer_dims[layer]) for layer in spec.layers)
-    whole = donors.shards if isinstance(donors, Donors) else {}
     tasks = []
-    for shard in range(spec.n_shards):
-        if done[shard]:
-            continue
-        rows = spec.shard_rows(shard)
+    for shard in pending:
+        start = shard * spec.shard_size
+        appended = spec.shard_rows(shard)
+        if appended:
+            used = len(appended)
+        else:  # up to the last row any version names
+            mine = table.index[(table.index >= start) & (table.index < start + spec.shard_size)]
+            used = int(mine.max()) - start + 1
+        rows = table.reindex(range(start, start + used))
+        uris = tuple("" if isinstance(u, float) else str(u) for u in rows[URI].tolist())
+        hashes = ["" if isinstance(h, float) else str(h) for h in rows[CONTENT_HASH].tolist()]
+        foreign = tuple(f is True for f in rows["foreign"].tolist())
+        # A written shard rewritten for rows a repair lost: the others keep their values.
+        kept = {} if written.empty else _kept_rows(written, start, used)
         reuse = tuple(
-            Reuse(offset, *donors[hashes[row]])
-            for offset, row in enumerate(rows)
-            if hashes[row] in donors
+            Reuse(offset, spec.lineage, kept[offset])
+            if offset in kept
+            else Reuse(offset, *donors[content])
+            for offset, content in enumerate(hashes)
+            if offset in kept or content in donors
         )
-        aligned = whole.get((spec.shard_size, _shard_digest(hashes[rows.start : rows.stop])))
+        aligned = donors.shards.get((spec.shard_size, _shard_digest(hashes)))
         tasks.append(
             ShardTask(
                 store=config.store,
                 storage_options=config.storage_options,
                 key=spec.key,
                 shard=shard,
-                uris=tuple(uris[rows.start : rows.stop]),
+                uris=uris,
+                hashes=tuple(hashes),
                 reuse=reuse,
                 embedder=embedder,
                 layer_dims=layer_dims,
                 batch_size=config.batch_size,
                 copy=None if aligned is None else ShardCopy(*aligned),
+                foreign=foreign,
             )
         )
     return sorted(tasks, key=lambda task: len(task.reuse))
 
 
+def _with_rows_of_other_versions(
+    store: FeatureStore, spec: FeatureSetSpec, table: pd.DataFrame, shards: set[int]
+) -> pd.DataFrame:
+    """``table`` (by lineage row: uri, content_hash) with the rows in ``shards`` that only
+    other versions of the lineage name, with their URIs and content hashes."""
+    found = [table]
+    for key in store.list_keys():
+        if key == spec.key or store.spec(key).lineage != spec.lineage:
+            continue
+        other = store.row_table(key, columns=(URI, CONTENT_HASH)).drop_duplicates(ROW)
+        inside = np.isin(other[ROW].to_numpy() // spec.shard_size, list(shards))
+        named = other.loc[inside & (other[CONTENT_HASH] != ""), [ROW, URI, CONTENT_HASH]]
+        found.append(named.set_index(ROW).assign(foreign=True))
+    merged = pd.concat(found)
+    return merged[~merged.index.duplicated(keep="first")]
+
+
+def _kept_rows(written: pd.DataFrame, start: int, used: int) -> dict[int, int]:
+    """Offset -> lineage row of the good rows already written in the shard at ``start``:
+    a rewrite copies them as they are."""
+    rows = written.index[(written.index >= start) & (written.index < start + used)]
+    good = written.loc[rows, FAILURE] == ""
+    return {int(row) - start: int(row) for row in rows[good.to_numpy()]}
+
+
 class Donors(dict[str, tuple[str, int]]):
-    """content_hash -> (feature set, row) of rows other feature sets hold, and in
-    ``shards``: (shard size, ``_shard_digest`` of a shard's content hashes in order) ->
-    (feature set, shard) for their written shards without failed rows."""
+    """content_hash -> (lineage, row) of good rows other lineages hold, and in ``shards``:
+    (shard size, ``_shard_digest`` of a shard's content hashes in order) -> (lineage,
+    shard) for their written shards without failed rows."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -439,37 +497,34 @@ def _shard_digest(hashes: Sequence[str]) -> str:
 
 
 def reusable_rows(store: FeatureStore, spec: FeatureSetSpec) -> Donors:
-    """content_hash -> (feature set, row) for good rows of other feature sets that share
-    this one's embedding key (model, weights, preprocessing, dtype) and hold its layers,
+    """content_hash -> (lineage, row) for good rows of other lineages that share this
+    version's embedding key (model, weights, preprocessing, dtype) and hold its layers,
     and their whole shards (``Donors``)."""
-    return cached_rows(store, spec.embedding_key, spec.layers, exclude=spec.key)
+    return cached_rows(store, spec.embedding_key, spec.layers, exclude=spec.lineage)
 
 
 def cached_rows(
     store: FeatureStore, embedding_key: str, layers: Sequence[str], exclude: str | None = None
 ) -> Donors:
-    """content_hash -> (feature set, row) for every good, written row of the store's
-    feature sets with ``embedding_key`` that hold all of ``layers``; and their written
-    shards without failed rows by content (``Donors.shards``)."""
+    """content_hash -> (lineage, row) for every good, written row of the store's lineages
+    with ``embedding_key`` that hold all of ``layers`` (but lineage ``exclude``); and their
+    written shards without failed rows, by content (``Donors.shards``)."""
     donors = Donors()
-    for key in store.list_keys():
-        if key == exclude:
+    for lineage in store.lineages():
+        if lineage.lineage == exclude:
             continue
-        other = store.spec(key)
-        if other.embedding_key != embedding_key or not set(layers) <= set(other.layers):
+        if lineage.embedding_key != embedding_key or not set(layers) <= set(lineage.layers):
             continue
-        table = store.row_table(key, columns=(CONTENT_HASH, FAILURE))
-        good = table["done"] & (table[FAILURE] == "")
-        for content_hash, row in zip(
-            table.loc[good, CONTENT_HASH], np.flatnonzero(good), strict=True
-        ):
-            donors.setdefault(content_hash, (key, int(row)))
-        hashes = table[CONTENT_HASH].tolist()
-        for shard in range(other.n_shards):
-            rows = other.shard_rows(shard)
-            if good.iloc[rows.start : rows.stop].all():
-                digest = _shard_digest(hashes[rows.start : rows.stop])
-                donors.shards.setdefault((other.shard_size, digest), (key, shard))
+        rows = store.lineage_rows(lineage.lineage)
+        good = rows[rows[FAILURE] == ""]
+        for content_hash, row in zip(good[CONTENT_HASH], good.index, strict=True):
+            donors.setdefault(str(content_hash), (lineage.lineage, int(row)))
+        shard_of = rows.index.to_numpy() // lineage.shard_size
+        for shard in np.unique(shard_of).tolist():
+            mine = rows[shard_of == shard]
+            if (mine[FAILURE] == "").all():
+                digest = _shard_digest(mine[CONTENT_HASH].astype(str).tolist())
+                donors.shards.setdefault((lineage.shard_size, digest), (lineage.lineage, shard))
     return donors
 
 

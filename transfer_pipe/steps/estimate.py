@@ -56,6 +56,7 @@ from transfer_pipe.steps.embed import (
     new_spec,
 )
 from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, open_store
+from transfer_pipe.store.layout import ROW, shareable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,8 +138,8 @@ def estimate_embed(config: EmbedConfig) -> EmbedEstimate:
     spec = new_spec(config, backbone, layers, manifest, identity)
     if status == "incomplete":
         spec = replace(spec, shard_size=store.spec(spec.key).shard_size)  # a resume keeps it
-    pending = _pending_rows(store, spec, status)
-    donors = cached_rows(store, spec.embedding_key, spec.layers, exclude=spec.key)
+    pending = _pending_rows(store, spec, status, manifest)
+    donors = cached_rows(store, spec.embedding_key, spec.layers, exclude=spec.lineage)
     hashes = manifest.table[CONTENT_HASH].to_numpy()
     to_copy = sum(1 for row in pending if hashes[row] in donors)
     to_embed = len(pending) - to_copy
@@ -207,12 +208,24 @@ def _complete_estimate(
     )
 
 
-def _pending_rows(store: FeatureStore, spec: FeatureSetSpec, status: str) -> list[int]:
-    """Rows of the shards still to write (all of them for a feature set not started)."""
-    done = store.shards_done(spec.key) if status == "incomplete" else np.zeros(spec.n_shards, bool)
-    return [
-        row for shard in range(spec.n_shards) if not done[shard] for row in spec.shard_rows(shard)
-    ]
+def _pending_rows(
+    store: FeatureStore, spec: FeatureSetSpec, status: str, manifest: Manifest
+) -> list[int]:
+    """Manifest rows whose content the run must write: one per distinct content its
+    lineage does not hold (a version not started), or of the shards still to write."""
+    hashes = manifest.table[CONTENT_HASH].astype(str).tolist()
+    if status == "incomplete":
+        pending = set(store.pending_shards(spec.key))
+        rows = store.row_table(spec.key, columns=(CONTENT_HASH,))[ROW].to_numpy()
+        wanted = {int(row) for row in rows if int(row) // spec.shard_size in pending}
+        picked = {int(row): i for i, row in enumerate(rows) if int(row) in wanted}
+        return sorted(picked.values())
+    held = set(shareable(store.lineage_rows(spec.lineage))[CONTENT_HASH].astype(str))
+    first: dict[str, int] = {}
+    for i, content in enumerate(hashes):
+        if content not in held:
+            first.setdefault(content, i)
+    return sorted(first.values())
 
 
 def _device(requested: str) -> str:
@@ -378,11 +391,11 @@ def _bytes(
     a failed row is NaN, which the store does not write)."""
     costs: dict[tuple[str, str], tuple[float, float]] = {}
     with _scratch_store() as scratch:
-        structure = _structure_bytes(scratch, spec, manifest)
+        structure, spec = _structure_bytes(scratch, spec, manifest)
         for layer in spec.layers:
             for dtype in DTYPES:
                 costs[layer, dtype] = _chunk_cost(scratch, spec, manifest, layer, dtype, sample)
-    good = [round(len(spec.shard_rows(s)) * good_share) for s in range(spec.n_shards)]
+    good = [round(len(spec.shard_rows(s)) * good_share) for s in spec.new_shards]
     totals = {
         dtype: int(
             structure
@@ -406,11 +419,16 @@ def _bytes(
     return layers, totals
 
 
-def _structure_bytes(store: FeatureStore, spec: FeatureSetSpec, manifest: Manifest) -> int:
+def _structure_bytes(
+    store: FeatureStore, spec: FeatureSetSpec, manifest: Manifest
+) -> tuple[int, FeatureSetSpec]:
     """Bytes of ``spec``'s feature set without feature chunks, written as a run writes it:
-    created from the manifest, every shard marked written, completed with a provenance."""
+    created from the manifest (every distinct content its own row, as in a store of its
+    own), every shard marked written, completed with a provenance; and the spec so
+    planned."""
     store.create(spec, manifest.table)
-    for shard in range(spec.n_shards):
+    spec = store.spec(spec.key)
+    for shard in spec.new_shards:
         n = len(spec.shard_rows(shard))
         nan = {
             layer: np.full((n, spec.layer_dims[layer]), np.nan, np.float32) for layer in spec.layers
@@ -430,7 +448,7 @@ def _structure_bytes(store: FeatureStore, spec: FeatureSetSpec, manifest: Manife
             "seconds": {"check": 1.0 / 3, "prepare": 1.0 / 3, "shards": 1.0 / 3},
         },
     )
-    return store.nbytes(spec.key)
+    return store.nbytes(spec.key), spec
 
 
 def _chunk_cost(
@@ -454,8 +472,11 @@ def _chunk_cost(
         layer_dims={layer: spec.layer_dims[layer]},
         dtype=dtype,
         rows=size,
+        lineage=f"chunk-{layer}-{dtype}",
     )
-    store.create(one, manifest.table.iloc[np.arange(size) % len(manifest)].reset_index(drop=True))
+    rows = manifest.table.iloc[np.arange(size) % len(manifest)].reset_index(drop=True)
+    rows[CONTENT_HASH] = [f"row-{i}" for i in range(size)]  # every row its own content
+    store.create(one, rows)
 
     def written(k: int) -> int:
         block = np.full((size, values.shape[1]), np.nan, np.float32)

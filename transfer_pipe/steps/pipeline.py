@@ -10,11 +10,14 @@ store alone (no forward pass, no fit, no model code imported), before any subflo
 
 from __future__ import annotations
 
-from transfer_pipe.config import PipelineConfig
+from transfer_pipe.config import GcConfig, PipelineConfig
 from transfer_pipe.heads.card import HeadResult, head_url, read_card
 from transfer_pipe.steps.embed import complete_plan, embed, finalize_embedding
+from transfer_pipe.steps.gc import collect_garbage
 from transfer_pipe.steps.results import PipelineSummary
 from transfer_pipe.steps.train import finalize_training, head_id, prepare_training, train
+from transfer_pipe.store import open_store
+from transfer_pipe.store.retention import GcReport
 
 
 def pipeline(config: PipelineConfig) -> PipelineSummary:
@@ -27,7 +30,19 @@ def pipeline(config: PipelineConfig) -> PipelineSummary:
         from transfer_pipe.steps.finetune import finetune  # torch: only when fine-tuning
 
         tuned = finetune(config.finetune_config(embedded.feature_set))
-    return PipelineSummary.of(embedded, trained, tuned)
+    return PipelineSummary.of(embedded, trained, tuned, retain(config, embedded.feature_set))
+
+
+def retain(config: PipelineConfig, feature_set: str) -> GcReport | None:
+    """The run's retention: of the lineage of ``feature_set``, keep the newest
+    ``keep_last`` versions and every referenced one, remove the rest (None: keeps all)."""
+    if not config.keep_last:
+        return None
+    lineage = open_store(config.store, config.storage_options).spec(feature_set).lineage
+    gc = GcConfig(
+        store=config.store, storage_options=config.storage_options, keep_last=config.keep_last
+    )
+    return collect_garbage(gc, lineages=(lineage,))
 
 
 def up_to_date(config: PipelineConfig) -> PipelineSummary | None:

@@ -142,7 +142,7 @@ def _fill_from_store(
 ) -> set[int]:
     """Copy cached embeddings into ``features``; returns the rows that had one."""
     donors = cached_rows(store, key, layers)
-    by_set: dict[str, list[tuple[int, int]]] = {}
+    by_set: dict[str, list[tuple[int, int]]] = {}  # lineage -> (target, lineage row)
     for i, content_hash in enumerate(hashes):
         if content_hash in donors:
             source, row = donors[content_hash]
@@ -150,7 +150,9 @@ def _fill_from_store(
     for source, pairs in by_set.items():
         targets = [i for i, _ in pairs]
         rows = np.array([r for _, r in pairs])
-        features[targets] = np.hstack([store.read_rows(source, name, rows) for name in layers])
+        features[targets] = np.hstack(
+            [store.read_lineage_rows(source, name, rows) for name in layers]
+        )
     return {i for pairs in by_set.values() for i, _ in pairs}
 
 

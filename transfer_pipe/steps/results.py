@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transfer_pipe.records import Record
+from transfer_pipe.store.retention import GcReport
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,15 @@ class PipelineSummary(Record):
     embed: EmbedSummary
     train: TrainSummary
     finetune: FinetuneSummary | None = None
+    retention: GcReport | None = None
 
     @classmethod
     def of(
-        cls, embedded: EmbedSummary, trained: TrainSummary, tuned: FinetuneSummary | None = None
+        cls,
+        embedded: EmbedSummary,
+        trained: TrainSummary,
+        tuned: FinetuneSummary | None = None,
+        retained: GcReport | None = None,
     ) -> PipelineSummary:
         """The pipeline's summary and its message, e.g. ``no new images: 0 embedded, 10000
         reused, heads up to date``."""
@@ -180,4 +186,11 @@ class PipelineSummary(Record):
                 f"; fine-tuned {tuned.run_id}: accuracy {tuned.accuracy:.4f} vs probe "
                 f"{tuned.probe_accuracy:.4f}"
             )
-        return cls(message=message, embed=embedded, train=trained, finetune=tuned)
+        if retained is not None and retained.removed:
+            message += (
+                f"; retention removed {len(retained.removed)} old versions "
+                f"({retained.freed_bytes / 1e6:.1f} MB)"
+            )
+        return cls(
+            message=message, embed=embedded, train=trained, finetune=tuned, retention=retained
+        )

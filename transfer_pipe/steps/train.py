@@ -318,7 +318,14 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str, plots: bool = Tr
         files = _report_files(Path(tmp), result, plots)
         card = _card(plan, data, fitted, result.head_id)
         config = plan.config
-        url = save_head(config.store, card, fitted.model, files.values(), config.storage_options)
+        url = save_head(
+            config.store,
+            card,
+            fitted.model,
+            files.values(),
+            config.storage_options,
+            fit_ids=None if fitted.fit_ids is None else fitted.fit_ids.tolist(),
+        )
     logger.info(
         "head %s: fitted, test accuracy %.4f, macro F1 %.4f; saved to %s",
         identity,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.records import Record
-from transfer_pipe.store import StorageOptions, ZarrFeatureStore, open_store
+from transfer_pipe.store import FeatureStore, StorageOptions, open_store
 from transfer_pipe.store.claims import Holder, every
 from transfer_pipe.store.integrity import Damage
 
@@ -44,10 +44,9 @@ def verify_feature_set(
     """Check feature set ``key`` of the store at ``store_url`` (every object, every
     checksum); with ``repair``, repair it as ``store.integrity.repair`` says."""
     store = open_store(store_url, storage_options)
-    if not isinstance(store, ZarrFeatureStore):
-        raise TransferPipeError(f"verify reads Zarr feature stores; {store_url} is not one")
-    if repair:  # it writes: not while a run writes the same feature set
-        claim = store.claim(key, done=lambda: False, waiting=every(30, _waiting(key)))
+    if repair:  # it writes: not while a run writes the same lineage
+        name = _lineage_of(store, key)
+        claim = store.claim(name, done=lambda: False, waiting=every(30, _waiting(key)))
         assert claim is not None
         try:
             damage: Damage = store.verify(key, repair=True)
@@ -75,7 +74,8 @@ def verify_feature_set(
 def _waiting(key: str) -> Callable[[Holder], None]:
     def say(holder: Holder) -> None:
         logger.warning(
-            "feature set %s is being written by another run (%s): the repair waits for it",
+            "the lineage of feature set %s is being written by another run (%s): the repair "
+            "waits for it",
             key,
             holder.describe(),
         )
@@ -83,7 +83,16 @@ def _waiting(key: str) -> Callable[[Holder], None]:
     return say
 
 
-def _status(store: ZarrFeatureStore, key: str) -> str:
+def _lineage_of(store: FeatureStore, key: str) -> str:
+    """The lineage whose claim a repair of ``key`` takes (the key itself when its spec
+    does not read: the repair then only removes the version)."""
+    try:
+        return store.spec(key).lineage
+    except TransferPipeError:
+        return key
+
+
+def _status(store: FeatureStore, key: str) -> str:
     try:
         return store.status(key)
     except TransferPipeError:

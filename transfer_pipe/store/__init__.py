@@ -8,10 +8,11 @@ from transfer_pipe.store.base import (
     FeatureSetInfo,
     FeatureSetSpec,
     FeatureStore,
+    LineageSpec,
     LoadedFeatures,
     ShardStats,
 )
-from transfer_pipe.store.keys import FORMAT_VERSION, embedding_key, feature_set_key
+from transfer_pipe.store.keys import FORMAT_VERSION, embedding_key, feature_set_key, lineage_id
 from transfer_pipe.store.options import check_protocol, options_token, store_options
 from transfer_pipe.store.zarr_store import ZarrFeatureStore
 
@@ -52,12 +53,14 @@ __all__ = [
     "FeatureSetInfo",
     "FeatureSetSpec",
     "FeatureStore",
+    "LineageSpec",
     "LoadedFeatures",
     "ShardStats",
     "StorageOptions",
     "ZarrFeatureStore",
     "embedding_key",
     "feature_set_key",
+    "lineage_id",
     "open_store",
     "shared_store",
 ]

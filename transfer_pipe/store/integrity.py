@@ -1,67 +1,85 @@
-"""Verify a feature set end to end, and repair it so the next embed recomputes only what
-was damaged.
+"""Verify a version end to end, and repair it so the next embed recomputes only what was
+damaged.
 
-``check`` reads every object of a feature set: each ``zarr.json`` against the one its spec
-implies (``layout.metadata_documents``), the consolidated copy of a complete set, every
-shard record, every Zarr shard of every layer (its crc32c checksums; failed rows NaN and
-good rows not), the row columns and the Parquet table.
+``check`` reads every object a version depends on: its own document and row table, its
+lineage's documents (each array's ``zarr.json`` against the one the lineage's spec
+implies, ``layout.metadata_documents``), and for every lineage shard its rows live in: the
+record, every layer's Zarr shard (its crc32c checksums; failed rows NaN and good rows
+not), the content hashes (against the version's table) and the failure reasons.
 
-``repair`` restores the metadata documents from the spec (the feature-set group's own
-from the copy of the spec on ``features``), rewrites damaged row columns from the table,
-clears the records of damaged shards (so they read as not done) and marks the feature set
-incomplete: the next ``transfer-pipe embed`` of the same source writes those shards, and
-completes the set again (failure column, table, consolidated metadata).
+``repair`` rewrites damaged array documents from the lineage's spec, removes the objects
+of damaged shards (record first, so they read as not written) and marks every version
+whose rows live there incomplete: the next ``transfer-pipe embed`` of the same source
+writes those shards again. A version whose own document or table is damaged is removed:
+the next embed of its source creates it again from the rows its lineage holds.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.group import GroupMetadata
 
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.schema import FAILURE, ROW_COLUMNS
-from transfer_pipe.store.base import FeatureSetSpec
+from transfer_pipe.schema import CONTENT_HASH, FAILURE
+from transfer_pipe.store.base import FeatureSetSpec, LineageSpec
 from transfer_pipe.store.layout import (
     FEATURES,
-    LAYOUT_VERSION,
+    LINEAGES,
     RECORDS,
-    SETS,
-    SPEC_BACKUP,
+    ROW,
     TABLE,
+    TABLE_COLUMNS,
     TABLE_FILE,
-    describe,
+    VERSIONS,
+    lineage_arrays,
     metadata_documents,
+    read_parquet,
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from transfer_pipe.store.zarr_store import ZarrFeatureStore
 
-ROOT = "zarr.json"  # the feature-set group's own metadata document
-CONSOLIDATED = "zarr.json (consolidated metadata)"  # rewritten at the next completion
-_COMPARED = ("node_type", "shape", "data_type", "chunk_grid", "codecs", "fill_value")
+ROOT = "zarr.json"
+_COMPARED = ("node_type", "data_type", "chunk_grid", "codecs", "fill_value")
+
+
+class DamagedFeatureSet(TransferPipeError):
+    """A stored object of a feature set is damaged; the message names it and the fix."""
+
+    def __init__(self, store_url: str, key: str, parts: Sequence[str]) -> None:
+        self.key = key
+        self.parts = list(parts)
+        super().__init__(
+            f"feature set {key} in {store_url} is damaged ({'; '.join(parts)}): a stored "
+            "object failed its checksum or could not be parsed. Run `transfer-pipe verify "
+            f"{key} --store {store_url} --repair`, then run the same `transfer-pipe embed` "
+            "again: it recomputes only the damaged shards."
+        )
+
+
+def shard_parts(name: str, shards: Iterable[int]) -> list[str]:
+    """How a damage report names shards of one array, e.g. ``shard 3 (features/x)``."""
+    return [f"shard {shard} ({name})" for shard in shards]
 
 
 @dataclass(frozen=True)
 class Damage:
-    """What ``check`` found damaged in one feature set (empty when it reads whole)."""
+    """What ``check`` found damaged in one version (empty when it reads whole)."""
 
     key: str
-    metadata: tuple[str, ...] = ()  # documents, relative to the feature set's folder
-    shards: tuple[int, ...] = ()  # shards whose features or record are damaged
-    columns: tuple[str, ...] = ()  # driver-written row columns (failure included)
-    table: bool = False  # the Parquet table
+    metadata: tuple[str, ...] = ()  # lineage documents, relative to the lineage's folder
+    shards: tuple[int, ...] = ()  # lineage shards whose objects or record are damaged
+    columns: tuple[str, ...] = ()  # per-row lineage columns found damaged
+    table: bool = False  # the version's own document or row table
     problems: tuple[str, ...] = ()  # one line per finding, for people
     actions: tuple[str, ...] = ()  # what ``repair`` did
-    recreate: bool = False  # the spec is lost: the next embed starts the set afresh
+    recreate: bool = False  # the version is removed: the next embed makes it again
 
     @property
     def ok(self) -> bool:
@@ -76,24 +94,32 @@ class _Findings:
     table: bool = False
     problems: list[str] = field(default_factory=list)
 
+    def shard(self, shard: int, problem: str) -> None:
+        self.shards.add(shard)
+        self.problems.append(f"shard {shard}: {problem}")
+
 
 def check(store: ZarrFeatureStore, key: str) -> Damage:
-    """Read feature set ``key`` of ``store`` end to end and report what is damaged."""
+    """Read version ``key`` of ``store`` end to end and report what is damaged."""
     found = _Findings()
-    document = _root_document(store, key, found)
-    attrs = None if document is None else document["attributes"]
-    spec, complete = _spec_of(store, key, attrs, found)
+    spec, complete = _version(store, key, found)
     if spec is None:
         return _damage(key, found, recreate=True)
-    documents = _check_documents(store, key, spec, found)
-    if complete and document is not None:
-        _check_consolidated(document, documents, found)
-    arrays = _Arrays(store, key)
-    records = _check_records(arrays, spec, found)
-    _check_features(arrays, spec, records, found)
-    columns = _check_columns(arrays, spec, records if complete else None, found)
-    if complete:
-        _check_table(store, key, columns, found)
+    table = _version_table(store, key, spec, found)
+    if table is None:
+        return _damage(key, found, recreate=True)
+    lineage = spec.lineage_spec()
+    _check_documents(store, lineage, found)
+    if f"{RECORDS}/{ROOT}" in found.metadata:
+        return _damage(key, found)  # which shards are written cannot be known
+    shards = sorted(
+        set((table[ROW].to_numpy(np.int64) // spec.shard_size).tolist()) | set(spec.new_shards)
+    )
+    records = _check_records(store, lineage, shards, complete, found)
+    # The arrays whose documents are damaged are read after the repair rewrote them.
+    readable = [name for name in lineage_arrays(lineage) if f"{name}/{ROOT}" not in found.metadata]
+    _check_features(store, lineage, records, found, readable)
+    _check_columns(store, lineage, table, records, found, readable)
     return _damage(key, found)
 
 
@@ -102,91 +128,72 @@ def _damage(key: str, found: _Findings, recreate: bool = False) -> Damage:
         key=key,
         metadata=tuple(found.metadata),
         shards=tuple(sorted(found.shards)),
-        columns=tuple(found.columns),
-        table=found.table,
+        columns=tuple(dict.fromkeys(found.columns)),
+        table=found.table or recreate,
         problems=tuple(found.problems),
         recreate=recreate,
     )
 
 
 def _read_json(store: ZarrFeatureStore, path: str) -> dict[str, Any]:
-    """A JSON document of ``store`` (a path of its filesystem); FileNotFoundError when it
-    does not exist, ValueError when it does not parse as an object."""
     data = json.loads(store.fs.cat_file(path))
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a JSON object")
     return data
 
 
-class _Arrays:
-    """Opens arrays of one feature set from their own ``zarr.json`` (never from the
-    consolidated copy, nor through the group's document, which may be the damaged one)."""
-
-    def __init__(self, store: ZarrFeatureStore, key: str) -> None:
-        self._store = store.zarr_store()
-        self._prefix = f"{SETS}/{key}"
-
-    def __getitem__(self, name: str) -> zarr.Array:
-        return zarr.open_array(self._store, path=f"{self._prefix}/{name}", mode="r")
-
-
-def _root_document(store: ZarrFeatureStore, key: str, found: _Findings) -> dict[str, Any] | None:
-    """The feature-set group's document, None when it is damaged."""
+def _version(
+    store: ZarrFeatureStore, key: str, found: _Findings
+) -> tuple[FeatureSetSpec | None, bool]:
+    """The version's spec and whether it is complete; None when its document is lost."""
     path = f"{store.folder(key)}/{ROOT}"
     try:
-        document = _read_json(store, path)
+        attrs = _read_json(store, path).get("attributes")
+        spec = FeatureSetSpec.from_dict(attrs["spec"])  # type: ignore[index]
     except FileNotFoundError as err:
-        raise TransferPipeError(
-            f"feature set {key!r} is not in the store {store.url}; "
-            f"`transfer-pipe ls --store {store.url}` lists the feature sets it holds."
-        ) from err
-    except ValueError as err:
-        found.metadata.append(ROOT)
-        found.problems.append(f"metadata {ROOT} of the feature set does not parse ({err})")
-        return None
-    attrs = document.get("attributes")
-    if not isinstance(attrs, dict) or "spec" not in attrs:
-        found.metadata.append(ROOT)
-        found.problems.append(f"metadata {ROOT} of the feature set lacks its spec")
-        return None
-    return document
-
-
-def _spec_of(
-    store: ZarrFeatureStore, key: str, attrs: dict[str, Any] | None, found: _Findings
-) -> tuple[FeatureSetSpec | None, bool]:
-    """The spec (from the group, else from its copy on ``features``) and whether the set
-    is complete; (None, False) when neither copy reads."""
-    from transfer_pipe.store.zarr_store import spec_from_dict
-
-    if attrs is not None:
-        version = attrs.get("layout", {}).get("version", 1)
-        if version != LAYOUT_VERSION:
-            raise TransferPipeError(
-                f"feature set {key} has layout version {version}; this version verifies "
-                f"{LAYOUT_VERSION} only: embed its source again (it gets a new key)."
-            )
-        return spec_from_dict(attrs["spec"]), attrs.get("status") == "complete"
-    try:
-        backup = _read_json(store, f"{store.folder(key)}/{FEATURES}/{ROOT}")
-        return spec_from_dict(backup["attributes"][SPEC_BACKUP]), False
-    except (OSError, ValueError, KeyError, TypeError):
+        raise TransferPipeError(store._not_here(key)) from err
+    except Exception as err:
         found.problems.append(
-            f"the copy of the spec in {FEATURES}/{ROOT} does not read either: the feature "
-            "set cannot be trusted and will be computed afresh"
+            f"metadata {VERSIONS}/{key}/{ROOT} does not read ({_why(err)}): the version "
+            "is made again from its lineage's rows by the next embed of its source"
         )
         return None, False
+    return spec, attrs.get("status") == "complete"  # type: ignore[union-attr]
 
 
-def _check_documents(
+def _version_table(
     store: ZarrFeatureStore, key: str, spec: FeatureSetSpec, found: _Findings
-) -> dict[str, dict[str, Any]]:
-    """Compare every array's and sub-group's ``zarr.json`` with the one ``spec`` implies;
-    returns the expected documents, parsed."""
-    expected = {path: json.loads(raw) for path, raw in metadata_documents(spec).items()}
-    for path, want in expected.items():
+) -> pd.DataFrame | None:
+    """The version's row table, None (and found) when it does not read whole."""
+
+    try:
+        table = read_parquet(store.fs.cat_file(store.table_path(key)))
+        if len(table) != spec.rows or any(name not in table for name in TABLE_COLUMNS):
+            raise ValueError(f"{len(table)} rows, columns {list(table.columns)}")
+    except Exception as err:
+        found.problems.append(
+            f"table {TABLE}/{TABLE_FILE} does not read ({_why(err)}): the version is made "
+            "again from its lineage's rows by the next embed of its source"
+        )
+        return None
+    return table
+
+
+def _check_documents(store: ZarrFeatureStore, lineage: LineageSpec, found: _Findings) -> None:
+    """Each of the lineage's documents against the one its spec implies (shapes grow)."""
+    folder = store.lineage_folder(lineage.lineage)
+    try:
+        attrs = _read_json(store, f"{folder}/{ROOT}")["attributes"]
+        LineageSpec.from_dict(attrs["lineage"])
+    except Exception as err:
+        found.metadata.append(ROOT)
+        found.problems.append(
+            f"metadata {LINEAGES}/{lineage.lineage}/{ROOT} does not read ({_why(err)})"
+        )
+    for path, raw in metadata_documents(lineage).items():
+        want = json.loads(raw)
         try:
-            have = _read_json(store, f"{store.folder(key)}/{path}")
+            have = _read_json(store, f"{folder}/{path}")
         except (OSError, ValueError) as err:
             found.metadata.append(path)
             found.problems.append(f"metadata {path} does not read ({type(err).__name__}: {err})")
@@ -195,137 +202,113 @@ def _check_documents(
             "attributes"
         ):
             found.metadata.append(path)
-            found.problems.append(f"metadata {path} differs from the layout its spec implies")
-    return expected
+            found.problems.append(f"metadata {path} differs from the layout its lineage implies")
 
 
 def _essentials(document: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of a metadata document that decide how its bytes are read."""
-    return {name: document.get(name) for name in _COMPARED}
-
-
-def _check_consolidated(
-    document: dict[str, Any], expected: dict[str, dict[str, Any]], found: _Findings
-) -> None:
-    """A complete set's readers use its consolidated metadata: it must match too."""
-    consolidated = (document.get("consolidated_metadata") or {}).get("metadata")
-    if not isinstance(consolidated, dict):
-        found.metadata.append(CONSOLIDATED)
-        found.problems.append("the complete feature set lacks its consolidated metadata")
-        return
-    for path, want in expected.items():
-        name = path.removesuffix(f"/{ROOT}")
-        have = consolidated.get(name)
-        if not isinstance(have, dict) or _essentials(have) != _essentials(want):
-            found.metadata.append(CONSOLIDATED)
-            found.problems.append(f"the consolidated metadata of {name} is damaged")
-            return
+    shape = document.get("shape")
+    return {
+        "width": shape[1:] if isinstance(shape, list) else None,
+        **{name: document.get(name) for name in _COMPARED},
+    }
 
 
 def _check_records(
-    arrays: _Arrays, spec: FeatureSetSpec, found: _Findings
-) -> list[dict[str, Any] | None]:
-    """Every shard record, read one by one; a damaged one marks its shard."""
-    records: list[dict[str, Any] | None] = []
-    try:
-        array = arrays[RECORDS]
-    except Exception as err:
-        found.problems.append(f"{RECORDS} does not open ({err}): every shard is recomputed")
-        found.shards.update(range(spec.n_shards))
-        return [None] * spec.n_shards
-    for shard in range(spec.n_shards):
+    store: ZarrFeatureStore,
+    lineage: LineageSpec,
+    shards: list[int],
+    complete: bool,
+    found: _Findings,
+) -> dict[int, dict[str, Any]]:
+    """The record of each shard, read one by one; a damaged one, or one missing from a
+    complete version, marks its shard."""
+    array = store.array(lineage.lineage, RECORDS)
+    records: dict[int, dict[str, Any]] = {}
+    for shard in shards:
         try:
+            if shard >= array.shape[0]:
+                raise ValueError("beyond the end of the lineage's arrays")
             text = str(np.asarray(array[shard : shard + 1])[0])
-            records.append(json.loads(text) if text else None)
+            record = json.loads(text) if text else None
         except Exception as err:
-            found.shards.add(shard)
-            found.problems.append(f"shard {shard}: its record is damaged ({_why(err)})")
-            records.append(None)
+            found.shard(shard, f"its record is damaged ({_why(err)})")
+            continue
+        if record is None:
+            if complete:
+                found.shard(shard, "its record is gone: the shard reads as never written")
+            continue
+        records[shard] = record
     return records
 
 
 def _check_features(
-    arrays: _Arrays,
-    spec: FeatureSetSpec,
-    records: list[dict[str, Any] | None],
+    store: ZarrFeatureStore,
+    lineage: LineageSpec,
+    records: dict[int, dict[str, Any]],
     found: _Findings,
+    readable: Sequence[str],
 ) -> None:
     """Every written Zarr shard of every layer decodes, and its NaN rows are exactly the
     rows its record says failed (a lost object reads as NaN)."""
-    for layer in spec.layers:
+    size = lineage.shard_size
+    for layer in lineage.layers:
         name = f"{FEATURES}/{layer}"
-        try:
-            array = arrays[name]
-        except Exception:
-            continue  # its metadata is reported damaged; checked again after the repair
-        for shard, record in enumerate(records):
-            if record is None:
-                continue
-            rows = spec.shard_rows(shard)
+        if name not in readable:
+            continue
+        array = store.array(lineage.lineage, name)
+        for shard, record in records.items():
+            used = int(record.get("rows", size))
             try:
-                values = np.asarray(array[rows.start : rows.stop], dtype=np.float64)
+                values = np.asarray(array[shard * size : shard * size + used], dtype=np.float64)
             except Exception as err:
-                found.shards.add(shard)
-                found.problems.append(f"shard {shard}: {name} is damaged ({_why(err)})")
+                found.shard(shard, f"{name} is damaged ({_why(err)})")
                 continue
-            failed = np.zeros(len(rows), dtype=bool)
+            failed = np.zeros(used, dtype=bool)
             failed[[int(offset) for offset in record.get("failures", {})]] = True
             if not np.array_equal(np.isnan(values).all(axis=1), failed):
-                found.shards.add(shard)
-                found.problems.append(
-                    f"shard {shard}: {name} has NaN rows where its record has none (or the "
-                    "reverse): an object is missing or was replaced"
+                found.shard(
+                    shard,
+                    f"{name} has NaN rows where its record has none (or the reverse): an "
+                    "object is missing or was replaced",
                 )
 
 
 def _check_columns(
-    arrays: _Arrays,
-    spec: FeatureSetSpec,
-    records: list[dict[str, Any] | None] | None,
+    store: ZarrFeatureStore,
+    lineage: LineageSpec,
+    table: pd.DataFrame,
+    records: dict[int, dict[str, Any]],
     found: _Findings,
-) -> dict[str, np.ndarray]:
-    """Read every row column; ``records`` (of a complete set) must match its failure
-    column. Returns the columns that read."""
-    from transfer_pipe.store.zarr_store import failure_column
-
-    names = [*ROW_COLUMNS, FAILURE] if records is not None else list(ROW_COLUMNS)
-    columns = {}
-    for name in names:
-        try:
-            columns[name] = np.asarray(arrays[name][:])
-        except Exception as err:
-            found.columns.append(name)
-            found.problems.append(f"column {name} is damaged ({_why(err)})")
-    # A damaged record already says why the failure column disagrees: not reported twice.
-    stale = (
-        records is not None
-        and FAILURE in columns
-        and not found.shards
-        and columns[FAILURE].tolist() != failure_column(spec, records).tolist()
-    )
-    if stale:
-        found.columns.append(FAILURE)
-        found.problems.append("column failure does not match the shard records")
-    return columns
-
-
-def _check_table(
-    store: ZarrFeatureStore, key: str, columns: dict[str, np.ndarray], found: _Findings
+    readable: Sequence[str],
 ) -> None:
-    """The Parquet table reads, and agrees with the row columns that read."""
-    try:
-        table = pd.read_parquet(io.BytesIO(store.fs.cat_file(store.table_path(key))))
-        agrees = all(
-            table[name].astype(str).tolist() == [str(value) for value in values.tolist()]
-            for name, values in columns.items()
-        )
-    except Exception as err:
-        found.table = True
-        found.problems.append(f"table {TABLE}/{TABLE_FILE} does not read ({_why(err)})")
-        return
-    if not agrees:
-        found.table = True
-        found.problems.append(f"table {TABLE}/{TABLE_FILE} disagrees with the row columns")
+    """The lineage's content hashes and failure reasons of each written shard: readable,
+    a hash for every row the version names, the reasons those of the shard's record."""
+    size = lineage.shard_size
+    rows = table[ROW].to_numpy(np.int64)
+    for name in (CONTENT_HASH, FAILURE):
+        if name not in readable:
+            continue
+        array = store.array(lineage.lineage, name)
+        for shard, record in records.items():
+            used = int(record.get("rows", size))
+            try:
+                raw = np.asarray(array[shard * size : shard * size + used]).tolist()
+            except Exception as err:
+                found.columns.append(name)
+                found.shard(shard, f"column {name} is damaged ({_why(err)})")
+                continue
+            values = [str(value) for value in raw]
+            if name == FAILURE:
+                reasons = record.get("failures", {})
+                if values != [reasons.get(str(i), "") for i in range(used)]:
+                    found.columns.append(name)
+                    found.shard(shard, f"column {name} does not match the shard's record")
+                continue
+            offsets = rows[(rows // size) == shard] - shard * size
+            if offsets.size and (offsets.max() >= used or not all(values[o] for o in offsets)):
+                found.columns.append(name)
+                found.shard(shard, f"column {name} lacks the hash of a row the version names")
 
 
 def _why(err: BaseException) -> str:
@@ -336,26 +319,35 @@ def _why(err: BaseException) -> str:
 
 
 def repair(store: ZarrFeatureStore, key: str, damage: Damage) -> Damage:
-    """Repair what ``damage`` names (see the module docstring); returns the damage found
-    by a second check (only shards and derived parts: metadata is whole again), with the
-    actions taken."""
-    folder = store.folder(key)
+    """Repair what ``damage`` names (see the module docstring); returns the damage with
+    the actions taken."""
     if damage.recreate:
-        store.fs.rm_file(f"{folder}/{ROOT}")
-        action = "removed the feature set's metadata: the next embed computes it afresh"
+        store.drop_version(key)
+        action = (
+            f"removed version {key} (its document or table is damaged): the next embed of "
+            "its source makes it again from the rows its lineage holds"
+        )
         return replace(damage, actions=(action,))
+    spec = store.spec(key)
     actions: list[str] = []
-    spec, attrs = _restore_root(store, key, damage, actions)
-    documents = metadata_documents(spec)
+    documents = metadata_documents(spec.lineage_spec())
+    folder = store.lineage_folder(spec.lineage)
     for path in damage.metadata:
         if path in documents:
-            _put(store, f"{folder}/{path}", documents[path])
-            actions.append(f"rewrote metadata {path} from the spec")
+            _put(store, f"{folder}/{path}", _grown(store, spec, path, documents[path]))
+            actions.append(f"rewrote metadata {path} of lineage {spec.lineage} from its spec")
+        else:
+            _restore_lineage_root(store, spec)
+            actions.append(f"rewrote metadata {ROOT} of lineage {spec.lineage} from the spec")
     again = check(store, key) if damage.metadata else damage
     shards = sorted(set(again.shards))
-    _rewrite_columns(store, key, again, actions)
-    _clear_shards(store, key, spec, shards, actions)
-    _mark_incomplete(store, key, attrs, actions)
+    if shards:
+        store.drop_shards(spec.lineage, shards)
+        for shard in shards:
+            actions.append(f"marked lineage shard {shard} not written")
+        for other in _versions_on(store, spec.lineage, set(shards)):
+            _mark_incomplete(store, other)
+            actions.append(f"marked version {other} incomplete: run its embed again")
     return replace(
         again,
         metadata=damage.metadata,
@@ -365,80 +357,47 @@ def repair(store: ZarrFeatureStore, key: str, damage: Damage) -> Damage:
     )
 
 
-def _restore_root(
-    store: ZarrFeatureStore, key: str, damage: Damage, actions: list[str]
-) -> tuple[FeatureSetSpec, dict[str, Any]]:
-    """The spec and the group's attributes, the group's document rewritten from the
-    copy of the spec when it was damaged."""
-    from transfer_pipe.store.zarr_store import spec_from_dict
-
-    folder = store.folder(key)
-    if ROOT not in damage.metadata:
-        attrs = _read_json(store, f"{folder}/{ROOT}")["attributes"]
-        return spec_from_dict(attrs["spec"]), attrs
-    backup = _read_json(store, f"{folder}/{FEATURES}/{ROOT}")["attributes"][SPEC_BACKUP]
-    spec = spec_from_dict(backup)
-    attrs = {"spec": backup, "status": "incomplete", "created": "", "layout": describe(spec)}
-    _put(store, f"{folder}/{ROOT}", _group_document(attrs))
-    actions.append(f"rewrote metadata {ROOT} from the copy of the spec in {FEATURES}/{ROOT}")
-    return spec, attrs
+def _versions_on(store: ZarrFeatureStore, lineage: str, shards: set[int]) -> list[str]:
+    """The versions of ``lineage`` with rows in any of ``shards``."""
+    keys = []
+    for key in store.list_keys():
+        try:
+            if store.spec(key).lineage == lineage and store.shards_of(key) & shards:
+                keys.append(key)
+        except TransferPipeError:
+            continue
+    return keys
 
 
-def _rewrite_columns(store: ZarrFeatureStore, key: str, damage: Damage, actions: list[str]) -> None:
-    """Rewrite damaged manifest columns from the Parquet table (the failure column is
-    rewritten at completion anyway)."""
-    lost = [name for name in damage.columns if name != FAILURE]
-    if not lost:
-        return
-    if damage.table:
-        raise TransferPipeError(
-            f"feature set {key}: columns {lost} and its table are both damaged, so its rows "
-            f"cannot be restored; delete {store.folder(key)} and embed its source again."
-        )
-    table = pd.read_parquet(io.BytesIO(store.fs.cat_file(store.table_path(key))))
-    for name in lost:
-        path = f"{SETS}/{key}/{name}"
-        column = zarr.open_array(store.zarr_store(read_only=False), path=path, mode="r+")
-        column[:] = table[name].to_numpy(dtype=str)
-        actions.append(f"rewrote column {name} from the table")
+def _grown(store: ZarrFeatureStore, spec: FeatureSetSpec, path: str, document: bytes) -> bytes:
+    """The created document of array ``path`` with the lineage's current length."""
+    data = json.loads(document)
+    shards = max([*store.written_shards(spec.lineage), spec.first_shard + spec.n_shards - 1]) + 1
+    length = shards if path.startswith(RECORDS) else shards * spec.shard_size
+    data["shape"] = [length, *data["shape"][1:]]
+    return json.dumps(data).encode()
 
 
-def _clear_shards(
-    store: ZarrFeatureStore, key: str, spec: FeatureSetSpec, shards: list[int], actions: list[str]
-) -> None:
-    """Delete the records (the done markers) and feature objects of ``shards``."""
-    folder = store.folder(key)
-    for shard in shards:
-        paths = [f"{folder}/{RECORDS}/c/{shard}"]
-        paths += [f"{folder}/{FEATURES}/{layer}/c/{shard}/0" for layer in spec.layers]
-        for path in paths:
-            if store.fs.exists(path):
-                store.fs.rm_file(path)
-        actions.append(f"marked shard {shard} not done (rows {_rows(spec, shard)})")
+def _restore_lineage_root(store: ZarrFeatureStore, spec: FeatureSetSpec) -> None:
+    from dataclasses import asdict
 
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
 
-def _rows(spec: FeatureSetSpec, shard: int) -> str:
-    rows = spec.shard_rows(shard)
-    return f"{rows.start}-{rows.stop - 1}"
+    from transfer_pipe.store.layout import describe
 
-
-def _mark_incomplete(
-    store: ZarrFeatureStore, key: str, attrs: dict[str, Any], actions: list[str]
-) -> None:
-    """Status incomplete, without consolidated metadata and table: the next embed's
-    completion writes them afresh."""
-    attrs = {**attrs, "status": "incomplete"}
-    attrs.pop("provenance", None)
-    _put(store, f"{store.folder(key)}/{ROOT}", _group_document(attrs))
-    if store.fs.exists(store.table_path(key)):
-        store.fs.rm_file(store.table_path(key))
-    actions.append("marked the feature set incomplete: run the same embed again")
-
-
-def _group_document(attrs: dict[str, Any]) -> bytes:
-    """A group's ``zarr.json`` with ``attrs`` and no consolidated metadata."""
+    lineage = spec.lineage_spec()
+    attrs = {"lineage": asdict(lineage), "layout": describe(lineage), "created": "", "head": None}
     buffers = GroupMetadata(attributes=attrs).to_buffer_dict(default_buffer_prototype())
-    return buffers["zarr.json"].to_bytes()
+    _put(store, f"{store.lineage_folder(spec.lineage)}/{ROOT}", buffers["zarr.json"].to_bytes())
+
+
+def _mark_incomplete(store: ZarrFeatureStore, key: str) -> None:
+    """Status incomplete: the next embed of the version writes its missing shards."""
+    path = f"{store.folder(key)}/{ROOT}"
+    document = _read_json(store, path)
+    document["attributes"] = {**document.get("attributes", {}), "status": "incomplete"}
+    _put(store, path, json.dumps(document).encode())
 
 
 def _put(store: ZarrFeatureStore, path: str, data: bytes) -> None:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 # Bump when the stored layout or the way values are computed changes: old keys then miss.
-FORMAT_VERSION = 2  # 2: the sharded, checksummed layout (store.layout)
+FORMAT_VERSION = 2  # 2: sharded and checksummed; layout 3 (versions) keeps its keys
 KEY_LENGTH = 16  # hex characters shown to users; the full digests live in the provenance
 
 
@@ -46,3 +46,9 @@ def embedding_key(
 def feature_set_key(embedding: str, layers: list[str], data_digest: str) -> str:
     """The key of a whole feature set: embedding spec + layers + every row of the data."""
     return _digest({"embedding": embedding, "layers": layers, "data": data_digest})[:KEY_LENGTH]
+
+
+def lineage_id(source: str, embedding: str, layers: list[str]) -> str:
+    """The lineage of a source's embeddings under one model configuration: every version
+    of that source with that embedding key and those layers shares its rows."""
+    return _digest({"source": source, "embedding": embedding, "layers": layers})[:KEY_LENGTH]

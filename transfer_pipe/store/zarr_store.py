@@ -1,26 +1,29 @@
 """The FeatureStore on Zarr v3: a local folder by default, any fsspec URL by design.
 
-One feature set is the group ``feature_sets/<key>/`` (the arrays: ``store.layout``), with
-attrs ``spec``, ``status``, ``created``, ``layout`` (what the arrays mean) and, once
-complete, ``provenance``. A shard task writes its Zarr shard of every feature array and
-then its shard record (its done marker); the driver writes everything else. A complete
-feature set has consolidated metadata: opening it reads one ``zarr.json``.
+Lineages hold the rows, versions pick them (``store.layout``). A version is the group
+``versions/<key>/`` with attrs ``spec``, ``status``, ``created``, ``changes`` and, once
+complete, ``provenance``, and its row table; a lineage is ``lineages/<id>/`` with attrs
+``lineage`` (its spec), ``layout`` and ``head`` (its newest complete version). A shard task
+writes the objects of its lineage shard and then its record (its done marker); the driver
+(the lineage's claim holder) writes everything else.
 
 A damaged object (its checksum fails, its metadata does not parse) met by any read is a
-``TransferPipeError`` naming the feature set, the damaged shards and the fix
+``TransferPipeError`` naming the version, the damaged shards and the fix
 (``transfer-pipe verify KEY --store STORE --repair``, then embed again).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -30,63 +33,52 @@ import zarr.storage
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import is_local
-from transfer_pipe.schema import FAILURE, LABEL, ROW_COLUMNS, SAMPLE_ID, SPLIT
+from transfer_pipe.schema import CONTENT_HASH, FAILURE, LABEL, ROW_COLUMNS, SAMPLE_ID, SPLIT
+from transfer_pipe.store import integrity, shard_copy
 from transfer_pipe.store.base import (
     FeatureSetSpec,
     FeatureStore,
+    LineageSpec,
     LoadedFeatures,
     ShardStats,
     Status,
 )
 from transfer_pipe.store.claims import Claim, Holder
 from transfer_pipe.store.claims import take as take_claim
+from transfer_pipe.store.hash_cache import HashCache, cache_url
+from transfer_pipe.store.integrity import Damage, DamagedFeatureSet, shard_parts
 from transfer_pipe.store.layout import (
+    APPENDED_FILE,
     CLAIMS,
     FEATURES,
     FOREIGN_FOLDERS,
     LAYOUT_VERSION,
+    LEGACY_SETS,
+    LINEAGES,
+    LOST,
     RECORDS,
-    SETS,
+    ROW,
     STATS,
     TABLE,
+    TABLE_COLUMNS,
     TABLE_FILE,
-    consolidate,
-    create_arrays,
+    VERSIONS,
+    create_lineage_arrays,
     describe,
     mark_foreign,
+    read_parquet,
+    shard_objects,
+    shareable,
 )
 
-if TYPE_CHECKING:
-    from transfer_pipe.store.integrity import Damage
-
-_SETS = SETS
-_STATS = STATS
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
-ShardRecord = dict[str, Any]  # {"embedded", "reused", "seconds", "failures": {offset: reason}}
-
-
-class DamagedFeatureSet(TransferPipeError):
-    """A stored object of a feature set is damaged; the message names it and the fix."""
-
-    def __init__(self, store_url: str, key: str, parts: Sequence[str]) -> None:
-        self.key = key
-        self.parts = list(parts)
-        super().__init__(
-            f"feature set {key} in {store_url} is damaged ({'; '.join(parts)}): a stored "
-            "object failed its checksum or could not be parsed. Run `transfer-pipe verify "
-            f"{key} --store {store_url} --repair`, then run the same `transfer-pipe embed` "
-            "again: it recomputes only the damaged shards."
-        )
-
-
-def shard_parts(name: str, shards: Iterable[int]) -> list[str]:
-    """How a damage report names shards of one array, e.g. ``shard 3 (features/x)``."""
-    return [f"shard {shard} ({name})" for shard in shards]
+ShardRecord = dict[str, Any]  # {"rows", "embedded", "reused", "seconds", "failures", "version"}
+_SHARD_OBJECT = re.compile(r"/c/(\d+)(?:/0)?$")
 
 
 class ZarrFeatureStore(FeatureStore):
-    """Feature sets in one Zarr v3 hierarchy at ``url`` (a path or an fsspec URL)."""
+    """Lineages and versions in one Zarr v3 hierarchy at ``url`` (a path or fsspec URL)."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = url
@@ -95,39 +87,38 @@ class ZarrFeatureStore(FeatureStore):
         # Opening a group or array reads its metadata: a few round trips that would
         # otherwise be paid again for every shard a worker writes or copies from.
         self._specs: dict[str, FeatureSetSpec] = {}
+        self._lineages: dict[str, LineageSpec] = {}
         self._arrays: dict[tuple[str, str, bool], zarr.Array] = {}
+        self._tables: dict[str, pd.DataFrame] = {}  # written once: never change
+        self._appended: dict[str, dict[int, str]] = {}
 
     def __repr__(self) -> str:
         return f"ZarrFeatureStore({self.url!r})"
+
+    # -- paths ----------------------------------------------------------------------------
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         """The fsspec filesystem under the store (for the files Zarr does not read)."""
         return self._fs
 
+    @property
+    def root(self) -> str:
+        return self._path.rstrip("/")
+
     def folder(self, key: str) -> str:
-        """Feature set ``key``'s folder, as a path of ``fs``."""
-        return f"{self._path.rstrip('/')}/{_SETS}/{key}"
+        """Version ``key``'s folder, as a path of ``fs``."""
+        return f"{self.root}/{VERSIONS}/{key}"
+
+    def lineage_folder(self, lineage: str) -> str:
+        return f"{self.root}/{LINEAGES}/{lineage}"
+
+    def table_path(self, key: str, name: str = TABLE_FILE) -> str:
+        """Where version ``key``'s Parquet table of rows (or ``name``) is."""
+        return f"{self.folder(key)}/{TABLE}/{name}"
 
     def zarr_store(self, read_only: bool = True) -> zarr.storage.StoreLike:
         """The Zarr store object under this feature store."""
-        return self._zarr_store(read_only)
-
-    def verify(self, key: str, repair: bool = False) -> Damage:
-        """Read feature set ``key`` end to end; what is damaged (``integrity.Damage``),
-        and with ``repair`` the shards marked not done so an embed recomputes them."""
-        from transfer_pipe.store import integrity
-
-        damage = integrity.check(self, key)
-        if repair and not damage.ok:
-            self._forget(key)
-            damage = integrity.repair(self, key, damage)
-            self._forget(key)
-        return damage
-
-    # -- plumbing ---------------------------------------------------------------------
-
-    def _zarr_store(self, read_only: bool) -> zarr.storage.StoreLike:
         if is_local(self.url):
             # LocalStore writes each chunk to a temporary file and renames it: atomic.
             return zarr.storage.LocalStore(self._path, read_only=read_only)
@@ -135,101 +126,97 @@ class ZarrFeatureStore(FeatureStore):
             self.url, storage_options=self._storage_options, read_only=read_only
         )
 
-    def _root(self, mode: str = "r") -> zarr.Group:
-        store = self._zarr_store(read_only=mode == "r")
-        return zarr.open_group(store, mode=mode)  # type: ignore[arg-type]
+    # -- opening ----------------------------------------------------------------------------
 
-    def _open(self, key: str, mode: str = "r") -> zarr.Group:
-        """The feature set's group (its consolidated metadata when complete: one read);
-        FileNotFoundError when there is none, DamagedFeatureSet when its ``zarr.json``
-        does not parse."""
-        store = self._zarr_store(read_only=mode == "r")
-        path = f"{_SETS}/{key}"
+    def _open(self, path: str, mode: str = "r") -> zarr.Group:
+        """The group at ``path``; FileNotFoundError when there is none, ValueError (and
+        kin) when its ``zarr.json`` does not parse."""
+        store = self.zarr_store(read_only=mode == "r")
+        # zarr_format=3: else Zarr also asks for the three v2 documents (4 requests).
+        return zarr.open_group(store, path=path, mode="r" if mode == "r" else "r+", zarr_format=3)
+
+    def _version_attrs(self, key: str) -> dict[str, Any]:
+        """Version ``key``'s attributes; FileNotFoundError when there is none."""
+        path = f"{VERSIONS}/{key}"
         try:
-            # zarr_format=3: else Zarr also asks for the three v2 documents (4 requests).
-            return zarr.open_group(
-                store, path=path, mode="r" if mode == "r" else "r+", zarr_format=3
-            )
+            return dict(self._open(path).attrs.asdict())
         except FileNotFoundError:
             raise
         except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
             raise DamagedFeatureSet(self.url, key, [f"metadata {path}/zarr.json"]) from err
 
-    def _group(self, key: str, mode: str = "r") -> zarr.Group:
+    def _known_attrs(self, key: str) -> dict[str, Any]:
         try:
-            return self._open(key, mode)
+            return self._version_attrs(key)
+        except FileNotFoundError as err:
+            raise TransferPipeError(self._not_here(key)) from err
+
+    def _not_here(self, key: str) -> str:
+        if self._fs.exists(f"{self.root}/{LEGACY_SETS}/{key}/zarr.json"):
+            return (
+                f"feature set {key} in {self.url} was written by an earlier release (one "
+                f"full copy per feature set); run `transfer-pipe migrate --store {self.url}` "
+                "once: it keeps every key and shares the rows of each source's versions."
+            )
+        return (
+            f"feature set {key!r} is not in the store {self.url}; "
+            f"`transfer-pipe ls --store {self.url}` lists the feature sets it holds."
+        )
+
+    def lineage_spec(self, lineage: str) -> LineageSpec:
+        if lineage not in self._lineages:
+            attrs = self._lineage_attrs(lineage)
+            self._lineages[lineage] = LineageSpec.from_dict(attrs["lineage"])
+        return self._lineages[lineage]
+
+    def _lineage_attrs(self, lineage: str) -> dict[str, Any]:
+        path = f"{LINEAGES}/{lineage}"
+        try:
+            attrs = dict(self._open(path).attrs.asdict())
         except FileNotFoundError as err:
             raise TransferPipeError(
-                f"feature set {key!r} is not in the store {self.url}; "
-                f"`transfer-pipe ls --store {self.url}` lists the feature sets it holds."
+                f"lineage {lineage} is not in the store {self.url}: its versions cannot be "
+                f"read; `transfer-pipe ls --store {self.url}` lists what it holds."
             ) from err
+        except (ValueError, TypeError, KeyError) as err:
+            raise DamagedFeatureSet(self.url, lineage, [f"metadata {path}/zarr.json"]) from err
+        if "lineage" not in attrs:
+            raise DamagedFeatureSet(self.url, lineage, [f"metadata {path}/zarr.json"])
+        return attrs
 
-    def _array(self, key: str, name: str, writable: bool = False) -> zarr.Array:
-        """Array ``name`` of feature set ``key``, opened once per store object."""
-        if (key, name, writable) not in self._arrays:
-            group = self._group(key, mode="a" if writable else "r")
-            try:
-                array = group[name]
-            except (ValueError, TypeError, KeyError) as err:
-                raise DamagedFeatureSet(
-                    self.url, key, [f"metadata {_SETS}/{key}/{name}/zarr.json"]
-                ) from err
-            assert isinstance(array, zarr.Array), f"{name} is not an array"
-            self._arrays[(key, name, writable)] = array
-        return self._arrays[(key, name, writable)]
-
-    def _forget(self, key: str) -> None:
-        """Drop the arrays opened for ``key`` (its metadata is about to change)."""
-        self._specs.pop(key, None)
-        self._arrays = {k: v for k, v in self._arrays.items() if k[0] != key}
-
-    def _guarded(self, key: str, name: str, read: Callable[[], T], shards: Iterable[int]) -> T:
-        """``read()`` of array ``name``; when it fails because stored objects are damaged
-        (found by reading ``shards`` one by one), a DamagedFeatureSet naming them."""
+    def array(self, lineage: str, name: str, writable: bool = False, rows: int = 0) -> zarr.Array:
+        """Array ``name`` of ``lineage``, opened once per store object (again when it is
+        shorter than ``rows``: another process grew it)."""
+        cached = self._arrays.get((lineage, name, writable))
+        if cached is not None and cached.shape[0] >= rows:
+            return cached
+        path = f"{LINEAGES}/{lineage}/{name}"
         try:
-            return read()
-        except TransferPipeError:
-            raise
-        except Exception as err:
-            damaged = self.damaged_shards(key, name, shards)
-            if not damaged:
-                raise
-            raise DamagedFeatureSet(self.url, key, shard_parts(name, damaged)) from err
+            array = zarr.open_array(
+                self.zarr_store(read_only=not writable),
+                path=path,
+                mode="r" if not writable else "r+",
+            )
+        except FileNotFoundError as err:
+            raise TransferPipeError(f"lineage {lineage} has no array {name} in {self.url}") from err
+        except (ValueError, TypeError, KeyError) as err:
+            raise DamagedFeatureSet(self.url, lineage, [f"metadata {path}/zarr.json"]) from err
+        self._arrays[(lineage, name, writable)] = array
+        return array
 
-    def damaged_shards(self, key: str, name: str, shards: Iterable[int]) -> list[int]:
-        """Which of ``shards`` of the per-row or per-shard array ``name`` fail to read."""
-        spec = self.spec(key)
-        array = self._array(key, name)
-        damaged = []
-        for shard in shards:
-            region = slice(shard, shard + 1) if name == RECORDS else _region(spec, shard)
-            try:
-                array[region]
-            except Exception:
-                damaged.append(shard)
-        return damaged
-
-    def _column(self, key: str, name: str) -> np.ndarray:
-        """A whole per-row string column (a few objects, written by the driver)."""
-        array = self._array(key, name)
-        try:
-            return np.asarray(array[:])
-        except Exception as err:
-            raise DamagedFeatureSet(self.url, key, [f"column {name}"]) from err
-
-    def records(self, key: str) -> list[ShardRecord | None]:
-        """Each shard's record, None where the shard is not written yet."""
-        spec = self.spec(key)
-        array = self._array(key, RECORDS)
-        raw = self._guarded(key, RECORDS, lambda: array[:], range(spec.n_shards))
-        try:
-            return [json.loads(text) if text else None for text in np.asarray(raw).tolist()]
-        except ValueError as err:
-            raise DamagedFeatureSet(self.url, key, [f"a record of {RECORDS}"]) from err
+    def _forget(self, key: str | None = None, lineage: str | None = None) -> None:
+        """Drop what was cached of ``key`` and ``lineage`` (about to change)."""
+        if key is not None:
+            self._specs.pop(key, None)
+            self._tables.pop(key, None)
+            self._appended.pop(key, None)
+        if lineage is not None:
+            self._lineages.pop(lineage, None)
+            self._arrays = {k: v for k, v in self._arrays.items() if k[0] != lineage}
 
     def ensure_writable(self) -> None:
         """Fail early, before anything is written, when the store cannot be written to."""
-        probe = f"{self._path.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
+        probe = f"{self.root}/.write-probe-{uuid.uuid4().hex}"
         try:
             self._fs.makedirs(self._path, exist_ok=True)
             self._fs.pipe_file(probe, b"ok")
@@ -240,95 +227,287 @@ class ZarrFeatureStore(FeatureStore):
                 f"{err}); pass --store with a folder or URL you can write to."
             ) from err
 
+    def hash_cache(self, source: str, rehash: bool = False) -> HashCache:
+        return HashCache(cache_url(self.url, source), self._storage_options, rehash=rehash)
+
+    def note_folder(self, name: str, holds: str) -> None:
+        root = zarr.open_group(self.zarr_store(read_only=False), mode="a")
+        mark_foreign(root, name, holds)
+
     # -- status and creation ------------------------------------------------------------
 
     def claim(
         self,
-        key: str,
+        name: str,
         *,
         done: Callable[[], bool],
         waiting: Callable[[Holder], None] = lambda holder: None,
     ) -> Claim | None:
-        folder = f"{self._path.rstrip('/')}/{CLAIMS}/{key}"
+        folder = f"{self.root}/{CLAIMS}/{name}"
         self._fs.makedirs(folder, exist_ok=True)  # a disk wants the folder; S3 has none
         return take_claim(self._fs, folder, done=done, waiting=waiting)
 
     def status(self, key: str) -> Status:
-        """``missing`` also for a half-created feature set and for one of an older layout
-        (its key differs from any this version computes); a damaged ``zarr.json`` raises
-        DamagedFeatureSet rather than passing for missing (a rerun would overwrite it)."""
+        """``missing`` also for a half-created version; a damaged ``zarr.json`` raises
+        DamagedFeatureSet rather than passing for missing (a rerun would overwrite it), and
+        a feature set of the earlier layout raises the one line that says to migrate."""
+        status = self.version_status(key)
+        if status == "missing" and self._fs.exists(f"{self.root}/{LEGACY_SETS}/{key}/zarr.json"):
+            raise TransferPipeError(self._not_here(key))
+        return status
+
+    def version_status(self, key: str) -> Status:
+        """``status`` without looking for a feature set of the earlier layout."""
         try:
-            attrs = self._open(key).attrs.asdict()
+            attrs = self._version_attrs(key)
         except FileNotFoundError:
             return "missing"
-        if "spec" not in attrs or _layout_version(attrs) != LAYOUT_VERSION:
+        if "spec" not in attrs or attrs.get("layout") != LAYOUT_VERSION:
             return "missing"  # creation was interrupted: nothing in it is trusted
         return "complete" if attrs.get("status") == "complete" else "incomplete"
 
     def create(self, spec: FeatureSetSpec, rows: pd.DataFrame) -> None:
         if len(rows) != spec.rows:
             raise ValueError(f"spec says {spec.rows} rows, table has {len(rows)}")
-        self._forget(spec.key)
+        if not spec.lineage:
+            raise ValueError(f"spec {spec.key} names no lineage")
+        self._forget(spec.key, spec.lineage)
         self._recover_hierarchy()  # a run killed while creating may have left some
-        root = self._root("a")
+        root = zarr.open_group(self.zarr_store(read_only=False), mode="a")
         for folder, holds in FOREIGN_FOLDERS.items():
             mark_foreign(root, folder, holds)
-        group = root.require_group(_SETS).create_group(spec.key, overwrite=True)
-        create_arrays(group, spec)
-        for name in ROW_COLUMNS:  # one write per column: the driver knows every row
-            array = group[name]
-            assert isinstance(array, zarr.Array)
-            array[:] = rows[name].to_numpy(dtype=str)
-        # The spec is written last: its presence is what marks the feature set initialized.
+        lineage = self._ensure_lineage(root, spec)
+        spec = dataclasses.replace(spec, shard_size=lineage.shard_size)
+        lineage_attrs = self._lineage_attrs(spec.lineage)
+        head = lineage_attrs.get("head")
+        # The version's place in its lineage's history: clocks of machines may disagree,
+        # and two versions may begin within one clock tick.
+        sequence = int(lineage_attrs.get("versions", 0))
+        known = self.lineage_rows(spec.lineage)
+        table, appended, spec = _plan_rows(spec, rows, known, self._start(spec, lineage_attrs))
+        spec = dataclasses.replace(spec, parent=head)
+        # The shards it appends are reserved before anything is written for it: a kill
+        # from here on leaves them to this key's next attempt, never to another version.
+        end = max(int(lineage_attrs.get("end", 0)), spec.first_shard + spec.n_shards)
+        reserved: dict[str, str | int] = {"key": spec.key, "first_shard": spec.first_shard}
+        self._open(f"{LINEAGES}/{spec.lineage}", mode="a").attrs.update(
+            {"end": end, "reserved": reserved, "versions": sequence + 1}
+        )
+        group = root.require_group(VERSIONS).create_group(spec.key, overwrite=True)
+        mark_foreign(group, TABLE, f"{TABLE_FILE}: the version's rows; {APPENDED_FILE}: its new")
+        self._write_parquet(self.table_path(spec.key, APPENDED_FILE), appended)
+        self._write_parquet(self.table_path(spec.key), table)
+        self._grow(spec)
+        # The spec is written last: its presence is what marks the version initialized.
         group.attrs.update(
             {
-                "spec": dataclasses.asdict(spec),
+                "spec": spec.to_dict(),
                 "status": "incomplete",
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "layout": describe(spec),
+                "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "changes": self._changes(head, table),
+                "sequence": sequence,
+                "layout": LAYOUT_VERSION,
             }
         )
 
+    def _ensure_lineage(self, root: zarr.Group, spec: FeatureSetSpec) -> LineageSpec:
+        """The lineage of ``spec``, created with its empty arrays when new."""
+        wanted = spec.lineage_spec()
+        try:
+            have = self.lineage_spec(spec.lineage)
+        except DamagedFeatureSet:
+            if self._versions_of(spec.lineage):
+                raise  # never remade over the rows versions read: `verify --repair` first
+            return self._new_lineage(root, wanted)  # a creation a kill cut short
+        except TransferPipeError:
+            return self._new_lineage(root, wanted)
+        if (have.layer_dims, have.dtype) != (wanted.layer_dims, wanted.dtype):
+            raise TransferPipeError(
+                f"lineage {spec.lineage} in {self.url} holds layers {have.layer_dims} in "
+                f"{have.dtype}, this run makes {wanted.layer_dims} in {wanted.dtype}: the "
+                "store is damaged; `transfer-pipe verify` names what."
+            )
+        return have
+
+    def _versions_of(self, lineage: str) -> list[str]:
+        """Keys of the versions (initialized) of ``lineage``."""
+        found = []
+        for key in self.list_keys():
+            try:
+                if self.spec(key).lineage == lineage:
+                    found.append(key)
+            except TransferPipeError:
+                continue
+        return found
+
+    def _new_lineage(self, root: zarr.Group, wanted: LineageSpec) -> LineageSpec:
+        """Create lineage ``wanted`` with its empty arrays (its attributes last: they mark
+        it created)."""
+        group = root.require_group(LINEAGES).create_group(wanted.lineage, overwrite=True)
+        create_lineage_arrays(group, wanted)
+        group.attrs.update(
+            {
+                "lineage": dataclasses.asdict(wanted),
+                "layout": describe(wanted),
+                "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "head": None,
+            }
+        )
+        self._forget(lineage=wanted.lineage)
+        return wanted
+
+    def _start(self, spec: FeatureSetSpec, attrs: Mapping[str, Any]) -> int:
+        """The lineage row where version ``spec``'s new rows start: where an attempt of
+        the same key that a kill cut short reserved them (none of them written yet), else
+        past every shard reserved."""
+        reserved = attrs.get("reserved") or {}
+        end = int(attrs.get("end", 0))
+        first = int(reserved.get("first_shard", end))
+        if reserved.get("key") == spec.key and not self.records(spec.lineage, range(first, end)):
+            return first * spec.shard_size
+        return end * spec.shard_size
+
+    def _grow(self, spec: FeatureSetSpec) -> None:
+        """Grow every array of the lineage to hold the version's appended shards (never
+        shrinks: growing writes only each array's ``zarr.json``)."""
+        shards = spec.first_shard + spec.n_shards
+        lineage = self.lineage_spec(spec.lineage)
+        for name in (*lineage_row_arrays(lineage), RECORDS):
+            array = self.array(spec.lineage, name, writable=True)
+            want = shards if name == RECORDS else shards * spec.shard_size
+            if array.shape[0] < want:
+                array.resize((want, *array.shape[1:]))
+        self._forget(lineage=spec.lineage)
+
+    def _changes(self, parent: str | None, table: pd.DataFrame) -> dict[str, int]:
+        """Sample ids added, removed and changed (new content: another row) against
+        ``parent``."""
+        if parent is None:
+            return {"added": len(table), "removed": 0, "changed": 0}
+        before = self._table(parent).set_index(SAMPLE_ID)[ROW]
+        after = table.set_index(SAMPLE_ID)[ROW]
+        both = before.index.intersection(after.index)
+        return {
+            "added": len(after.index.difference(before.index)),
+            "removed": len(before.index.difference(after.index)),
+            "changed": int((before.loc[both] != after.loc[both]).sum()),
+        }
+
     def spec(self, key: str) -> FeatureSetSpec:
         if key not in self._specs:
-            attrs = self._group(key).attrs.asdict()
-            if "spec" in attrs and _layout_version(attrs) != LAYOUT_VERSION:
-                raise TransferPipeError(
-                    f"feature set {key} in {self.url} has an older layout (version "
-                    f"{_layout_version(attrs)}, this version reads {LAYOUT_VERSION}): embed "
-                    "its source again (the new feature set gets a new key), and delete "
-                    f"{_SETS}/{key} to reclaim its space."
-                )
-            self._specs[key] = spec_from_dict(attrs["spec"])  # type: ignore[arg-type]
+            attrs = self._known_attrs(key)
+            if "spec" not in attrs:
+                raise TransferPipeError(self._not_here(key))
+            self._specs[key] = FeatureSetSpec.from_dict(attrs["spec"])
         return self._specs[key]
 
     def recover(self, key: str) -> int:
         # A local chunk write goes to "<name>.<uuid>.partial" and is renamed when whole;
         # a SIGKILL in between leaves the partial file (and the old chunk, if any).
-        leftovers = self._fs.glob(f"{self._path.rstrip('/')}/{_SETS}/{key}/**/*.partial")
+        spec = self.spec(key)
+        leftovers = [
+            *self._fs.glob(f"{self.lineage_folder(spec.lineage)}/**/*.partial"),
+            *self._fs.glob(f"{self.folder(key)}/**/*.partial"),
+        ]
         for path in leftovers:
             self._fs.rm_file(path)
         return len(leftovers) + self._recover_hierarchy()
 
     def _recover_hierarchy(self) -> int:
-        """Remove what a killed run left of the hierarchy's own metadata (the root's and
-        ``feature_sets/``'s ``zarr.json``, rewritten while a feature set is created). Only
-        a claim's holder calls it, and those documents are written whole by zarr anyway."""
-        root = self._path.rstrip("/")
+        """Remove what a killed run left of the hierarchy's own metadata (the documents of
+        the root, ``versions/`` and ``lineages/``, rewritten while a version is created)."""
         leftovers = [
-            *self._fs.glob(f"{root}/zarr.*.partial"),
-            *self._fs.glob(f"{root}/{_SETS}/zarr.*.partial"),
+            *self._fs.glob(f"{self.root}/zarr.*.partial"),
+            *self._fs.glob(f"{self.root}/{VERSIONS}/zarr.*.partial"),
+            *self._fs.glob(f"{self.root}/{LINEAGES}/zarr.*.partial"),
         ]
         for path in leftovers:
             self._fs.rm_file(path)
         return len(leftovers)
 
-    # -- shards -------------------------------------------------------------------------
+    # -- the version's rows -----------------------------------------------------------------
 
-    def shards_done(self, key: str) -> np.ndarray:
-        if self.status(key) == "complete":  # every shard: no record need be read
-            return np.ones(self.spec(key).n_shards, dtype=bool)
-        return np.array([record is not None for record in self.records(key)], dtype=bool)
+    def _write_parquet(self, path: str, table: pd.DataFrame) -> None:
+        """``table`` as Parquet at ``path``, written aside and moved into place (a reader
+        never meets half a file)."""
+        buffer = io.BytesIO()
+        # Page checksums: a damaged table is an error when read, never other rows.
+        table.to_parquet(buffer, index=False, compression="zstd", write_page_checksum=True)
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
+        self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._fs.pipe_file(partial, buffer.getvalue())
+        self._fs.mv(partial, path)
+
+    def _appended_hashes(self, key: str) -> dict[int, str]:
+        """Lineage row -> content hash of the contents version ``key`` appended."""
+        if key not in self._appended:
+            path = self.table_path(key, APPENDED_FILE)
+            try:
+                table = read_parquet(self._fs.cat_file(path))
+            except Exception as err:
+                raise DamagedFeatureSet(self.url, key, [f"table {TABLE}/{APPENDED_FILE}"]) from err
+            rows = table[ROW].to_numpy(np.int64).tolist()
+            self._appended[key] = dict(zip(rows, table[CONTENT_HASH].astype(str), strict=True))
+        return self._appended[key]
+
+    def _table(self, key: str) -> pd.DataFrame:
+        """The version's Parquet table of rows (written once: cached)."""
+        if key in self._tables:
+            return self._tables[key]
+        try:
+            table = read_parquet(self._fs.cat_file(self.table_path(key)))
+        except FileNotFoundError as err:
+            if self.status(key) == "missing":
+                raise TransferPipeError(self._not_here(key)) from err
+            raise DamagedFeatureSet(self.url, key, [f"table {TABLE}/{TABLE_FILE}"]) from err
+        except Exception as err:
+            raise DamagedFeatureSet(self.url, key, [f"table {TABLE}/{TABLE_FILE}"]) from err
+        for name in TABLE_COLUMNS:
+            if name not in table:
+                raise DamagedFeatureSet(self.url, key, [f"table {TABLE}/{TABLE_FILE}"])
+        self._tables[key] = table
+        return table
+
+    def records(self, lineage: str, shards: Iterable[int] | None = None) -> dict[int, ShardRecord]:
+        """The records of ``lineage``'s written shards (of ``shards``, else of all)."""
+        array = self.array(lineage, RECORDS)
+        picked = list(range(array.shape[0])) if shards is None else sorted(set(shards))
+        picked = [shard for shard in picked if shard < array.shape[0]]
+        if not picked:
+            return {}
+        raw = _guarded(
+            self, lineage, RECORDS, lambda: array.get_orthogonal_selection(np.array(picked)), picked
+        )
+        records = {}
+        for shard, text in zip(picked, np.asarray(raw).tolist(), strict=True):
+            if text:
+                try:
+                    records[shard] = json.loads(text)
+                except ValueError as err:
+                    raise DamagedFeatureSet(
+                        self.url, lineage, [f"record of shard {shard}"]
+                    ) from err
+        return records
+
+    def shards_of(self, key: str) -> set[int]:
+        spec = self.spec(key)
+        rows = self._table(key)[ROW].to_numpy(dtype=np.int64)
+        return {int(s) for s in np.unique(rows // spec.shard_size)} | set(spec.new_shards)
+
+    def pending_shards(self, key: str) -> list[int]:
+        spec = self.spec(key)
+        shards = self.shards_of(key)
+        written = set(self.records(spec.lineage, shards))
+        pending = shards - written
+        if self.status(key) != "complete" and written:
+            # A written shard where a repair lost rows of this version: its run gets them
+            # back (its source still names their images).
+            rows = self._table(key)[ROW].to_numpy(dtype=np.int64)
+            done = np.isin(rows // spec.shard_size, list(written))
+            failure = self._lineage_column(spec.lineage, FAILURE, rows, done)
+            lost = np.char.startswith(failure.astype(str), f"{LOST}:")
+            pending |= {int(row) // spec.shard_size for row in rows[lost]}
+        return sorted(pending)
 
     def write_shard(
         self,
@@ -337,110 +516,202 @@ class ZarrFeatureStore(FeatureStore):
         features: Mapping[str, np.ndarray],
         failures: Sequence[str],
         stats: ShardStats,
+        hashes: Sequence[str] | None = None,
     ) -> None:
         spec = self.spec(key)
-        rows = spec.shard_rows(shard)
-        if set(features) != set(spec.layers) or len(failures) != len(rows):
+        n, size = len(failures), spec.shard_size
+        if set(features) != set(spec.layers) or not 0 < n <= size:
             raise ValueError(f"shard {shard} of {key}: wrong layers or row count")
+        start = shard * size
+        end = (shard + 1) * size
+        if hashes is None:
+            appended = self._appended_hashes(key)
+            hashes = [appended.get(row, "") for row in range(start, start + n)]
+        if len(hashes) != n:
+            raise ValueError(f"shard {shard} of {key}: {len(hashes)} hashes for {n} rows")
+        contents = np.full(size, "", dtype=object)
+        contents[:n] = list(hashes)
+        reasons = np.full(size, "", dtype=object)
+        reasons[:n] = list(failures)
         for layer, values in features.items():  # exactly one Zarr shard: one whole object
-            array = self._array(key, f"{FEATURES}/{layer}", writable=True)
-            array[_region(spec, shard)] = np.asarray(values, dtype=spec.dtype)
+            array = self.array(spec.lineage, f"{FEATURES}/{layer}", writable=True, rows=end)
+            block = np.full((size, array.shape[1]), np.nan, dtype=spec.dtype)
+            block[:n] = np.asarray(values, dtype=spec.dtype)
+            array[start:end] = block
+        for name, column in ((CONTENT_HASH, contents), (FAILURE, reasons)):
+            self.array(spec.lineage, name, writable=True, rows=end)[start:end] = column.astype(str)
         record = {
+            "rows": n,
             "embedded": stats.embedded,
             "reused": stats.reused,
             "seconds": stats.seconds,
             "failures": {str(offset): reason for offset, reason in enumerate(failures) if reason},
+            "version": key,
         }
         # Last: only now does the shard count as written.
-        self._array(key, RECORDS, writable=True)[shard] = json.dumps(record)
+        self.array(spec.lineage, RECORDS, writable=True, rows=shard + 1)[shard] = json.dumps(record)
+
+    def copy_shard(self, key: str, shard: int, donor: str, donor_shard: int) -> bool:
+        return shard_copy.copy_shard(self, key, shard, donor, donor_shard)
 
     def shard_stats(self, key: str) -> pd.DataFrame:
-        records = self.records(key)
+        spec = self.spec(key)
+        records = self.records(spec.lineage, spec.new_shards)
         table = pd.DataFrame(
-            [[float((r or {}).get(name, 0.0)) for name in _STATS] for r in records],
-            columns=list(_STATS),
+            [[float(records.get(s, {}).get(name, 0.0)) for name in STATS] for s in spec.new_shards],
+            columns=list(STATS),
         )
-        table.insert(0, "done", [r is not None for r in records])
+        table.insert(0, "done", [s in records for s in spec.new_shards])
         return table
+
+    def read_lineage_rows(self, lineage: str, layer: str, rows: np.ndarray) -> np.ndarray:
+        spec = self.lineage_spec(lineage)
+        if layer not in spec.layers:
+            raise TransferPipeError(
+                f"lineage {lineage} has no layer {layer!r}; it holds {list(spec.layers)}."
+            )
+        name = f"{FEATURES}/{layer}"
+        picked = np.asarray(rows, dtype=np.int64)
+        if not len(picked):
+            return np.empty((0, spec.layer_dims[layer]), dtype=spec.dtype)
+        array = self.array(lineage, name, rows=int(picked.max()) + 1)
+        shards = sorted(set((picked // spec.shard_size).tolist()))
+        return _guarded(
+            self, lineage, name, lambda: _read_spans(array, picked, spec.shard_size), shards
+        )
 
     def read_rows(self, key: str, layer: str, rows: np.ndarray) -> np.ndarray:
         spec = self.spec(key)
-        name = f"{FEATURES}/{layer}"
-        array = self._array(key, name)
-        picked = np.asarray(rows, dtype=np.int64)
-        shards = sorted({int(row) // spec.shard_size for row in picked})
-        return self._guarded(
-            key,
-            name,
-            lambda: np.asarray(array.get_orthogonal_selection((picked, slice(None)))),
-            shards,
-        )
+        lineage_rows = self._table(key)[ROW].to_numpy(dtype=np.int64)[np.asarray(rows, np.int64)]
+        try:
+            return self.read_lineage_rows(spec.lineage, layer, lineage_rows)
+        except DamagedFeatureSet as err:
+            raise DamagedFeatureSet(self.url, key, err.parts) from err
 
     def row_table(self, key: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         spec = self.spec(key)
-        names = columns or (*ROW_COLUMNS, FAILURE)
-        complete = self.status(key) == "complete"
-        records = None if complete else self.records(key)
-        table = pd.DataFrame(
-            {
-                name: (
-                    failure_column(spec, records)
-                    if name == FAILURE and records is not None
-                    else self._column(key, name)
-                ).astype(object)
-                for name in names
-            }
-        )
-        done = np.ones(spec.n_shards, bool) if records is None else _done(records)
-        table["done"] = np.repeat(done, spec.shard_size)[: spec.rows]
-        return table
+        names = list(columns if columns is not None else (*ROW_COLUMNS, FAILURE))
+        table = self._table(key)
+        rows = table[ROW].to_numpy(dtype=np.int64)
+        shards = rows // spec.shard_size
+        if self.status(key) == "complete":
+            done = np.ones(len(table), dtype=bool)
+        else:
+            written = self.records(spec.lineage, np.unique(shards).tolist())
+            done = np.isin(shards, list(written))
+        out = pd.DataFrame(index=table.index)
+        for name in names:
+            if name not in (CONTENT_HASH, FAILURE):
+                out[name] = table[name].astype(object)
+                continue
+            try:  # the lineage's, by row
+                out[name] = self._lineage_column(spec.lineage, name, rows, done)
+            except DamagedFeatureSet as err:
+                raise DamagedFeatureSet(self.url, key, err.parts) from err
+            if name == CONTENT_HASH and not done.all():  # it knows what it appended
+                appended = self._appended_hashes(key)
+                known = [appended.get(int(row), "") for row in rows[~done]]
+                out.loc[~done, name] = np.asarray(known, dtype=object)
+        out[ROW] = rows
+        out["done"] = done
+        return out
+
+    def _lineage_column(
+        self, lineage: str, name: str, rows: np.ndarray, done: np.ndarray
+    ) -> np.ndarray:
+        """The per-row lineage column ``name`` at ``rows`` ("" where not written yet),
+        read shard by shard as whole objects."""
+        column = np.full(len(rows), "", dtype=object)
+        if done.any():
+            size = self.lineage_spec(lineage).shard_size
+            wanted = rows[done]
+            array = self.array(lineage, name, rows=int(wanted.max()) + 1)
+            shards = sorted(set((wanted // size).tolist()))
+            values = _guarded(self, lineage, name, lambda: _read_spans(array, wanted, size), shards)
+            column[done] = values
+        return column
+
+    def lineages(self) -> list[LineageSpec]:
+        folder = f"{self.root}/{LINEAGES}"
+        try:
+            entries = self._fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return []
+        specs = []
+        for entry in entries:
+            if entry["type"] != "directory":
+                continue
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            try:
+                specs.append(self.lineage_spec(name))
+            except TransferPipeError as err:  # half created, or being collected
+                logger.debug("lineage %s left out: %s", name, err)
+        return sorted(specs, key=lambda spec: spec.lineage)
+
+    def lineage_head(self, lineage: str) -> str | None:
+        """The lineage's newest complete version."""
+        head = self._lineage_attrs(lineage).get("head")
+        return str(head) if head else None
+
+    def lineage_rows(self, lineage: str) -> pd.DataFrame:
+        try:
+            self.lineage_spec(lineage)
+        except TransferPipeError:
+            return pd.DataFrame({CONTENT_HASH: [], FAILURE: []})
+        written = self.records(lineage)
+        if not written:
+            return pd.DataFrame({CONTENT_HASH: [], FAILURE: []})
+        columns = {}
+        for name in (CONTENT_HASH, FAILURE):
+            array = self.array(lineage, name)
+            read = functools.partial(_read_all, array)
+            columns[name] = _guarded(self, lineage, name, read, sorted(written))
+        size = self.lineage_spec(lineage).shard_size
+        table = pd.DataFrame(columns)
+        position = np.arange(len(table))
+        used_rows = np.zeros(-(-len(table) // size), dtype=np.int64)  # per shard
+        for shard, record in written.items():
+            if shard < len(used_rows):
+                used_rows[shard] = int(record.get("rows", size))
+        return table[position % size < used_rows[position // size]]
 
     # -- completion and catalog ---------------------------------------------------------
 
     def mark_complete(self, key: str, provenance: Mapping[str, Any]) -> None:
-        """Write what the driver derives from the shards (the failure column and the
-        Parquet table), consolidate the metadata, and only then say ``complete``."""
+        """Write the version's failure reasons into its table, record what it wrote, and
+        only then say ``complete``; the lineage's head is then this version."""
         spec = self.spec(key)
-        records = self.records(key)
-        if not _done(records).all():
+        if self.pending_shards(key):
             raise RuntimeError(f"feature set {key} still has shards to write")
-        self._array(key, FAILURE, writable=True)[:] = failure_column(spec, records)
-        self._write_table(key)
-        consolidate(self._zarr_store(read_only=False), f"{_SETS}/{key}")
-        self._forget(key)
-        self._group(key, mode="a").attrs.update(
-            {"status": "complete", "provenance": dict(provenance)}
+        sizes = self.written_shards(spec.lineage)
+        tables = sum(
+            int(self._fs.size(self.table_path(key, n))) for n in (TABLE_FILE, APPENDED_FILE)
         )
-
-    def table_path(self, key: str) -> str:
-        """Where feature set ``key``'s Parquet table of rows is (once complete)."""
-        return f"{self._path.rstrip('/')}/{_SETS}/{key}/{TABLE}/{TABLE_FILE}"
-
-    def _write_table(self, key: str) -> None:
-        """The row columns and failure reasons as Parquet, written aside and moved into
-        place (a reader never meets half a file)."""
-        table = pd.DataFrame({name: self._column(key, name) for name in (*ROW_COLUMNS, FAILURE)})
-        buffer = io.BytesIO()
-        table.to_parquet(buffer, index=False, compression="zstd")  # hashes: snappy 2x bigger
-        final = self.table_path(key)
-        partial = f"{final}.{uuid.uuid4().hex}.partial"
-        self._fs.pipe_file(partial, buffer.getvalue())
-        self._fs.mv(partial, final)
+        new_bytes = sum(sizes.get(s, 0) for s in spec.new_shards) + tables
+        group = self._open(f"{VERSIONS}/{key}", mode="a")
+        group.attrs.update(
+            {"status": "complete", "provenance": {**provenance, "new_bytes": new_bytes}}
+        )
+        self._forget(key)
+        lineage = self._open(f"{LINEAGES}/{spec.lineage}", mode="a")
+        lineage.attrs.update({"head": key})
 
     def provenance(self, key: str) -> dict[str, Any]:
-        attrs = self._group(key).attrs.asdict()
+        attrs = self._known_attrs(key)
         return {
             "key": key,
             "status": self.status(key),
             "created": attrs.get("created"),
             "spec": attrs.get("spec"),
-            **dict(attrs.get("provenance", {})),  # type: ignore[arg-type]
+            "changes": attrs.get("changes", {}),
+            "sequence": attrs.get("sequence", 0),
+            **dict(attrs.get("provenance", {})),
         }
 
     def list_keys(self) -> list[str]:
-        """Keys of the initialized feature sets of this layout; one whose metadata is
-        damaged is left out with a warning naming the fix (``verify --repair``)."""
-        folder = f"{self._path.rstrip('/')}/{_SETS}"
+        """Keys of the initialized versions; one whose metadata is damaged is left out
+        with a warning naming the fix (``verify --repair``)."""
+        folder = f"{self.root}/{VERSIONS}"
         try:
             entries = self._fs.ls(folder, detail=True)
         except FileNotFoundError:
@@ -457,28 +728,143 @@ class ZarrFeatureStore(FeatureStore):
                 logger.warning("%s", err)
         return sorted(keys)
 
-    def nbytes(self, key: str) -> int:
-        return int(self._fs.du(f"{self._path.rstrip('/')}/{_SETS}/{key}", total=True))
+    def legacy_keys(self) -> list[str]:
+        """Keys of feature sets of the earlier layout (``transfer-pipe migrate``)."""
+        folder = f"{self.root}/{LEGACY_SETS}"
+        try:
+            return sorted(
+                str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+                for e in self._fs.ls(folder, detail=True)
+                if e["type"] == "directory"
+            )
+        except FileNotFoundError:
+            return []
 
-    def _dask_features(self, key: str, layer: str) -> Any:
-        """Layer ``layer`` of feature set ``key`` as a lazy dask array of one block per
-        shard (one stored object each), every block read through the damage guard."""
+    def written_shards(self, lineage: str) -> dict[int, int]:
+        sizes: dict[int, int] = {}
+        try:
+            found = self._fs.find(self.lineage_folder(lineage), detail=True)
+        except FileNotFoundError:
+            return sizes
+        for path, entry in found.items():
+            match = _SHARD_OBJECT.search(str(path))
+            if match is not None and not str(path).endswith(".partial"):
+                shard = int(match.group(1))
+                sizes[shard] = sizes.get(shard, 0) + int(entry.get("size") or 0)
+        return sizes
+
+    def nbytes(self, key: str) -> int:
+        spec = self.spec(key)
+        sizes = self.written_shards(spec.lineage)
+        try:
+            table = int(self._fs.size(self.table_path(key)))
+        except FileNotFoundError:
+            table = 0
+        return table + sum(sizes.get(shard, 0) for shard in self.shards_of(key))
+
+    def store_nbytes(self) -> int:
+        try:
+            return int(self._fs.du(self.root, total=True))
+        except FileNotFoundError:
+            return 0
+
+    # -- retention --------------------------------------------------------------------------
+
+    def leftover_versions(self) -> list[str]:
+        try:
+            entries = self._fs.ls(f"{self.root}/{VERSIONS}", detail=True)
+        except FileNotFoundError:
+            return []
+        folders = [str(e["name"]).rstrip("/") for e in entries if e["type"] == "directory"]
+        return sorted(
+            folder.rsplit("/", 1)[-1]
+            for folder in folders
+            if not self._fs.exists(f"{folder}/zarr.json")
+        )
+
+    def own_nbytes(self, key: str) -> int:
+        folder = self.folder(key)
+        return int(self._fs.du(folder, total=True)) if self._fs.exists(folder) else 0
+
+    def drop_version(self, key: str) -> int:
+        folder = self.folder(key)
+        freed = self.own_nbytes(key)
+        marker = f"{folder}/zarr.json"
+        if self._fs.exists(marker):
+            self._fs.rm_file(marker)  # first: from now on the version is missing
+        if self._fs.exists(folder):
+            self._fs.rm(folder, recursive=True)
+        self._forget(key)
+        return freed
+
+    def drop_shards(self, lineage: str, shards: Sequence[int]) -> int:
+        spec = self.lineage_spec(lineage)
+        folder = self.lineage_folder(lineage)
+        freed = 0
+        for shard in shards:
+            for path in shard_objects(spec, shard):  # the record first: not done from now
+                full = f"{folder}/{path}"
+                try:
+                    freed += int(self._fs.size(full))
+                    self._fs.rm_file(full)
+                except FileNotFoundError:
+                    continue
+        self._forget(lineage=lineage)
+        return freed
+
+    def drop_legacy(self, key: str) -> None:
+        """Remove feature set ``key`` of layout 2 (``store.migrate``), its marker first
+        (``""``: the emptied group of them)."""
+        folder = f"{self.root}/{LEGACY_SETS}/{key}".rstrip("/")
+        if self._fs.exists(f"{folder}/zarr.json"):
+            self._fs.rm_file(f"{folder}/zarr.json")
+        if self._fs.exists(folder):
+            self._fs.rm(folder, recursive=True)
+
+    def drop_lineage(self, lineage: str) -> int:
+        folder = self.lineage_folder(lineage)
+        if not self._fs.exists(folder):
+            return 0
+        freed = int(self._fs.du(folder, total=True))
+        marker = f"{folder}/zarr.json"
+        if self._fs.exists(marker):
+            self._fs.rm_file(marker)
+        self._fs.rm(folder, recursive=True)
+        self._forget(lineage=lineage)
+        return freed
+
+    # -- reading --------------------------------------------------------------------------
+
+    def verify(self, key: str, repair: bool = False) -> Damage:
+        damage = integrity.check(self, key)
+        if repair and not damage.ok:
+            lineage = None if damage.recreate else self.spec(key).lineage
+            self._forget(key, lineage)
+            damage = integrity.repair(self, key, damage)
+            self._forget(key, lineage)
+        return damage
+
+    def _dask_features(self, key: str, layer: str, rows: np.ndarray) -> Any:
+        """Rows ``rows`` of the lineage of ``key`` in ``layer`` as a lazy dask array
+        over blocks of one shard (one stored object each), each read through the damage
+        guard."""
         import dask.array as da
         from dask.base import tokenize
 
         spec = self.spec(key)
         name = f"{FEATURES}/{layer}"
-        array = self._array(key, name)
+        array = self.array(spec.lineage, name)
         guarded = _GuardedFeatures(
-            self, key, name, spec.shard_size, tuple(array.shape), np.dtype(array.dtype)
+            self, spec.lineage, name, spec.shard_size, tuple(array.shape), np.dtype(array.dtype)
         )
-        return da.from_array(
+        whole = da.from_array(
             guarded,
             chunks=(spec.shard_size, array.shape[1]),
-            name=f"features-{key}-{tokenize(self.url, name)}",
+            name=f"features-{spec.lineage}-{tokenize(self.url, name, array.shape)}",
             asarray=False,
             meta=np.empty((0, 0), dtype=guarded.dtype),
         )
+        return whole[rows]
 
     def load(
         self,
@@ -508,17 +894,101 @@ class ZarrFeatureStore(FeatureStore):
                     f"in {key}; `transfer-pipe show {key}` lists failures."
                 )
             usable = by_id.loc[list(sample_ids)].reset_index().set_index("index")
-        rows = usable.index.to_numpy()
         if as_dask:
-            features: Any = self._dask_features(key, layer)[rows]
+            features: Any = self._dask_features(key, layer, usable[ROW].to_numpy())
         else:
-            features = self.read_rows(key, layer, rows)
+            features = self.read_rows(key, layer, usable.index.to_numpy())
         return LoadedFeatures(
             features=features,
             labels=usable[LABEL].to_numpy(),
             sample_ids=usable[SAMPLE_ID].to_numpy(),
             splits=usable[SPLIT].to_numpy(),
         )
+
+
+def _read_all(array: zarr.Array) -> np.ndarray:
+    return np.asarray(array[:])
+
+
+def lineage_row_arrays(lineage: LineageSpec) -> list[str]:
+    """The per-row arrays of a lineage (what grows by rows)."""
+    return [CONTENT_HASH, FAILURE, *(f"{FEATURES}/{layer}" for layer in lineage.layers)]
+
+
+def _read_spans(array: zarr.Array, rows: np.ndarray, shard_size: int) -> np.ndarray:
+    """``array[rows]`` (in the order asked; rows may repeat), read as runs of whole
+    shards: one contiguous slice per run of shards holding wanted rows, far faster than
+    an orthogonal selection of single rows (and every object read once)."""
+    shards = np.unique(rows // shard_size)
+    breaks = np.flatnonzero(np.diff(shards) > 1) + 1
+    out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+    for run in np.split(shards, breaks):
+        start, stop = int(run[0]) * shard_size, (int(run[-1]) + 1) * shard_size
+        inside = (rows >= start) & (rows < stop)
+        block = np.asarray(array[start : min(stop, array.shape[0])])
+        out[inside] = block[rows[inside] - start]
+    return out
+
+
+def _plan_rows(
+    spec: FeatureSetSpec, rows: pd.DataFrame, known: pd.DataFrame, length: int
+) -> tuple[pd.DataFrame, pd.DataFrame, FeatureSetSpec]:
+    """The version's table (the manifest's rows, each with its lineage row) and its spec:
+    a row whose content the lineage holds shares it (a failed one too: the same bytes
+    fail the same way; not one a repair lost); distinct new contents are appended in the
+    manifest's order from the next whole shard on."""
+    kept = shareable(known)
+    held = dict(zip(kept[CONTENT_HASH], kept.index.astype(np.int64), strict=True))
+    first_shard = length // spec.shard_size
+    base = first_shard * spec.shard_size
+    hashes = rows[CONTENT_HASH].astype(str).tolist()
+    assigned: list[int] = []
+    appended: dict[str, int] = {}
+    for content in hashes:
+        row = held.get(content)
+        if row is None:
+            row = appended.setdefault(content, base + len(appended))
+        assigned.append(row)
+    table = rows.loc[:, [name for name in TABLE_COLUMNS if name != ROW]]
+    table = table.reset_index(drop=True).astype(str)
+    table[ROW] = np.asarray(assigned, dtype=np.int64)
+    new = pd.DataFrame({ROW: list(appended.values()), CONTENT_HASH: list(appended)})
+    new[ROW] = new[ROW].astype(np.int64)
+    return table, new, dataclasses.replace(spec, first_shard=first_shard, appended=len(appended))
+
+
+def _guarded(
+    store: ZarrFeatureStore, lineage: str, name: str, read: Callable[[], T], shards: Iterable[int]
+) -> T:
+    """``read()`` of array ``name`` of ``lineage``; when it fails because stored objects
+    are damaged (found by reading ``shards`` one by one), a DamagedFeatureSet naming them."""
+    try:
+        return read()
+    except TransferPipeError:
+        raise
+    except Exception as err:
+        damaged = damaged_shards(store, lineage, name, shards)
+        if not damaged:
+            raise
+        raise DamagedFeatureSet(store.url, lineage, shard_parts(name, damaged)) from err
+
+
+def damaged_shards(
+    store: ZarrFeatureStore, lineage: str, name: str, shards: Iterable[int]
+) -> list[int]:
+    """Which of ``shards`` of the lineage's array ``name`` fail to read."""
+    size = store.lineage_spec(lineage).shard_size
+    array = store.array(lineage, name)
+    damaged = []
+    for shard in shards:
+        region = (
+            slice(shard, shard + 1) if name == RECORDS else slice(shard * size, (shard + 1) * size)
+        )
+        try:
+            array[region]
+        except Exception:
+            damaged.append(shard)
+    return damaged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,7 +998,7 @@ class _GuardedFeatures:
     on a worker) is a DamagedFeatureSet naming it, as with ``load``'s numpy path."""
 
     store: ZarrFeatureStore
-    key: str
+    lineage: str
     name: str
     shard_size: int
     shape: tuple[int, ...]
@@ -541,39 +1011,7 @@ class _GuardedFeatures:
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
         rows = index[0].indices(self.shape[0])
         shards = range(rows[0] // self.shard_size, -(-rows[1] // self.shard_size))
-        array = self.store._array(self.key, self.name)
-        return self.store._guarded(self.key, self.name, lambda: np.asarray(array[index]), shards)
-
-
-def _region(spec: FeatureSetSpec, shard: int) -> slice:
-    """The rows of shard ``shard``: one Zarr shard of every feature array."""
-    rows = spec.shard_rows(shard)
-    return slice(rows.start, rows.stop)
-
-
-def _done(records: Sequence[ShardRecord | None]) -> np.ndarray:
-    return np.array([record is not None for record in records], dtype=bool)
-
-
-def failure_column(spec: FeatureSetSpec, records: Sequence[ShardRecord | None]) -> np.ndarray:
-    """Each row's failure reason ("" for a good row, or one not written yet), from the
-    shard records."""
-    column = np.full(spec.rows, "", dtype=object)
-    for shard, record in enumerate(records):
-        start = spec.shard_rows(shard).start
-        for offset, reason in (record or {}).get("failures", {}).items():
-            column[start + int(offset)] = reason
-    return column.astype(str)
-
-
-def spec_from_dict(raw: Mapping[str, Any]) -> FeatureSetSpec:
-    """A FeatureSetSpec from its JSON form (the ``spec`` attribute)."""
-    fields = dict(raw)
-    fields["layers"] = tuple(fields["layers"])
-    return FeatureSetSpec(**fields)
-
-
-def _layout_version(attrs: Mapping[str, Any]) -> int:
-    """The layout version a feature set's attrs declare (1: before they declared one)."""
-    layout = attrs.get("layout")
-    return int(layout.get("version", 1)) if isinstance(layout, dict) else 1
+        array = self.store.array(self.lineage, self.name, rows=rows[1])
+        return _guarded(
+            self.store, self.lineage, self.name, lambda: np.asarray(array[index]), shards
+        )

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from transfer_pipe.data import sources
-from transfer_pipe.data.hash_cache import HashCache, cache_url
 from transfer_pipe.data.sources import load_manifest, source_cache_id
 from transfer_pipe.schema import CONTENT_HASH, SAMPLE_ID
+from transfer_pipe.store.hash_cache import HashCache, cache_url
 
 OLD = time.time() - 3600  # well before any listing: not "racily clean"
 

@@ -169,3 +169,43 @@ def test_a_shard_mixing_reused_new_and_bad_rows_puts_each_in_its_row(tmp_path: P
     with torch.inference_mode():
         direct = tap(batch)["penultimate"].numpy()
     np.testing.assert_allclose(loaded.features, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_no_object_is_written_by_two_shard_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every object a shard task writes is its own lineage shard's: of a cold run and of
+    an increment, no two tasks write the same object (a Zarr shard written by two would
+    be a read-modify-write race), and the driver writes none of them."""
+    # Mutation seen failing: write_shard writing its record into the previous shard's
+    # object (shard s - 1's record written by two tasks).
+    import zarr.storage
+
+    writes: list[tuple[int | None, str]] = []
+    current: list[int | None] = [None]
+    real_set = zarr.storage.LocalStore.set
+
+    async def recording_set(self: zarr.storage.LocalStore, key: str, value: object) -> None:
+        writes.append((current[0], key))
+        await real_set(self, key, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", recording_set)
+    make_dataset(tmp_path / "data", classes=3, per_class=5, bad=False)  # 15: 3 shards
+    for grow in (False, True):
+        if grow:  # an increment: 4 new images, some sorting among the known ones
+            make_dataset(tmp_path / "data", classes=2, per_class=2, bad=False, start=5)
+        plan = steps.prepare_embedding(_config(tmp_path, shard_size=5))
+        for task in plan.tasks:
+            current[0] = task.shard
+            run_shard(task)
+        current[0] = None
+        steps.finalize_embedding(plan, [])
+    shard_writes = [(shard, key) for shard, key in writes if shard is not None]
+    owners: dict[str, int] = {}
+    for shard, key in shard_writes:
+        assert shard is not None
+        assert owners.setdefault(key, shard) == shard, f"{key} written by two shard tasks"
+        assert key.split("/c/")[1].split("/")[0] == str(shard), f"{key} is not shard {shard}'s"
+    assert len({s for s, _ in shard_writes}) == 4  # 3 cold shards, 1 appended
+    driver = {key for shard, key in writes if shard is None}
+    assert not driver & set(owners), "the driver wrote a shard task's object"

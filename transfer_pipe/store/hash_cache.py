@@ -1,13 +1,14 @@
 """Content hashes remembered by file stamp, so an unchanged file is not read again.
 
 A source's files are listed anyway (to find them); the listing gives each file's size and
-modification stamp (mtime on a disk, ``ETag``/``LastModified`` on S3) without reading it.
+modification stamp (``data.stamps``: mtime on a disk, ``ETag``/``LastModified`` on S3)
+without reading it.
 Like git's index and rsync's quick check, a file whose (URL, size, stamp) is the one
 recorded with a hash keeps that hash; any other file is read and hashed. A file rewritten
 with the same size and the same stamp is not noticed: ``--rehash`` reads every file.
 
 One Parquet table per source (``uri``, ``stamp``, ``content_hash``), kept wherever the
-caller says (the feature store: ``cache/hashes/<digest of the source>.parquet``), read
+store says (``FeatureStore.hash_cache``: ``cache/hashes/<digest of the source>.parquet``), read
 once per run and replaced whole (written aside and moved into place) when it changed. A
 cache that cannot be read or does not parse is ignored (every file is hashed again) and
 replaced: a bad cache costs time, never a run.
@@ -31,46 +32,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FOLDER = "cache"  # under the store root; marked as not-Zarr data (store.layout)
 HASHES_FOLDER = f"{CACHE_FOLDER}/hashes"
-CACHE_HOLDS = "cache/hashes/<source>.parquet: content hashes by file stamp (not Zarr data)"
 COLUMNS = ("uri", "stamp", "content_hash")
-# Fields of an fsspec listing entry that change when a file is rewritten: local mtime,
-# S3 (ETag, LastModified), GCS (generation, md5Hash, updated), Azure (etag, last_modified).
-STAMP_FIELDS = (
-    "mtime",
-    "ETag",
-    "LastModified",
-    "etag",
-    "last_modified",
-    "generation",
-    "md5Hash",
-    "updated",
-)
-# Only where a listing has none of those (fsspec's memory filesystem): a local file's
-# "created" is its ctime, which any chmod or copy changes, and os.utime cannot restore.
-FALLBACK_STAMP_FIELDS = ("created",)
-# A file modified this close (seconds) to its listing may change again within the same
-# mtime tick: its hash is used but not remembered (git's "racily clean" entries).
-RACY_SECONDS = 2.0
-
-
-def file_stamp(info: Mapping[str, Any], listed_at: float | None = None) -> str | None:
-    """What identifies this version of a file in a listing entry: its size and the
-    change-revealing fields present; None when the entry has none of them, or when a
-    numeric mtime is within RACY_SECONDS of ``listed_at`` (not safe to remember)."""
-    fields = [f"{name}={info[name]}" for name in STAMP_FIELDS if info.get(name) is not None]
-    if not fields:
-        fields = [f"{n}={info[n]}" for n in FALLBACK_STAMP_FIELDS if info.get(n) is not None]
-    size = info.get("size")
-    if not fields or size is None:
-        return None
-    mtime = info.get("mtime")
-    if (
-        listed_at is not None
-        and isinstance(mtime, int | float)
-        and mtime > listed_at - RACY_SECONDS
-    ):
-        return None
-    return f"size={size};" + ";".join(fields)
 
 
 def cache_url(store_url: str, source: str) -> str:

@@ -99,10 +99,12 @@ def build(store: Any, rows: int, shard_size: int) -> str:
         data_digest="d",
         rows=rows,
         shard_size=shard_size,
+        lineage="bench",
     )
     store.create(spec, rows_table(rows))
+    spec = store.spec(spec.key)  # as created (today's layout plans where its rows go)
     rng = np.random.default_rng(0)
-    for shard in range(spec.n_shards):
+    for shard in spec.new_shards if spec.appended >= 0 else range(spec.n_shards):
         span = spec.shard_rows(shard)
         values = rng.standard_normal((len(span), DIM), dtype=np.float32)
         failed = rng.random(len(span)) < FAILED_SHARE

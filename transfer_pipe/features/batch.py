@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 from PIL import Image
 
 from transfer_pipe.cluster import resolve_device, threads_per_task
@@ -116,7 +117,8 @@ def embed_images(
             pixels = prepare_pixels(batch, load, embedder.preprocessing, map_items)
             if not pixels.ok:
                 return pixels
-            return Pixels(host_pixels(pixels.pixels, device), pixels.ok, pixels.failures)
+            full = padded(pixels.pixels, batch_size)
+            return Pixels(host_pixels(full, device), pixels.ok, pixels.failures)
 
         starts = range(0, len(items), batch_size)
         # Closed on the way out, so an error in the forward pass stops the feeder too.
@@ -125,8 +127,22 @@ def embed_images(
             failures.update({start + i: reason for i, reason in inputs.failures.items()})
             if not inputs.ok:
                 continue
-            for layer, values in get_embedder(embedder).embed_pixels(inputs.pixels).items():
-                parts.setdefault(layer, []).append(values)
+            embedded = get_embedder(embedder).embed_pixels(inputs.pixels)
+            for layer, values in embedded.items():
+                parts.setdefault(layer, []).append(values[: len(inputs.ok)])
             ok.extend(start + i for i in inputs.ok)
     features = {layer: np.concatenate(values) for layer, values in parts.items()}
     return Embedded(features, tuple(ok), failures)
+
+
+def padded(pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``pixels`` [k, ...] with zero images after them up to ``batch_size``: every forward
+    pass runs at one batch size, so an image's features do not depend on how many images
+    shared its batch (a CPU's kernels pick other blockings for other batch sizes and
+    thread counts: the last few bits differ). An increment's rows then equal, bit for
+    bit, the rows a clean embed of the same folder writes."""
+    missing = batch_size - pixels.shape[0]
+    if missing <= 0:
+        return pixels
+    zeros = torch.zeros((missing, *pixels.shape[1:]), dtype=pixels.dtype)
+    return torch.cat([pixels, zeros])

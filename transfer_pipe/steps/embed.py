@@ -41,6 +41,7 @@ from transfer_pipe.steps.results import EmbedSummary
 from transfer_pipe.store import (
     FeatureSetSpec,
     FeatureStore,
+    LineageSpec,
     embedding_key,
     feature_set_key,
     lineage_id,
@@ -101,8 +102,9 @@ def check_embed_inputs(
     manifest = load_manifest(config.source, hashes=hashes).limit(config.limit)
     layers = backbone.layer_names(config.layers)
     store = open_store(config.store, config.storage_options)
-    if store.status(identity_of(config, backbone, layers, manifest).key) != "complete":
-        layers = _model_layers(backbone, config.layers)
+    identity = identity_of(config, backbone, layers, manifest)
+    if store.status(identity.key) != "complete" and _lineage(store, identity) is None:
+        layers = _model_layers(backbone, config.layers)  # a new lineage: check its layers
     if dry_run:
         check_writable_without_writing(config.store)
         return backbone, layers, manifest
@@ -203,6 +205,15 @@ def identity_of(
     )
 
 
+def _lineage(store: FeatureStore, identity: Identity) -> LineageSpec | None:
+    """The lineage the run's version joins, when the store has it: its layers were checked
+    and measured when it was made, so a night need not build the model for them."""
+    try:
+        return store.lineage_spec(identity.lineage)
+    except TransferPipeError:
+        return None
+
+
 def complete_plan(config: EmbedConfig) -> EmbedPlan | None:
     """The (empty) plan of a run whose feature set the store holds complete, found from the
     registry, the manifest and the store alone, writing nothing; None when there is work
@@ -238,8 +249,15 @@ def new_spec(
     manifest: Manifest,
     identity: Identity,
 ) -> FeatureSetSpec:
-    """The spec of the feature set ``config`` would create (the model is built, once per
-    process, for the layer widths)."""
+    """The spec of the feature set ``config`` would create (for a new lineage, the model is
+    built, once per process, for the layer widths; a lineage knows them)."""
+    store = open_store(config.store, config.storage_options)
+    lineage = _lineage(store, identity)
+    widths = (
+        dict(lineage.layer_dims)
+        if lineage is not None
+        else _layer_widths(backbone, layers, identity.preprocessing.image_size)
+    )
     return FeatureSetSpec(
         key=identity.key,
         embedding_key=identity.embedding_key,
@@ -249,7 +267,7 @@ def new_spec(
         weights_file=backbone.weights_file,
         preprocessing=identity.preprocessing.to_dict(),
         layers=tuple(layers),
-        layer_dims=_layer_widths(backbone, layers, identity.preprocessing.image_size),
+        layer_dims=widths,
         dtype=config.dtype,
         autocast=config.autocast,
         data_digest=identity.data_digest,

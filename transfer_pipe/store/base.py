@@ -252,6 +252,10 @@ class FeatureStore(ABC):
         """Every lineage of the store."""
 
     @abstractmethod
+    def lineage_spec(self, lineage: str) -> LineageSpec:
+        """Lineage ``lineage``'s spec; a TransferPipeError when the store has none."""
+
+    @abstractmethod
     def lineage_rows(self, lineage: str) -> pd.DataFrame:
         """Per written row of lineage ``lineage`` (indexed by its row): content_hash and
         failure; rows of shards not written are left out."""

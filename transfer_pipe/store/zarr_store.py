@@ -46,7 +46,7 @@ from transfer_pipe.store.base import (
 from transfer_pipe.store.claims import Claim, Holder
 from transfer_pipe.store.claims import take as take_claim
 from transfer_pipe.store.hash_cache import HashCache, cache_url
-from transfer_pipe.store.integrity import Damage, DamagedFeatureSet, shard_parts
+from transfer_pipe.store.integrity import Damage, DamagedFeatureSet
 from transfer_pipe.store.layout import (
     APPENDED_FILE,
     CLAIMS,
@@ -70,6 +70,7 @@ from transfer_pipe.store.layout import (
     shard_objects,
     shareable,
 )
+from transfer_pipe.store.reads import GuardedFeatures, guarded, read_all, read_spans
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -475,7 +476,7 @@ class ZarrFeatureStore(FeatureStore):
         picked = [shard for shard in picked if shard < array.shape[0]]
         if not picked:
             return {}
-        raw = _guarded(
+        raw = guarded(
             self, lineage, RECORDS, lambda: array.get_orthogonal_selection(np.array(picked)), picked
         )
         records = {}
@@ -576,8 +577,8 @@ class ZarrFeatureStore(FeatureStore):
             return np.empty((0, spec.layer_dims[layer]), dtype=spec.dtype)
         array = self.array(lineage, name, rows=int(picked.max()) + 1)
         shards = sorted(set((picked // spec.shard_size).tolist()))
-        return _guarded(
-            self, lineage, name, lambda: _read_spans(array, picked, spec.shard_size), shards
+        return guarded(
+            self, lineage, name, lambda: read_spans(array, picked, spec.shard_size), shards
         )
 
     def read_rows(self, key: str, layer: str, rows: np.ndarray) -> np.ndarray:
@@ -627,7 +628,7 @@ class ZarrFeatureStore(FeatureStore):
             wanted = rows[done]
             array = self.array(lineage, name, rows=int(wanted.max()) + 1)
             shards = sorted(set((wanted // size).tolist()))
-            values = _guarded(self, lineage, name, lambda: _read_spans(array, wanted, size), shards)
+            values = guarded(self, lineage, name, lambda: read_spans(array, wanted, size), shards)
             column[done] = values
         return column
 
@@ -664,8 +665,8 @@ class ZarrFeatureStore(FeatureStore):
         columns = {}
         for name in (CONTENT_HASH, FAILURE):
             array = self.array(lineage, name)
-            read = functools.partial(_read_all, array)
-            columns[name] = _guarded(self, lineage, name, read, sorted(written))
+            read = functools.partial(read_all, array)
+            columns[name] = guarded(self, lineage, name, read, sorted(written))
         size = self.lineage_spec(lineage).shard_size
         table = pd.DataFrame(columns)
         position = np.arange(len(table))
@@ -854,7 +855,7 @@ class ZarrFeatureStore(FeatureStore):
         spec = self.spec(key)
         name = f"{FEATURES}/{layer}"
         array = self.array(spec.lineage, name)
-        guarded = _GuardedFeatures(
+        guarded = GuardedFeatures(
             self, spec.lineage, name, spec.shard_size, tuple(array.shape), np.dtype(array.dtype)
         )
         whole = da.from_array(
@@ -906,28 +907,9 @@ class ZarrFeatureStore(FeatureStore):
         )
 
 
-def _read_all(array: zarr.Array) -> np.ndarray:
-    return np.asarray(array[:])
-
-
 def lineage_row_arrays(lineage: LineageSpec) -> list[str]:
     """The per-row arrays of a lineage (what grows by rows)."""
     return [CONTENT_HASH, FAILURE, *(f"{FEATURES}/{layer}" for layer in lineage.layers)]
-
-
-def _read_spans(array: zarr.Array, rows: np.ndarray, shard_size: int) -> np.ndarray:
-    """``array[rows]`` (in the order asked; rows may repeat), read as runs of whole
-    shards: one contiguous slice per run of shards holding wanted rows, far faster than
-    an orthogonal selection of single rows (and every object read once)."""
-    shards = np.unique(rows // shard_size)
-    breaks = np.flatnonzero(np.diff(shards) > 1) + 1
-    out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-    for run in np.split(shards, breaks):
-        start, stop = int(run[0]) * shard_size, (int(run[-1]) + 1) * shard_size
-        inside = (rows >= start) & (rows < stop)
-        block = np.asarray(array[start : min(stop, array.shape[0])])
-        out[inside] = block[rows[inside] - start]
-    return out
 
 
 def _plan_rows(
@@ -955,63 +937,3 @@ def _plan_rows(
     new = pd.DataFrame({ROW: list(appended.values()), CONTENT_HASH: list(appended)})
     new[ROW] = new[ROW].astype(np.int64)
     return table, new, dataclasses.replace(spec, first_shard=first_shard, appended=len(appended))
-
-
-def _guarded(
-    store: ZarrFeatureStore, lineage: str, name: str, read: Callable[[], T], shards: Iterable[int]
-) -> T:
-    """``read()`` of array ``name`` of ``lineage``; when it fails because stored objects
-    are damaged (found by reading ``shards`` one by one), a DamagedFeatureSet naming them."""
-    try:
-        return read()
-    except TransferPipeError:
-        raise
-    except Exception as err:
-        damaged = damaged_shards(store, lineage, name, shards)
-        if not damaged:
-            raise
-        raise DamagedFeatureSet(store.url, lineage, shard_parts(name, damaged)) from err
-
-
-def damaged_shards(
-    store: ZarrFeatureStore, lineage: str, name: str, shards: Iterable[int]
-) -> list[int]:
-    """Which of ``shards`` of the lineage's array ``name`` fail to read."""
-    size = store.lineage_spec(lineage).shard_size
-    array = store.array(lineage, name)
-    damaged = []
-    for shard in shards:
-        region = (
-            slice(shard, shard + 1) if name == RECORDS else slice(shard * size, (shard + 1) * size)
-        )
-        try:
-            array[region]
-        except Exception:
-            damaged.append(shard)
-    return damaged
-
-
-@dataclasses.dataclass(frozen=True)
-class _GuardedFeatures:
-    """A feature array as ``dask.array.from_array`` reads it: each block read through the
-    store's damage guard, so a damaged shard met when the dask array is computed (here or
-    on a worker) is a DamagedFeatureSet naming it, as with ``load``'s numpy path."""
-
-    store: ZarrFeatureStore
-    lineage: str
-    name: str
-    shard_size: int
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
-        rows = index[0].indices(self.shape[0])
-        shards = range(rows[0] // self.shard_size, -(-rows[1] // self.shard_size))
-        array = self.store.array(self.lineage, self.name, rows=rows[1])
-        return _guarded(
-            self.store, self.lineage, self.name, lambda: np.asarray(array[index]), shards
-        )

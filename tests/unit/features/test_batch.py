@@ -58,3 +58,25 @@ def test_placed_renames_positions_to_the_callers_rows(tmp_path: Path) -> None:
     # Mutation: mapping failures with ``ok``'s rows (or not at all) fails this.
     assert result.ok == (42,) and list(result.failures) == [10]
     assert result.features["penultimate"].shape[0] == 1
+
+
+def test_an_image_gets_the_same_bits_whatever_shares_its_batch(tmp_path: Path) -> None:
+    """Issue 21: a night's few new images must embed to the bits a clean embed of the whole
+    folder gives them, where they sit in full batches among other images. EfficientNet-Lite0
+    on one CPU thread gives an image in a batch of 8 other bits than in a batch of 64."""
+    # Mutation seen failing: embed_images without padded() (max difference 6.8e-06).
+    from transfer_pipe.config import DEFAULT_BACKBONE as LITE0
+
+    images = [write_image(tmp_path / f"{i}.png", seed=i).read_bytes() for i in range(64)]
+    spec = get_backbone(LITE0)
+    config = EmbedderConfig(
+        LITE0, None, ("penultimate",), spec.preprocessing.replace(image_size=64), "cpu", threads=1
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = embed_images(images[:8], decode_image, config, batch_size=64).features
+        among = embed_images(images, decode_image, config, batch_size=64).features
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(alone["penultimate"], among["penultimate"][:8])

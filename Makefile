@@ -76,7 +76,6 @@ benchmark: install data
 	$(BIN)/python benchmarks/embed_throughput.py   # CLI embed / raw, steady, warm rerun, memory 10k vs 70k
 	$(BIN)/python benchmarks/run_phases.py         # where a cold and a warm CLI run spend their time
 	$(BIN)/python benchmarks/autocast_cpu.py       # a bfloat16 forward pass on the CPU against float32
-	$(BIN)/python benchmarks/increments.py         # +10% images / cold, IDX and a folder of files
 	$(BIN)/python benchmarks/feeding.py            # decode/resize/normalise rate beside the raw forward
 	$(BIN)/python benchmarks/probe_walk.py         # the probe's C walk / the embed
 	$(BIN)/python benchmarks/sweep.py              # the transferability sweep / one embed

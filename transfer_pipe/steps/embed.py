@@ -333,7 +333,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
     already = spec.n_shards - len(set(pending) & set(spec.new_shards))
     logger.info(
         "feature set %s: %d images of %s through %s at %d px (layers %s), %s; "
-        "lineage %s: %d new contents appended, the other rows shared with its versions; "
+        "lineage %s: %d new contents appended, %d rows shared with its earlier versions; "
         "%d shards to write, %d already written, %d rows to copy from other lineages",
         key,
         spec.rows,
@@ -344,6 +344,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         status,
         spec.lineage,
         spec.appended,
+        spec.rows - spec.appended,
         len(tasks),
         already,
         sum(len(task.reuse) for task in tasks),

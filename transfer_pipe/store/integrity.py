@@ -17,11 +17,12 @@ the next embed of its source creates it again from the rows its lineage holds.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zarr
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import CONTENT_HASH, FAILURE
@@ -257,13 +258,9 @@ def _check_features(
         if name not in readable:
             continue
         array = store.array(lineage.lineage, name)
-        for shard, record in records.items():
-            used = int(record.get("rows", size))
-            try:
-                values = np.asarray(array[shard * size : shard * size + used], dtype=np.float64)
-            except Exception as err:
-                found.shard(shard, f"{name} is damaged ({_why(err)})")
-                continue
+        for shard, record, raw in _written(array, records, size, name, found):
+            values = np.asarray(raw, dtype=np.float64)
+            used = len(values)
             failed = np.zeros(used, dtype=bool)
             failed[[int(offset) for offset in record.get("failures", {})]] = True
             if not np.array_equal(np.isnan(values).all(axis=1), failed):
@@ -290,15 +287,9 @@ def _check_columns(
         if name not in readable:
             continue
         array = store.array(lineage.lineage, name)
-        for shard, record in records.items():
-            used = int(record.get("rows", size))
-            try:
-                raw = np.asarray(array[shard * size : shard * size + used]).tolist()
-            except Exception as err:
-                found.columns.append(name)
-                found.shard(shard, f"column {name} is damaged ({_why(err)})")
-                continue
-            values = [str(value) for value in raw]
+        for shard, record, raw in _written(array, records, size, f"column {name}", found):
+            values = [str(value) for value in raw.tolist()]
+            used = len(values)
             if name == FAILURE:
                 reasons = record.get("failures", {})
                 if values != [reasons.get(str(i), "") for i in range(used)]:
@@ -309,6 +300,27 @@ def _check_columns(
             if offsets.size and (offsets.max() >= used or not all(values[o] for o in offsets)):
                 found.columns.append(name)
                 found.shard(shard, f"column {name} lacks the hash of a row the version names")
+
+
+def _written(
+    array: zarr.Array,
+    records: dict[int, dict[str, Any]],
+    size: int,
+    what: str,
+    found: _Findings,
+) -> Iterator[tuple[int, dict[str, Any], np.ndarray]]:
+    """(shard, record, its used rows of ``array``) for every written shard whose rows
+    decode; one that does not is found damaged (``what``: how the report names it)."""
+    for shard, record in records.items():
+        used = int(record.get("rows", size))
+        try:
+            values = np.asarray(array[shard * size : shard * size + used])
+        except Exception as err:
+            if what.startswith("column "):
+                found.columns.append(what.removeprefix("column "))
+            found.shard(shard, f"{what} is damaged ({_why(err)})")
+            continue
+        yield shard, record, values
 
 
 def _why(err: BaseException) -> str:

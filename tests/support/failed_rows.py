@@ -15,21 +15,7 @@ FAILED = {5: "corrupt: bad bytes", 21: "empty: zero-byte file"}
 
 
 def make_spec(key: str = "k0") -> FeatureSetSpec:
-    return FeatureSetSpec(
-        key=key,
-        embedding_key="emb",
-        source="test",
-        backbone="tiny_test",
-        weights_digest="w",
-        preprocessing={"image_size": 32},
-        layers=tuple(LAYERS),
-        layer_dims=dict(LAYERS),
-        dtype="float32",
-        data_digest="d",
-        rows=ROWS,
-        shard_size=SHARD,
-        lineage=f"lineage-{key}",
-    )
+    return stores.make_spec(key, layers=LAYERS, rows=ROWS, shard=SHARD)
 
 
 def make_rows(n: int = ROWS) -> pd.DataFrame:

@@ -59,9 +59,16 @@ STORE_PARAMS = [
 
 
 def make_spec(
-    key: str = "k0", dtype: str = "float32", embedding: str = "emb", lineage: str | None = None
+    key: str = "k0",
+    dtype: str = "float32",
+    embedding: str = "emb",
+    lineage: str | None = None,
+    *,
+    layers: dict[str, int] = LAYERS,
+    rows: int = ROWS,
+    shard: int = SHARD,
 ) -> FeatureSetSpec:
-    """A spec of ROWS rows in shards of SHARD; by default in a lineage of its own."""
+    """A spec of ``rows`` rows in shards of ``shard``; by default in a lineage of its own."""
     return FeatureSetSpec(
         key=key,
         embedding_key=embedding,
@@ -69,12 +76,12 @@ def make_spec(
         backbone="tiny_test",
         weights_digest="w",
         preprocessing={"image_size": 32},
-        layers=tuple(LAYERS),
-        layer_dims=dict(LAYERS),
+        layers=tuple(layers),
+        layer_dims=dict(layers),
         dtype=dtype,
         data_digest="d",
-        rows=ROWS,
-        shard_size=SHARD,
+        rows=rows,
+        shard_size=shard,
         lineage=lineage or f"lineage-{key}",
     )
 

@@ -637,7 +637,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
     store = open_store(plan.config.store, plan.config.storage_options)
     key = plan.spec.key
     if plan.status_before == "complete":
-        failed = _failed_when_made(store, key)
+        failed = store.failed_count(key)
         if failed:
             logger.warning(
                 "feature set %s: %d of its %d images failed when it was made; the run's "
@@ -690,14 +690,6 @@ def _device_name(requested: str) -> str:
     """``cpu`` or ``cuda``: what ``requested`` (``auto`` included) resolves to here
     (imports torch: a run that computed has it)."""
     return resolve_device(requested).type
-
-
-def _failed_when_made(store: FeatureStore, key: str) -> int:
-    """How many images of a complete feature set failed: the count recorded when it was
-    completed (a rerun need not read the row table), else counted."""
-    counts = store.provenance(key).get("counts") or {}
-    recorded = counts.get("failed")
-    return int(recorded) if recorded is not None else failure_report(store, key, limit=0).total
 
 
 def _summary(

@@ -362,7 +362,7 @@ class FeatureStore(ABC):
             backbone=spec.backbone,
             layers=spec.layers,
             rows=spec.rows,
-            failed=len(self.failures(key)),
+            failed=self.failed_count(key, prov),
             status=self.status(key),
             nbytes=self.nbytes(key),
             created=str(prov.get("created", "")),
@@ -374,6 +374,14 @@ class FeatureStore(ABC):
             new_bytes=int(prov.get("new_bytes", 0)),
             sequence=int(prov.get("sequence", 0)),
         )
+
+    def failed_count(self, key: str, provenance: Mapping[str, Any] | None = None) -> int:
+        """How many of version ``key``'s images failed: the count recorded when it was
+        completed (``ls`` and a rerun then read no failure column), else counted."""
+        provenance = self.provenance(key) if provenance is None else provenance
+        counts = provenance.get("counts") or {}
+        recorded = counts.get("failed") if isinstance(counts, Mapping) else None
+        return int(recorded) if recorded is not None else len(self.failures(key))
 
     def catalog(self) -> list[FeatureSetInfo]:
         """Every version, by lineage, oldest first."""

@@ -65,6 +65,7 @@ from transfer_pipe.store.layout import (
     VERSIONS,
     create_lineage_arrays,
     describe,
+    lineage_arrays,
     mark_foreign,
     read_parquet,
     shard_objects,
@@ -373,7 +374,7 @@ class ZarrFeatureStore(FeatureStore):
         shrinks: growing writes only each array's ``zarr.json``)."""
         shards = spec.first_shard + spec.n_shards
         lineage = self.lineage_spec(spec.lineage)
-        for name in (*lineage_row_arrays(lineage), RECORDS):
+        for name in lineage_arrays(lineage):
             array = self.array(spec.lineage, name, writable=True)
             want = shards if name == RECORDS else shards * spec.shard_size
             if array.shape[0] < want:
@@ -632,27 +633,24 @@ class ZarrFeatureStore(FeatureStore):
             column[done] = values
         return column
 
-    def lineages(self) -> list[LineageSpec]:
-        folder = f"{self.root}/{LINEAGES}"
+    def _folders(self, under: str) -> list[str]:
+        """Names of the sub-folders of ``under`` (a store-root folder), sorted."""
         try:
-            entries = self._fs.ls(folder, detail=True)
+            entries = self._fs.ls(f"{self.root}/{under}", detail=True)
         except FileNotFoundError:
             return []
+        names = (str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        kinds = (e["type"] for e in entries)
+        return sorted(name for name, kind in zip(names, kinds, strict=True) if kind == "directory")
+
+    def lineages(self) -> list[LineageSpec]:
         specs = []
-        for entry in entries:
-            if entry["type"] != "directory":
-                continue
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+        for name in self._folders(LINEAGES):
             try:
                 specs.append(self.lineage_spec(name))
             except TransferPipeError as err:  # half created, or being collected
                 logger.debug("lineage %s left out: %s", name, err)
         return sorted(specs, key=lambda spec: spec.lineage)
-
-    def lineage_head(self, lineage: str) -> str | None:
-        """The lineage's newest complete version."""
-        head = self._lineage_attrs(lineage).get("head")
-        return str(head) if head else None
 
     def lineage_rows(self, lineage: str) -> pd.DataFrame:
         try:
@@ -712,16 +710,8 @@ class ZarrFeatureStore(FeatureStore):
     def list_keys(self) -> list[str]:
         """Keys of the initialized versions; one whose metadata is damaged is left out
         with a warning naming the fix (``verify --repair``)."""
-        folder = f"{self.root}/{VERSIONS}"
-        try:
-            entries = self._fs.ls(folder, detail=True)
-        except FileNotFoundError:
-            return []
         keys = []
-        for entry in entries:
-            key = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if entry["type"] != "directory":
-                continue
+        for key in self._folders(VERSIONS):
             try:
                 if self.status(key) != "missing":
                     keys.append(key)
@@ -731,15 +721,7 @@ class ZarrFeatureStore(FeatureStore):
 
     def legacy_keys(self) -> list[str]:
         """Keys of feature sets of the earlier layout (``transfer-pipe migrate``)."""
-        folder = f"{self.root}/{LEGACY_SETS}"
-        try:
-            return sorted(
-                str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
-                for e in self._fs.ls(folder, detail=True)
-                if e["type"] == "directory"
-            )
-        except FileNotFoundError:
-            return []
+        return self._folders(LEGACY_SETS)
 
     def written_shards(self, lineage: str) -> dict[int, int]:
         sizes: dict[int, int] = {}
@@ -772,16 +754,11 @@ class ZarrFeatureStore(FeatureStore):
     # -- retention --------------------------------------------------------------------------
 
     def leftover_versions(self) -> list[str]:
-        try:
-            entries = self._fs.ls(f"{self.root}/{VERSIONS}", detail=True)
-        except FileNotFoundError:
-            return []
-        folders = [str(e["name"]).rstrip("/") for e in entries if e["type"] == "directory"]
-        return sorted(
-            folder.rsplit("/", 1)[-1]
-            for folder in folders
-            if not self._fs.exists(f"{folder}/zarr.json")
-        )
+        return [
+            key
+            for key in self._folders(VERSIONS)
+            if not self._fs.exists(f"{self.folder(key)}/zarr.json")
+        ]
 
     def own_nbytes(self, key: str) -> int:
         folder = self.folder(key)
@@ -905,11 +882,6 @@ class ZarrFeatureStore(FeatureStore):
             sample_ids=usable[SAMPLE_ID].to_numpy(),
             splits=usable[SPLIT].to_numpy(),
         )
-
-
-def lineage_row_arrays(lineage: LineageSpec) -> list[str]:
-    """The per-row arrays of a lineage (what grows by rows)."""
-    return [CONTENT_HASH, FAILURE, *(f"{FEATURES}/{layer}" for layer in lineage.layers)]
 
 
 def _plan_rows(

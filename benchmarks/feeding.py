@@ -49,7 +49,7 @@ from transfer_pipe.data.batch import prepare_pixels
 from transfer_pipe.data.read import read_image
 from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.features.batch import embed_images
-from transfer_pipe.features.embedder import EmbedderConfig
+from transfer_pipe.features.tasks import EmbedderConfig
 
 BACKBONE = "efficientnet_lite0.in1k"
 ZERO_COST = "bench/zero_cost"

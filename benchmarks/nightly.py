@@ -6,9 +6,11 @@ images (``class<label>/img<index:05d>.png``), embedded cold with EfficientNet-Li
 default backbone) at 64 px, then 8 nights: nights 1-7 each add 1 % new files, night 8
 removes 0.5 % of the files (random, seeded) and rewrites another 0.5 % with the pixels of
 another Fashion-MNIST image (same name, new content). ``transfer-pipe serve`` is started
-once (its start-up reported, not counted per night); each night is one ``transfer-pipe
-embed FOLDER --store S --image-size 64 --json`` subprocess, timed from its start to its
-exit (interpreter, imports, listing and hashing, model check, Prefect, the shards). Its
+once (its start-up reported, not counted per night), with its Dask worker: torch
+imported, the model kept loaded between runs, every run's shards sent to it. Each night
+is one ``transfer-pipe embed FOLDER --store S --image-size 64 --json`` subprocess, timed
+from its start to its exit (interpreter, imports, listing and hashing, model check,
+Prefect, the shards); its own process imports no torch. Its
 phases are read off Prefect's log lines: start-up (process start to the flow run's first
 line), prepare, shards, finalize, the flow's end and the process's exit. A run on the
 unchanged folder (a night without changes) is timed after the cold run, after night 4
@@ -25,6 +27,10 @@ the night; and a clean embed of the night's folder into a fresh store, whose fea
 every version of the nightly store must equal bit for bit (compared by sample id after
 the 8 nights, and the last version again after ``gc``). The library cold figure is the
 clean embed of the first folder (a fresh store is a copy of the empty one).
+
+After the nights, side by side on the same store: +1 % nights alternately on serve's
+worker and on a cluster the run starts in its own process (``DASK_SCHEDULER_ADDRESS=``
+empty: what every night paid before serve had a worker), 3 of each.
 
 Per night: CLI seconds and their ratio to the cold run; bytes written (the version's
 ``new_bytes``, and the store's growth by ``du -sb``) over the version's size (``nbytes``,
@@ -105,6 +111,7 @@ SIZE = 64
 LAYER = "penultimate"
 SEED = 0
 ADD_NIGHTS = 7
+WARM_ROUNDS = 3  # +1 % nights on serve's worker and on the run's own cluster, alternately
 ADD_SHARE, REMOVE_SHARE, REWRITE_SHARE = 0.01, 0.005, 0.005
 NOCHANGE_AFTER = (0, 4, 8)  # nights after which the unchanged folder is run again
 IDX_LIMITS = (63_000, 70_000)
@@ -177,6 +184,7 @@ class Folder:
     def __init__(self, root: Path, images: np.ndarray, labels: np.ndarray) -> None:
         self.root, self.images, self.labels = root, images, labels
         self.files: dict[str, int] = {}
+        self.used: set[int] = set()  # every image any file ever held
 
     def name_of(self, index: int) -> str:
         return f"class{int(self.labels[index])}/img{index:05d}.png"
@@ -189,6 +197,11 @@ class Folder:
         Image.fromarray(self.images[index]).save(path, format="PNG")
         os.utime(path, (stamp, stamp))
         self.files[name] = index
+        self.used.add(index)
+
+    def unused(self, count: int) -> list[int]:
+        """``count`` images no file ever held (their contents are new to every lineage)."""
+        return [i for i in range(len(self.images)) if i not in self.used][:count]
 
     def add(self, indices: Sequence[int]) -> None:
         stamp = time.time() - 600
@@ -285,13 +298,13 @@ class CliRun:
     cpu_seconds: float = 0.0  # user + system of the process and its children
 
 
-def run_cli(stack: Stack, *args: str) -> CliRun:
+def run_cli(stack: Stack, *args: str, env: dict[str, str] | None = None) -> CliRun:
     """``transfer-pipe ARGS`` as a user runs it against ``stack``, timed; stops the
     benchmark with the command's stderr when it fails."""
     before = load_average()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
-    process = stack.cli(*args)
+    process = stack.cli(*args, env=env)
     ended = time.time()
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
@@ -704,6 +717,33 @@ def no_change(stack: Stack, folder: Folder, store: Path, after: int) -> CliRun:
     return run
 
 
+# A run's own cluster instead of serve's: an empty address (``plan_cluster``).
+OWN_CLUSTER = {"DASK_SCHEDULER_ADDRESS": ""}
+
+
+def warm_against_own(
+    stack: Stack, folder: Folder, store: Path, rounds: int = WARM_ROUNDS
+) -> dict[str, Any]:
+    """+1 % nights alternately on serve's Dask worker (warm: torch imported, the model
+    built) and on a cluster the run starts in its own process (what every night paid
+    before serve had one), side by side on the same store and folder."""
+    add = max(1, len(folder.files) // 100)
+    seconds: dict[str, list[float]] = {"serve_worker": [], "own_cluster": []}
+    for _ in range(rounds):
+        for where, env in (("own_cluster", OWN_CLUSTER), ("serve_worker", None)):
+            folder.add(folder.unused(add))
+            run = run_cli(stack, *embed_args(str(folder.root), store), env=env)
+            assert run.result["embedded"] == add, run.result
+            seconds[where].append(run.seconds)
+    medians = {where: statistics.median(values) for where, values in seconds.items()}
+    return {
+        "added_per_night": add,
+        "seconds": seconds,
+        "median_seconds": medians,
+        "own_over_serve": round(medians["own_cluster"] / medians["serve_worker"], 2),
+    }
+
+
 def idx_increment(stack: Stack, work: Path) -> dict[str, Any]:
     """Fashion-MNIST IDX through the CLI: cold 63,000, all 70,000, no-change rerun."""
     store = work / "store-idx"
@@ -933,6 +973,8 @@ def measure(work: Path, images: int, skip_idx: bool) -> dict[str, Any]:
         after_gc = compare(
             store, last.key, work / f"clean-{last.night}", last.clean["key"], appended_by
         )
+        print("+1 % nights on serve's Dask worker and on the run's own cluster", flush=True)
+        warm = warm_against_own(stack, folder, store)
         idx = None if skip_idx else idx_increment(stack, work)
     nochange_s = statistics.median(run.seconds for run in nochange)
     cold_at_end_s = cold_again.seconds * nights[0].rows / cold_again.result["rows"]
@@ -990,12 +1032,18 @@ def measure(work: Path, images: int, skip_idx: bool) -> dict[str, Any]:
             f"{'met    ' if t['met'] else 'NOT MET'} {t['target']}: {value} "
             f"(limit {t.get('limit', '-')}); {t['detail']}"
         )
+    lines.append(
+        f"+{warm['added_per_night']} files a night, median seconds: "
+        f"{warm['median_seconds']} (the run's own cluster / serve's worker: "
+        f"{warm['own_over_serve']})"
+    )
     lines += phase_lines(nights, nochange)
     if "median_seconds" in reads:
         lines.append(f"read all rows, median seconds: {reads['median_seconds']}")
     return {
         "images": images,
         "serve_startup_seconds": serve_s,
+        "serve_worker_against_own_cluster": warm,
         "nights": [asdict(n) for n in nights],
         "nochange_runs": [asdict(run) for run in nochange],
         "nochange_seconds_median": nochange_s,

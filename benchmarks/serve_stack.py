@@ -38,12 +38,14 @@ def user_env(home: Path) -> dict[str, str]:
     return {**env, "TRANSFER_PIPE_HOME": str(home)}
 
 
-def cli(home: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+def cli(
+    home: Path, *args: str, timeout: float = 3600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``transfer-pipe ARGS`` as a user in ``home`` runs it (a home where serve runs: against
-    that server; any other: Prefect's temporary server)."""
+    that server; any other: Prefect's temporary server), with ``env`` added."""
     return subprocess.run(
         [sys.executable, "-m", "transfer_pipe.cli", *args],
-        env=user_env(home),
+        env={**user_env(home), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -78,9 +80,12 @@ class Stack:
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def cli(self, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-        """``transfer-pipe ARGS`` in this stack's home: it runs against the stack's server."""
-        return cli(self.home, *args, timeout=timeout)
+    def cli(
+        self, *args: str, timeout: float = 3600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``transfer-pipe ARGS`` in this stack's home: it runs against the stack's server
+        (and its Dask cluster, unless ``env`` says otherwise)."""
+        return cli(self.home, *args, timeout=timeout, env=env)
 
     def run_deployment(self, name: str, parameters: dict[str, Any]) -> str:
         """Create a run of deployment ``flow/deployment`` (Scheduled for now, as the

@@ -6,7 +6,7 @@ No logic lives here: each task is a plain function from ``transfer_pipe.steps``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, task
@@ -30,15 +30,13 @@ from flows.runs import (
 )
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig, run_values
+from transfer_pipe.features.tasks import ShardResult
 from transfer_pipe.progress import WholePercent
 from transfer_pipe.steps.embed import embed_message
 from transfer_pipe.steps.failures import FAILURE_ROWS, failure_report
 from transfer_pipe.steps.results import EmbedSummary
 from transfer_pipe.steps.target import run_config
 from transfer_pipe.store import open_store
-
-if TYPE_CHECKING:  # the shard code imports torch: only a run with shards to write needs it
-    from transfer_pipe.features.shard import ShardResult
 
 capture_library_logs()
 

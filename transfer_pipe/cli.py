@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--gpu-worker", action="store_true", help="also run a worker on the gpu pool here"
     )
+    serve.add_argument(
+        "--dask-threads",
+        type=int,
+        help="threads of serve's Dask worker, which every run against this serve uses and "
+        "which keeps the model loaded between runs (default: as a run's own cluster; 0: "
+        "no cluster, each run starts its own; ignored when $DASK_SCHEDULER_ADDRESS is set)",
+    )
     commands.add_parser(
         "automations",
         help="create or update, on the server of $PREFECT_API_URL, the automation that marks "
@@ -609,6 +616,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             database_url=args.database_url,
             gpu_worker=args.gpu_worker,
+            dask_threads=args.dask_threads,
         )
     )
 

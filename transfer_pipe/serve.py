@@ -1,11 +1,14 @@
-"""``transfer-pipe serve``: a Prefect server, work pools, deployments and a worker that stay up.
+"""``transfer-pipe serve``: a Prefect server, work pools, deployments and a worker that stay up,
+and a Dask cluster (a scheduler and one worker) that keeps the model loaded between runs.
 
 Plain processes, no Prefect import (the library never imports it): the server, the pool
 set-up, ``prefect deploy`` and the worker are ``prefect`` CLI subprocesses, and the server
 is asked over HTTP whether it is healthy. Where it runs is recorded in
 ``<home>/server.json`` (home: ``$TRANSFER_PIPE_HOME``, default ``~/.transfer-pipe``), so
 every other ``transfer-pipe`` command finds it (``use_running_server``) instead of
-starting Prefect's temporary server (15-40 s, and its history thrown away).
+starting Prefect's temporary server (15-40 s, and its history thrown away), and its Dask
+cluster: a night with a few new images then pays neither for torch's import nor for
+building the model (seconds each; the run's own process imports neither).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ HOME_ENV = "TRANSFER_PIPE_HOME"  # the same home as published backbones (backbon
 ROOT_ENV = "TRANSFER_PIPE_ROOT"  # the project checkout workers run the flows from
 STORE_ENV = "TRANSFER_PIPE_STORE"  # the CLI's default store, and the deployments'
 RECORD_NAME = "server.json"
+DASK_ENV = "DASK_SCHEDULER_ADDRESS"  # where every run of this serve sends its Dask tasks
+# Imported by serve's Dask worker when it starts, not by its first task: torch and the
+# shard code (seconds) are loaded once per serve, before any run needs them.
+WORKER_PRELOAD = "transfer_pipe.features.shard"
 PREFECT_FILE = Path("deploy") / "prefect.yaml"
 HOST = "127.0.0.1"  # loopback only: the server has no authentication
 WORK_POOLS = {"cpu": None, "gpu": 1}
@@ -115,8 +122,9 @@ def use_running_server() -> str | None:
     """Point Prefect at the running ``transfer-pipe serve`` (``PREFECT_API_URL``) unless a
     server is chosen already; returns the URL used, or None when Prefect will start its
     temporary server. The run then sends heartbeats as often as that serve's crash
-    automation expects them (a slower cadence would get a live run marked Crashed). Call
-    before Prefect is imported: it reads settings from the env."""
+    automation expects them (a slower cadence would get a live run marked Crashed), and
+    runs its Dask tasks on that serve's cluster unless ``$DASK_SCHEDULER_ADDRESS`` names
+    another. Call before Prefect is imported: it reads settings from the env."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     record = running_record()
@@ -125,6 +133,8 @@ def use_running_server() -> str | None:
     os.environ["PREFECT_API_URL"] = api_url = str(record["api_url"])
     if record.get("heartbeat_s"):
         os.environ[HEARTBEAT_ENV] = str(record["heartbeat_s"])
+    if record.get("dask_address"):
+        os.environ.setdefault(DASK_ENV, str(record["dask_address"]))
     return api_url
 
 
@@ -204,10 +214,19 @@ class ServeOptions:
     port: int = 4200
     database_url: str | None = None
     gpu_worker: bool = False
+    # Threads of serve's Dask worker (None: as a run's own cluster would have; 0: none, so
+    # each run starts a cluster of its own). Unused when $DASK_SCHEDULER_ADDRESS is set.
+    dask_threads: int | None = None
     heartbeat_s: int = field(default_factory=heartbeat_seconds)
     startup_timeout_s: float = 300.0
     stop_timeout_s: float = 15.0
     home: Path = field(default_factory=home)
+
+    def __post_init__(self) -> None:
+        if self.dask_threads is not None and self.dask_threads < 0:
+            raise TransferPipeError(
+                f"--dask-threads {self.dask_threads}: pass 0 or more (0: no Dask cluster)"
+            )
 
 
 @dataclass
@@ -248,6 +267,9 @@ def _run(
     logs = options.home / "logs"
     logs.mkdir(exist_ok=True)
     started = time.monotonic()
+    dask_address = _start_dask(options, env, root, logs, children, stop)
+    if dask_address:
+        env[DASK_ENV] = dask_address  # the runs its workers start
     print(f"starting a Prefect server on {api_url} (log: {logs / 'server.log'})", file=out)
     server = _spawn(
         "server",
@@ -257,7 +279,7 @@ def _run(
         logs,
     )
     children.append(server)
-    _write_record(options.home, options.port, api_url, options.heartbeat_s)
+    _write_record(options.home, options.port, api_url, options.heartbeat_s, dask_address)
     if not _wait_healthy(api_url, server, options.startup_timeout_s, stop):
         return _failed(server, logs, stop, out)
     print(f"server healthy after {time.monotonic() - started:.0f} s", file=out)
@@ -267,8 +289,59 @@ def _run(
         worker = _prefect("worker", "start", "--pool", pool, "--type", "process")
         children.append(_spawn(f"worker-{pool}", worker, env, root, logs))
     deployed = _deploy(env, root)
-    _print_ready(options, api_url, deployed, time.monotonic() - started, out)
+    _print_ready(options, api_url, deployed, dask_address, time.monotonic() - started, out)
     return _wait(children, stop, logs, out)
+
+
+def _start_dask(
+    options: ServeOptions,
+    env: dict[str, str],
+    root: Path,
+    logs: Path,
+    children: list[_Child],
+    stop: _StopSignal,
+) -> str | None:
+    """Start serve's Dask scheduler and its one worker (a nanny process restarts the
+    worker if it dies); returns the scheduler's address once it listens, or the address
+    ``$DASK_SCHEDULER_ADDRESS`` names (a cluster of the user's: nothing started), or None
+    with ``dask_threads=0``."""
+    if env.get(DASK_ENV):
+        return env[DASK_ENV]
+    from transfer_pipe.cluster import plan_cluster
+
+    threads = options.dask_threads
+    if threads is None:
+        threads = plan_cluster(None, None).workers
+    if threads == 0:
+        return None
+    folder = options.home / "dask"
+    folder.mkdir(exist_ok=True)
+    scheduler_file = folder / "scheduler.json"
+    scheduler_file.unlink(missing_ok=True)  # a stale one would name a dead scheduler
+    scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    scheduler += ["--host", HOST, "--port", "0", "--no-dashboard"]
+    children.append(
+        _spawn(
+            "dask-scheduler", [*scheduler, "--scheduler-file", str(scheduler_file)], env, root, logs
+        )
+    )
+    deadline = time.monotonic() + options.startup_timeout_s
+    while not scheduler_file.exists():
+        if children[-1].process.poll() is not None or time.monotonic() > deadline:
+            raise TransferPipeError(
+                "the Dask scheduler did not start; its log ends:\n"
+                + _tail(logs / "dask-scheduler.log")
+            )
+        stop.wait(0.2)
+    address = str(json.loads(scheduler_file.read_text())["address"])
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker", address]
+    worker += ["--nworkers", "1", "--nthreads", str(threads), "--no-dashboard"]
+    worker += ["--name", "transfer-pipe-serve", "--local-directory", str(folder)]
+    worker += ["--preload", WORKER_PRELOAD]
+    if options.gpu_worker:  # runs asking for CUDA send their tasks here (cluster.GPU)
+        worker += ["--resources", "GPU=1"]
+    children.append(_spawn("dask-worker", worker, env, root, logs))
+    return address
 
 
 def _environment(options: ServeOptions, root: Path) -> dict[str, str]:
@@ -417,11 +490,21 @@ def _deploy(env: dict[str, str], root: Path) -> list[str]:
 
 
 def _print_ready(
-    options: ServeOptions, api_url: str, deployed: list[str], seconds: float, out: IO[str]
+    options: ServeOptions,
+    api_url: str,
+    deployed: list[str],
+    dask_address: str | None,
+    seconds: float,
+    out: IO[str],
 ) -> None:
     ui = api_url.removesuffix("/api")
     workers = "cpu and gpu pools" if options.gpu_worker else "cpu pool"
     gpu_note = "" if options.gpu_worker else f"  gpu pool:    {GPU_POOL_NOTE}\n"
+    dask = (
+        f"{dask_address} (every run against this serve; the model stays loaded)"
+        if dask_address
+        else "none: each run starts its own local cluster"
+    )
     print(
         f"\ntransfer-pipe serve is ready after {seconds:.0f} s\n"
         f"  UI:          {ui}\n"
@@ -429,6 +512,7 @@ def _print_ready(
         f"  deployments: {', '.join(deployed)}\n"
         f"  worker:      process worker on the {workers}\n"
         f"{gpu_note}"
+        f"  dask:        {dask}\n"
         f"  store:       {options.store}\n"
         f"  logs:        {options.home / 'logs'}\n\n"
         "Try, in another terminal (transfer-pipe commands find this server by themselves):\n"
@@ -436,7 +520,7 @@ def _print_ready(
         f"  PREFECT_API_URL={api_url} prefect deployment run 'embed/embed' "
         f"-p source=fashion-mnist\n"
         f"  PREFECT_API_URL={api_url} prefect deployment ls\n\n"
-        "Ctrl-C stops the server and the worker.",
+        "Ctrl-C stops the server, the workers and the Dask cluster.",
         file=out,
         flush=True,
     )
@@ -454,7 +538,7 @@ def _wait(children: list[_Child], stop: _StopSignal, logs: Path, out: IO[str]) -
                 )
                 return 1
         stop.wait(1.0)
-    print("stopping the worker and the server", file=out, flush=True)
+    print("stopping the workers, the server and the Dask cluster", file=out, flush=True)
     return 0
 
 
@@ -555,7 +639,9 @@ def _exclusive(at: Path) -> Iterator[None]:
         yield
 
 
-def _write_record(at: Path, port: int, api_url: str, heartbeat_s: int) -> None:
+def _write_record(
+    at: Path, port: int, api_url: str, heartbeat_s: int, dask_address: str | None
+) -> None:
     from transfer_pipe.files import write_text_atomic
 
     record = {
@@ -564,6 +650,7 @@ def _write_record(at: Path, port: int, api_url: str, heartbeat_s: int) -> None:
         "port": port,
         "pid": os.getpid(),
         "heartbeat_s": heartbeat_s,
+        "dask_address": dask_address,
     }
     write_text_atomic(at / RECORD_NAME, json.dumps(record))
 

@@ -187,7 +187,7 @@ def test_dask_address_option_caps_torch_threads_to_the_workers_share(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Mutation: dropping use_threads in run_shard leaves the nanny's 1 thread; a
+    # Mutation: dropping use_threads in produce_shard leaves the nanny's 1 thread; a
     # threads_per_task that ignores the worker's threads gives all 8 pretended cores.
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     client = cluster[1]

@@ -38,7 +38,7 @@ def test_a_published_backbone_embeds_on_a_worker_that_shares_only_the_store(
 ) -> None:
     """On the session's cluster, whose workers have a HOME and transfer-pipe home of their
     own (what a worker on another machine has)."""
-    # Mutation seen to fail it: ``run_shard`` not calling ``use_store(task.store)`` (the
+    # Mutation seen to fail it: ``produce_shard`` not calling ``use_store(task.store)`` (the
     # worker cannot resolve the id: the shard fails naming the stores it searched).
     make_data(tmp_path / "images")
     store = str(tmp_path / "store")

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ from tests.support.serve import (
     free_port,
     start_serve,
     stop_serve,
+    user_env,
     wait_for_run,
 )
 from transfer_pipe.serve import rest as api
@@ -84,6 +86,67 @@ def test_cli_commands_use_the_running_server(served: Served, images: Path) -> No
     mine = [r for r in runs if str(store) in json.dumps(r["parameters"])]
     assert [r["state_type"] for r in mine] == ["COMPLETED"]
     assert summary["embedded"] == 6
+
+
+# A CLI run in a fresh Python, as a user runs it against serve; then the heavy modules that
+# its own process imported.
+_NIGHT = """
+import json, sys
+from transfer_pipe.cli import main
+code = main({argv!r})
+print(json.dumps({{"code": code, "torch": "torch" in sys.modules}}))
+"""
+
+
+def _embedder_cache(address: str) -> tuple[int, int]:
+    """(hits, misses) of the model cache of the one worker at ``address``."""
+    from distributed import Client
+
+    def cache_info() -> tuple[int, int]:
+        from transfer_pipe.features import embedder
+
+        info = embedder._cached_embedder.cache_info()
+        return info.hits, info.misses
+
+    with Client(address) as client:
+        (answer,) = client.run(cache_info).values()
+    return answer
+
+
+def test_runs_against_serve_use_its_dask_worker_which_keeps_the_model_between_nights(
+    served: Served, tmp_path: Path
+) -> None:
+    record = json.loads((served.home / "server.json").read_text())
+    address = record["dask_address"]
+    assert address and address.startswith("tcp://127.0.0.1:")
+    folder, store = tmp_path / "images", tmp_path / "store"
+    make_dataset(folder, classes=2, per_class=3, bad=False)
+    # The default backbone: its weights are a file, whose digest needs no torch.
+    args = ["embed", str(folder), "--store", str(store), "--image-size", "32", "--json"]
+    assert cli(served.home, *args).returncode == 0  # night 0: the lineage and its model
+    before = _embedder_cache(address)
+    make_dataset(folder, classes=2, per_class=1, bad=False, start=3)  # night 1: 2 new images
+    done = subprocess.run(
+        [sys.executable, "-c", _NIGHT.format(argv=args)],
+        env=user_env(served.home),
+        cwd=served.home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    *printed, report = done.stdout.strip().splitlines()
+    summary = json.loads(printed[-1])
+    assert json.loads(report) == {"code": 0, "torch": False}
+    assert (summary["rows"], summary["embedded"], summary["reused"]) == (8, 2, 6)
+    # The night's images went through the model serve's worker already held: no new model
+    # was built. Mutations seen to fail here: the EmbedderConfig imported from the torch
+    # module in the embed step (the night's own process imports torch); serve's worker
+    # not in the record (the night starts a cluster of its own in its process).
+    hits, misses = _embedder_cache(address)
+    assert misses == before[1] and hits > before[0]
+    ls = cli(served.home, "ls", "--store", str(store), "--json")
+    assert [f["rows"] for f in json.loads(ls.stdout)] == [6, 8]
 
 
 def test_a_deployment_run_is_executed_by_the_worker(served: Served, images: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 PAUSE_ENV = "TRANSFER_PIPE_TEST_PAUSE_AFTER_SHARDS"
 REPO = Path(__file__).resolve().parents[2]
 
-# The CLI with run_shard wrapped (in the run's own process: its Dask worker is in-process).
+# The CLI with produce_shard wrapped (in the run's own process: its Dask worker is in-process).
 _RUNNER = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
@@ -35,14 +35,14 @@ def pause_after_shards() -> None:
     SIGKILL."""
     from transfer_pipe.features import shard
 
-    _state.update(after=int(os.environ[PAUSE_ENV]), run_shard=shard.run_shard)
-    shard.run_shard = pausing
+    _state.update(after=int(os.environ[PAUSE_ENV]), produce_shard=shard.produce_shard)
+    shard.produce_shard = pausing
 
 
 def pausing(task: Any) -> Any:
-    """run_shard, then the pause at the chosen count. (A function of a module, not of
+    """produce_shard, then the pause at the chosen count. (A function of a module, not of
     ``__main__`` nor a closure: Dask hashes the function it maps by its name.)"""
-    result = _state["run_shard"](task)
+    result = _state["produce_shard"](task)
     with _state["lock"]:
         _state["written"] += 1
         if _state["written"] == _state["after"]:

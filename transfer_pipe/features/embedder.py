@@ -5,28 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from transfer_pipe.backbones import Preprocessing, get_backbone
+from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.cluster import resolve_device, threads_per_task
 from transfer_pipe.errors import TransferPipeError
-
-
-@dataclass(frozen=True)
-class EmbedderConfig:
-    """What a worker needs to rebuild the same embedder; hashable, so it keys the cache."""
-
-    backbone: str
-    weights_file: str | None
-    layers: tuple[str, ...]
-    preprocessing: Preprocessing
-    device: str = "auto"
-    autocast: str = "none"  # "bf16" (CUDA or CPU) | "fp16" (CUDA only)
-    threads: int | None = None  # torch intra-op threads; None: cores / threads of this worker
+from transfer_pipe.features.tasks import EmbedderConfig
 
 
 class Embedder:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -15,7 +14,8 @@ from transfer_pipe.data.decode import DecodeError, decode_image
 from transfer_pipe.data.idx import split_idx_uri
 from transfer_pipe.data.read import read_bytes, read_image
 from transfer_pipe.features.batch import embed_images
-from transfer_pipe.features.embedder import EmbedderConfig, use_threads
+from transfer_pipe.features.embedder import get_embedder, use_threads
+from transfer_pipe.features.tasks import Reuse, ShardResult, ShardTask
 from transfer_pipe.store import ShardStats, shared_store
 from transfer_pipe.store.layout import LOST
 
@@ -25,63 +25,13 @@ LOST_ROW = (
 )
 
 
-@dataclass(frozen=True)
-class Reuse:
-    """Copy row ``source_row`` of lineage ``source`` into offset ``offset`` of a shard."""
-
-    offset: int
-    source: str
-    source_row: int
-
-
-@dataclass(frozen=True)
-class ShardCopy:
-    """Shard ``shard`` of lineage ``source`` holds this shard's images in its order:
-    copy its objects whole (``store.shard_copy``) rather than its rows."""
-
-    source: str
-    shard: int
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """Small and picklable: what one Dask task needs to produce one shard."""
-
-    store: str
-    key: str  # the version that writes it
-    shard: int  # of the version's lineage
-    storage_options: str | None  # JSON, as the run's config carries them
-    uris: tuple[str, ...]  # one per used row of the shard ("" for a row lost to a repair)
-    hashes: tuple[str, ...]  # the content hash of each of those rows ("" where lost)
-    reuse: tuple[Reuse, ...]  # rows copied from other lineages by content hash
-    embedder: EmbedderConfig
-    layer_dims: tuple[tuple[str, int], ...]
-    batch_size: int
-    copy: ShardCopy | None = None  # a donor shard that lines up; else rows are copied
-    # Rows only other versions name (a shard a repair cleared): each file is read against
-    # its hash, and one changed or gone since is a row lost, not a bad image.
-    foreign: tuple[bool, ...] = ()
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    shard: int
-    rows: int
-    embedded: int
-    reused: int
-    failed: int
-    seconds: float
-    finished: float  # wall-clock time.time(), to measure steady-state throughput
-    copied: bool = False  # the donor shard's objects were copied whole
-    copy_seconds: float = 0.0  # of ``seconds``: copying (objects or rows) from donors
-
-
-def run_shard(task: ShardTask) -> ShardResult:
-    """Produce and durably write one shard; returns a small summary, never arrays."""
+def produce_shard(task: ShardTask) -> ShardResult:
+    """Produce and durably write one shard (what ``tasks.run_shard`` runs in a worker);
+    returns a small summary, never arrays."""
     started = time.perf_counter()
     use_threads(task.embedder)
     use_store(task.store, task.storage_options)  # where finetuned/<run> ids are registered
-    store = shared_store(task.store, task.storage_options)
+    store = shared_store(task.store, task.storage_options, task.run)
     n = len(task.uris)
     copy = task.copy
     if copy is not None and store.copy_shard(task.key, task.shard, copy.source, copy.shard):
@@ -116,12 +66,13 @@ def run_shard(task: ShardTask) -> ShardResult:
         seconds=seconds,
         finished=time.time(),
         copy_seconds=copy_seconds,
+        device=get_embedder(task.embedder).device.type if embedded else "",
     )
 
 
 def _copy_reused(task: ShardTask, features: dict[str, np.ndarray]) -> None:
     """Fill the rows found by content hash with their values from the donor feature sets."""
-    store = shared_store(task.store, task.storage_options)
+    store = shared_store(task.store, task.storage_options, task.run)
     by_source: dict[str, list[Reuse]] = defaultdict(list)
     for reuse in task.reuse:
         by_source[reuse.source].append(reuse)

@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,6 +35,14 @@ from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest, source_cache_id
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.features.tasks import (
+    EmbedderConfig,
+    Reuse,
+    ShardCopy,
+    ShardResult,
+    ShardTask,
+    run_shard,
+)
 from transfer_pipe.files import check_writable_without_writing
 from transfer_pipe.schema import CONTENT_HASH, FAILURE, SAMPLE_ID, URI
 from transfer_pipe.steps.failures import StepFailed, failure_report
@@ -54,8 +63,6 @@ from transfer_pipe.store.layout import FOREIGN_FOLDERS, ROW, shareable
 if TYPE_CHECKING:
     from torch import nn
 
-    from transfer_pipe.features.embedder import EmbedderConfig
-    from transfer_pipe.features.shard import ShardResult, ShardTask
     from transfer_pipe.store.claims import Claim
 
 logger = logging.getLogger(__name__)
@@ -317,8 +324,6 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         store.recover(key)
     spec = store.spec(key)  # where its rows live: shared, appended (kept on a resume)
     pending = store.pending_shards(key)
-    from transfer_pipe.features.embedder import EmbedderConfig  # torch: a shard to plan
-
     embedder = EmbedderConfig(
         backbone=backbone.id,
         weights_file=backbone.weights_file,  # made absolute: workers may run elsewhere
@@ -327,6 +332,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         device=config.device,
         autocast=config.autocast,
         threads=plan_cluster(config.dask_address, config.workers).torch_threads,
+        weights_digest=identity.weights_digest,
     )
     donors = reusable_rows(store, spec) if pending else Donors()
     tasks = _shard_tasks(config, spec, store, manifest, pending, donors, embedder)
@@ -419,8 +425,7 @@ def _shard_tasks(
     also hold rows only other versions of the lineage name: their images are read again
     from those versions' URIs, each checked against its content hash (a file changed or
     gone since, or a row no version names, is written as lost)."""
-    from transfer_pipe.features.shard import Reuse, ShardCopy, ShardTask
-
+    run = uuid.uuid4().hex  # one store handle per run in each worker
     table = store.row_table(spec.key, columns=(SAMPLE_ID, URI))
     # The version's content is the manifest's (the same key): its hashes by sample id.
     content = manifest.table.set_index(SAMPLE_ID)[CONTENT_HASH].astype(str)
@@ -470,6 +475,7 @@ def _shard_tasks(
                 batch_size=config.batch_size,
                 copy=None if aligned is None else ShardCopy(*aligned),
                 foreign=foreign,
+                run=run,
             )
         )
     return sorted(tasks, key=lambda task: len(task.reuse))
@@ -557,7 +563,6 @@ def compute_shards(
     from tqdm import tqdm
 
     from transfer_pipe.cluster import cluster_resources, dask_client
-    from transfer_pipe.features.shard import run_shard
 
     cluster = plan_cluster(plan.config.dask_address, plan.config.workers)
     results: list[ShardResult] = []
@@ -672,7 +677,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "libraries": library_versions(),
                 # Where the forward passes ran: a dry run's time estimate matches on it.
-                "device": _device_name(plan.config.device),
+                "device": _device_name(plan.config.device, results),
                 "counts": {
                     "rows": plan.spec.rows,
                     "failed": failed,
@@ -686,10 +691,16 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
     return _summary(plan, results, failed, store.status(key))
 
 
-def _device_name(requested: str) -> str:
-    """``cpu`` or ``cuda``: what ``requested`` (``auto`` included) resolves to here
-    (imports torch: a run that computed has it)."""
-    return resolve_device(requested).type
+def _device_name(requested: str, results: Sequence[ShardResult]) -> str:
+    """``cpu`` or ``cuda``: where this run's forward passes ran, as its workers said; for
+    a run that ran none (its shards written by an earlier attempt, or copied), what
+    ``requested`` (``auto`` included) resolves to here."""
+    ran = {r.device for r in results if r.device}
+    if ran:
+        return "cuda" if "cuda" in ran else ran.pop()
+    if requested != "auto":
+        return requested.split(":", 1)[0]
+    return resolve_device(requested).type  # imports torch: rare (a resume with no work)
 
 
 def _summary(

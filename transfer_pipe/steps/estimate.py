@@ -315,7 +315,7 @@ def _calibrate(config: EmbedConfig, spec: FeatureSetSpec, manifest: Manifest) ->
     from transfer_pipe.backbones import Preprocessing
     from transfer_pipe.data.read import read_image
     from transfer_pipe.features.batch import embed_images
-    from transfer_pipe.features.embedder import EmbedderConfig
+    from transfer_pipe.features.tasks import EmbedderConfig
 
     embedder = EmbedderConfig(
         backbone=spec.backbone,

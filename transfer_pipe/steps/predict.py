@@ -25,7 +25,7 @@ from transfer_pipe.data.decode import DecodeError, decode_image
 from transfer_pipe.data.read import read_bytes
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.features.batch import embed_images
-from transfer_pipe.features.embedder import EmbedderConfig
+from transfer_pipe.features.tasks import EmbedderConfig
 from transfer_pipe.heads.persist import load_head
 from transfer_pipe.heads.protocol import class_probabilities
 from transfer_pipe.heads.tasks import split_layers

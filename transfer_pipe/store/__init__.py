@@ -38,13 +38,15 @@ def open_store(url: str, storage_options: StorageOptions = None) -> FeatureStore
     return ZarrFeatureStore(url, storage_options=store_options(url, storage_options))
 
 
-def shared_store(url: str, storage_options: StorageOptions = None) -> FeatureStore:
-    """One store handle per process, URL and options, so workers open each array once."""
-    return _shared(url, options_token(storage_options))
+def shared_store(url: str, storage_options: StorageOptions = None, run: str = "") -> FeatureStore:
+    """One store handle per process, URL, options and ``run``, so a run's tasks on one
+    worker open each array once, and a long-lived worker trusts nothing it cached of the
+    store in an earlier run (versions removed and made again, lineages grown)."""
+    return _shared(url, options_token(storage_options), run)
 
 
 @functools.lru_cache(maxsize=8)
-def _shared(url: str, token: str) -> FeatureStore:
+def _shared(url: str, token: str, run: str) -> FeatureStore:
     return open_store(url, token)
 
 

@@ -12,7 +12,7 @@ from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.data.decode import decode_image
 from transfer_pipe.features.batch import embed_images
-from transfer_pipe.features.embedder import EmbedderConfig
+from transfer_pipe.features.tasks import EmbedderConfig
 
 LAYERS = ("stages.0", "penultimate")
 

@@ -16,12 +16,12 @@ from transfer_pipe.backbones import get_backbone
 from transfer_pipe.data.decode import decode_image
 from transfer_pipe.features.batch import ahead, batches_ahead, decoder_threads, embed_images
 from transfer_pipe.features.embedder import (
-    EmbedderConfig,
     copies_async,
     get_embedder,
     host_pixels,
     to_device,
 )
+from transfer_pipe.features.tasks import EmbedderConfig
 
 LAYERS = ("stages.1", "penultimate")
 

@@ -18,8 +18,8 @@ from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.read import read_image
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.features.embedder import EmbedderConfig, get_embedder
-from transfer_pipe.features.shard import run_shard
+from transfer_pipe.features.embedder import get_embedder
+from transfer_pipe.features.tasks import EmbedderConfig, run_shard
 from transfer_pipe.store import open_store
 
 

@@ -70,7 +70,7 @@ def to_srgb(pixels: np.ndarray, space: RgbSpace) -> np.ndarray:
 
 
 def _s15(value: float) -> bytes:
-    return struct.pack(">i", int(round(value * 65536)))
+    return struct.pack(">i", round(value * 65536))
 
 
 def _xyz_tag(values: np.ndarray | tuple[float, float, float]) -> bytes:
@@ -79,7 +79,7 @@ def _xyz_tag(values: np.ndarray | tuple[float, float, float]) -> bytes:
 
 def _curve_tag(space: RgbSpace) -> bytes:
     if space.gamma is not None:  # one entry: a u8Fixed8 gamma
-        return b"curv\0\0\0\0" + struct.pack(">IH", 1, int(round(space.gamma * 256)))
+        return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(space.gamma * 256))
     table = space.decode(np.linspace(0.0, 1.0, 1024))
     entries = np.rint(table * 65535).astype(">u2").tobytes()
     return b"curv\0\0\0\0" + struct.pack(">I", 1024) + entries

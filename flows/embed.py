@@ -105,16 +105,20 @@ def _report(summary: EmbedSummary, config: EmbedConfig) -> None:
         key=artifact_key("embed-summary", summary.source),
         description=f"feature set {summary.feature_set} of {summary.source}",
     )
-    if not summary.failed:
-        return
     store = open_store(config.store, config.storage_options)
     failures = failure_report(store, summary.feature_set, FAILURE_ROWS)
+    if not failures.total and not failures.noted:
+        return
     shown = "" if failures.total <= FAILURE_ROWS else f" (the first {FAILURE_ROWS} shown)"
+    # The failures table, and its notes: the images used with a caveat, in a column.
+    rows = [{**row, "note": ""} for row in failures.rows]
+    rows += [{**row, "reason": ""} for row in failures.notes]
+    said = "; ".join(m for m in (failures.message, failures.note_message) if m)
     create_table_artifact(
-        failures.rows,
+        rows,
         key=artifact_key("embed-failures", summary.source),
         description=(
-            f"{failures.message} in feature set {summary.feature_set}{shown}; "
+            f"{said} in feature set {summary.feature_set}{shown}; "
             f"`transfer-pipe show {summary.feature_set}` lists them all"
         ),
     )

@@ -554,6 +554,8 @@ def _show(args: argparse.Namespace) -> int:
     }
     failures = store.failures(args.key)
     provenance["failures"] = failures.to_dict(orient="records")
+    notes = store.notes(args.key)
+    provenance["notes"] = notes.to_dict(orient="records")
     if args.json:
         print(json.dumps(provenance))
         return 0

@@ -26,6 +26,8 @@ HEAD_NAMES = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
 DEFAULT_HEADS = HEAD_NAMES
 Dtype = Literal["float32", "float16"]
 Autocast = Literal["none", "bf16", "fp16"]
+Decode = Literal["full", "dct"]
+DEFAULT_DECODE: Decode = "full"  # see benchmarks/photos.py, README "Photographs"
 Augment = Literal["auto", "affine", "crop-flip", "none"]
 BatchNorm = Literal["frozen", "train"]
 Init = Literal["pretrained", "random"]  # fine-tuning's starting weights
@@ -192,6 +194,19 @@ class EmbedConfig(_Validated):
     )
     image_size: int | None = option(
         None, "input size in pixels (default: the backbone's)", minimum=8, maximum=4096
+    )
+    decode: Decode = option(
+        DEFAULT_DECODE,
+        "how a JPEG is decoded: 'dct' decodes a photo much larger than the input at 1/2, 1/4 "
+        "or 1/8 scale in libjpeg's DCT domain, never below the input size (several times "
+        "faster on large photos), 'full' every pixel; a feature set of its own (other "
+        "formats, and folders without JPEGs, decode in full either way)",
+    )
+    decoders: int | None = option(
+        None,
+        "threads that decode and resize images in each shard task (default: 1 on CPU, where "
+        "the forward pass fills the cores; the task's share of the cores on CUDA)",
+        minimum=1,
     )
     dtype: Dtype = option("float32", "dtype the features are stored in")
     shard_size: int | None = option(

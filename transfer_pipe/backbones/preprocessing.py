@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     import torch
 
 RESIZE_MODES = ("squash", "center-crop")
+DECODE_MODES = ("full", "dct")
+"""How a photo is decoded before the resize: ``full``, every pixel; ``dct``, a JPEG much
+larger than the input is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, never
+below the input size (``data.decode``). Other formats decode in full either way."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,13 +41,15 @@ class Preprocessing:
     not kept, nothing is cut off); ``"center-crop"`` resizes the shorter side to
     ``image_size`` and keeps the central square. Both use Pillow's bilinear filter,
     which antialiases when shrinking. Pixels are scaled to [0, 1], then normalised
-    per channel as ``(x - mean) / std``.
+    per channel as ``(x - mean) / std``. ``decode`` (``DECODE_MODES``) says how a JPEG is
+    decoded before the resize: it changes pixels, so it is part of the key.
     """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "squash"
+    decode: str = "full"
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store tuples so specs stay hashable and equal.
@@ -57,8 +63,17 @@ class Preprocessing:
             raise TransferPipeError(
                 f"unknown resize mode {self.resize!r}; use one of {', '.join(RESIZE_MODES)}"
             )
+        if self.decode not in DECODE_MODES:
+            raise TransferPipeError(
+                f"unknown decode mode {self.decode!r}; use one of {', '.join(DECODE_MODES)}"
+            )
         if any(s <= 0 for s in self.std):
             raise TransferPipeError(f"preprocessing std must be positive, got {self.std}")
+
+    @property
+    def draft_to(self) -> int | None:
+        """The smallest side a JPEG may be decoded at (``decode_image(draft_to=...)``)."""
+        return self.image_size if self.decode == "dct" else None
 
     @cached_property
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
@@ -111,14 +126,16 @@ class Preprocessing:
         return self.normalize(batch)[0].contiguous()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description; equal dicts mean identical tensors (used in cache keys)."""
-        return {
+        """A JSON-able description; equal dicts mean identical tensors (used in cache keys).
+        A full decode is left out, as before decode modes existed: those keys stay valid."""
+        described = {
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
             "resize": self.resize,
             "interpolation": "bilinear",
         }
+        return described if self.decode == "full" else {**described, "decode": self.decode}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
@@ -128,6 +145,7 @@ class Preprocessing:
             mean=_triple("mean", data["mean"]),
             std=_triple("std", data["std"]),
             resize=str(data.get("resize", "squash")),
+            decode=str(data.get("decode", "full")),
         )
 
     def replace(
@@ -137,8 +155,15 @@ class Preprocessing:
         resize: str | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        decode: str | None = None,
     ) -> Preprocessing:
         """Return a copy with the given fields changed (e.g. a smaller ``image_size``)."""
-        given = {"image_size": image_size, "resize": resize, "mean": mean, "std": std}
+        given = {
+            "image_size": image_size,
+            "resize": resize,
+            "mean": mean,
+            "std": std,
+            "decode": decode,
+        }
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         return dataclasses.replace(self, **changes)

@@ -9,14 +9,14 @@ a failure reason for that image, never an exception for the batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from transfer_pipe.data.decode import DecodeError
+from transfer_pipe.data.decode import DecodeError, decode_note
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,6 +51,7 @@ class Pixels:
     pixels: torch.Tensor  # uint8 [len(ok), H, W, 3], in the order of ``ok``
     ok: tuple[int, ...]  # positions (in the items given) of the images in ``pixels``
     failures: dict[int, str]  # position -> reason, for every other item
+    notes: dict[int, str] = field(default_factory=dict)  # position -> decode note, of ``ok``
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,12 @@ def prepare_image(
 
 def resize_image(
     item: T, load: Callable[[T], Image.Image], preprocess: Preprocess
-) -> np.ndarray | DecodeError:
-    """``preprocess.pixels(load(item))``, or the DecodeError that kept the image out."""
+) -> tuple[np.ndarray, str] | DecodeError:
+    """``preprocess.pixels(load(item))`` and what decoding noted about it, or the
+    DecodeError that kept the image out."""
     try:
-        return preprocess.pixels(load(item))
+        image = load(item)
+        return preprocess.pixels(image), decode_note(image)
     except DecodeError as err:
         return err
 
@@ -96,19 +99,20 @@ def prepare_pixels(
     """Decode every item with ``load`` (e.g. ``read_image`` for URIs, ``decode_image`` for
     bytes; it raises DecodeError for a bad image) and resize it; see ``Pixels``."""
 
-    def one(item: T) -> np.ndarray | DecodeError:
+    def one(item: T) -> tuple[np.ndarray, str] | DecodeError:
         return resize_image(item, load, preprocess)
 
-    prepared: list[np.ndarray | DecodeError] = list(map_items(one, items))
-    resized = [x for x in prepared if isinstance(x, np.ndarray)]
-    ok = tuple(i for i, x in enumerate(prepared) if isinstance(x, np.ndarray))
+    prepared: list[tuple[np.ndarray, str] | DecodeError] = list(map_items(one, items))
+    resized = [x for x in prepared if not isinstance(x, DecodeError)]
+    ok = tuple(i for i, x in enumerate(prepared) if not isinstance(x, DecodeError))
     failures = {i: failure_reason(x) for i, x in enumerate(prepared) if isinstance(x, DecodeError)}
+    notes = {i: x[1] for i, x in enumerate(prepared) if not isinstance(x, DecodeError) and x[1]}
     size = preprocess.image_size
     # One uint8 buffer, filled in place: greyscale [H, W, 1] broadcasts to its 3 channels.
     batch = np.empty((len(resized), size, size, 3), dtype=np.uint8)
-    for row, pixels in enumerate(resized):
+    for row, (pixels, _) in enumerate(resized):
         batch[row] = pixels
-    return Pixels(torch.from_numpy(batch), ok, failures)
+    return Pixels(torch.from_numpy(batch), ok, failures, notes)
 
 
 def prepare_batch(

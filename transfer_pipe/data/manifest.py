@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.schema import ROW_COLUMNS, SAMPLE_ID, SPLIT
+from transfer_pipe.schema import ROW_COLUMNS, SAMPLE_ID, SPLIT, URI
+
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,12 @@ class Manifest:
             ["through", SPLIT], kind="stable"
         )
         return Manifest.from_rows(self.table.loc[order.index[:n]], self.source)
+
+    def has_jpeg(self) -> bool:
+        """Whether some row names a JPEG file (by its suffix): the only format whose
+        decode mode changes its pixels (``Preprocessing.decode``)."""
+        uris = self.table[URI].str.lower().str.split("?", n=1).str[0]
+        return bool(uris.str.endswith(JPEG_SUFFIXES).any())
 
     def digest(self) -> str:
         """sha256 over every row: changes when any image, label, split or id changes."""

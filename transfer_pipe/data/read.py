@@ -14,18 +14,19 @@ UNREADABLE = "unreadable"
 """DecodeError reason for an image whose bytes cannot be fetched (missing, no permission)."""
 
 
-def read_image(uri: str) -> Image.Image:
+def read_image(uri: str, draft_to: int | None = None) -> Image.Image:
     """Load the image at a manifest ``uri``; return a fully loaded mode-"RGB" image.
 
     IDX URIs (``<file>#<index>``) read from the per-process parsed-file cache;
-    any other URI is fetched through fsspec and decoded. Every per-image
-    problem, a missing file included, raises DecodeError so that a run records
-    it as a failure instead of crashing.
+    any other URI is fetched through fsspec and decoded (``decode_image``: a JPEG may be
+    decoded at a reduced scale, sides at least ``draft_to``). Every per-image problem, a
+    missing file included, raises DecodeError so that a run records it as a failure
+    instead of crashing.
     """
     idx = split_idx_uri(uri)
     if idx is not None:
         return image_from_array(_idx_pixels(*idx))
-    return decode_image(read_bytes(uri))
+    return decode_image(read_bytes(uri), draft_to=draft_to)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -40,6 +40,7 @@ class Embedded:
     features: dict[str, np.ndarray]  # layer -> float32 [len(ok), dim]; {} when none decoded
     ok: tuple[int, ...]  # positions (in the items given) of the feature rows, in order
     failures: dict[int, str]  # position -> reason, for every other item
+    notes: dict[int, str] = field(default_factory=dict)  # position -> what decoding noted
 
     def placed(self, rows: Sequence[int]) -> Embedded:
         """The same result with item ``i`` renamed ``rows[i]`` (e.g. its row in a shard)."""
@@ -47,6 +48,7 @@ class Embedded:
             self.features,
             tuple(rows[i] for i in self.ok),
             {rows[i]: reason for i, reason in self.failures.items()},
+            {rows[i]: note for i, note in self.notes.items()},
         )
 
 
@@ -105,6 +107,7 @@ def embed_images(
     depth = batches_ahead(embedder.device) if prefetch is None else prefetch
     ok: list[int] = []
     failures: dict[int, str] = {}
+    notes: dict[int, str] = {}
     parts: dict[str, list[np.ndarray]] = {}
     with ExitStack() as stack:
         map_items: MapItems[T, Any] = map
@@ -118,13 +121,14 @@ def embed_images(
             if not pixels.ok:
                 return pixels
             full = padded(pixels.pixels, batch_size)
-            return Pixels(host_pixels(full, device), pixels.ok, pixels.failures)
+            return Pixels(host_pixels(full, device), pixels.ok, pixels.failures, pixels.notes)
 
         starts = range(0, len(items), batch_size)
         # Closed on the way out, so an error in the forward pass stops the feeder too.
         batches = stack.enter_context(closing(ahead(prepare, starts, depth)))
         for start, inputs in zip(starts, batches, strict=True):
             failures.update({start + i: reason for i, reason in inputs.failures.items()})
+            notes.update({start + i: note for i, note in inputs.notes.items()})
             if not inputs.ok:
                 continue
             embedded = get_embedder(embedder).embed_pixels(inputs.pixels)
@@ -132,7 +136,7 @@ def embed_images(
                 parts.setdefault(layer, []).append(values[: len(inputs.ok)])
             ok.extend(start + i for i in inputs.ok)
     features = {layer: np.concatenate(values) for layer, values in parts.items()}
-    return Embedded(features, tuple(ok), failures)
+    return Embedded(features, tuple(ok), failures, notes)
 
 
 def padded(pixels: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import defaultdict
@@ -52,11 +53,11 @@ def produce_shard(task: ShardTask) -> ShardResult:
 
     _copy_reused(task, features)
     copy_seconds = time.perf_counter() - started
-    embedded = _embed_new(task, features, failures)
+    embedded, notes = _embed_new(task, features, failures)
 
     seconds = time.perf_counter() - started
     stats = ShardStats(embedded, len(task.reuse), seconds)
-    store.write_shard(task.key, task.shard, features, failures, stats, task.hashes)
+    store.write_shard(task.key, task.shard, features, failures, stats, task.hashes, notes)
     return ShardResult(
         shard=task.shard,
         rows=n,
@@ -83,31 +84,35 @@ def _copy_reused(task: ShardTask, features: dict[str, np.ndarray]) -> None:
             features[layer][offsets] = store.read_lineage_rows(source, layer, rows)
 
 
-def _embed_new(task: ShardTask, features: dict[str, np.ndarray], failures: list[str]) -> int:
+def _embed_new(
+    task: ShardTask, features: dict[str, np.ndarray], failures: list[str]
+) -> tuple[int, dict[int, str]]:
     """Embed the rows not reused into ``features``, a bad image's reason into ``failures``;
-    returns how many rows were embedded."""
+    returns how many rows were embedded, and what decoding noted (offset -> note)."""
     reused = {r.offset for r in task.reuse}
     offsets = [i for i, uri in enumerate(task.uris) if i not in reused and uri]
     foreign = task.foreign or (False,) * len(task.uris)
     items = [(task.uris[i], task.hashes[i] if foreign[i] else "") for i in offsets]
-    result = embed_images(items, _read, task.embedder, task.batch_size).placed(offsets)
+    read = functools.partial(_read, draft_to=task.embedder.preprocessing.draft_to)
+    embedded = embed_images(items, read, task.embedder, task.batch_size, decoders=task.decoders)
+    result = embedded.placed(offsets)
     for offset, reason in result.failures.items():
         failures[offset] = reason
     for layer, values in result.features.items():
         features[layer][list(result.ok)] = values
-    return len(result.ok)
+    return len(result.ok), result.notes
 
 
-def _read(item: tuple[str, str]) -> Image.Image:
+def _read(item: tuple[str, str], draft_to: int | None = None) -> Image.Image:
     """The image at ``item``'s URI; with a content hash, only if its bytes still have it
     (else a DecodeError whose reason marks the row lost: its content is gone)."""
     uri, content_hash = item
     if not content_hash or split_idx_uri(uri) is not None:
-        return read_image(uri)
+        return read_image(uri, draft_to)
     try:
         data = read_bytes(uri)
     except DecodeError as err:
         raise DecodeError(LOST, f"{uri} can no longer be read ({err})") from err
     if hashlib.sha256(data).hexdigest() != content_hash:
         raise DecodeError(LOST, f"{uri} changed since its row was written; it is not that image")
-    return decode_image(data)
+    return decode_image(data, draft_to=draft_to)

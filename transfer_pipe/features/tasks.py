@@ -61,6 +61,7 @@ class ShardTask:
     embedder: EmbedderConfig
     layer_dims: tuple[tuple[str, int], ...]
     batch_size: int
+    decoders: int | None = None  # decoding threads (None: ``features.batch.decoder_threads``)
     copy: ShardCopy | None = None  # a donor shard that lines up; else rows are copied
     # Rows only other versions name (a shard a repair cleared): each file is read against
     # its hash, and one changed or gone since is a row lost, not a bad image.

@@ -197,6 +197,9 @@ def identity_of(
     preprocessing = backbone.preprocessing
     if config.image_size is not None:
         preprocessing = preprocessing.replace(image_size=config.image_size)
+    # The decode mode changes only a JPEG's pixels: a source without one keeps a full
+    # decode's key (the same features whatever the option says).
+    preprocessing = preprocessing.replace(decode=config.decode if manifest.has_jpeg() else "full")
     weights_digest = backbone.weights_digest()
     emb_key = embedding_key(
         backbone.id, weights_digest, preprocessing.to_dict(), config.dtype, config.autocast
@@ -473,6 +476,7 @@ def _shard_tasks(
                 embedder=embedder,
                 layer_dims=layer_dims,
                 batch_size=config.batch_size,
+                decoders=config.decoders,
                 copy=None if aligned is None else ShardCopy(*aligned),
                 foreign=foreign,
                 run=run,

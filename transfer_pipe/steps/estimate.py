@@ -22,6 +22,7 @@ short calibration on the run's own first images:
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Iterator
@@ -327,10 +328,11 @@ def _calibrate(config: EmbedConfig, spec: FeatureSetSpec, manifest: Manifest) ->
     )
     batch = min(config.batch_size, CALIBRATION_BATCH)
     uris = manifest.table[URI].tolist()
-    embed_images(uris[:batch], read_image, embedder, batch)  # warm-up: builds the model
+    read = functools.partial(read_image, draft_to=embedder.preprocessing.draft_to)
+    embed_images(uris[:batch], read, embedder, batch)  # warm-up: builds the model
     timed = uris[: batch * CALIBRATION_BATCHES]
     started = time.perf_counter()
-    result = embed_images(timed, read_image, embedder, batch)
+    result = embed_images(timed, read, embedder, batch)
     seconds = time.perf_counter() - started
     if not result.ok:
         raise TransferPipeError(

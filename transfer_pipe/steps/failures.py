@@ -12,7 +12,7 @@ Two kinds of failure, handled apart:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.records import Record
@@ -45,11 +45,24 @@ def is_transient(exc: BaseException | None) -> bool:
 @dataclass(frozen=True)
 class FailureReport(Record):
     """A feature set's images that could not be used: how many, the most common reasons
-    (category, count), and the first ``FAILURE_ROWS`` rows (sample_id, uri, reason)."""
+    (category, count), and the first ``FAILURE_ROWS`` rows (sample_id, uri, reason); then
+    its notes: the images used with a caveat (a colour profile decoding could not use),
+    how many, and the first rows (sample_id, uri, note)."""
 
     total: int
     reasons: list[tuple[str, int]]
     rows: list[dict[str, str]]
+    noted: int = 0
+    notes: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def note_message(self) -> str:
+        """``2 images used with a note (2 icc-unusable)``; "" when none was."""
+        if not self.noted:
+            return ""
+        kinds = Counter(str(row["note"]).split(":", 1)[0] for row in self.notes)
+        counts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        return f"{self.noted} image{'s' if self.noted != 1 else ''} used with a note ({counts})"
 
     @property
     def message(self) -> str:
@@ -69,4 +82,9 @@ def failure_report(store: FeatureStore, key: str, limit: int = FAILURE_ROWS) -> 
         {"sample_id": str(r.sample_id), "uri": str(r.uri), "reason": str(r.reason)}
         for r in table.head(limit).itertuples(index=False)
     ]
-    return FailureReport(total=len(table), reasons=categories.most_common(), rows=rows)
+    noted = store.notes(key)
+    notes = [
+        {"sample_id": str(r.sample_id), "uri": str(r.uri), "note": str(r.note)}
+        for r in noted.head(limit).itertuples(index=False)
+    ]
+    return FailureReport(len(table), categories.most_common(), rows, len(noted), notes)

@@ -71,6 +71,10 @@ def night_report(
         )
     else:
         lines.append("none")
+    if failures.noted:
+        lines += ["", f"{failures.note_message}:", ""]
+        rows = [[r["sample_id"], r["note"]] for r in failures.notes]
+        lines.append(markdown_table(["sample_id", "note"], rows))
     lines += ["", f"## Heads (task {summary.train.task})", ""]
     if summary.train.heads_fitted == 0:
         lines.append("up to date: no head needed fitting; their test metrics:")

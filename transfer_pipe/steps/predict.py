@@ -8,6 +8,7 @@ becomes a row with an error, never a crash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -106,7 +107,9 @@ def _embed_new(
     """Embed the images of ``rows`` into ``features`` (layers side by side); an image that
     does not decode gets its reason in ``errors``."""
     images = [contents[i] or b"" for i in rows]
-    result = embed_images(images, decode_image, embedder, _BATCH).placed(rows)
+    # Decoded as the feature set's images were (its decode mode is part of its key).
+    decode = functools.partial(decode_image, draft_to=embedder.preprocessing.draft_to)
+    result = embed_images(images, decode, embedder, _BATCH).placed(rows)
     for row, reason in result.failures.items():
         errors[row] = reason
     if result.ok:

@@ -221,11 +221,13 @@ class FeatureStore(ABC):
         failures: Sequence[str],
         stats: ShardStats,
         hashes: Sequence[str] | None = None,
+        notes: Mapping[int, str] | None = None,
     ) -> None:
         """Write lineage shard ``shard`` for version ``key``: its first ``len(failures)``
         rows (failed rows: NaN features and a non-empty reason), their content ``hashes``
         (by default those the version recorded for the rows it appended), then its record
-        (the shard's done marker)."""
+        (the shard's done marker), which keeps ``notes`` (offset -> what decoding noted
+        about a row it used)."""
 
     @abstractmethod
     def copy_shard(self, key: str, shard: int, donor: str, donor_shard: int) -> bool:
@@ -345,6 +347,11 @@ class FeatureStore(ABC):
         return []
 
     # Behaviour shared by every implementation, built on the primitives above.
+
+    @abstractmethod
+    def notes(self, key: str) -> pd.DataFrame:
+        """The notes beside the failures table: sample_id, uri, note, for the version's
+        rows that decoding used with a caveat (a colour profile it could not use)."""
 
     def failures(self, key: str) -> pd.DataFrame:
         """The failures table: sample_id, uri, reason."""

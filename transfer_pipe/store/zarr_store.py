@@ -33,7 +33,7 @@ import zarr.storage
 
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import is_local
-from transfer_pipe.schema import CONTENT_HASH, FAILURE, LABEL, ROW_COLUMNS, SAMPLE_ID, SPLIT
+from transfer_pipe.schema import CONTENT_HASH, FAILURE, LABEL, ROW_COLUMNS, SAMPLE_ID, SPLIT, URI
 from transfer_pipe.store import integrity, shard_copy
 from transfer_pipe.store.base import (
     FeatureSetSpec,
@@ -519,6 +519,7 @@ class ZarrFeatureStore(FeatureStore):
         failures: Sequence[str],
         stats: ShardStats,
         hashes: Sequence[str] | None = None,
+        notes: Mapping[int, str] | None = None,
     ) -> None:
         spec = self.spec(key)
         n, size = len(failures), spec.shard_size
@@ -550,11 +551,30 @@ class ZarrFeatureStore(FeatureStore):
             "failures": {str(offset): reason for offset, reason in enumerate(failures) if reason},
             "version": key,
         }
+        if notes:
+            record["notes"] = {str(offset): note for offset, note in sorted(notes.items())}
         # Last: only now does the shard count as written.
         self.array(spec.lineage, RECORDS, writable=True, rows=shard + 1)[shard] = json.dumps(record)
 
     def copy_shard(self, key: str, shard: int, donor: str, donor_shard: int) -> bool:
         return shard_copy.copy_shard(self, key, shard, donor, donor_shard)
+
+    def notes(self, key: str) -> pd.DataFrame:
+        spec = self.spec(key)
+        table = self._table(key)
+        shards = np.unique(table[ROW].to_numpy(np.int64) // spec.shard_size).tolist()
+        noted: dict[int, str] = {}
+        for shard, record in self.records(spec.lineage, shards).items():
+            for offset, note in (record.get("notes") or {}).items():
+                noted[shard * spec.shard_size + int(offset)] = str(note)
+        mine = table[table[ROW].isin(list(noted))]
+        return pd.DataFrame(
+            {
+                SAMPLE_ID: mine[SAMPLE_ID].astype(str).tolist(),
+                URI: mine[URI].astype(str).tolist(),
+                "note": [noted[int(row)] for row in mine[ROW]],
+            }
+        )
 
     def shard_stats(self, key: str) -> pd.DataFrame:
         spec = self.spec(key)

@@ -1,0 +1,116 @@
+"""A folder of photographs as people have them, embedded end to end: every format decoded
+by its own plugin, a photo whose profile cannot be used kept and noted, bad photos
+recorded with a reason, and the decode mode part of the key only where it changes pixels."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.icc import DISPLAY_P3, rgb_profile
+from tests.support.photos import KINDS, crop, make_photos, source_photos
+from transfer_pipe.config import EmbedConfig
+from transfer_pipe.steps.embed import embed
+from transfer_pipe.steps.failures import failure_report
+from transfer_pipe.store import open_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bomb() -> bytes:
+    """A real small JPEG whose frame header claims 20,000 x 20,000 pixels."""
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(out, "JPEG")
+    data = bytearray(out.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 20_000, 20_000)
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    make_photos(root, 8, kinds=KINDS, classes=("coffee", "rocket"), seed=4)
+    photo = crop(np.random.default_rng(5), source_photos()["chelsea"], (500, 375))
+    broken = io.BytesIO()
+    photo.save(broken, "JPEG", icc_profile=rgb_profile(DISPLAY_P3)[:200])  # cut short
+    (root / "coffee" / "profile-cut-short.jpg").write_bytes(broken.getvalue())
+    good = (root / "rocket" / "0000.jpg").read_bytes()
+    (root / "rocket" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "rocket" / "bomb.jpg").write_bytes(_bomb())
+    heic = (root / "coffee" / "0005.heic").read_bytes()
+    (root / "rocket" / "truncated.heic").write_bytes(heic[: len(heic) // 2])
+    return root
+
+
+def _config(folder: Path, store: Path, **options: object) -> EmbedConfig:
+    return EmbedConfig(
+        source=str(folder), store=str(store), backbone="tiny_test", workers=1, **options
+    )
+
+
+def test_a_photo_folder_embeds_with_bad_photos_recorded_and_caveats_noted(
+    folder: Path, tmp_path: Path
+) -> None:
+    summary = embed(_config(folder, tmp_path / "store"))
+    assert summary.status == "complete" and summary.rows == 20
+    report = failure_report(open_store(str(tmp_path / "store")), summary.feature_set)
+    reasons = {Path(row["uri"]).name: row["reason"].split(":")[0] for row in report.rows}
+    # Every good photo of every format was used: only the four bad files failed.
+    heic = reasons.pop("truncated.heic")
+    assert reasons == {"truncated.jpg": "truncated", "bomb.jpg": "decompression-bomb"}
+    assert heic in ("truncated", "corrupt")  # as libheif reports a HEIC cut short
+    assert summary.failed == 3 and summary.embedded == 17
+    # The photo whose profile is cut short was used, as sRGB, and the failures table's
+    # notes say so. Mutation seen to fail here: notes not passed on to write_shard.
+    assert [(Path(r["uri"]).name, r["note"].split(":")[0]) for r in report.notes] == [
+        ("profile-cut-short.jpg", "icc-unusable")
+    ]
+    assert report.note_message == "1 image used with a note (1 icc-unusable)"
+
+
+def test_show_lists_the_notes_beside_the_failures(folder: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    summary = embed(_config(folder, store))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transfer_pipe.cli",
+            "show",
+            summary.feature_set,
+            "--store",
+            str(store),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    shown = json.loads(done.stdout)
+    assert len(shown["failures"]) == 3
+    assert [Path(n["uri"]).name for n in shown["notes"]] == ["profile-cut-short.jpg"]
+
+
+def test_the_decode_mode_is_in_the_key_of_a_jpeg_folder_only(folder: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    full = embed(_config(folder, store, decode="full", image_size=32))
+    dct = embed(_config(folder, store, decode="dct", image_size=32))
+    assert full.feature_set != dct.feature_set  # other pixels, another feature set
+    assert open_store(str(store)).spec(dct.feature_set).preprocessing["decode"] == "dct"
+    pngs = tmp_path / "pngs"
+    make_photos(pngs, 2, kinds=("png",), classes=("coffee",), seed=6)
+    png_full = embed(_config(pngs, store, decode="full", image_size=32))
+    png_dct = embed(_config(pngs, store, decode="dct", image_size=32))
+    # No JPEG: the same pixels either way, so the same key (and the keys of folders
+    # embedded before decode modes existed stay what they were).
+    assert png_full.feature_set == png_dct.feature_set and png_dct.embedded == 0

@@ -26,6 +26,7 @@ from tests.support.icc import ADOBE_RGB, DISPLAY_P3, SRGB, RgbSpace, rgb_profile
 # (size class, width, height): the shapes of a photo folder; portrait ones are swapped.
 IMAGENET_SIZES = ((500, 375), (500, 333), (400, 300), (500, 400), (640, 480))
 PHONE_SIZE = (4032, 3024)  # 12 megapixels
+LARGE_SIZES = ((1600, 1200), (2048, 1536), (1920, 1280))  # cameras' and web originals
 KINDS = ("jpeg", "progressive", "exif", "p3", "adobe", "heic", "webp", "avif")
 SUFFIX = {"heic": ".heic", "webp": ".webp", "avif": ".avif"}
 EXIF_ORIENTATION = 0x0112
@@ -135,6 +136,8 @@ class Photo:
 def photo_sizes(rng: np.random.Generator, size_class: str) -> tuple[int, int]:
     if size_class == "phone":
         width, height = PHONE_SIZE
+    elif size_class == "large":
+        width, height = LARGE_SIZES[int(rng.integers(len(LARGE_SIZES)))]
     else:
         width, height = IMAGENET_SIZES[int(rng.integers(len(IMAGENET_SIZES)))]
     return (height, width) if rng.random() < 0.25 else (width, height)  # some portrait

@@ -1,0 +1,331 @@
+"""Photographs: how fast they are decoded into model inputs, and what the fast decode does
+to features and to a probe, on a corpus made here from the photographs scikit-learn and
+scikit-image ship (``tests/support/photos.py``; nothing is downloaded).
+
+- ``feed``: read -> decode -> resize -> normalise at 224 px (the default backbone's
+  preprocessing, center crop), one process, one thread, a backbone that costs nothing:
+  images/s on one core, for each size class (ImageNet-like around 500 x 375, and
+  12-megapixel phone photos) and format (baseline and progressive JPEG, EXIF-rotated,
+  Display P3, HEIC, WebP, AVIF, PNG), with a full decode and with the DCT-domain
+  downscale (``--decode dct``);
+- ``scaling``: the same feed in 1 .. all cores, in processes and in threads;
+- ``effect``: a labelled task (each source photograph a class; crops of it at ImageNet and
+  large sizes, JPEG) embedded by EfficientNet-Lite0 at 224 px with each decode: the
+  features' relative difference, and a logistic-regression probe's accuracy (5-fold
+  stratified cross-validation, the same folds for both), side by side.
+
+Writes benchmarks/results/photos.json (or ``--out``) and prints a table.
+
+    .venv/bin/python benchmarks/photos.py              # 3-6 min on 2 cores
+    .venv/bin/python benchmarks/photos.py --quick      # smaller corpus, 1-2 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.photos import make_photos
+from transfer_pipe.backbones import get_backbone
+from transfer_pipe.backbones.preprocessing import Preprocessing
+from transfer_pipe.data.decode import decode_image
+
+RESULTS = Path(__file__).parent / "results" / "photos.json"
+BACKBONE = "efficientnet_lite0.in1k"
+SIZE = 224
+FEED_TARGET = 650.0  # images/s per core, ImageNet-size JPEGs at 224 px
+KINDS = ("jpeg", "progressive", "exif", "p3", "heic", "webp", "avif", "png")
+JPEG_KINDS = ("jpeg", "progressive", "exif", "p3")
+
+
+def _preprocessing(decode: str) -> Preprocessing:
+    base = get_backbone(BACKBONE).preprocessing.replace(image_size=SIZE)
+    return base.replace(decode=decode)
+
+
+def _feed(args: tuple[Sequence[bytes], str]) -> int:
+    """Decode, resize and normalise every file's bytes, 64 at a time, through the
+    pipeline's own kernel (``prepare_pixels``, then ``normalize``), on one core."""
+    import torch
+
+    from transfer_pipe.data.batch import prepare_pixels
+
+    torch.set_num_threads(1)
+    datas, decode = args
+    preprocessing = _preprocessing(decode)
+    load = functools.partial(decode_image, draft_to=preprocessing.draft_to)
+    for start in range(0, len(datas), 64):
+        pixels = prepare_pixels(datas[start : start + 64], load, preprocessing)
+        preprocessing.normalize(pixels.pixels)
+    return len(datas)
+
+
+def feed_rate(
+    datas: Sequence[bytes], decode: str, workers: int = 1, processes: bool = True
+) -> float:
+    """Images/s of ``_feed`` over ``datas`` (already in memory: the read is a file's bytes
+    from the page cache, measured apart), split over ``workers``."""
+    parts = [(datas[i::workers], decode) for i in range(workers)]
+    _feed((datas[:4], decode))  # imports, transforms, plugins
+    if workers == 1:
+        started = time.perf_counter()
+        _feed(parts[0])
+        return len(datas) / (time.perf_counter() - started)
+    if processes:  # spawned: a forked child of a process that ran torch's OpenMP hangs
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.map(_feed, [(datas[:2], decode)] * workers)  # warm each process
+            started = time.perf_counter()
+            pool.map(_feed, parts, chunksize=1)
+            return len(datas) / (time.perf_counter() - started)
+    return _in_threads(_feed, parts, len(datas))
+
+
+def _in_threads(work: Callable[[Any], Any], parts: Sequence[Any], total: int) -> float:
+    threads = [threading.Thread(target=work, args=(part,)) for part in parts]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return total / (time.perf_counter() - started)
+
+
+def read_rate(paths: Sequence[Path]) -> float:
+    started = time.perf_counter()
+    for path in paths:
+        path.read_bytes()
+    return len(paths) / (time.perf_counter() - started)
+
+
+def corpus(work: Path, quick: bool) -> dict[str, dict[str, list[Path]]]:
+    """Files by size class and kind."""
+    per_kind = 4 if quick else 8  # per source photo (11 of them)
+    found: dict[str, dict[str, list[Path]]] = {"imagenet": {}, "phone": {}}
+    for kind in KINDS:
+        photos = make_photos(work / "imagenet" / kind, per_kind, kinds=(kind,), seed=1)
+        found["imagenet"][kind] = [p.path for p in photos]
+    for kind in ("jpeg", "heic"):
+        photos = make_photos(
+            work / "phone" / kind,
+            1,
+            kinds=(kind,),
+            size_class="phone",
+            classes=("china", "coffee", "retina", "hubble_deep_field") * (1 if quick else 2),
+            seed=2,
+        )
+        found["phone"][kind] = [p.path for p in photos]
+    return found
+
+
+def measure_feed(files: dict[str, dict[str, list[Path]]]) -> dict[str, Any]:
+    feed: dict[str, Any] = {}
+    for size_class, kinds in files.items():
+        for kind, paths in kinds.items():
+            datas = [path.read_bytes() for path in paths]
+            row = {
+                "files": len(paths),
+                "mean_megapixels": round(float(np.mean([_megapixels(d) for d in datas])), 2),
+                "read_images_per_s": round(read_rate(paths), 1),
+                "full": round(feed_rate(datas, "full"), 1),
+            }
+            if kind in JPEG_KINDS:
+                row["dct"] = round(feed_rate(datas, "dct"), 1)
+                row["dct_speedup"] = round(row["dct"] / row["full"], 2)
+            feed[f"{size_class}/{kind}"] = row
+            print(f"feed {size_class}/{kind}: {row}", flush=True)
+    return feed
+
+
+def _megapixels(data: bytes) -> float:
+    import io
+
+    from PIL import Image
+
+    from transfer_pipe.data.decode import _register_heif, is_heif
+
+    if is_heif(data):
+        _register_heif()
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size[0] * image.size[1] / 1e6
+
+
+def measure_scaling(files: dict[str, dict[str, list[Path]]]) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    counts = list(range(1, cores + 1))
+    scaling: dict[str, Any] = {}
+    for name, paths, decode in (
+        ("imagenet/jpeg", files["imagenet"]["jpeg"], "dct"),
+        ("phone/jpeg", files["phone"]["jpeg"], "dct"),
+        ("phone/jpeg full", files["phone"]["jpeg"], "full"),
+    ):
+        datas = [path.read_bytes() for path in paths] * (2 if name.startswith("phone") else 1)
+        scaling[name] = {
+            "processes": {n: round(feed_rate(datas, decode, n, True), 1) for n in counts},
+            "threads": {n: round(feed_rate(datas, decode, n, False), 1) for n in counts},
+        }
+        print(f"scaling {name}: {scaling[name]}", flush=True)
+    return scaling
+
+
+TASK_PHOTOS = ("china", "flower", "coffee", "astronaut")
+
+
+def task_photos(
+    work: Path, per_class: int
+) -> tuple[list[bytes], np.ndarray, np.ndarray, list[bytes]]:
+    """A labelled task a probe does not ace: each quadrant of four photographs is a class
+    (16 classes; neighbouring quadrants share colours and textures), its examples crops
+    of that quadrant, half at ImageNet sizes and half at 1.9-3.1 megapixels (where the
+    DCT-domain decode changes pixels). Returns JPEG bytes (quality 90), labels, which are
+    large, and the same photos at quality 95 (a difference nobody would call a change)."""
+    from tests.support.photos import LARGE_SIZES, crop, encode, photo_sizes, source_photos
+
+    rng = np.random.default_rng(7)
+    datas, labels, large, finer = [], [], [], []
+    for name in TASK_PHOTOS:
+        photo = source_photos()[name]
+        h, w = photo.shape[0] // 2, photo.shape[1] // 2
+        for q, (top, left) in enumerate(((0, 0), (0, w), (h, 0), (h, w))):
+            quadrant = photo[top : top + h, left : left + w]
+            for n in range(per_class):
+                big = n % 2 == 1
+                size = LARGE_SIZES[n % len(LARGE_SIZES)] if big else photo_sizes(rng, "imagenet")
+                image = crop(rng, quadrant, size)
+                datas.append(encode(image, "jpeg"))
+                finer.append(encode(image, "jpeg", quality=95))
+                labels.append(f"{name}-{q}")
+                large.append(big)
+    del work
+    return datas, np.array(labels), np.array(large), finer
+
+
+def measure_effect(work: Path, quick: bool) -> dict[str, Any]:
+    """Features and a probe with each decode, on the labelled task."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from transfer_pipe.features.batch import embed_images
+    from transfer_pipe.features.tasks import EmbedderConfig
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    datas, labels, large, finer = task_photos(work, 10 if quick else 20)
+    features: dict[str, np.ndarray] = {}
+    for decode in ("full", "dct", "full, quality 95"):
+        preprocessing = _preprocessing(decode.split(",")[0])
+        config = EmbedderConfig(BACKBONE, None, ("penultimate",), preprocessing, "cpu")
+        load = functools.partial(decode_image, draft_to=preprocessing.draft_to)
+        started = time.perf_counter()
+        result = embed_images(finer if "95" in decode else datas, load, config, 64)
+        print(f"embedded {len(datas)} photos, {decode}: {time.perf_counter() - started:.1f} s")
+        assert len(result.ok) == len(datas), result.failures
+        features[decode] = result.features["penultimate"]
+    full, dct = features["full"], features["dct"]
+    relative = np.linalg.norm(dct - full, axis=1) / np.linalg.norm(full, axis=1)
+    q95 = features.pop("full, quality 95")
+    reencoded = np.linalg.norm(q95 - full, axis=1) / np.linalg.norm(full, axis=1)
+    # Chance: how far the probe's accuracy moves when only the folds change.
+    scores: dict[str, list[float]] = {}
+    chance: list[float] = []
+    for seed in range(5):
+        folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+        for decode, values in features.items():
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=3000))
+            accuracy = float(np.mean(cross_val_score(probe, values, labels, cv=folds)))
+            scores.setdefault(decode, []).append(accuracy)
+        chance.append(scores["full"][-1])
+    delta = float(np.mean(scores["dct"]) - np.mean(scores["full"]))
+    noise = float(np.std(chance))
+    return {
+        "photos": len(datas),
+        "classes": len(set(labels)),
+        "large_photos": int(large.sum()),
+        "relative_feature_difference": {
+            "median": round(float(np.median(relative)), 4),
+            "p95": round(float(np.percentile(relative, 95)), 4),
+            "imagenet_size_median": round(float(np.median(relative[~large])), 4),
+            "large_median": round(float(np.median(relative[large])), 4),
+            "large_p95": round(float(np.percentile(relative[large], 95)), 4),
+        },
+        "reference_quality_95_against_90_full_decode": {
+            "median": round(float(np.median(reencoded)), 4),
+            "p95": round(float(np.percentile(reencoded, 95)), 4),
+            "large_median": round(float(np.median(reencoded[large])), 4),
+        },
+        "probe_accuracy": {k: round(float(np.mean(v)), 4) for k, v in scores.items()},
+        "probe_accuracy_by_fold_seed": scores,
+        "accuracy_delta_dct_minus_full": round(delta, 4),
+        "noise_std_over_fold_seeds": round(noise, 4),
+        "within_noise": bool(abs(delta) <= max(2 * noise, 0.005)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller corpus")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    started = time.time()
+    load_before = list(os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="photos-") as folder:
+        work = Path(folder)
+        print("writing the corpus", flush=True)
+        files = corpus(work, args.quick)
+        feed = measure_feed(files)
+        scaling = measure_scaling(files)
+        effect = measure_effect(work, args.quick)
+    per_core = feed["imagenet/jpeg"]
+    best = max(per_core["full"], per_core.get("dct", 0.0))
+    record = {
+        "what": "photo decoding: feed rate per core by size class and format, full against "
+        "DCT-domain decode, scaling over cores, and the fast decode's effect on features "
+        "and a probe",
+        "command": "python benchmarks/photos.py" + (" --quick" if args.quick else ""),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "total_seconds": round(time.time() - started, 1),
+        "machine": {
+            "platform": platform.platform(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_before": load_before,
+            "load_average_after": list(os.getloadavg()),
+            "note": "2 shared cores: read ratios, not rates",
+        },
+        "image_size": SIZE,
+        "feed_images_per_s_one_core": feed,
+        "scaling_images_per_s": scaling,
+        "effect": effect,
+        "targets": [
+            {
+                "target": "CPU feed of ImageNet-size JPEGs at 224 px >= 650 images/s per core",
+                "value": best,
+                "met": bool(best >= FEED_TARGET),
+            },
+        ],
+    }
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("effect", "targets")}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

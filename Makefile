@@ -77,6 +77,7 @@ benchmark: install data
 	$(BIN)/python benchmarks/run_phases.py         # where a cold and a warm CLI run spend their time
 	$(BIN)/python benchmarks/autocast_cpu.py       # a bfloat16 forward pass on the CPU against float32
 	$(BIN)/python benchmarks/feeding.py            # decode/resize/normalise rate beside the raw forward
+	$(BIN)/python benchmarks/photos.py             # photos: feed per core by size and format, DCT decode's effect
 	$(BIN)/python benchmarks/probe_walk.py         # the probe's C walk / the embed
 	$(BIN)/python benchmarks/sweep.py              # the transferability sweep / one embed
 	$(BIN)/python benchmarks/store_layout.py       # objects and requests per feature set

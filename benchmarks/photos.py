@@ -3,7 +3,8 @@ to features and to a probe, on a corpus made here from the photographs scikit-le
 scikit-image ship (``tests/support/photos.py``; nothing is downloaded).
 
 - ``feed``: read -> decode -> resize -> normalise at 224 px (the default backbone's
-  preprocessing, center crop), one process, one thread, a backbone that costs nothing:
+  preprocessing, center crop), one process, one thread, a backbone that costs nothing
+  (for JPEGs also without the normalise, which a GPU run does on the GPU):
   images/s on one core, for each size class (ImageNet-like around 500 x 375, and
   12-megapixel phone photos) and format (baseline and progressive JPEG, EXIF-rotated,
   Display P3, HEIC, WebP, AVIF, PNG), with a full decode and with the DCT-domain
@@ -60,18 +61,21 @@ def _preprocessing(decode: str) -> Preprocessing:
 
 def _feed(args: tuple[Sequence[bytes], str]) -> int:
     """Decode, resize and normalise every file's bytes, 64 at a time, through the
-    pipeline's own kernel (``prepare_pixels``, then ``normalize``), on one core."""
+    pipeline's own kernel (``prepare_pixels``, then ``normalize``), on one core. A decode
+    ending in "+uint8" stops at the uint8 pixels: what a GPU run's CPU does (the GPU
+    normalises them itself, ``Embedder.embed_pixels``)."""
     import torch
 
     from transfer_pipe.data.batch import prepare_pixels
 
     torch.set_num_threads(1)
     datas, decode = args
-    preprocessing = _preprocessing(decode)
+    preprocessing = _preprocessing(decode.removesuffix("+uint8"))
     load = functools.partial(decode_image, draft_to=preprocessing.draft_to)
     for start in range(0, len(datas), 64):
         pixels = prepare_pixels(datas[start : start + 64], load, preprocessing)
-        preprocessing.normalize(pixels.pixels)
+        if not decode.endswith("+uint8"):
+            preprocessing.normalize(pixels.pixels)
     return len(datas)
 
 
@@ -146,6 +150,7 @@ def measure_feed(files: dict[str, dict[str, list[Path]]]) -> dict[str, Any]:
             if kind in JPEG_KINDS:
                 row["dct"] = round(feed_rate(datas, "dct"), 1)
                 row["dct_speedup"] = round(row["dct"] / row["full"], 2)
+                row["dct_to_uint8"] = round(feed_rate(datas, "dct+uint8"), 1)
             feed[f"{size_class}/{kind}"] = row
             print(f"feed {size_class}/{kind}: {row}", flush=True)
     return feed
@@ -292,7 +297,7 @@ def main() -> None:
         scaling = measure_scaling(files)
         effect = measure_effect(work, args.quick)
     per_core = feed["imagenet/jpeg"]
-    best = max(per_core["full"], per_core.get("dct", 0.0))
+    best = max(per_core["full"], per_core["dct"])
     record = {
         "what": "photo decoding: feed rate per core by size class and format, full against "
         "DCT-domain decode, scaling over cores, and the fast decode's effect on features "
@@ -317,6 +322,8 @@ def main() -> None:
                 "target": "CPU feed of ImageNet-size JPEGs at 224 px >= 650 images/s per core",
                 "value": best,
                 "met": bool(best >= FEED_TARGET),
+                "detail": f"read, decode, resize, normalise on the CPU; without the CPU "
+                f"normalise (a GPU run normalises on the GPU): {per_core['dct_to_uint8']}",
             },
         ],
     }

@@ -11,6 +11,8 @@
 # ${OUT:-benchmarks/results}/finetune_gpu.json, feeding_gpu.json, probe_walk_gpu.json and
 # sweep_gpu.json (its pictures beside them). PARTS picks some (default: all four, in that
 # order; one device call has 10 minutes: `PARTS="probe sweep" bash benchmarks/gpu.sh`).
+# PARTS=photos measures the photo feed on the GPU machine's many cores (1 to all, in
+# processes and threads: photos_gpu_host.json; needs scikit-image and pillow-heif wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -31,6 +33,7 @@ for part in ${PARTS:-finetune feeding probe sweep}; do
     feeding) python3 benchmarks/feeding.py --device cuda --out "$results/feeding_gpu.json" ;;
     probe) python3 benchmarks/probe_walk.py --out "$results/probe_walk_gpu.json" ;;
     sweep) python3 benchmarks/sweep.py --output "$results/sweep_gpu.json" --pictures "$results" ;;
-    *) echo "unknown part $part (finetune, feeding, probe, sweep)" >&2; exit 2 ;;
+    photos) python3 benchmarks/photos.py --out "$results/photos_gpu_host.json" ;;
+    *) echo "unknown part $part (finetune, feeding, probe, sweep, photos)" >&2; exit 2 ;;
   esac
 done

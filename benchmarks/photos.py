@@ -171,7 +171,7 @@ def _megapixels(data: bytes) -> float:
 
 def measure_scaling(files: dict[str, dict[str, list[Path]]]) -> dict[str, Any]:
     cores = os.cpu_count() or 1
-    counts = list(range(1, cores + 1))
+    counts = sorted({1, cores, *(n for n in (2, 4, 8, 16, 32) if n < cores)})
     scaling: dict[str, Any] = {}
     for name, paths, decode in (
         ("imagenet/jpeg", files["imagenet"]["jpeg"], "dct"),

@@ -209,3 +209,18 @@ def test_no_object_is_written_by_two_shard_tasks(
     assert len({s for s, _ in shard_writes}) == 4  # 3 cold shards, 1 appended
     driver = {key for shard, key in writes if shard is None}
     assert not driver & set(owners), "the driver wrote a shard task's object"
+
+
+def test_decoders_reach_every_shard_task_and_change_no_feature(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", classes=2, per_class=4, bad=False)
+    loaded = []
+    for decoders in (1, 3):
+        config = _config(tmp_path, decoders=decoders, store=str(tmp_path / f"store-{decoders}"))
+        plan = steps.prepare_embedding(config)
+        # Mutation seen to fail here: the option not passed on to the shard tasks.
+        assert {task.decoders for task in plan.tasks} == {decoders}
+        for task in plan.tasks:
+            run_shard(task)
+        steps.finalize_embedding(plan, [])
+        loaded.append(open_store(config.store).load(plan.spec.key).features)
+    assert np.array_equal(loaded[0], loaded[1])  # threads decode; the bits stay

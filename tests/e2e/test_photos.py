@@ -114,3 +114,23 @@ def test_the_decode_mode_is_in_the_key_of_a_jpeg_folder_only(folder: Path, tmp_p
     # No JPEG: the same pixels either way, so the same key (and the keys of folders
     # embedded before decode modes existed stay what they were).
     assert png_full.feature_set == png_dct.feature_set and png_dct.embedded == 0
+
+
+def test_colour_management_is_in_the_key_of_image_files_and_not_of_idx_arrays(
+    folder: Path,
+) -> None:
+    """Decoding converts embedded profiles to sRGB now: a folder's key says so (its rows
+    are not those a decoder without colour management wrote under the old key), while an
+    IDX source, whose arrays carry no profile, keeps the key it always had."""
+    from transfer_pipe.data.sources import load_manifest
+    from transfer_pipe.steps.embed import identity_of, run_backbone
+
+    for source, colour in ((str(folder), "srgb"), ("fashion-mnist", None)):
+        config = EmbedConfig(source=source, backbone="tiny_test", limit=8)
+        backbone = run_backbone(config)
+        manifest = load_manifest(source).limit(8)
+        identity = identity_of(config, backbone, ["penultimate"], manifest)
+        described = identity.preprocessing.to_dict()
+        # Mutation seen to fail here: colour "srgb" for every source (IDX keys change).
+        assert described.get("colour") == colour, source
+        assert ("decode" in described) == (colour is not None)  # IDX: no JPEG either

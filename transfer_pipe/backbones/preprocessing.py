@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 RESIZE_MODES = ("squash", "center-crop")
 DECODE_MODES = ("full", "dct")
+COLOUR_MODES = ("stored", "srgb")
+"""``srgb``: an embedded colour profile is converted to sRGB (``data.decode``), as for
+every image file since decoding became colour-managed; ``stored``: pixels as stored (IDX
+arrays, which carry no profile, and the keys of sets embedded before)."""
 """How a photo is decoded before the resize: ``full``, every pixel; ``dct``, a JPEG much
 larger than the input is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, never
 below the input size (``data.decode``). Other formats decode in full either way."""
@@ -50,6 +54,7 @@ class Preprocessing:
     std: tuple[float, float, float]
     resize: str = "squash"
     decode: str = "full"
+    colour: str = "stored"
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store tuples so specs stay hashable and equal.
@@ -66,6 +71,10 @@ class Preprocessing:
         if self.decode not in DECODE_MODES:
             raise TransferPipeError(
                 f"unknown decode mode {self.decode!r}; use one of {', '.join(DECODE_MODES)}"
+            )
+        if self.colour not in COLOUR_MODES:
+            raise TransferPipeError(
+                f"unknown colour mode {self.colour!r}; use one of {', '.join(COLOUR_MODES)}"
             )
         if any(s <= 0 for s in self.std):
             raise TransferPipeError(f"preprocessing std must be positive, got {self.std}")
@@ -127,7 +136,8 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description; equal dicts mean identical tensors (used in cache keys).
-        A full decode is left out, as before decode modes existed: those keys stay valid."""
+        A full decode and stored colours are left out, as before either existed: those keys
+        stay valid."""
         described = {
             "image_size": self.image_size,
             "mean": list(self.mean),
@@ -135,7 +145,11 @@ class Preprocessing:
             "resize": self.resize,
             "interpolation": "bilinear",
         }
-        return described if self.decode == "full" else {**described, "decode": self.decode}
+        if self.decode != "full":
+            described["decode"] = self.decode
+        if self.colour != "stored":
+            described["colour"] = self.colour
+        return described
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
@@ -146,6 +160,7 @@ class Preprocessing:
             std=_triple("std", data["std"]),
             resize=str(data.get("resize", "squash")),
             decode=str(data.get("decode", "full")),
+            colour=str(data.get("colour", "stored")),
         )
 
     def replace(
@@ -156,6 +171,7 @@ class Preprocessing:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         decode: str | None = None,
+        colour: str | None = None,
     ) -> Preprocessing:
         """Return a copy with the given fields changed (e.g. a smaller ``image_size``)."""
         given = {
@@ -164,6 +180,7 @@ class Preprocessing:
             "mean": mean,
             "std": std,
             "decode": decode,
+            "colour": colour,
         }
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         return dataclasses.replace(self, **changes)

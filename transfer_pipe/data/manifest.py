@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from transfer_pipe.data.idx import split_idx_uri
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import ROW_COLUMNS, SAMPLE_ID, SPLIT, URI
 
@@ -65,6 +66,15 @@ class Manifest:
             ["through", SPLIT], kind="stable"
         )
         return Manifest.from_rows(self.table.loc[order.index[:n]], self.source)
+
+    def has_image_files(self) -> bool:
+        """Whether some row is an image file (not a row of an IDX array): a file may carry
+        a colour profile, which decoding applies (``decode_image``)."""
+        uris = self.table[URI]
+        fragment = uris.str.contains("#", regex=False)
+        if not fragment.all():  # a row without a fragment is a file
+            return bool(len(uris))
+        return any(split_idx_uri(uri) is None for uri in uris)
 
     def has_jpeg(self) -> bool:
         """Whether some row names a JPEG file (by its suffix): the only format whose

@@ -198,8 +198,12 @@ def identity_of(
     if config.image_size is not None:
         preprocessing = preprocessing.replace(image_size=config.image_size)
     # The decode mode changes only a JPEG's pixels: a source without one keeps a full
-    # decode's key (the same features whatever the option says).
-    preprocessing = preprocessing.replace(decode=config.decode if manifest.has_jpeg() else "full")
+    # decode's key (the same features whatever the option says). Colour management
+    # changes only image files' pixels: an IDX source keeps the key it always had.
+    preprocessing = preprocessing.replace(
+        decode=config.decode if manifest.has_jpeg() else "full",
+        colour="srgb" if manifest.has_image_files() else "stored",
+    )
     weights_digest = backbone.weights_digest()
     emb_key = embedding_key(
         backbone.id, weights_digest, preprocessing.to_dict(), config.dtype, config.autocast

@@ -673,6 +673,14 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
             plan.spec.rows,
             key,
         )
+    if failures.noted:
+        logger.warning(
+            "feature set %s: %s; the failures table's notes and `transfer-pipe show %s` "
+            "say which and why",
+            key,
+            failures.note_message,
+            key,
+        )
     claim = _claims.get((store.url, key))
     if claim is not None and not claim.held:
         # It stalled past its claim's expiry and another run took over: that run marks
@@ -743,7 +751,8 @@ def embed_message(summary: EmbedSummary) -> str:
         f"{summary.reused} reused"
     )
     if summary.failed:
-        message += f"; {summary.failed} images failed (see the failures table)"
+        images = "image" if summary.failed == 1 else "images"
+        message += f"; {summary.failed} {images} failed (see the failures table)"
     return message
 
 

@@ -53,6 +53,7 @@ class FailureReport(Record):
     reasons: list[tuple[str, int]]
     rows: list[dict[str, str]]
     noted: int = 0
+    note_kinds: list[tuple[str, int]] = field(default_factory=list)
     notes: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -60,8 +61,7 @@ class FailureReport(Record):
         """``2 images used with a note (2 icc-unusable)``; "" when none was."""
         if not self.noted:
             return ""
-        kinds = Counter(str(row["note"]).split(":", 1)[0] for row in self.notes)
-        counts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        counts = ", ".join(f"{n} {kind}" for kind, n in self.note_kinds)
         return f"{self.noted} image{'s' if self.noted != 1 else ''} used with a note ({counts})"
 
     @property
@@ -83,8 +83,11 @@ def failure_report(store: FeatureStore, key: str, limit: int = FAILURE_ROWS) -> 
         for r in table.head(limit).itertuples(index=False)
     ]
     noted = store.notes(key)
+    kinds = Counter(str(note).split(":", 1)[0] for note in noted["note"])
     notes = [
         {"sample_id": str(r.sample_id), "uri": str(r.uri), "note": str(r.note)}
         for r in noted.head(limit).itertuples(index=False)
     ]
-    return FailureReport(len(table), categories.most_common(), rows, len(noted), notes)
+    return FailureReport(
+        len(table), categories.most_common(), rows, len(noted), kinds.most_common(), notes
+    )

@@ -57,20 +57,21 @@ class FailureReport(Record):
     notes: list[dict[str, str]] = field(default_factory=list)
 
     @property
-    def note_message(self) -> str:
-        """``2 images used with a note (2 icc-unusable)``; "" when none was."""
-        if not self.noted:
-            return ""
-        counts = ", ".join(f"{n} {kind}" for kind, n in self.note_kinds)
-        return f"{self.noted} image{'s' if self.noted != 1 else ''} used with a note ({counts})"
-
-    @property
     def message(self) -> str:
         """``4 images failed (2 not-an-image, 1 empty, 1 truncated)``; "" when none did."""
-        if not self.total:
-            return ""
-        counts = ", ".join(f"{n} {reason}" for reason, n in self.reasons)
-        return f"{self.total} image{'s' if self.total != 1 else ''} failed ({counts})"
+        return _counted(self.total, "failed", self.reasons)
+
+    @property
+    def note_message(self) -> str:
+        """``2 images used with a note (2 icc-unusable)``; "" when none was."""
+        return _counted(self.noted, "used with a note", self.note_kinds)
+
+
+def _counted(images: int, what: str, kinds: list[tuple[str, int]]) -> str:
+    if not images:
+        return ""
+    counts = ", ".join(f"{n} {kind}" for kind, n in kinds)
+    return f"{images} image{'s' if images != 1 else ''} {what} ({counts})"
 
 
 def failure_report(store: FeatureStore, key: str, limit: int = FAILURE_ROWS) -> FailureReport:

@@ -95,8 +95,12 @@ def decode_image(
                     img.draft(None, (draft_to, draft_to))  # sides stay >= draft_to
                 # open() only reads the header; truncation surfaces here, in load().
                 img.load()
-                image = _managed(_apply_orientation(img), img.info.get("icc_profile"))
-                return image if image.mode == "RGB" else _to_rgb(image, background)
+                profile, oriented = img.info.get("icc_profile"), _apply_orientation(img)
+                if oriented.mode in _PROFILE_SPACES:  # converted from its own space
+                    image = _managed(oriented, profile)
+                    return image if image.mode == "RGB" else _to_rgb(image, background)
+                # Alpha, palettes, 16-bit: composited or scaled to RGB, then converted.
+                return _managed(_to_rgb(oriented, background), profile)
     except DecodeError:
         raise
     except UnidentifiedImageError:

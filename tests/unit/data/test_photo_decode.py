@@ -58,6 +58,17 @@ def test_embedded_profiles_are_converted_to_srgb(space: object) -> None:
     assert np.abs(pixels.astype(np.int16) - expected).mean() > 8  # the check has teeth
 
 
+def test_a_profile_on_a_transparent_png_is_applied_after_compositing() -> None:
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    opaque = np.dstack([pixels, np.full((16, 16), 255, np.uint8)])
+    tagged = io.BytesIO()
+    Image.fromarray(opaque, "RGBA").save(tagged, "PNG", icc_profile=rgb_profile(DISPLAY_P3))
+    decoded = np.asarray(decode_image(tagged.getvalue()), dtype=np.int16)
+    # Mutation seen to fail here: the profile used only for RGB, CMYK and grey pixels.
+    assert np.abs(decoded - to_srgb(pixels, DISPLAY_P3).astype(np.int16)).max() <= 1
+
+
 def test_a_p3_photo_decodes_to_the_colours_it_was_taken_with(photo: Image.Image) -> None:
     decoded = decode_image(encode(photo, "p3"))
     assert _mean_diff(decoded, photo) < 4.0

@@ -77,7 +77,7 @@ def decode_image(
     if not data:
         raise DecodeError("empty", "zero-byte file")
     if is_heif(data):
-        _register_heif()
+        register_heif()
     try:
         # Pillow warns (rather than raises) between 1x and 2x its limit; make that an error,
         # scoped to this block so global warning filters are left as they were.
@@ -130,7 +130,7 @@ _HEIF_LOCK = threading.Lock()
 
 
 @functools.cache
-def _register_heif() -> None:
+def register_heif() -> None:
     """Teach Pillow HEIC through pillow-heif, once per process (on the first HEIC seen:
     its import costs time no other source should pay). Without the plugin a HEIC file
     fails with a reason that says what to install."""

@@ -36,6 +36,9 @@ FASHION_MNIST_CLASSES = (
 # The standard file names; the dot variant ("train-images.idx3-ubyte") is how
 # some mirrors ship the uncompressed files.
 _IDX_NAME = re.compile(r"^(train|t10k)-(images|labels)[.-]idx([13])-ubyte(\.gz)?$")
+# What ``split_idx_uri`` accepts, as one pattern (the file name above, then "#<index>"),
+# to look at a whole manifest's URIs at once.
+IDX_URI = r"(?:^|/)(?:train|t10k)-(?:images|labels)[.-]idx[13]-ubyte(?:\.gz)?#\d+$"
 _SPLIT_OF_PREFIX = {"train": TRAIN, "t10k": TEST}
 _GZIP_MAGIC = b"\x1f\x8b"
 _UINT8_CODE = 0x08

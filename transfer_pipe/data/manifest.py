@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from transfer_pipe.data.idx import split_idx_uri
+from transfer_pipe.data.idx import IDX_URI
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import ROW_COLUMNS, SAMPLE_ID, SPLIT, URI
 
-JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+JPEG_URI = r"\.(?:jpe?g|jpe|jfif)(?:\?|$)"  # a JPEG file's suffix, before any query
 
 
 @dataclass(frozen=True)
@@ -67,20 +67,17 @@ class Manifest:
         )
         return Manifest.from_rows(self.table.loc[order.index[:n]], self.source)
 
+    @functools.cached_property  # asked by the run's check and its plan: rows never change
     def has_image_files(self) -> bool:
         """Whether some row is an image file (not a row of an IDX array): a file may carry
         a colour profile, which decoding applies (``decode_image``)."""
-        uris = self.table[URI]
-        fragment = uris.str.contains("#", regex=False)
-        if not fragment.all():  # a row without a fragment is a file
-            return bool(len(uris))
-        return any(split_idx_uri(uri) is None for uri in uris)
+        return bool((~self.table[URI].str.contains(IDX_URI)).any())
 
+    @functools.cached_property
     def has_jpeg(self) -> bool:
-        """Whether some row names a JPEG file (by its suffix): the only format whose
-        decode mode changes its pixels (``Preprocessing.decode``)."""
-        uris = self.table[URI].str.lower().str.split("?", n=1).str[0]
-        return bool(uris.str.endswith(JPEG_SUFFIXES).any())
+        """Whether some row names a JPEG file (by its suffix, before any query): the only
+        format whose decode mode changes its pixels (``Preprocessing.decode``)."""
+        return bool(self.table[URI].str.contains(JPEG_URI, case=False).any())
 
     def digest(self) -> str:
         """sha256 over every row: changes when any image, label, split or id changes."""

@@ -201,8 +201,8 @@ def identity_of(
     # decode's key (the same features whatever the option says). Colour management
     # changes only image files' pixels: an IDX source keeps the key it always had.
     preprocessing = preprocessing.replace(
-        decode=config.decode if manifest.has_jpeg() else "full",
-        colour="srgb" if manifest.has_image_files() else "stored",
+        decode=config.decode if manifest.has_jpeg else "full",
+        colour="srgb" if manifest.has_image_files else "stored",
     )
     weights_digest = backbone.weights_digest()
     emb_key = embedding_key(
@@ -660,7 +660,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
                 plan.spec.rows,
                 key,
             )
-        return _summary(plan, results, failed, "complete")
+        return _summary(plan, results, failed, store.noted_count(key), "complete")
     stats = store.shard_stats(key)
     failures = failure_report(store, key, limit=0)
     failed = failures.total
@@ -697,6 +697,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
                 "counts": {
                     "rows": plan.spec.rows,
                     "failed": failed,
+                    "noted": failures.noted,
                     "embedded": int(stats["embedded"].sum()),
                     "reused_from_other_sets": int(stats["reused"].sum()),
                 },
@@ -704,7 +705,7 @@ def finalize_embedding(plan: EmbedPlan, results: Sequence[ShardResult]) -> Embed
             },
         )
     release_claim(plan)
-    return _summary(plan, results, failed, store.status(key))
+    return _summary(plan, results, failed, failures.noted, store.status(key))
 
 
 def _device_name(requested: str, results: Sequence[ShardResult]) -> str:
@@ -720,7 +721,7 @@ def _device_name(requested: str, results: Sequence[ShardResult]) -> str:
 
 
 def _summary(
-    plan: EmbedPlan, results: Sequence[ShardResult], failed: int, status: str
+    plan: EmbedPlan, results: Sequence[ShardResult], failed: int, noted: int, status: str
 ) -> EmbedSummary:
     """What the run did, in numbers."""
     embedded = sum(r.embedded for r in results)
@@ -740,6 +741,7 @@ def _summary(
         status_before=plan.status_before,
         steady_images_per_s=steady_rate(results),
         status=status,
+        noted=noted,
     )
 
 

@@ -34,6 +34,7 @@ class EmbedSummary(Record):
     status_before: str  # "missing" | "incomplete" | "complete"
     steady_images_per_s: float | None
     status: str
+    noted: int = 0  # images decoding used with a note (the failures table's notes)
 
 
 @dataclass(frozen=True)

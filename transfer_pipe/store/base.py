@@ -385,10 +385,24 @@ class FeatureStore(ABC):
     def failed_count(self, key: str, provenance: Mapping[str, Any] | None = None) -> int:
         """How many of version ``key``'s images failed: the count recorded when it was
         completed (``ls`` and a rerun then read no failure column), else counted."""
+        return self._recorded(key, "failed", provenance, lambda: len(self.failures(key)))
+
+    def noted_count(self, key: str, provenance: Mapping[str, Any] | None = None) -> int:
+        """How many of version ``key``'s images decoding used with a note: recorded when it
+        was completed, else counted (a version completed before notes existed)."""
+        return self._recorded(key, "noted", provenance, lambda: len(self.notes(key)))
+
+    def _recorded(
+        self,
+        key: str,
+        name: str,
+        provenance: Mapping[str, Any] | None,
+        count: Callable[[], int],
+    ) -> int:
         provenance = self.provenance(key) if provenance is None else provenance
         counts = provenance.get("counts") or {}
-        recorded = counts.get("failed") if isinstance(counts, Mapping) else None
-        return int(recorded) if recorded is not None else len(self.failures(key))
+        recorded = counts.get(name) if isinstance(counts, Mapping) else None
+        return int(recorded) if recorded is not None else count()
 
     def catalog(self) -> list[FeatureSetInfo]:
         """Every version, by lineage, oldest first."""

@@ -126,10 +126,10 @@ def corpus(work: Path, quick: bool) -> dict[str, dict[str, list[Path]]]:
     for kind in ("jpeg", "heic"):
         photos = make_photos(
             work / "phone" / kind,
-            1,
+            1 if quick else 2,
             kinds=(kind,),
             size_class="phone",
-            classes=("china", "coffee", "retina", "hubble_deep_field") * (1 if quick else 2),
+            classes=("china", "coffee", "retina", "hubble_deep_field"),
             seed=2,
         )
         found["phone"][kind] = [p.path for p in photos]
@@ -161,10 +161,10 @@ def _megapixels(data: bytes) -> float:
 
     from PIL import Image
 
-    from transfer_pipe.data.decode import _register_heif, is_heif
+    from transfer_pipe.data.decode import is_heif, register_heif
 
     if is_heif(data):
-        _register_heif()
+        register_heif()
     with Image.open(io.BytesIO(data)) as image:
         return image.size[0] * image.size[1] / 1e6
 
@@ -190,9 +190,7 @@ def measure_scaling(files: dict[str, dict[str, list[Path]]]) -> dict[str, Any]:
 TASK_PHOTOS = ("china", "flower", "coffee", "astronaut")
 
 
-def task_photos(
-    work: Path, per_class: int
-) -> tuple[list[bytes], np.ndarray, np.ndarray, list[bytes]]:
+def task_photos(per_class: int) -> tuple[list[bytes], np.ndarray, np.ndarray, list[bytes]]:
     """A labelled task a probe does not ace: each quadrant of four photographs is a class
     (16 classes; neighbouring quadrants share colours and textures), its examples crops
     of that quadrant, half at ImageNet sizes and half at 1.9-3.1 megapixels (where the
@@ -215,11 +213,10 @@ def task_photos(
                 finer.append(encode(image, "jpeg", quality=95))
                 labels.append(f"{name}-{q}")
                 large.append(big)
-    del work
     return datas, np.array(labels), np.array(large), finer
 
 
-def measure_effect(work: Path, quick: bool) -> dict[str, Any]:
+def measure_effect(quick: bool) -> dict[str, Any]:
     """Features and a probe with each decode, on the labelled task."""
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -231,7 +228,7 @@ def measure_effect(work: Path, quick: bool) -> dict[str, Any]:
     from transfer_pipe.features.tasks import EmbedderConfig
 
     torch.set_num_threads(os.cpu_count() or 1)
-    datas, labels, large, finer = task_photos(work, 10 if quick else 20)
+    datas, labels, large, finer = task_photos(10 if quick else 20)
     features: dict[str, np.ndarray] = {}
     for decode in ("full", "dct", "full, quality 95"):
         preprocessing = _preprocessing(decode.split(",")[0])
@@ -295,7 +292,7 @@ def main() -> None:
         files = corpus(work, args.quick)
         feed = measure_feed(files)
         scaling = measure_scaling(files)
-        effect = measure_effect(work, args.quick)
+        effect = measure_effect(args.quick)
     per_core = feed["imagenet/jpeg"]
     best = max(per_core["full"], per_core["dct"])
     record = {

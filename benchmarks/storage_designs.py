@@ -98,6 +98,20 @@ def compressors() -> list[Any]:
     return [ZstdCodec(level=3), Crc32cCodec()]
 
 
+def features_array(store: Any, rows: int, name: str | None = None) -> zarr.Array:
+    """A [rows, DIM] float32 feature array with every design's chunks, shards and codec."""
+    return zarr.create_array(
+        store,
+        name=name,
+        shape=(rows, DIM),
+        chunks=(CHUNK_ROWS, DIM),
+        shards=(SHARD_ROWS, DIM),
+        dtype="float32",
+        fill_value=0.0,
+        compressors=compressors(),
+    )
+
+
 def next_boundary(n: int) -> int:
     return -(-n // SHARD_ROWS) * SHARD_ROWS
 
@@ -357,15 +371,7 @@ class AppendZarrParquet:
     def write_night(self, night: Night, pool: np.ndarray) -> None:
         if night.night == 0:
             self.versions.mkdir(parents=True)
-            features = zarr.create_array(
-                zarr.storage.LocalStore(self.root / "features"),
-                shape=(0, DIM),
-                chunks=(CHUNK_ROWS, DIM),
-                shards=(SHARD_ROWS, DIM),
-                dtype="float32",
-                fill_value=0.0,
-                compressors=compressors(),
-            )
+            features = features_array(zarr.storage.LocalStore(self.root / "features"), 0)
             previous = pd.DataFrame({c: pd.Series(dtype=object) for c in (*COLUMNS, "row")})
         else:
             features = self._features()
@@ -443,15 +449,7 @@ class FullCopy:
         feats = np.concatenate([kept_feats, pool[night.added["fid"].to_numpy()]])
         order = np.argsort(table["sample_id"].to_numpy(), kind="stable")
         out = self._dir(night.night)
-        array = zarr.create_array(
-            zarr.storage.LocalStore(out / "features"),
-            shape=feats.shape,
-            chunks=(CHUNK_ROWS, DIM),
-            shards=(SHARD_ROWS, DIM),
-            dtype="float32",
-            fill_value=0.0,
-            compressors=compressors(),
-        )
+        array = features_array(zarr.storage.LocalStore(out / "features"), len(feats))
         array[:] = feats[order]
         table.iloc[order][list(COLUMNS)].astype({"label": np.int32}).to_parquet(
             out / "table.parquet", compression="zstd", index=False
@@ -600,16 +598,7 @@ def concurrency_check(tmp: Path, workers: int = 2, shards: int = 4) -> dict[str,
 
         repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp / "ic")))
         session = repo.writable_session("main")
-        zarr.create_array(
-            session.store,
-            name="features",
-            shape=(shards * SHARD_ROWS, DIM),
-            chunks=(CHUNK_ROWS, DIM),
-            shards=(SHARD_ROWS, DIM),
-            dtype="float32",
-            fill_value=0.0,
-            compressors=compressors(),
-        )
+        features_array(session.store, shards * SHARD_ROWS, name="features")
         session.commit("metadata: must be committed before forking")
         start = time.perf_counter()
         session = repo.writable_session("main")
@@ -624,15 +613,7 @@ def concurrency_check(tmp: Path, workers: int = 2, shards: int = 4) -> dict[str,
         out["icechunk_fork_merge_ok"] = bool(np.array_equal(got, expected))
 
         path = str(tmp / "plain")
-        zarr.create_array(
-            zarr.storage.LocalStore(path),
-            shape=(shards * SHARD_ROWS, DIM),
-            chunks=(CHUNK_ROWS, DIM),
-            shards=(SHARD_ROWS, DIM),
-            dtype="float32",
-            fill_value=0.0,
-            compressors=compressors(),
-        )
+        features_array(zarr.storage.LocalStore(path), shards * SHARD_ROWS)
         start = time.perf_counter()
         list(
             pool.map(

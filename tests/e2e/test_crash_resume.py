@@ -136,6 +136,17 @@ sys.exit(main(sys.argv[1:]))
 KILL_POINTS = ("create-midway", "create-commit", "finalize-commit")
 
 
+def _kill_at(point: str, data: Path, store: Path, env: dict[str, str], work: Path) -> None:
+    """The small embed into ``store``, SIGKILLed at ``point`` (``_KILLING_RUNNER``)."""
+    runner = work / "killing_runner.py"
+    runner.write_text(_KILLING_RUNNER)
+    killed = subprocess.run(
+        [sys.executable, str(runner), *_small_command(data, store)],
+        env={**env, "KILL_AT": point}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+
 def _small_command(data: Path, store: Path) -> list[str]:
     return [
         "embed", str(data), "--store", str(store), "--backbone", "tiny_test",
@@ -171,13 +182,7 @@ def test_a_kill_while_creating_or_committing_resumes_to_the_uninterrupted_result
     data, clean_store = small_uninterrupted
     store = tmp_path / "killed"
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    runner = tmp_path / "killing_runner.py"
-    runner.write_text(_KILLING_RUNNER)
-    killed = subprocess.run(
-        [sys.executable, str(runner), *_small_command(data, store)],
-        env={**env, "KILL_AT": point}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    _kill_at(point, data, store, env, tmp_path)
     assert list(store.rglob("*.partial")), "the kill did not come in the middle of a write"
     at_kill = open_store(str(store))
     [key] = open_store(str(clean_store)).list_keys()
@@ -243,13 +248,7 @@ def test_a_kill_during_an_increment_resumes_to_the_uninterrupted_version(
     store = tmp_path / "killed"
     shutil.copytree(cold, store)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    runner = tmp_path / "killing_runner.py"
-    runner.write_text(_KILLING_RUNNER)
-    killed = subprocess.run(
-        [sys.executable, str(runner), *_small_command(data, store)],
-        env={**env, "KILL_AT": point}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    _kill_at(point, data, store, env, tmp_path)
     rerun = subprocess.run(
         [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, store)],
         env=env, capture_output=True, text=True, timeout=600,

@@ -229,12 +229,22 @@ def test_a_file_sorting_among_known_ones_moves_no_row(tmp_path: Path) -> None:
     assert new_rows.index.tolist()[2] == "class0/img0001a.png"  # in the middle of the table
     pd.testing.assert_series_equal(new_rows.loc[old_rows.index], old_rows)
     assert new_rows["class0/img0001a.png"] == 2 * SHARD
-    after = shard_objects(store, grown.feature_set)
-    assert {path: after.get(path) for path in before} == before
+    after = _old_objects_kept_and_clean(store, before, grown.feature_set, images, clean)
     assert in_shards(set(after) - set(before), spec.new_shards)
-    clean.take(images, grown.feature_set)
+
+
+def _old_objects_kept_and_clean(
+    store: Path, before: dict[str, bytes], key: str, images: Path, clean: Clean
+) -> dict[str, bytes]:
+    """The objects of version ``key`` (returned), having checked that every object the
+    store held ``before`` is byte for byte what it was, that the version equals a clean
+    embed of ``images``, and that it verifies."""
+    after = shard_objects(store, key)
+    assert {path: after.get(path) for path in before} == before
+    clean.take(images, key)
     clean.check(str(store))
-    assert zarr_store(store).verify(grown.feature_set).ok
+    assert zarr_store(store).verify(key).ok
+    return after
 
 
 def test_removed_files_make_a_version_without_them_and_no_forward_pass(tmp_path: Path) -> None:
@@ -305,11 +315,7 @@ def test_a_changed_file_is_appended_and_the_rest_shared(tmp_path: Path, reads: l
     )
     pd.testing.assert_series_equal(new_rows.drop(changed), old_rows.drop(changed))
     assert new_rows[changed] == 2 * SHARD  # the new content's row, in the new shard
-    after = shard_objects(store, again.feature_set)
-    assert {path: after.get(path) for path in before} == before
-    clean.take(images, again.feature_set)
-    clean.check(str(store))
-    assert zarr_store(store).verify(again.feature_set).ok
+    _old_objects_kept_and_clean(store, before, again.feature_set, images, clean)
 
 
 def test_reverting_the_folder_gives_the_earlier_version_back(tmp_path: Path) -> None:

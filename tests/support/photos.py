@@ -93,7 +93,9 @@ def _transform(space_name: str) -> ImageCms.ImageCmsTransform:
 def in_space(image: Image.Image, space: RgbSpace) -> Image.Image:
     """``image`` (sRGB) with its pixels re-encoded in ``space``: what a camera set to that
     space writes, so that decoding with the embedded profile gives ``image`` back."""
-    return ImageCms.applyTransform(image, _transform(space.name))
+    converted = ImageCms.applyTransform(image, _transform(space.name))
+    assert converted is not None  # not in place: a new image
+    return converted
 
 
 def encode(image: Image.Image, kind: str, quality: int = 90) -> bytes:

@@ -13,6 +13,10 @@
 # order; one device call has 10 minutes: `PARTS="probe sweep" bash benchmarks/gpu.sh`).
 # PARTS=photos measures the photo feed on the GPU machine's many cores (1 to all, in
 # processes and threads: photos_gpu_host.json; needs scikit-image and pillow-heif wheels).
+# PARTS=nvjpeg measures the photo feed decoded on the GPU (--decode nvjpeg) against the
+# CPU's (dct, full), alone and in the whole kernel, and how far its pixels and features
+# are from Pillow's (nvjpeg_gpu.json; scikit-image wheels); PARTS=compile the forward pass
+# compiled (--compile) against eager (compile_gpu.json). Both in a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -34,6 +38,8 @@ for part in ${PARTS:-finetune feeding probe sweep}; do
     probe) python3 benchmarks/probe_walk.py --out "$results/probe_walk_gpu.json" ;;
     sweep) python3 benchmarks/sweep.py --output "$results/sweep_gpu.json" --pictures "$results" ;;
     photos) python3 benchmarks/photos.py --out "$results/photos_gpu_host.json" ;;
-    *) echo "unknown part $part (finetune, feeding, probe, sweep, photos)" >&2; exit 2 ;;
+    nvjpeg) python3 benchmarks/gpu_options.py nvjpeg --out "$results/nvjpeg_gpu.json" ;;
+    compile) python3 benchmarks/gpu_options.py compile --out "$results/compile_gpu.json" ;;
+    *) echo "unknown part $part (finetune, feeding, probe, sweep, photos, nvjpeg, compile)" >&2; exit 2 ;;
   esac
 done

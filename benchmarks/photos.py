@@ -9,7 +9,11 @@ scikit-image ship (``tests/support/photos.py``; nothing is downloaded).
   12-megapixel phone photos) and format (baseline and progressive JPEG, EXIF-rotated,
   Display P3, HEIC, WebP, AVIF, PNG), with a full decode and with the DCT-domain
   downscale (``--decode dct``);
-- ``scaling``: the same feed in 1 .. all cores, in processes and in threads;
+- ``scaling``: the same feed (``--decode dct``, the default) in 1 .. all threads, for
+  each size class (ImageNet, large 1.9-3.1 megapixels, phone) and format (baseline and
+  progressive JPEG, WebP, AVIF, HEIC): images/s per core, and in processes too where
+  threads fall short of ``SCALES`` of linear (threads are what a shard task's
+  ``--decoders`` are);
 - ``effect``: a labelled task (each source photograph a class; crops of it at ImageNet and
   large sizes, JPEG) embedded by EfficientNet-Lite0 at 224 px with each decode: the
   features' relative difference, and a logistic-regression probe's accuracy (5-fold
@@ -19,6 +23,7 @@ Writes benchmarks/results/photos.json (or ``--out``) and prints a table.
 
     .venv/bin/python benchmarks/photos.py              # 3-6 min on 2 cores
     .venv/bin/python benchmarks/photos.py --quick      # smaller corpus, 1-2 min
+    .venv/bin/python benchmarks/photos.py --quick --parts scaling --out ...  # one part
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ SIZE = 224
 FEED_TARGET = 650.0  # images/s per core, ImageNet-size JPEGs at 224 px
 KINDS = ("jpeg", "progressive", "exif", "p3", "heic", "webp", "avif", "png")
 JPEG_KINDS = ("jpeg", "progressive", "exif", "p3")
+SCALING_KINDS = ("jpeg", "progressive", "webp", "avif", "heic")
+SCALES = 0.8  # of linear: threads that reach it need no processes
+PARTS = ("feed", "scaling", "effect")
 
 
 def _preprocessing(decode: str) -> Preprocessing:
@@ -116,23 +124,36 @@ def read_rate(paths: Sequence[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def corpus(work: Path, quick: bool) -> dict[str, dict[str, list[Path]]]:
-    """Files by size class and kind."""
+def corpus(
+    work: Path,
+    quick: bool,
+    kinds: Sequence[str] = KINDS,
+    large_kinds: Sequence[str] = SCALING_KINDS,
+) -> dict[str, dict[str, list[Path]]]:
+    """Files by size class and kind: ``kinds`` at ImageNet sizes, ``large_kinds`` at
+    large and phone sizes, fewer of them (a 12-megapixel AVIF takes 15 s to encode here,
+    a HEIC 45 s)."""
     per_kind = 4 if quick else 8  # per source photo (11 of them)
-    found: dict[str, dict[str, list[Path]]] = {"imagenet": {}, "phone": {}}
-    for kind in KINDS:
+    found: dict[str, dict[str, list[Path]]] = {"imagenet": {}, "large": {}, "phone": {}}
+    for kind in kinds:
         photos = make_photos(work / "imagenet" / kind, per_kind, kinds=(kind,), seed=1)
         found["imagenet"][kind] = [p.path for p in photos]
-    for kind in ("jpeg", "heic"):
-        photos = make_photos(
-            work / "phone" / kind,
-            1 if quick else 2,
-            kinds=(kind,),
-            size_class="phone",
-            classes=("china", "coffee", "retina", "hubble_deep_field"),
-            seed=2,
-        )
-        found["phone"][kind] = [p.path for p in photos]
+    for size_class, classes in (
+        ("large", ("china", "coffee", "retina", "hubble_deep_field")),
+        ("phone", ("china", "coffee", "retina", "hubble_deep_field")),
+    ):
+        for kind in large_kinds:
+            slow = kind in ("avif", "heic") and size_class == "phone"
+            picked = classes[: 1 if slow else 2 if quick else 4]
+            photos = make_photos(
+                work / size_class / kind,
+                1 if quick or slow else 2,
+                kinds=(kind,),
+                size_class=size_class,
+                classes=picked,
+                seed=2,
+            )
+            found[size_class][kind] = [p.path for p in photos]
     return found
 
 
@@ -170,21 +191,39 @@ def _megapixels(data: bytes) -> float:
 
 
 def measure_scaling(files: dict[str, dict[str, list[Path]]]) -> dict[str, Any]:
+    """Images/s of the feed in 1 .. all threads, per size class and format; processes
+    only where threads fall short of ``SCALES`` of linear."""
     cores = os.cpu_count() or 1
     counts = sorted({1, cores, *(n for n in (2, 4, 8, 16, 32) if n < cores)})
     scaling: dict[str, Any] = {}
-    for name, paths, decode in (
-        ("imagenet/jpeg", files["imagenet"]["jpeg"], "dct"),
-        ("phone/jpeg", files["phone"]["jpeg"], "dct"),
-        ("phone/jpeg full", files["phone"]["jpeg"], "full"),
-    ):
-        datas = [path.read_bytes() for path in paths] * (2 if name.startswith("phone") else 1)
-        scaling[name] = {
-            "processes": {n: round(feed_rate(datas, decode, n, True), 1) for n in counts},
-            "threads": {n: round(feed_rate(datas, decode, n, False), 1) for n in counts},
-        }
-        print(f"scaling {name}: {scaling[name]}", flush=True)
+    for size_class, kinds in files.items():
+        for kind in SCALING_KINDS:
+            if kind not in kinds:
+                continue
+            datas = _sized([path.read_bytes() for path in kinds[kind]], cores)
+            threads = {n: round(feed_rate(datas, "dct", n, False), 1) for n in counts}
+            efficiency = threads[cores] / (cores * threads[1])
+            row: dict[str, Any] = {
+                "images": len(datas),
+                "threads": threads,
+                "per_core": {n: round(rate / n, 1) for n, rate in threads.items()},
+                "efficiency": round(efficiency, 2),
+            }
+            if efficiency < SCALES:
+                row["processes"] = {n: round(feed_rate(datas, "dct", n, True), 1) for n in counts}
+            scaling[f"{size_class}/{kind}"] = row
+            print(f"scaling {size_class}/{kind}: {row}", flush=True)
     return scaling
+
+
+def _sized(datas: list[bytes], cores: int, seconds: float = 1.5) -> list[bytes]:
+    """``datas`` repeated to about ``seconds`` of one core's feed (at least two images per
+    core), from the time of one image (after a first, warming, pass)."""
+    _feed((datas[:1], "dct"))
+    started = time.perf_counter()
+    _feed((datas[:1], "dct"))
+    count = max(2 * cores, int(seconds / (time.perf_counter() - started)))
+    return (datas * (count // len(datas) + 1))[:count]
 
 
 TASK_PHOTOS = ("china", "flower", "coffee", "astronaut")
@@ -283,23 +322,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller corpus")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     started = time.time()
     load_before = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="photos-") as folder:
         work = Path(folder)
         print("writing the corpus", flush=True)
-        files = corpus(work, args.quick)
-        feed = measure_feed(files)
-        scaling = measure_scaling(files)
-        effect = measure_effect(args.quick)
-    per_core = feed["imagenet/jpeg"]
-    best = max(per_core["full"], per_core["dct"])
+        kinds = KINDS if "feed" in parts else SCALING_KINDS
+        files = corpus(work, args.quick, kinds) if {"feed", "scaling"} & set(parts) else {}
+        feed = measure_feed(files) if "feed" in parts else None
+        scaling = measure_scaling(files) if "scaling" in parts else None
+        effect = measure_effect(args.quick) if "effect" in parts else None
+    command = "python benchmarks/photos.py" + (" --quick" if args.quick else "")
+    if args.parts != ",".join(PARTS):
+        command += f" --parts {args.parts}"
     record = {
         "what": "photo decoding: feed rate per core by size class and format, full against "
         "DCT-domain decode, scaling over cores, and the fast decode's effect on features "
         "and a probe",
-        "command": "python benchmarks/photos.py" + (" --quick" if args.quick else ""),
+        "command": command,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "total_seconds": round(time.time() - started, 1),
         "machine": {
@@ -314,21 +357,30 @@ def main() -> None:
         "feed_images_per_s_one_core": feed,
         "scaling_images_per_s": scaling,
         "effect": effect,
-        "targets": [
-            {
-                "target": "CPU feed of ImageNet-size JPEGs at 224 px >= 650 images/s per core",
-                "value": best,
-                "met": bool(best >= FEED_TARGET),
-                "detail": f"read, decode, resize, normalise on the CPU; without the CPU "
-                f"normalise (a GPU run normalises on the GPU): {per_core['dct_to_uint8']}",
-            },
-        ],
+        "targets": _targets(feed),
     }
+    record = {k: v for k, v in record.items() if v is not None}  # the parts not run
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("effect", "targets")}, indent=2))
+    print(json.dumps({k: record[k] for k in ("effect", "targets") if k in record}, indent=2))
     print(f"wrote {path}")
+
+
+def _targets(feed: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    if feed is None:
+        return None
+    per_core = feed["imagenet/jpeg"]
+    best = max(per_core["full"], per_core["dct"])
+    return [
+        {
+            "target": "CPU feed of ImageNet-size JPEGs at 224 px >= 650 images/s per core",
+            "value": best,
+            "met": bool(best >= FEED_TARGET),
+            "detail": f"read, decode, resize, normalise on the CPU; without the CPU "
+            f"normalise (a GPU run normalises on the GPU): {per_core['dct_to_uint8']}",
+        },
+    ]
 
 
 if __name__ == "__main__":

@@ -18,12 +18,18 @@ from flows.embed import run_embed
 from flows.parameters import run_parameters
 from flows.runs import RETRY, artifact_key, capture_library_logs, run_name, tagged
 from transfer_pipe.config import SweepConfig, run_values
+from transfer_pipe.curves import LayerScore
 from transfer_pipe.steps import sweep as steps
 from transfer_pipe.steps.checks import check_inputs
 from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.target import run_config
 
 capture_library_logs()
+
+
+def _screen_name(parameters: dict[str, Any]) -> str:
+    run: steps.ProbeRun = parameters["run"]
+    return f"screen-{run.init}-{run.layer}"
 
 
 def _probe_name(parameters: dict[str, Any]) -> str:
@@ -35,6 +41,9 @@ def _probe_name(parameters: dict[str, Any]) -> str:
 check = task(name="check-inputs", cache_policy=NO_CACHE)(check_inputs)
 prepare = task(name="prepare-sweep", cache_policy=NO_CACHE)(steps.prepare_sweep)
 finalize = task(name="summarize", cache_policy=NO_CACHE, **RETRY)(steps.finalize_sweep)
+screen = task(name="screen", cache_policy=NO_CACHE, task_run_name=_screen_name, **RETRY)(  # type: ignore[arg-type]
+    steps.screen_layer
+)
 
 
 @task(name="probe", cache_policy=NO_CACHE, task_run_name=_probe_name, **RETRY)  # type: ignore[arg-type]
@@ -46,8 +55,9 @@ def probe(run: steps.ProbeRun) -> TrainSummary:
 @flow(name="sweep", log_prints=True, flow_run_name=run_name("backbone", "task"))
 @run_parameters(SweepConfig)
 def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
-    """Probe every stage of the backbone, pretrained and with random weights, then shares
-    of the training labels at the best layer; advise where to cut and whether to fine-tune."""
+    """Screen every stage of the backbone, pretrained and with random weights, probe where
+    the screens say the choice is decided, then shares of the training labels at the best
+    layer; advise where to cut and whether to fine-tune."""
     config = run_config(SweepConfig, values)  # a bad value fails here, as in the CLI
     clock = steps.Stopwatch()
     with tagged("sweep"):
@@ -59,18 +69,29 @@ def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
             with clock.phase(f"embed {init}"):
                 done = run_embed(plan.embeds[init])
             keys[init], embedded = done.feature_set, embedded + done.embedded
-        summaries, depth = [], []
-        for run in steps.depth_runs(plan, keys):
-            with clock.phase(f"depth {run.init}"), clock.phase(steps.probe_phase("depth", run)):
-                summaries.append(probe(run))
-            depth.append(steps.probe_layer(run, summaries[-1]))
+        screens = []
+        for run in steps.screen_runs(plan, keys):
+            with clock.phase(f"screen {run.init}"), clock.phase(steps.probe_phase("screen", run)):
+                screens.append(screen(run))
+        summaries: list[TrainSummary] = []
+        depth: list[LayerScore] = []
+
+        def probe_all(runs: list[steps.ProbeRun]) -> None:
+            for run in runs:
+                with clock.phase(f"depth {run.init}"), clock.phase(steps.probe_phase("depth", run)):
+                    summaries.append(probe(run))
+                depth.append(steps.probe_layer(run, summaries[-1]))
+
+        probe_all(steps.pretrained_runs(plan, keys, screens))
+        # The baseline's probes depend on the pretrained peak: known once those ran.
+        probe_all(steps.baseline_runs(plan, keys, screens, depth))
         curve = []
         for run in steps.curve_runs(plan, keys, depth):
             with clock.phase(f"curve {run.init}"), clock.phase(steps.probe_phase("curve", run)):
                 summaries.append(probe(run))
             curve.append(steps.share_point(run, summaries[-1]))
         summary: steps.SweepSummary = finalize(
-            plan, keys, depth, curve, summaries, embedded, clock.seconds
+            plan, keys, screens, depth, curve, summaries, embedded, clock.seconds
         )
         create_markdown_artifact(
             steps.sweep_report(summary, config.storage_options),

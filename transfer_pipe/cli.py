@@ -321,6 +321,8 @@ def _train(args: argparse.Namespace) -> int:
     from transfer_pipe.report import terminal_table
 
     summary = train_flow(**values)
+    if summary.layer_choice is not None and summary.layer_choice.how != "given":
+        print(f"layer {summary.layer} ({summary.layer_choice.how}): {summary.layer_choice.reason}")
     print(
         f"task {summary.task} on feature set {summary.feature_set} "
         f"(layer {summary.layer}; train/val/test {summary.splits['train']}/"
@@ -391,13 +393,27 @@ def _sweep(args: argparse.Namespace) -> int:
 
     summary = run_sweep(config)
     by_layer: dict[str, dict[str, Any]] = {}
+    for screen in sorted(summary.screens, key=lambda s: s.depth):
+        row = by_layer.setdefault(screen.layer, {"layer": screen.layer, "dim": screen.dim})
+        row[f"{screen.init} k-NN"] = f"{screen.knn:.4f}"
+        row[f"{screen.init} probe"] = ""
     for score in summary.depth:
         row = by_layer.setdefault(score.layer, {"layer": score.layer, "dim": score.dim})
-        row[score.init] = f"{score.accuracy:.4f} [{score.accuracy_ci95[0]:.3f}, " + (
+        row[f"{score.init} probe"] = f"{score.accuracy:.4f} [{score.accuracy_ci95[0]:.3f}, " + (
             f"{score.accuracy_ci95[1]:.3f}]"
         )
-    print(f"depth curve, task {summary.task} (test accuracy of the linear probe, 95% CI):")
+    print(
+        f"depth curve, task {summary.task}: the k-NN screen (validation accuracy) on every "
+        f"layer, the linear probe (test accuracy, 95% CI) where the {summary.screen} screen "
+        "sent it (--probe-all: every layer):"
+    )
     print(terminal_table(list(by_layer.values())))
+    taus = [a for a in summary.agreement if a.tau is not None]
+    if taus:
+        print(
+            "screens against the probes (Kendall tau over the probed layers): "
+            + ", ".join(f"{a.screen} {a.init} {a.tau:+.2f} ({a.layers})" for a in taus)
+        )
     print("learning curve (share of the training labels, mean test accuracy over seeds):")
     print(
         terminal_table(

@@ -16,17 +16,23 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from transfer_pipe.curves import Screen
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import parse_storage_options
 
 DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
 DEFAULT_STORE = "./feature-store"
+# ``--layer auto`` (steps.layer_choice): a sweep's advice, else the best on validation of
+# the feature set's layers; ``TOP`` (the penultimate layer and the last three stages) is
+# what an embed run taps by default (benchmarks/taps.py: the same time, twice the bytes).
+AUTO_LAYER = "auto"
+TOP = "top"
 # Every head the protocol knows (``heads.protocol.HEAD_KINDS`` builds them, in this order).
 HEAD_NAMES = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
 DEFAULT_HEADS = HEAD_NAMES
 Dtype = Literal["float32", "float16"]
 Autocast = Literal["none", "bf16", "fp16"]
-Decode = Literal["full", "dct"]
+Decode = Literal["full", "dct", "nvjpeg"]
 DEFAULT_DECODE: Decode = "dct"  # within the noise: benchmarks/photos.py, README "Photographs"
 Augment = Literal["auto", "affine", "crop-flip", "none"]
 BatchNorm = Literal["frozen", "train"]
@@ -189,8 +195,9 @@ class EmbedConfig(_Validated):
     weights_file: str | None = option(None, "local state dict for the backbone")
     layers: tuple[str, ...] = option(
         (),
-        "comma-separated layers to pool (default: the pooled penultimate features; "
-        "'stages' = every stage)",
+        "comma-separated layers to pool (default: 'top', the pooled penultimate features "
+        "and the last three stages, one forward pass: what `train --layer auto` weighs; "
+        "'penultimate' alone stores half the bytes; 'stages' = every stage)",
     )
     image_size: int | None = option(
         None, "input size in pixels (default: the backbone's)", minimum=8, maximum=4096
@@ -199,8 +206,10 @@ class EmbedConfig(_Validated):
         DEFAULT_DECODE,
         "how a JPEG is decoded: 'dct' decodes a photo much larger than the input at 1/2, 1/4 "
         "or 1/8 scale in libjpeg's DCT domain, never below the input size (several times "
-        "faster on large photos), 'full' every pixel; a feature set of its own (other "
-        "formats, and folders without JPEGs, decode in full either way)",
+        "faster on large photos), 'full' every pixel, 'nvjpeg' every pixel by nvJPEG on the "
+        "CUDA device, resized there (CUDA only; CMYK, colour-managed and truncated JPEGs by "
+        "Pillow); each a feature set of its own (other formats, and folders without JPEGs, "
+        "decode in full with Pillow either way)",
     )
     decoders: int | None = option(
         None,
@@ -239,6 +248,12 @@ class EmbedConfig(_Validated):
         "none",
         "reduced-precision forward pass, a feature set of its own: bf16 on CUDA or a CPU "
         "(fast with AVX-512 BF16 or AMX), fp16 on CUDA only",
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the frozen model on CUDA (its first batch compiles, once per worker); "
+        "the same feature set as without it: compiled kernels differ by rounding only, as "
+        "two GPUs' do",
     )
 
     def _problems(self) -> list[str]:
@@ -310,8 +325,12 @@ class TrainConfig(TaskOptions):
     the heads to fit, and the protocol's knobs."""
 
     heads: tuple[str, ...] = option(DEFAULT_HEADS, "comma-separated heads to fit")
-    layer: str | None = option(
-        None, "feature layer (default: the feature set's first); 'a+b' puts layers side by side"
+    layer: str = option(
+        AUTO_LAYER,
+        "feature layer; 'a+b' puts layers side by side; 'auto': the layer the store's newest "
+        "sweep of this source and task recommends, else the best on validation among the "
+        "feature set's layers and all of them side by side (a source is embedded at the "
+        "penultimate layer and the last three stages for it)",
     )
     shots: int | None = option(None, "few-shot: labelled training rows per class", minimum=1)
     shot_seeds: int = option(5, "few-shot repeats, seeds 0..N-1", minimum=1)
@@ -563,10 +582,11 @@ class PipelineConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class SweepConfig(TaskOptions):
-    """Where to cut the backbone, and whether to fine-tune: the linear probe (the heads
-    flow's protocol) on the pooled output of every stage, for the pretrained weights and
-    for the same network with seeded random weights (the depth curve), then on shares of
-    the training labels at the best layer (the learning curve), and the advice they give.
+    """Where to cut the backbone, and whether to fine-tune: transferability screens on the
+    pooled output of every stage, for the pretrained weights and for the same network with
+    seeded random weights, the linear probe (the heads flow's protocol) where the screens
+    say the choice is decided (the depth curve), then on shares of the training labels at
+    the best layer (the learning curve), and the advice they give.
     The source is embedded at every stage (``--layers stages,penultimate``) whatever its
     embed options say about layers."""
 
@@ -580,6 +600,21 @@ class SweepConfig(TaskOptions):
         "share (a subset of the pretrained run's rows): a reference line needs fewer rows "
         "than the answer, and this halves a large sweep's forward passes",
         minimum=1,
+    )
+    screen: Screen = option(
+        "knn",
+        "the transferability screen that ranks the layers, computed on every layer from the "
+        "cached features ('knn': cosine k-NN accuracy on the validation rows, 'logme': LogME "
+        "evidence); both are recorded, this one decides where the full probe runs",
+    )
+    probe_top: int = option(
+        2,
+        "run the full probe on this many pretrained layers, the best by the screen (the "
+        "random baseline: on its best layer by the screen and on the pretrained peak)",
+        minimum=1,
+    )
+    probe_all: bool = option(
+        False, "run the full probe on every layer of both initialisations, whatever the screens"
     )
     c_values: int = option_of(TrainConfig, "c_values")
     max_iter: int = option_of(TrainConfig, "max_iter")
@@ -655,7 +690,7 @@ def split_run_values(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run's flat ``values`` (see ``run_options``) as (the run config's own fields, the
     embed config's fields for its source). A train run reads the layers it embeds from
-    ``layer`` (``a+b``: both) unless ``layers`` is given."""
+    ``layer`` (``a+b``: both; ``auto``: the embed default) unless ``layers`` is given."""
     unknown = set(values) - {o.name for o in run_options(config_class)}
     if unknown:
         raise TransferPipeError(f"unknown option(s) {', '.join(sorted(unknown))}")
@@ -664,9 +699,15 @@ def split_run_values(
     embed_names = {o.name for o in options(EmbedConfig)} - (own_names - set(SHARED_OPTIONS))
     embed_names.discard("source")  # the run's own ``source`` may be a feature-set key
     embed = {k: v for k, v in values.items() if k in embed_names}
-    if not embed.get("layers") and own.get("layer"):
-        embed["layers"] = tuple(own["layer"].split("+"))
+    if not embed.get("layers") and "layer" in own_names:
+        embed["layers"] = _layers_to_embed(own.get("layer") or AUTO_LAYER)
     return own, embed
+
+
+def _layers_to_embed(layer: str) -> tuple[str, ...]:
+    """The layers a train run embeds its source at for ``--layer`` (``auto``: the embed
+    default, ``TOP``)."""
+    return () if layer == AUTO_LAYER else tuple(layer.split("+"))
 
 
 def run_values(config: Config) -> dict[str, Any]:

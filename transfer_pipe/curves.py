@@ -101,6 +101,106 @@ class LayerScore(Record):
         return cls(**fields)
 
 
+Screen = Literal["knn", "logme"]
+SCREENS: tuple[Screen, ...] = get_args(Screen)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerScreen(Record):
+    """The transferability screens of one depth point with one initialisation, from its
+    cached features alone (``transfer_pipe.heads.screens``): ``knn`` the cosine k-NN
+    accuracy of (at most ``knn_rows`` of) the training rows on the validation rows,
+    ``logme`` the LogME evidence per example of the training rows. Higher is better
+    for both; ``seconds`` is what computing both took."""
+
+    layer: str
+    depth: int
+    dim: int
+    init: Init
+    knn: float
+    logme: float
+    knn_rows: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _check_init(self.init, f"screen of {self.layer!r}")
+        _check_accuracy(self.knn, f"k-NN accuracy of {self.init} layer {self.layer!r}")
+
+    def score(self, screen: Screen) -> float:
+        return self.knn if screen == "knn" else self.logme
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """A screen as read back from ``to_dict`` output."""
+        return cls(**known_fields(cls, data, "a sweep's layer screen"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScreenAgreement(Record):
+    """How well one screen ranked the depth points of one initialisation against the
+    probes that ran on them: Kendall's tau between the screen and the probes' validation
+    accuracy over ``layers`` points (``None`` below 3: two points rank only one way)."""
+
+    screen: Screen
+    init: Init
+    layers: int
+    tau: float | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**known_fields(cls, data, "a sweep's screen agreement"))
+
+
+def screen_agreement(
+    screens: Sequence[LayerScreen], depth: Sequence[LayerScore]
+) -> list[ScreenAgreement]:
+    """Kendall's tau of each screen against the probes, per initialisation, over the
+    layers both measured (tau-b: ties in either ranking count half)."""
+    probes: dict[tuple[str, str], float] = {(s.init, s.layer): s.val_accuracy for s in depth}
+    found = []
+    inits: tuple[Init, ...] = get_args(Init)
+    for init in inits:
+        mine = [s for s in screens if (init, s.layer) in probes and s.init == init]
+        for screen in SCREENS:
+            tau = None
+            if len(mine) >= 3:
+                tau = _kendall_tau(
+                    [s.score(screen) for s in mine], [probes[init, s.layer] for s in mine]
+                )
+            found.append(ScreenAgreement(screen=screen, init=init, layers=len(mine), tau=tau))
+    return found
+
+
+def _kendall_tau(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Kendall's tau-b of two rankings (None when either ranks everything equal)."""
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    pairs_a = concordant + discordant + ties_b  # pairs ``a`` tells apart
+    pairs_b = concordant + discordant + ties_a
+    if pairs_a == 0 or pairs_b == 0:
+        return None
+    return (concordant - discordant) / math.sqrt(pairs_a * pairs_b)
+
+
+def ranked(screens: Sequence[LayerScreen], init: Init, screen: Screen) -> list[LayerScreen]:
+    """One initialisation's screens, best first by ``screen`` (ties: the deeper point,
+    which needs no cut)."""
+    mine = [s for s in screens if s.init == init]
+    return sorted(mine, key=lambda s: (s.score(screen), s.depth), reverse=True)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CurvePoint(Record):
     """One point of the learning curve: the probe on ``layer`` trained on ``fraction`` of
@@ -175,14 +275,18 @@ def recommend(
     feature_set: str,
     store: str,
     finetune_gain: float | None = None,
+    layers: Sequence[str] | None = None,
 ) -> Recommendation:
     """Apply the module's rule to the measured depth and learning curves.
 
-    ``depth`` holds the probes on every depth point for both initialisations (a random
-    score is needed at least at the peak); ``curve`` the learning curve (may be empty:
-    then only ``rows_per_class`` judges the data size); ``rows_per_class`` the training
-    rows per class; ``feature_set`` and ``store`` go into the command; ``finetune_gain``
-    is a fine-tuning run's test gain over the probe, where one exists.
+    ``depth`` holds the probes for both initialisations (a random score is needed at
+    least at the peak); ``layers`` names every depth point, shallow to deep, when the
+    probes ran on some of them only (the sweep probes where its screens say the choice
+    is decided); without it the pretrained probes must cover every depth point.
+    ``curve`` is the learning curve (may be empty: then only ``rows_per_class`` judges
+    the data size); ``rows_per_class`` the training rows per class; ``feature_set`` and
+    ``store`` go into the command; ``finetune_gain`` is a fine-tuning run's test gain
+    over the probe, where one exists.
     Raises :class:`TransferPipeError` on inconsistent input.
     """
     if not math.isfinite(rows_per_class) or rows_per_class <= 0:
@@ -190,8 +294,9 @@ def recommend(
             f"rows per class is {rows_per_class}; it must be a positive number "
             "(training rows divided by classes)"
         )
-    pretrained, random = _depth_curves(depth)
-    depth_count = len(pretrained)
+    pretrained, random = _depth_curves(depth, layers)
+    depth_count = len(layers) if layers is not None else len(pretrained)
+    deepest = layers[-1] if layers is not None else pretrained[-1].layer
     peak = max(pretrained, key=lambda s: (s.val_accuracy, s.depth))  # tie: deeper wins
     baseline = random.get(peak.layer)
     if baseline is None:
@@ -205,7 +310,7 @@ def recommend(
     rise, fractions = _curve_rise(curve, peak.layer)
     large = rows_per_class >= LARGE_ROWS_PER_CLASS
 
-    stages = depth_count - 1 if pretrained[-1].layer == NECK_LAYER else depth_count
+    stages = depth_count - 1 if deepest == NECK_LAYER else depth_count
     quoted_key, quoted_store = shlex.quote(feature_set), shlex.quote(store)
     policy: str | None
     if not large:
@@ -252,18 +357,21 @@ def recommend(
     )
 
 
-def peak_score(depth: Sequence[LayerScore]) -> LayerScore:
+def peak_score(depth: Sequence[LayerScore], layers: Sequence[str] | None = None) -> LayerScore:
     """The pretrained score the rule calls the peak (best validation accuracy, the deeper
     on a tie): what the sweep's learning curve should be measured on."""
-    pretrained, _ = _depth_curves(depth)
+    pretrained, _ = _depth_curves(depth, layers)
     return max(pretrained, key=lambda s: (s.val_accuracy, s.depth))
 
 
 # -- checks and pieces of the rule -------------------------------------------------------------
 
 
-def _depth_curves(depth: Sequence[LayerScore]) -> tuple[list[LayerScore], dict[str, LayerScore]]:
-    """The pretrained scores in depth order, and the random ones by layer; validated."""
+def _depth_curves(
+    depth: Sequence[LayerScore], layers: Sequence[str] | None = None
+) -> tuple[list[LayerScore], dict[str, LayerScore]]:
+    """The pretrained scores in depth order, and the random ones by layer; validated
+    (against ``layers``, every depth point shallow to deep, when given)."""
     if not depth:
         raise TransferPipeError(
             "the depth curve is empty: probe at least one layer (embed with --layers stages)"
@@ -283,11 +391,19 @@ def _depth_curves(depth: Sequence[LayerScore]) -> tuple[list[LayerScore], dict[s
             "weights at every layer"
         )
     depths = [s.depth for s in pretrained]
-    if depths != list(range(len(pretrained))):
+    if layers is None and depths != list(range(len(pretrained))):
         raise TransferPipeError(
             f"the pretrained depth points have depths {depths}; number them 0 .. "
             f"{len(pretrained) - 1}, shallowest first, one per layer"
         )
+    for score in depth:
+        if layers is not None and (
+            score.depth >= len(layers) or layers[score.depth] != score.layer
+        ):
+            raise TransferPipeError(
+                f"{score.init} layer {score.layer!r} has depth {score.depth}, but the depth "
+                f"points are {list(layers)}; number them by their place there"
+            )
     random = {s.layer: s for s in depth if s.init == "random"}
     by_layer = {s.layer: s.depth for s in pretrained}
     for layer, score in random.items():

@@ -11,6 +11,7 @@ cards written before the type existed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -18,6 +19,13 @@ from typing import Any, Self
 from transfer_pipe.records import Record, known_fields
 
 _CLASS_KEY = "class"  # the JSON key of ClassScores.name (``class`` is a Python keyword)
+
+# The widest 95 % interval of a test accuracy that still tells heads apart: +-10 points.
+_WIDEST_HALF_INTERVAL = 0.1
+# The test rows that interval needs at worst (accuracy 0.5, normal approximation:
+# 1.96 * sqrt(0.25 / n) <= 0.1): 97. Below it the bootstrap interval is no guide either,
+# however narrow it looks: at accuracy 1.0 on 12 rows it is [1, 1].
+MIN_TEST_ROWS = math.ceil((1.96 * 0.5 / _WIDEST_HALF_INTERVAL) ** 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,3 +87,17 @@ class Metrics(Record):
         fields["accuracy_ci95"] = (low, high)
         fields["per_class"] = [ClassScores.from_dict(row) for row in fields["per_class"]]
         return cls(**fields)
+
+
+def interval_warning(metrics: Metrics) -> str | None:
+    """What to tell the user when ``metrics`` come from too few test rows for their 95 %
+    interval to mean anything (fewer than :data:`MIN_TEST_ROWS`); None otherwise."""
+    if metrics.n >= MIN_TEST_ROWS:
+        return None
+    low, high = metrics.accuracy_ci95
+    return (
+        f"only {metrics.n} test rows: the accuracy and its 95% interval ({low:.3f} to "
+        f"{high:.3f}) can be off by more than {_WIDEST_HALF_INTERVAL * 100:.0f} points "
+        f"with fewer than {MIN_TEST_ROWS} rows; label more images or give the test split a "
+        "larger share (--test-fraction) before trusting or comparing these numbers."
+    )

@@ -74,7 +74,7 @@ def test_fp16_without_cuda_fails_before_anything_is_written(
     images, store = tmp_path / "images", tmp_path / "store"
     make_fashion_mnist(images, per_class=2)
     args = ["embed", str(images), "--store", str(store), "--backbone", "tiny_test"]
-    # Mutation seen failing: dropping _check_autocast_here from check_embed_inputs leaves
+    # Mutation seen failing: dropping _check_device_here from check_embed_inputs leaves
     # an incomplete version behind (versions/<key>).
     assert main([*args, "--autocast", "fp16", "--device", "cpu"]) == 2
     assert "--autocast fp16 needs a CUDA device" in capsys.readouterr().err

@@ -139,3 +139,61 @@ def test_colour_management_is_in_the_key_of_image_files_and_not_of_idx_arrays(
         # Mutation seen to fail here: colour "srgb" for every source (IDX keys change).
         assert described.get("colour") == colour, source
         assert ("decode" in described) == (colour is not None)  # IDX: no JPEG either
+
+
+def test_a_device_decode_is_a_feature_set_of_its_own_with_failures_as_on_the_cpu(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--decode nvjpeg`` on this CPU is refused before anything is written; with
+    torchvision's libjpeg-turbo standing in for nvJPEG (the same batched call on device
+    "cpu"), the folder embeds through the shards as its own feature set, every bad file
+    and note recorded as a Pillow decode records them, the features those of the CPU's."""
+    from transfer_pipe.data.device_decode import DECODE_DEVICES
+    from transfer_pipe.errors import TransferPipeError
+
+    store = tmp_path / "store"
+    with pytest.raises(TransferPipeError, match="--decode nvjpeg decodes JPEGs on a CUDA"):
+        embed(_config(folder, store, decode="nvjpeg", image_size=32))
+    assert not store.exists()
+    monkeypatch.setitem(DECODE_DEVICES, "nvjpeg", ("cuda", "cpu"))
+    full = embed(_config(folder, store, decode="full", image_size=32))
+    device = embed(_config(folder, store, decode="nvjpeg", image_size=32))
+    opened = open_store(str(store))
+    # Mutation seen to fail here: the shard not handing its byte reader to the kernel
+    # (each shard fails: "a decode on the device needs read(item) -> bytes").
+    assert device.status == "complete" and device.feature_set != full.feature_set
+    assert opened.spec(device.feature_set).preprocessing["decode"] == "nvjpeg"
+    reports = [failure_report(opened, s.feature_set) for s in (full, device)]
+    assert [r.rows for r in reports[1:]] == [reports[0].rows] and len(reports[0].rows) == 3
+    assert reports[1].notes == reports[0].notes and len(reports[0].notes) == 1
+    rows = np.flatnonzero((opened.row_table(full.feature_set)["failure"] == "").to_numpy())
+    a, b = (opened.read_rows(s.feature_set, "penultimate", rows) for s in (full, device))
+    relative = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
+    assert float(relative.max()) < 0.02  # pixels within a level of Pillow's
+
+
+def test_compile_is_refused_on_a_cpu_run_and_is_not_part_of_the_key(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.compile changes kernels, not what they compute beyond rounding (about 1e-6
+    relative on EfficientNet-Lite0, measured): the same feature set with or without it,
+    and the option reaches every shard's embedder."""
+    from transfer_pipe.data.sources import load_manifest
+    from transfer_pipe.errors import TransferPipeError
+    from transfer_pipe.steps.embed import identity_of, prepare_embedding, run_backbone
+
+    store = tmp_path / "store"
+    with pytest.raises(TransferPipeError, match="--compile compiles the model on a CUDA"):
+        embed(_config(folder, store, compile=True))
+    assert not store.exists()
+    manifest = load_manifest(str(folder))
+    keys = set()
+    for compile in (False, True):
+        config = _config(folder, store, compile=compile)
+        keys.add(identity_of(config, run_backbone(config), ["penultimate"], manifest).key)
+    assert len(keys) == 1
+    # On a cluster each worker checks its own device: the plan is made as for one.
+    monkeypatch.setattr(sys.modules[identity_of.__module__], "_on_cluster", lambda c: True)
+    plan = prepare_embedding(_config(folder, store, compile=True))
+    # Mutation seen to fail here: EmbedConfig.compile not handed to EmbedderConfig.
+    assert plan.tasks and all(task.embedder.compile for task in plan.tasks)

@@ -75,9 +75,15 @@ def test_linear_probe_on_pretrained_features_two_tasks(tmp_path: Path) -> None:
     embedded = steps.embed(config)
     key = embedded.feature_set
     fine = train(TrainConfig(feature_set=key, store=config.store, heads=("logreg", "knn")))
+    # --layer auto chose among the top taps on validation; the coarse task reads that layer.
+    assert fine.layer_choice is not None and fine.layer_choice.how == "validation"
     coarse = train(
         TrainConfig(
-            feature_set=key, store=config.store, heads=("logreg",), task="fashion-mnist-groups"
+            feature_set=key,
+            store=config.store,
+            heads=("logreg",),
+            task="fashion-mnist-groups",
+            layer=fine.layer,
         )
     )
     assert (fine.embedded, coarse.embedded) == (0, 0)

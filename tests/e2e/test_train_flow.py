@@ -25,7 +25,7 @@ from flows.train import run_train, train_flow
 from tests.support.images import make_dataset
 from transfer_pipe.config import EmbedConfig, TrainConfig, run_values
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.heads.card import list_cards
+from transfer_pipe.heads.card import head_url, list_cards
 from transfer_pipe.heads.persist import load_head
 from transfer_pipe.steps import embed
 from transfer_pipe.steps.predict import predict
@@ -132,6 +132,19 @@ def test_source_target_embeds_first_then_nothing(tmp_path: Path) -> None:
     # Mutation: ignoring the saved card in train_head refits here (heads_fitted 1).
     assert (first.heads_fitted, again.heads_fitted, again.heads_reused) == (1, 0, 1)
     assert again.heads["ridge"].accuracy == first.heads["ridge"].accuracy
+    # --layer auto (the default): the source is embedded at the top taps, and the layer is
+    # chosen on validation among each of them and all side by side; the card and report
+    # say so, and the rerun takes the same choice (from the store's cache).
+    spec = open_store(str(store)).spec(first.feature_set)
+    assert spec.layers == ("penultimate", "stages.2", "stages.1", "stages.0")
+    choice = first.layer_choice
+    assert choice is not None and choice.how == "validation" and len(choice.candidates) == 5
+    assert first.layer == choice.layer and again.layer_choice == choice
+    (card,) = list_cards(str(store))
+    # Mutation: the card built without layer_choice fails here.
+    assert card.layer_choice == choice and card.layer == choice.layer
+    report = (Path(head_url(str(store), card.head_id)) / "report.md").read_text()
+    assert f"- Layer: {choice.layer}, chosen on validation: best validation accuracy" in report
     refit = run_train(replace(config, refit=True))
     assert (refit.heads_fitted, refit.heads_reused) == (1, 0)
     assert len(list_cards(str(store))) == 1  # the refit replaced its head, same id
@@ -170,7 +183,8 @@ def test_predict_on_new_and_cached_files_agrees(
 
     # The same answer the fitted model gives on the cached features themselves.
     model, card = load_head(str(store), head_id)
-    loaded = open_store(str(store)).load(key, sample_ids=[f"class1/{p.name}" for p in cached])
+    ids = [f"class1/{p.name}" for p in cached]
+    loaded = open_store(str(store)).load(key, sample_ids=ids, layer=card.layer)
     assert model.predict(loaded.features).tolist() == old_rows["class"].tolist()
     top = [json.loads(t) for t in old_rows["top_k"]]
     assert all(len(t) == len(card.classes) for t in top)  # 3 classes < top-5

@@ -41,19 +41,28 @@ def build_feature_set(
     dim: int = 4,
     shard_size: int = 16,
     seed: int = 0,
+    features: np.ndarray | None = None,
+    more_layers: dict[str, np.ndarray] | None = None,
 ) -> Source:
-    """Write a complete one-layer feature set through the store API.
+    """Write a complete feature set through the store API: one layer, ``LAYER``, and
+    ``more_layers`` (name -> one row per label) after it.
 
     Feature column 0 holds the row number, so every loaded row can be traced back to the
     row it came from; sample ids are shuffled so that their order is not the row order.
     Failed rows get NaN features and a failure reason, as the embedding step writes them.
+    ``features`` (one row per label) replaces the random ones, row numbers included.
     """
     n = len(labels)
     rng = np.random.default_rng(seed)
     sample_ids = np.array([f"img-{i:04d}" for i in rng.permutation(n)])
-    features = rng.normal(size=(n, dim)).astype(np.float32)
-    features[:, 0] = np.arange(n)
+    if features is None:
+        features = rng.normal(size=(n, dim)).astype(np.float32)
+        features[:, 0] = np.arange(n)
+    else:
+        features = np.asarray(features, np.float32)
+        dim = features.shape[1]
     failures = failures or {}
+    more = {name: np.asarray(values, np.float32) for name, values in (more_layers or {}).items()}
     spec = FeatureSetSpec(
         key=key,
         embedding_key=f"emb-{key}",
@@ -61,8 +70,8 @@ def build_feature_set(
         backbone="tiny_test",
         weights_digest="w",
         preprocessing={"image_size": 32},
-        layers=(LAYER,),
-        layer_dims={LAYER: dim},
+        layers=(LAYER, *more),
+        layer_dims={LAYER: dim, **{name: values.shape[1] for name, values in more.items()}},
         dtype="float32",
         data_digest="d",
         rows=n,
@@ -87,7 +96,8 @@ def build_feature_set(
         for offset, row in enumerate(span):
             if row in failures:
                 values[offset] = np.nan
-        store.write_shard(key, shard, {LAYER: values}, reasons, ShardStats(len(span), 0, 0.0))
+        arrays = {LAYER: values, **{name: v[span.start : span.stop] for name, v in more.items()}}
+        store.write_shard(key, shard, arrays, reasons, ShardStats(len(span), 0, 0.0))
     store.mark_complete(key, {"note": "test fixture"})
     return Source(sample_ids, np.asarray(labels), np.asarray(splits), frozenset(failures))
 

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 
 import pytest
+from scipy.stats import kendalltau
 
-from tests.support.curves import FLAT, KEY, RANDOM_ACC, STORE, depth_curve, learning_curve
+from tests.support.curves import FLAT, KEY, LAYERS, RANDOM_ACC, STORE, depth_curve, learning_curve
 from transfer_pipe.config import parse_policy
 from transfer_pipe.curves import (
     LARGE_ROWS_PER_CLASS,
     CurvePoint,
+    Init,
     LayerScore,
+    LayerScreen,
     Recommendation,
     peak_score,
+    ranked,
     recommend,
+    screen_agreement,
 )
 from transfer_pipe.errors import TransferPipeError
 
@@ -220,3 +226,60 @@ def test_records_round_trip_through_json() -> None:
         back = cls.from_dict(json.loads(record.to_json()))
         assert back == record
     assert isinstance(LayerScore.from_dict(json.loads(depth[0].to_json())).accuracy_ci95, tuple)
+
+
+def _screens(knn: Sequence[float], init: Init = "pretrained") -> list[LayerScreen]:
+    return [
+        LayerScreen(layer=layer, depth=depth, dim=16, init=init, knn=value, logme=-value,
+                    knn_rows=100, seconds=0.1)
+        for depth, (layer, value) in enumerate(zip(LAYERS, knn, strict=True))
+    ]  # fmt: skip
+
+
+def test_probes_on_some_layers_advise_with_every_layer_counted() -> None:
+    """The sweep probes where its screens point; the rule still counts every depth point
+    (the policy's N and "how far before the deepest" come from ``layers``)."""
+    full = depth_curve([0.50, 0.62, 0.85, 0.80, 0.78], RANDOM_ACC)
+    some = [s for s in full if s.layer in ("stages.2", "stages.3")]
+    advice = recommend(some, [], 5400, KEY, STORE, layers=LAYERS)
+    # Mutation: depth_count from the probes (2) instead of ``layers`` (5) fails here:
+    # top-2 instead of top-4, and "similar" (the peak would be among the last two).
+    assert advice == recommend(full, [], 5400, KEY, STORE)
+    assert (advice.peak_layer, advice.policy, advice.depth_count) == ("stages.2", "top-4", 5)
+    with pytest.raises(TransferPipeError, match="number them by their place there"):
+        recommend(some, [], 5400, KEY, STORE, layers=LAYERS[1:])
+    with pytest.raises(TransferPipeError, match=r"number them 0 \.\. 1"):
+        recommend(some, [], 5400, KEY, STORE)  # without ``layers``: every point is needed
+
+
+def test_screen_agreement_is_kendalls_tau_per_initialisation() -> None:
+    depth = depth_curve([0.50, 0.62, 0.75, 0.85, 0.874], RANDOM_ACC)
+    knn = [0.3, 0.5, 0.4, 0.9, 0.8]  # one swapped pair each side of the middle
+    screens = [*_screens(knn), *_screens(RANDOM_ACC, "random")]
+    found = {(a.screen, a.init): a for a in screen_agreement(screens, depth)}
+    expected = kendalltau(knn, [0.50, 0.62, 0.75, 0.85, 0.874]).statistic
+    # Mutation: counting a discordant pair as concordant fails here (1.0 against 0.6).
+    assert found["knn", "pretrained"].tau == pytest.approx(expected) == pytest.approx(0.6)
+    assert found["logme", "pretrained"].tau == pytest.approx(-expected)  # logme = -knn
+    assert found["knn", "random"].tau == pytest.approx(1.0)
+    assert found["knn", "pretrained"].layers == 5
+    # Two probed layers rank one way only: no tau. Ties count half (tau-b, as scipy).
+    two = [s for s in depth if s.layer in ("stages.0", "stages.1")]
+    assert {a.tau for a in screen_agreement(screens, two)} == {None}
+    tied = [0.3, 0.3, 0.4, 0.9, 0.8]
+    (agreement,) = [a for a in screen_agreement(_screens(tied), depth) if a.screen == "knn"
+                    and a.init == "pretrained"]  # fmt: skip
+    assert agreement.tau == pytest.approx(
+        kendalltau(tied, [s.accuracy for s in depth[:5]]).statistic
+    )
+
+
+def test_ranked_puts_the_best_screen_first_and_deeper_on_a_tie() -> None:
+    screens = _screens([0.3, 0.8, 0.5, 0.8, 0.1])
+    assert [s.layer for s in ranked(screens, "pretrained", "knn")][:3] == [
+        "stages.3", "stages.1", "stages.2"
+    ]  # fmt: skip
+    assert ranked(screens, "pretrained", "logme")[0].layer == "penultimate"  # logme = -knn
+    assert ranked(screens, "random", "knn") == []
+    back = [LayerScreen.from_dict(json.loads(s.to_json())) for s in screens]
+    assert back == screens

@@ -17,16 +17,46 @@ if TYPE_CHECKING:
     import torch
 
 RESIZE_MODES = ("squash", "center-crop")
-DECODE_MODES = ("full", "dct")
+DECODE_MODES = ("full", "dct", "nvjpeg")
+"""How a photo is decoded before the resize: ``full``, every pixel; ``dct``, a JPEG much
+larger than the input is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, never
+below the input size (``data.decode``); ``nvjpeg``, a JPEG is decoded in full by nvJPEG
+on the CUDA device and resized there (``data.device_decode``; one the device cannot
+decode as Pillow would, by Pillow). Other formats decode in full with Pillow either way."""
 COLOUR_MODES = ("stored", "srgb")
 """``srgb``: an embedded colour profile is converted to sRGB (``data.decode``), as for
 every image file since decoding became colour-managed; ``stored``: pixels as stored (IDX
 arrays, which carry no profile, and the keys of sets embedded before)."""
-"""How a photo is decoded before the resize: ``full``, every pixel; ``dct``, a JPEG much
-larger than the input is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain, never
-below the input size (``data.decode``). Other formats decode in full either way."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resampling_matrix(
+    size: int, out: int, start: float, end: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """float32 [out, size]: the weights by which Pillow's bilinear filter makes ``out``
+    samples of the span ``start``..``end`` of ``size`` input samples (a triangle as wide
+    as the scale when shrinking, so it antialiases; each row sums to 1), after Pillow's
+    ``precompute_coeffs``."""
+    import torch
+
+    scale = (end - start) / out
+    support = max(scale, 1.0)  # the triangle's half-width, in input samples
+    centres = start + (torch.arange(out, dtype=torch.float64) + 0.5) * scale
+    lows = torch.clamp((centres - support + 0.5).floor(), min=0)  # Pillow: int(c - s + 0.5)
+    highs = torch.clamp((centres + support + 0.5).floor(), max=size)
+    inputs = torch.arange(size, dtype=torch.float64)
+    weights = torch.clamp(1 - ((inputs[None] - centres[:, None] + 0.5) / support).abs(), min=0)
+    inside = (inputs[None] >= lows[:, None]) & (inputs[None] < highs[:, None])
+    weights = weights * inside
+    return (weights / weights.sum(dim=1, keepdim=True)).float().to(device)
+
+
+def _to_uint8(values: torch.Tensor) -> torch.Tensor:
+    """Rounded and clipped to 8 bits, as Pillow stores each pass of a resize."""
+    import torch
+
+    return values.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _triple(name: str, values: Sequence[float]) -> tuple[float, float, float]:
@@ -109,6 +139,30 @@ class Preprocessing:
             image = image.resize(size, Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+    def tensor_pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """``pixels`` for an image already decoded into a tensor, on its device: uint8
+        [C, H, W] (C = 1 or 3) -> uint8 [image_size, image_size, 3]. Pillow's bilinear
+        filter, box and rounding (``resampling_matrix``; horizontal pass, rounded to 8
+        bits, then vertical), as two matrix products: the same pixels as ``pixels`` within
+        a level, for the same decoded image."""
+        import torch
+
+        height, width = image.shape[1:]
+        box = (0.0, 0.0, float(width), float(height))
+        if self.resize == "center-crop":
+            side = min(width, height)
+            left, top = (width - side) / 2, (height - side) / 2
+            box = (left, top, left + side, top + side)
+        size = self.image_size
+        columns = resampling_matrix(width, size, box[0], box[2], image.device)
+        rows = resampling_matrix(height, size, box[1], box[3], image.device)
+        # Contiguous: a decoder's [C, H, W] is often a view of [H, W, C], whose strided
+        # rows make the product many times slower.
+        planes = image.to(torch.float32, memory_format=torch.contiguous_format)
+        wide = _to_uint8(planes @ columns.T).float()  # [C, H, size]
+        resized = _to_uint8(rows @ wide)  # [C, size, size]
+        return resized.expand(3, size, size).permute(1, 2, 0)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, C] (C = 1 or 3, any device) -> float32 [B, 3, H, W] normalised,

@@ -26,6 +26,7 @@ from transfer_pipe.backbones.weights import (
     WeightsFile,
     WeightsSource,
 )
+from transfer_pipe.config import TOP
 from transfer_pipe.errors import TransferPipeError
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 PENULTIMATE = "penultimate"  # the input of the classifier: what a fixed feature extractor keeps
 STAGES = "stages"  # every stage of the backbone, shallow to deep
+# ``TOP`` (config): the top of the network, the penultimate layer and the last TOP_STAGES
+# stages, deep to shallow (what ``train --layer auto`` weighs; one forward pass taps them).
+TOP_STAGES = 3
 
 
 @dataclass(frozen=True)
@@ -171,14 +175,28 @@ class BackboneSpec:
 
     def layer_names(self, requested: Sequence[str] | str | None) -> list[str]:
         """The layer names a request stands for, without building the model: None or []
-        mean ``[PENULTIMATE]``, ``STAGES`` expands to the stages; duplicates are dropped,
-        order kept. (``taps.resolve_layers`` also checks them against the model.)"""
+        mean ``TOP``, which expands to the penultimate layer and the last ``TOP_STAGES``
+        stages (the penultimate layer alone for a backbone whose stages are unknown);
+        ``STAGES`` expands to the stages; duplicates are dropped, order kept.
+        (``taps.resolve_layers`` also checks them against the model.)"""
         if isinstance(requested, str):
             requested = [requested]
         names: list[str] = []
-        for name in [n.strip() for n in requested or ()] or [PENULTIMATE]:
-            names.extend(self.stage_layers() if name == STAGES else [name])
+        for name in [n.strip() for n in requested or ()] or [TOP]:
+            if name == STAGES:
+                names.extend(self.stage_layers())
+            elif name == TOP:
+                names.extend([PENULTIMATE, *self._top_stages()])
+            else:
+                names.append(name)
         return list(dict.fromkeys(names))
+
+    def _top_stages(self) -> list[str]:
+        try:
+            stages = self.stage_layers()
+        except TransferPipeError:
+            return []
+        return stages[::-1][:TOP_STAGES]
 
 
 def get_backbone(backbone_id: str, weights_file: str | None = None) -> BackboneSpec:

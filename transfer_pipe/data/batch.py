@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from transfer_pipe.data.decode import DecodeError, decode_note
+from transfer_pipe.data.decode import DecodeError, decode_image, decode_note
+from transfer_pipe.data.device_decode import DeviceJpeg, device_jpeg, device_pixels
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +37,13 @@ class Preprocess(Protocol):
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     def __call__(self, image: Image.Image) -> torch.Tensor: ...
+
+
+class TensorPreprocess(Preprocess, Protocol):
+    """A ``Preprocess`` that also resizes an image decoded into a tensor, on its device:
+    uint8 [C, H, W] -> uint8 [H', W', 3] (``backbones.Preprocessing.tensor_pixels``)."""
+
+    def tensor_pixels(self, image: torch.Tensor) -> torch.Tensor: ...
 
 
 MapItems = Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]
@@ -125,3 +133,61 @@ def prepare_batch(
     normalise it; see ``Inputs``. ``images`` is in channels_last memory."""
     pixels = prepare_pixels(items, load, preprocess, map_items)
     return Inputs(preprocess.normalize(pixels.pixels), pixels.ok, pixels.failures)
+
+
+Routed = DeviceJpeg | tuple[np.ndarray, str] | DecodeError  # one item, once read
+
+
+def prepare_pixels_on(
+    items: Sequence[T],
+    read: Callable[[T], bytes],
+    preprocess: TensorPreprocess,
+    device: torch.device | str,
+    map_items: MapItems[Any, Any] = map,
+    decode: Callable[[bytes], Image.Image] = decode_image,
+) -> Pixels:
+    """``prepare_pixels`` with the JPEGs decoded on ``device`` (``data.device_decode``):
+    ``read`` gives an item's bytes (or raises DecodeError), ``map_items``' threads read
+    them and decode, with ``decode``, what the device cannot (and, after it, what it
+    refused); the pixels are on ``device``. The same ``ok``, failures and notes as
+    ``prepare_pixels``."""
+
+    def route(item: T) -> Routed:
+        try:
+            data = read(item)
+        except DecodeError as err:
+            return err
+        jpeg = device_jpeg(data)
+        return jpeg if jpeg is not None else resize_image(data, decode, preprocess)
+
+    routed: list[Routed | torch.Tensor] = list(map_items(route, items))
+    jpegs = {i: r for i, r in enumerate(routed) if isinstance(r, DeviceJpeg)}
+    on_device = device_pixels(list(jpegs.values()), preprocess, device)
+    refused = [i for i, pixels in zip(jpegs, on_device, strict=True) if pixels is None]
+    for i, pixels in zip(jpegs, on_device, strict=True):
+        routed[i] = pixels if pixels is not None else routed[i]
+
+    def on_host(i: int) -> tuple[np.ndarray, str] | DecodeError:
+        return resize_image(jpegs[i].data, decode, preprocess)
+
+    for i, result in zip(refused, list(map_items(on_host, refused)), strict=True):
+        routed[i] = result
+    return _assembled(routed, preprocess.image_size, device)
+
+
+def _assembled(
+    results: Sequence[Routed | torch.Tensor], size: int, device: torch.device | str
+) -> Pixels:
+    """One uint8 batch on ``device`` from device rows (tensors) and host rows (arrays)."""
+    ok = tuple(i for i, r in enumerate(results) if not isinstance(r, DecodeError))
+    failures = {i: failure_reason(r) for i, r in enumerate(results) if isinstance(r, DecodeError)}
+    notes = {i: r[1] for i, r in enumerate(results) if isinstance(r, tuple) and r[1]}
+    batch = torch.empty((len(ok), size, size, 3), dtype=torch.uint8, device=device)
+    for row, i in enumerate(ok):
+        result = results[i]
+        if isinstance(result, tuple):  # Pillow's: greyscale [H, W, 1] broadcasts to 3
+            batch[row] = torch.tensor(result[0], device=device)  # a copy: read-only arrays
+        else:
+            assert not isinstance(result, (DeviceJpeg, DecodeError))
+            batch[row] = result
+    return Pixels(batch, ok, failures, notes)

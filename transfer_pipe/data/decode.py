@@ -167,6 +167,19 @@ def _managed(image: Image.Image, profile: bytes | None) -> Image.Image:
     return converted
 
 
+def changes_colours(profile: bytes | None, mode: str) -> bool:
+    """Whether ``decode_image`` does anything with the embedded ``profile`` of pixels in
+    Pillow ``mode``: converts them to sRGB, or notes that it cannot. False for no profile,
+    an sRGB one, and modes it leaves as they are; a decoder that ignores profiles gives
+    ``decode_image``'s pixels only when this is False."""
+    if not profile or mode not in _PROFILE_SPACES:
+        return False
+    try:
+        return _srgb_transform(profile, mode) is not None
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return True  # unusable: decode_image notes it
+
+
 @functools.lru_cache(maxsize=32)
 def _srgb_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     """The ``mode`` -> sRGB transform of ``profile``, built once per process and profile

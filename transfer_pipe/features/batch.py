@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from transfer_pipe.cluster import resolve_device, threads_per_task
-from transfer_pipe.data.batch import MapItems, Pixels, prepare_pixels
+from transfer_pipe.data.batch import MapItems, Pixels, prepare_pixels, prepare_pixels_on
+from transfer_pipe.data.device_decode import check_decode_device, decodes_on_device
 from transfer_pipe.features.embedder import EmbedderConfig, get_embedder, host_pixels
 
 T = TypeVar("T")
@@ -94,6 +95,7 @@ def embed_images(
     embedder: EmbedderConfig,
     batch_size: int,
     *,
+    read: Callable[[T], bytes] | None = None,
     decoders: int | None = None,
     prefetch: int | None = None,
 ) -> Embedded:
@@ -101,8 +103,17 @@ def embed_images(
     ``embedder.preprocessing`` and run the frozen forward pass, ``batch_size`` images at a
     time, the next ``prefetch`` batches prepared while one runs (0: one after the other;
     default ``batches_ahead``), each by ``decoders`` threads (default ``decoder_threads``).
-    The model is loaded once per process, and only if some image decodes."""
+    The model is loaded once per process, and only if some image decodes.
+
+    A decode on the device (``--decode nvjpeg``) needs ``read``, an item's bytes (raising
+    DecodeError when they cannot be had): JPEGs are decoded on the embedder's device,
+    what it cannot decode by ``data.decode.decode_image`` (``load`` is not called)."""
     device = resolve_device(embedder.device)
+    on_device = decodes_on_device(embedder.preprocessing.decode)
+    if on_device:
+        check_decode_device(embedder.preprocessing.decode, device)
+        if read is None:
+            raise ValueError("a decode on the device needs read(item) -> bytes")
     threads = decoders or decoder_threads(embedder.device)
     depth = batches_ahead(embedder.device) if prefetch is None else prefetch
     ok: list[int] = []
@@ -117,7 +128,11 @@ def embed_images(
 
         def prepare(start: int) -> Pixels:
             batch = items[start : start + batch_size]
-            pixels = prepare_pixels(batch, load, embedder.preprocessing, map_items)
+            if on_device:
+                assert read is not None
+                pixels = prepare_pixels_on(batch, read, embedder.preprocessing, device, map_items)
+            else:
+                pixels = prepare_pixels(batch, load, embedder.preprocessing, map_items)
             if not pixels.ok:
                 return pixels
             full = padded(pixels.pixels, batch_size)
@@ -148,5 +163,5 @@ def padded(pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
     missing = batch_size - pixels.shape[0]
     if missing <= 0:
         return pixels
-    zeros = torch.zeros((missing, *pixels.shape[1:]), dtype=pixels.dtype)
+    zeros = torch.zeros((missing, *pixels.shape[1:]), dtype=pixels.dtype, device=pixels.device)
     return torch.cat([pixels, zeros])

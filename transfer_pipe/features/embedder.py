@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 
 import numpy as np
@@ -12,8 +13,11 @@ import torch
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.cluster import resolve_device, threads_per_task
+from transfer_pipe.data.device_decode import check_decode_device
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.features.tasks import EmbedderConfig
+
+logger = logging.getLogger(__name__)
 
 
 class Embedder:
@@ -23,9 +27,15 @@ class Embedder:
         self.config = config
         self.device = resolve_device(config.device)
         check_autocast(config.autocast, self.device)
+        check_decode_device(config.preprocessing.decode, self.device)
         spec = get_backbone(config.backbone, config.weights_file)
         model = spec.build().to(self.device).to(memory_format=torch.channels_last)
         self.tap = LayerTap(model, config.layers).eval()
+        if config.compile and compiles(self.device):
+            # The model, not the tap: the tap's hooks keep their captures per thread, which
+            # a compiled graph cannot hold; the graph breaks at each tapped layer instead.
+            # Every batch has one shape (``features.batch.padded``): compiled once.
+            model.compile(dynamic=False)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.config.autocast == "none":
@@ -63,6 +73,17 @@ def check_autocast(autocast: str, device: torch.device) -> None:
         )
 
 
+def compiles(device: torch.device) -> bool:
+    """Whether ``--compile`` compiles the model on ``device``: on CUDA. Elsewhere the model
+    runs eager, with a warning: a CPU compile takes minutes of a worker's first batch for
+    little, and the features are the same either way (a local run refuses it earlier,
+    ``steps.embed``; a cluster's CPU worker cannot refuse without failing its shard)."""
+    if device.type == "cuda":
+        return True
+    logger.warning("--compile: the model runs eager on %s (torch.compile on CUDA only)", device)
+    return False
+
+
 def copies_async(device: torch.device) -> bool:
     """Whether host batches bound for ``device`` go through pinned memory with
     non-blocking copies: on CUDA only (elsewhere pinning costs a copy and buys nothing,
@@ -74,7 +95,8 @@ def host_pixels(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``pixels`` ready to be copied to ``device``: in page-locked memory for CUDA (the
     copy can then run asynchronously, by DMA), else as they are. Called by the thread
     that assembles the next batch, so that pinning overlaps the running forward pass."""
-    return pixels.pin_memory() if copies_async(device) else pixels
+    on_host = pixels.device.type == "cpu"  # pixels decoded on the device stay there
+    return pixels.pin_memory() if on_host and copies_async(device) else pixels
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -93,8 +93,10 @@ def _embed_new(
     offsets = [i for i, uri in enumerate(task.uris) if i not in reused and uri]
     foreign = task.foreign or (False,) * len(task.uris)
     items = [(task.uris[i], task.hashes[i] if foreign[i] else "") for i in offsets]
-    read = functools.partial(_read, draft_to=task.embedder.preprocessing.draft_to)
-    embedded = embed_images(items, read, task.embedder, task.batch_size, decoders=task.decoders)
+    load = functools.partial(_read, draft_to=task.embedder.preprocessing.draft_to)
+    embedded = embed_images(
+        items, load, task.embedder, task.batch_size, read=_fetch, decoders=task.decoders
+    )
     result = embedded.placed(offsets)
     for offset, reason in result.failures.items():
         failures[offset] = reason
@@ -105,14 +107,24 @@ def _embed_new(
 
 def _read(item: tuple[str, str], draft_to: int | None = None) -> Image.Image:
     """The image at ``item``'s URI; with a content hash, only if its bytes still have it
-    (else a DecodeError whose reason marks the row lost: its content is gone)."""
+    (``_fetch``)."""
     uri, content_hash = item
     if not content_hash or split_idx_uri(uri) is not None:
         return read_image(uri, draft_to)
+    return decode_image(_fetch(item), draft_to=draft_to)
+
+
+def _fetch(item: tuple[str, str]) -> bytes:
+    """The bytes at ``item``'s URI (what a decode on the device starts from); with a
+    content hash, only if they still have it (else a DecodeError whose reason marks the
+    row lost: its content is gone)."""
+    uri, content_hash = item
+    if not content_hash:
+        return read_bytes(uri)
     try:
         data = read_bytes(uri)
     except DecodeError as err:
         raise DecodeError(LOST, f"{uri} can no longer be read ({err})") from err
     if hashlib.sha256(data).hexdigest() != content_hash:
         raise DecodeError(LOST, f"{uri} changed since its row was written; it is not that image")
-    return decode_image(data, draft_to=draft_to)
+    return data

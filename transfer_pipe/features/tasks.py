@@ -24,6 +24,10 @@ class EmbedderConfig:
     device: str = "auto"
     autocast: str = "none"  # "bf16" (CUDA or CPU) | "fp16" (CUDA only)
     threads: int | None = None  # torch intra-op threads; None: cores / threads of this worker
+    # torch.compile the frozen model (CUDA; a worker without it runs eager and says so).
+    # Not part of the key: compiled kernels differ from eager ones by rounding, as two
+    # GPUs' kernels do (see ``Embedder``).
+    compile: bool = False
     # The weights' digest: a long-lived worker whose cached model came from other bytes at
     # the same path (a backbone published again) builds the model afresh.
     weights_digest: str = ""

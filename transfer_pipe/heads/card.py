@@ -16,9 +16,37 @@ from typing import Any, Self
 from transfer_pipe.records import Record
 from transfer_pipe.scores import Metrics
 from transfer_pipe.store import StorageOptions, cards
-from transfer_pipe.store.cards import ModelCard, card_folder
+from transfer_pipe.store.cards import LayerChoice, ModelCard, card_folder
 
 HEADS_DIR = "heads"
+
+
+@dataclass(frozen=True)
+class HeadSelection(Record):
+    """How a head's hyperparameters were chosen, and on how many rows: ``method`` is
+    "validation", "5-fold cv" (on train + validation, every row held out once) or
+    "early stopping on validation"; ``rows`` the held-out rows whose scores decided;
+    ``smallest_class`` the fewest of them in one class; ``tie_margin`` how far below the
+    best held-out accuracy a value still counted as tied (the lowest log loss of those won).
+    """
+
+    method: str
+    rows: int
+    smallest_class: int
+    tie_margin: float = 0.0
+
+    def describe(self) -> str:
+        """``5-fold cv on 48 rows (16 in the smallest class), accuracies within 0.05 of
+        the best taken as tied``: for the report and logs."""
+        text = f"{self.method} on {self.rows} rows ({self.smallest_class} in the smallest class)"
+        if self.tie_margin > 0:
+            text += f", accuracies within {self.tie_margin:.2g} of the best taken as tied"
+        return text
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any] | None) -> Self | None:
+        """The record as a card holds it (None: a card written before it existed)."""
+        return None if data is None else cls(**data)
 
 
 @dataclass(frozen=True)
@@ -38,6 +66,8 @@ class HeadResult(Record):
     url: str | None = None
     reused: bool = False  # read from the store: fitted by an earlier run
     label_fraction: float | None = None  # share of the training labels (seed: shot_seed)
+    selection: HeadSelection | None = None  # None: read from a card written before it
+    layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (None: given)
 
     @classmethod
     def of(cls, card: HeadCard, url: str) -> Self:
@@ -55,6 +85,8 @@ class HeadResult(Record):
             url=url,
             reused=True,
             label_fraction=card.label_fraction,
+            selection=card.selection,
+            layer_choice=card.layer_choice,
         )
 
 
@@ -82,6 +114,9 @@ class HeadCard(ModelCard):
     autocast: str = "none"  # its feature set's forward precision: predict embeds alike
     # A kNN head's training rows, referenced in its feature set ("": kept in the model).
     fit_rows_file: str = ""
+    selection: HeadSelection | None = None  # how ``chosen`` was chosen (None: older cards)
+    warnings: list[str] = field(default_factory=list)  # e.g. a test set too small to trust
+    layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (None: given, or older)
 
     @property
     def card_id(self) -> str:
@@ -91,7 +126,14 @@ class HeadCard(ModelCard):
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """The card as read back from ``card.json``."""
         fields = cls._read_fields(data, f"card of head {data.get('head_id', '?')!r}")
-        return cls(**{**fields, "metrics": Metrics.from_dict(fields["metrics"])})
+        return cls(
+            **{
+                **fields,
+                "metrics": Metrics.from_dict(fields["metrics"]),
+                "selection": HeadSelection.read(fields.get("selection")),
+                "layer_choice": LayerChoice.read(fields.get("layer_choice")),
+            }
+        )
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from transfer_pipe.scores import ClassScores, Metrics
 
 ECE_BINS = 15
 _TOP_K = 5
+# The least probability a log loss charges for: a one-hot guess (1-NN) that is wrong costs
+# -log(1e-15) = 34.5 rather than infinity, so it still ranks below a hedged one.
+_LEAST_PROBABILITY = 1e-15
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -106,6 +109,14 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     conf_sum = np.bincount(which, weights=confidence, minlength=bins)
     # |acc_b - conf_b| * n_b / n == |correct_b - conf_sum_b| / n
     return float(np.abs(n_correct - conf_sum).sum() / len(confidence))
+
+
+def log_loss(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> float:
+    """Mean over rows of ``-log`` of the probability given to the true class (``proba`` is
+    ``[n, len(classes)]`` in ``classes`` order), each at least ``1e-15``."""
+    y_idx = _label_indices(y_true, [str(c) for c in classes])
+    picked = np.asarray(proba, dtype=np.float64)[np.arange(len(y_idx)), y_idx]
+    return float(-np.log(np.maximum(picked, _LEAST_PROBABILITY)).mean())
 
 
 def _label_indices(y_true: np.ndarray, classes: list[str]) -> np.ndarray:

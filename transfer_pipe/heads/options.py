@@ -7,6 +7,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Below this many validation rows in some class, one validation split cannot rank
+# hyperparameters: 6 rows (60 images, 3 classes, a 10 % split) tie every C. Twenty rows
+# tell accuracies 5 points apart (one row each), and a class needs that many for its
+# recall to say anything; below it, cross-validation on the labelled rows decides.
+FEW_VALIDATION_ROWS_PER_CLASS = 20
+# Folds of that cross-validation: few enough that each holds out a fifth of a small class,
+# enough that every labelled row is scored once (fewer when a class has fewer rows).
+CV_FOLDS = 5
+# What a head's identity records of how hyperparameters are chosen (``steps.train.head_id``):
+# bumped whenever that rule changes, so that a store's heads chosen by an older rule are
+# refitted rather than reused. 2: ties on accuracy go to the lowest log loss, and
+# cross-validation decides when the validation rows are few.
+SELECTION_RULE = 2
+
 
 @dataclass(frozen=True)
 class ProtocolOptions:
@@ -23,6 +37,9 @@ class ProtocolOptions:
     device: str = "auto"
     seed: int = 0
     bootstrap: int = 1000
+    # Cross-validate (``cv_folds`` folds) when some class has fewer validation rows.
+    few_val_rows_per_class: int = FEW_VALIDATION_ROWS_PER_CLASS
+    cv_folds: int = CV_FOLDS
 
     def c_grid(self) -> tuple[float, ...]:
         return tuple(

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer_pipe.curves import CurvePoint, Init, LayerScore, Recommendation
+from transfer_pipe.curves import (
+    CurvePoint,
+    Init,
+    LayerScore,
+    LayerScreen,
+    Recommendation,
+    ScreenAgreement,
+)
 from transfer_pipe.report.plots import _figure, _save
 from transfer_pipe.report.tables import format_ci, markdown_table
 
@@ -21,38 +28,75 @@ _INITS: tuple[Init, ...] = ("pretrained", "random")
 
 
 def save_sweep_plots(
-    folder: Path, depth: Sequence[LayerScore], curve: Sequence[CurvePoint]
+    folder: Path,
+    depth: Sequence[LayerScore],
+    curve: Sequence[CurvePoint],
+    screens: Sequence[LayerScreen] = (),
+    chosen: str | None = None,
 ) -> dict[str, Path]:
     """The depth curve and the learning curve as PNGs in ``folder``; returns
     ``{"depth": folder/"depth.png", "learning": folder/"learning.png"}``."""
     return {
-        "depth": save_depth_curve(folder / "depth.png", depth),
+        "depth": save_depth_curve(folder / "depth.png", depth, screens, chosen),
         "learning": save_label_curve(folder / "learning.png", curve),
     }
 
 
-def save_depth_curve(path: str | Path, depth: Sequence[LayerScore]) -> Path:
-    """Test accuracy against depth, one line per initialisation, with its 95 % bootstrap
-    interval as a band; x ticks are the layer names (shallow to deep)."""
-    layers = _layer_order(depth)
-    fig = _figure(figsize=(max(6.0, 0.9 * len(layers) + 2.0), 4.5), dpi=100, layout="constrained")
+def save_depth_curve(
+    path: str | Path,
+    depth: Sequence[LayerScore],
+    screens: Sequence[LayerScreen] = (),
+    chosen: str | None = None,
+) -> Path:
+    """Test accuracy of the probes against depth, one colour per initialisation, with the
+    95 % bootstrap interval (a band where every layer was probed, error bars where some
+    were); the k-NN screen on every layer (thin dashed, the same accuracy axis) and LogME
+    (dotted, its own axis on the right); the ``chosen`` layer marked. X ticks are the
+    layer names, shallow to deep."""
+    layers = _layer_order([*screens, *depth])
+    fig = _figure(figsize=(max(6.5, 0.9 * len(layers) + 2.5), 4.8), dpi=100, layout="constrained")
     ax = fig.add_subplot()
+    evidence = ax.twinx() if screens else None
     for init in _INITS:
+        color, style = _STYLE[init]
+        mine = sorted((s for s in screens if s.init == init), key=lambda s: s.depth)
+        if mine and evidence is not None:
+            x = [layers.index(s.layer) for s in mine]
+            ax.plot(
+                x, [s.knn for s in mine], ".--", color=color, lw=1, label=f"{init}: k-NN screen"
+            )
+            evidence.plot(
+                x, [s.logme for s in mine], ":", color=color, lw=1, label=f"{init}: LogME (right)"
+            )
         scores = sorted((s for s in depth if s.init == init), key=lambda s: s.depth)
         if not scores:
             continue
-        color, style = _STYLE[init]
         x = [layers.index(s.layer) for s in scores]
-        ax.plot(x, [s.accuracy for s in scores], style, color=color, label=f"{init} weights")
+        accuracy = [s.accuracy for s in scores]
         low, high = zip(*(s.accuracy_ci95 for s in scores), strict=True)
-        ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        if len(scores) == len(layers):  # every layer probed: a line with its band
+            ax.plot(x, accuracy, style, color=color, label=f"{init}: probe")
+            ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        else:
+            errors = [np.subtract(accuracy, low), np.subtract(high, accuracy)]
+            ax.errorbar(x, accuracy, yerr=errors, fmt=style[0], color=color, ms=8, capsize=4)
+            ax.plot([], [], style[0], color=color, ms=8, label=f"{init}: probe")
+    if chosen in layers:
+        ax.axvline(
+            layers.index(chosen), color="tab:green", lw=2, alpha=0.5, label=f"chosen: {chosen}"
+        )
     ax.set_xticks(np.arange(len(layers)), layers, rotation=30, ha="right", rotation_mode="anchor")
     ax.set_xlabel("layer (shallow to deep)")
-    ax.set_ylabel("test accuracy (linear probe)")
-    ax.set_title("Depth curve (bands: 95 % bootstrap interval)")
+    ax.set_ylabel("accuracy (probe: test; k-NN screen: validation)")
+    ax.set_title("Depth curve: screens on every layer, the probe where it ran")
     ax.grid(alpha=0.3)
-    if depth:
-        ax.legend(loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if evidence is not None:
+        evidence.set_ylabel("LogME evidence per example")
+        more_handles, more_labels = evidence.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        ax.legend(handles, labels, loc="lower right", fontsize="small")
     return _save(fig, path)
 
 
@@ -96,11 +140,16 @@ def sweep_markdown(
     recommendation: Recommendation,
     images: Mapping[str, str],
     seconds: Mapping[str, float] | None = None,
+    screens: Sequence[LayerScreen] = (),
+    agreement: Sequence[ScreenAgreement] = (),
+    screen: str | None = None,
 ) -> str:
     """The sweep as a markdown report: the recommendation (action, command, reason,
-    expected gain when known) first, then the depth table, the learning-curve table,
-    ``![name](src)`` for each of ``images`` (``"depth"``/``"learning"`` to a path, URL or
-    ``data:`` URI) and, given the sweep's ``seconds`` per phase, where the time went."""
+    expected gain when known) first, then the depth table (every layer's screens, the
+    probes where they ran), how well each screen ranked the layers, the learning-curve
+    table, ``![name](src)`` for each of ``images`` (``"depth"``/``"learning"`` to a path,
+    URL or ``data:`` URI) and, given the sweep's ``seconds`` per phase, where the time
+    went."""
     rec = recommendation
     action = (
         f"frozen features at `{rec.layer}`"
@@ -125,16 +174,30 @@ def sweep_markdown(
         "",
         "## Depth curve",
         "",
-        "Test accuracy of the linear probe on each layer (95 % bootstrap interval).",
+        _depth_intro(screens, screen),
         "",
         markdown_table(
-            ["layer", "dim", "pretrained accuracy", "random accuracy"],
-            _depth_rows(depth, rec.peak_layer),
+            ["layer", "dim"]
+            + [f"{init} {what}" for init in _INITS for what in _COLUMNS[bool(screens)]],
+            _depth_rows(depth, rec.peak_layer, screens),
         ),
         "",
-        "## Learning curve",
-        "",
     ]
+    if agreement:
+        lines += [
+            "How well each screen ranked the layers against the probes that ran (Kendall's "
+            "tau with their validation accuracy; none below 3 layers):",
+            "",
+            markdown_table(
+                ["screen", "weights", "layers probed", "Kendall tau"],
+                [
+                    [a.screen, a.init, a.layers, "" if a.tau is None else f"{a.tau:+.2f}"]
+                    for a in agreement
+                ],
+            ),
+            "",
+        ]
+    lines += ["## Learning curve", ""]
     if curve:
         lines.append(
             markdown_table(
@@ -176,22 +239,46 @@ def _phase_rows(seconds: Mapping[str, float]) -> list[list[object]]:
     return [*rows, ["total", f"{total:.1f}"]] if rows else []
 
 
-def _depth_rows(depth: Sequence[LayerScore], peak_layer: str) -> list[list[object]]:
-    """One row per layer, shallow to deep: layer (the peak marked), dim, both accuracies."""
-    by_key = {(s.init, s.layer): s for s in depth}
+_COLUMNS = {False: ("accuracy",), True: ("k-NN", "LogME", "probe")}
+
+
+def _depth_intro(screens: Sequence[LayerScreen], screen: str | None) -> str:
+    if not screens:
+        return "Test accuracy of the linear probe on each layer (95 % bootstrap interval)."
+    return (
+        "Screens on every layer, from the cached features (k-NN: cosine k-NN accuracy on "
+        "the validation rows; LogME: evidence per example, higher is better), and the "
+        "linear probe's test accuracy (95 % bootstrap interval) where it ran"
+        + (f", chosen by the {screen} screen." if screen else ".")
+    )
+
+
+def _depth_rows(
+    depth: Sequence[LayerScore], peak_layer: str, screens: Sequence[LayerScreen] = ()
+) -> list[list[object]]:
+    """One row per layer, shallow to deep: layer (the peak marked), dim, then per
+    initialisation its screens (when given) and its probe's accuracy (blank: not probed)."""
+    probes = {(s.init, s.layer): s for s in depth}
+    screened = {(s.init, s.layer): s for s in screens}
     rows: list[list[object]] = []
-    for layer in _layer_order(depth):
-        first = by_key.get(("pretrained", layer)) or by_key[("random", layer)]
-        cells = [
-            "" if score is None else f"{score.accuracy:.4f} [{format_ci(score.accuracy_ci95)}]"
-            for score in (by_key.get((init, layer)) for init in _INITS)
-        ]
+    for layer in _layer_order([*screens, *depth]):
+        dims = [item.dim for item in screens if item.layer == layer]
+        dims += [item.dim for item in depth if item.layer == layer]
+        cells: list[object] = []
+        for init in _INITS:
+            if screens:
+                found = screened.get((init, layer))
+                cells += ["", ""] if found is None else [f"{found.knn:.4f}", f"{found.logme:.4f}"]
+            score = probes.get((init, layer))
+            cells.append(
+                "" if score is None else f"{score.accuracy:.4f} [{format_ci(score.accuracy_ci95)}]"
+            )
         name = f"**{layer}** (peak)" if layer == peak_layer else layer
-        rows.append([name, first.dim, *cells])
+        rows.append([name, dims[0], *cells])
     return rows
 
 
-def _layer_order(depth: Sequence[LayerScore]) -> list[str]:
+def _layer_order(depth: Sequence[LayerScore | LayerScreen]) -> list[str]:
     """Layer names shallow to deep (by depth, first seen on a tie)."""
     return list(dict.fromkeys(s.layer for s in sorted(depth, key=lambda s: s.depth)))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from transfer_pipe.scores import Metrics
+from transfer_pipe.scores import Metrics, interval_warning
 
 _DIGITS = 4
 # CI ranges use an en dash (0.861 to 0.874); written as an escape so linters see no look-alike.
@@ -118,26 +118,38 @@ def markdown_report(
     result: Scored,
     images: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
+    *,
+    chosen_by: str | None = None,
+    layer_why: str | None = None,
 ) -> str:
     """A markdown report for one head result.
 
-    Sections: title (head id), run details (head, task, layer, chosen hyperparameters),
-    headline metrics with the 95% CI, the confusion matrix (rows = true class), a
+    Sections: title (head id), run details (head, task, layer (and ``layer_why``: how it
+    was chosen, when it was not given), chosen hyperparameters and
+    ``chosen_by``: how and on how many rows, e.g. ``5-fold cv on 48 rows``), a warning
+    when the test rows are too few for the 95% CI to mean anything, headline metrics
+    with the 95% CI, the confusion matrix (rows = true class), a
     per-class table, ``![name](src)`` lines for each of ``images`` (a path, a URL or a
     ``data:`` URI), and where each of ``files`` lives (e.g. the head's folder, model, card).
     """
     metrics = result.metrics
     classes = metrics.classes
     ci = format_ci(metrics.accuracy_ci95)
+    chosen = format_chosen(result.chosen) or "(defaults)"
     lines = [
         f"# Head `{result.head_id}`",
         "",
         f"- Head: {result.head}",
         f"- Task: {result.task}",
-        f"- Layer: {result.layer}",
-        f"- Chosen hyperparameters: {format_chosen(result.chosen) or '(defaults)'}",
+        f"- Layer: {layer_why or result.layer}",
+        f"- Chosen hyperparameters: {chosen}" + (f", by {chosen_by}" if chosen_by else ""),
         f"- Test rows: {metrics.n}",
         "",
+    ]
+    warned = interval_warning(metrics)
+    if warned is not None:
+        lines += [f"> **Warning:** {warned}", ""]
+    lines += [
         "## Headline metrics",
         "",
         "| metric | value |",

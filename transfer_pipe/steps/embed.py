@@ -32,6 +32,7 @@ from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone
 from transfer_pipe.backbones.published import use_store
 from transfer_pipe.cluster import plan_cluster, resolve_device
 from transfer_pipe.config import EmbedConfig
+from transfer_pipe.data.device_decode import check_decode_device, decodes_on_device
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.data.sources import check_source, load_manifest, source_cache_id
 from transfer_pipe.errors import TransferPipeError
@@ -103,13 +104,14 @@ def check_embed_inputs(
     ``dry_run`` checks the store without its one write (the probe that may create its
     folder) and hands no manifest to a run: a dry run leaves no trace."""
     backbone = run_backbone(config)
-    _check_autocast_here(config)
+    _check_device_here(config)
     check_source(config.source)
     hashes = source_hash_cache(config)
     manifest = load_manifest(config.source, hashes=hashes).limit(config.limit)
     layers = backbone.layer_names(config.layers)
     store = open_store(config.store, config.storage_options)
     identity = identity_of(config, backbone, layers, manifest)
+    _check_device_decode_here(config, identity.preprocessing.decode)
     if store.status(identity.key) != "complete" and _lineage(store, identity) is None:
         layers = _model_layers(backbone, config.layers)  # a new lineage: check its layers
     if dry_run:
@@ -123,14 +125,33 @@ def check_embed_inputs(
     return backbone, layers, manifest
 
 
-def _check_autocast_here(config: EmbedConfig) -> None:
-    """``--autocast fp16`` on a local run without CUDA fails here, before anything is
-    written (on a cluster each worker checks its own device)."""
-    if config.autocast != "fp16" or plan_cluster(config.dask_address, None).address:
+def _check_device_here(config: EmbedConfig) -> None:
+    """``--autocast fp16`` or ``--compile`` on a local run without CUDA fails here, before
+    anything is written (on a cluster each worker checks its own device)."""
+    if not (config.autocast == "fp16" or config.compile) or _on_cluster(config):
         return
     from transfer_pipe.features.embedder import check_autocast  # torch: for this choice only
 
-    check_autocast(config.autocast, resolve_device(config.device))
+    device = resolve_device(config.device)
+    check_autocast(config.autocast, device)
+    if config.compile and device.type != "cuda":
+        raise TransferPipeError(
+            f"--compile compiles the model on a CUDA device; this run's device is "
+            f"{device.type}: leave --compile out (the same feature set, eager)"
+        )
+
+
+def _check_device_decode_here(config: EmbedConfig, decode: str) -> None:
+    """``--decode nvjpeg`` on a local run without CUDA fails here, before anything is
+    written (``decode``: the run's, after its source is known: a folder without JPEGs
+    decodes in full whatever the option says)."""
+    if not decodes_on_device(decode) or _on_cluster(config):
+        return
+    check_decode_device(decode, resolve_device(config.device))
+
+
+def _on_cluster(config: EmbedConfig) -> bool:
+    return plan_cluster(config.dask_address, None).address is not None
 
 
 # The manifest a check just loaded, taken (once) by the run that follows it in the same
@@ -339,6 +360,7 @@ def prepare_embedding(config: EmbedConfig) -> EmbedPlan:
         device=config.device,
         autocast=config.autocast,
         threads=plan_cluster(config.dask_address, config.workers).torch_threads,
+        compile=config.compile,
         weights_digest=identity.weights_digest,
     )
     donors = reusable_rows(store, spec) if pending else Donors()

@@ -314,7 +314,7 @@ def _calibrate(config: EmbedConfig, spec: FeatureSetSpec, manifest: Manifest) ->
     the forward pass, as an embed shard runs them (one untimed warm-up batch first, which
     also builds the model)."""
     from transfer_pipe.backbones import Preprocessing
-    from transfer_pipe.data.read import read_image
+    from transfer_pipe.data.read import read_bytes, read_image
     from transfer_pipe.features.batch import embed_images
     from transfer_pipe.features.tasks import EmbedderConfig
 
@@ -328,11 +328,11 @@ def _calibrate(config: EmbedConfig, spec: FeatureSetSpec, manifest: Manifest) ->
     )
     batch = min(config.batch_size, CALIBRATION_BATCH)
     uris = manifest.table[URI].tolist()
-    read = functools.partial(read_image, draft_to=embedder.preprocessing.draft_to)
-    embed_images(uris[:batch], read, embedder, batch)  # warm-up: builds the model
+    load = functools.partial(read_image, draft_to=embedder.preprocessing.draft_to)
+    embed_images(uris[:batch], load, embedder, batch, read=read_bytes)  # warm-up: builds the model
     timed = uris[: batch * CALIBRATION_BATCHES]
     started = time.perf_counter()
-    result = embed_images(timed, read, embedder, batch)
+    result = embed_images(timed, load, embedder, batch, read=read_bytes)
     seconds = time.perf_counter() - started
     if not result.ok:
         raise TransferPipeError(

@@ -109,7 +109,7 @@ def _embed_new(
     images = [contents[i] or b"" for i in rows]
     # Decoded as the feature set's images were (its decode mode is part of its key).
     decode = functools.partial(decode_image, draft_to=embedder.preprocessing.draft_to)
-    result = embed_images(images, decode, embedder, _BATCH).placed(rows)
+    result = embed_images(images, decode, embedder, _BATCH, read=bytes).placed(rows)
     for row, reason in result.failures.items():
         errors[row] = reason
     if result.ok:

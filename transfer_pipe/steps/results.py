@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transfer_pipe.records import Record
+from transfer_pipe.store.cards import LayerChoice
 from transfer_pipe.store.retention import GcReport
 
 
@@ -84,6 +85,7 @@ class TrainSummary(Record):
     heads: dict[str, HeadSummary]
     table: list[dict[str, Any]]
     label_fraction: float | None = None  # share of the training labels each head was fitted on
+    layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (--layer auto)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,16 @@ on the user's own data.
 
     plan = prepare_sweep(config)                       # the two embed runs, every stage
     keys = {init: embed(plan.embeds[init]).feature_set ...}
-    depth = [probe_layer(run, fit_probe(run)) for run in depth_runs(plan, keys)]
+    screens = [screen_layer(run) for run in screen_runs(plan, keys)]    # every layer
+    depth = [probe_layer(run, fit_probe(run)) for run in pretrained_runs(plan, keys, screens)]
+    depth += [... for run in baseline_runs(plan, keys, screens, depth)]
     curve = [share_point(run, fit_probe(run)) for run in curve_runs(plan, keys, depth)]
-    summary = finalize_sweep(plan, keys, depth, curve)  # advice, pictures, a record
+    summary = finalize_sweep(plan, keys, screens, depth, curve, ...)  # advice, pictures, record
+
+The screens (k-NN accuracy and LogME, seconds per layer) rank every layer; the full probe
+protocol, which costs minutes on a wide layer, runs only where it decides: on the best
+pretrained layers by the screen, and for the random baseline on its best layer and at the
+pretrained peak (the transfer gain is measured there). ``--probe-all`` probes every layer.
 
 Everything is cached by the store: the embeddings by feature-set key (a dataset embedded at
 the penultimate layer costs one forward pass more to add the stages), the probes by head
@@ -27,20 +34,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from transfer_pipe.backbones import PENULTIMATE, STAGES, get_backbone, random_variant
 from transfer_pipe.config import EmbedConfig, SweepConfig, TrainConfig
-from transfer_pipe.curves import CurvePoint, LayerScore, Recommendation, recommend
+from transfer_pipe.curves import (
+    CurvePoint,
+    LayerScore,
+    LayerScreen,
+    Recommendation,
+    ScreenAgreement,
+    ranked,
+    recommend,
+    screen_agreement,
+)
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.card import FINETUNE_DIR, FinetuneCard
 from transfer_pipe.heads.card import read_card
+from transfer_pipe.heads.screens import knn_accuracy, logme
 from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.records import Record
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
 from transfer_pipe.schema import TRAIN
 from transfer_pipe.steps.embed import embed
+from transfer_pipe.steps.layer_choice import SWEEP_RECORD as RECORD
+from transfer_pipe.steps.layer_choice import SWEEPS_DIR
 from transfer_pipe.steps.results import TrainSummary
-from transfer_pipe.steps.train import finalize_training, prepare_training, train_head
+from transfer_pipe.steps.train import TrainPlan, finalize_training, prepare_training, train_head
 from transfer_pipe.store import StorageOptions, cards, open_store
 from transfer_pipe.store.cards import card_folder, store_fs
 
@@ -48,9 +69,10 @@ logger = logging.getLogger(__name__)
 Init = Literal["pretrained", "random"]
 INITS: tuple[Init, ...] = ("pretrained", "random")
 PROBE = "logreg"  # the heads flow's linear probe
-SWEEPS_DIR = "sweeps"
-RECORD = "sweep.json"
 SWEEP_LAYERS = (STAGES, PENULTIMATE)
+# Training rows the k-NN screen votes with (a fixed draw): it ranks layers, and the
+# ranking holds with 10,000 rows while the vote over 54,000 costs five times more.
+KNN_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,7 +105,10 @@ class SweepSummary(Record):
     task: str
     classes: list[str]
     splits: dict[str, int]
-    depth: list[LayerScore]
+    screen: str  # the screen that chose where the probes ran
+    screens: list[LayerScreen]  # every layer, both initialisations
+    depth: list[LayerScore]  # the probes that ran
+    agreement: list[ScreenAgreement]  # each screen's ranking against those probes
     curve: list[CurvePoint]
     recommendation: Recommendation
     embedded: int  # images this sweep's embed runs computed
@@ -172,12 +197,76 @@ def _probe_config(plan: SweepPlan, key: str, layer: str, **extra: object) -> Tra
     )
 
 
-def depth_runs(plan: SweepPlan, keys: dict[Init, str]) -> list[ProbeRun]:
-    """The depth curve's probes: every layer, both initialisations, all training labels."""
+def screen_runs(plan: SweepPlan, keys: dict[Init, str]) -> list[ProbeRun]:
+    """Every layer of both initialisations, all training labels: what the screens score."""
     return [
         ProbeRun(init, layer, depth, _probe_config(plan, keys[init], layer))
         for init in INITS
         for depth, layer in enumerate(plan.layers)
+    ]
+
+
+def screen_layer(run: ProbeRun) -> LayerScreen:
+    """The screens of one layer from its cached training and validation rows (never the
+    test rows): the k-NN accuracy of ``KNN_ROWS`` training rows on the validation rows,
+    and the LogME evidence of every training row."""
+    started = time.perf_counter()
+    data = _task_data(prepare_training(run.config, run.config.feature_set or ""))
+    train = data.train
+    if len(train) > KNN_ROWS:
+        train = train.take(np.sort(np.random.default_rng(0).permutation(len(train))[:KNN_ROWS]))
+    knn = knn_accuracy(train.features, train.labels, data.val.features, data.val.labels)
+    evidence = logme(data.train.features, data.train.labels)
+    return LayerScreen(
+        layer=run.layer,
+        depth=run.depth,
+        dim=int(data.train.features.shape[1]),
+        init=run.init,
+        knn=float(knn),
+        logme=evidence,
+        knn_rows=len(train),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def pretrained_runs(
+    plan: SweepPlan, keys: dict[Init, str], screens: Sequence[LayerScreen]
+) -> list[ProbeRun]:
+    """The pretrained depth curve's probes: the ``probe_top`` best layers by the screen,
+    shallow to deep (``probe_all``: every layer)."""
+    ranking = _probed(plan, screens, "pretrained")
+    top = len(ranking) if plan.config.probe_all else plan.config.probe_top
+    return _runs(plan, keys, "pretrained", ranking[:top])
+
+
+def baseline_runs(
+    plan: SweepPlan,
+    keys: dict[Init, str],
+    screens: Sequence[LayerScreen],
+    depth: Sequence[LayerScore],
+) -> list[ProbeRun]:
+    """The random baseline's probes: its best layer by the screen (the seed's comparison
+    of best against best) and the pretrained peak among ``depth`` (where the advice
+    measures the transfer gain); ``probe_all``: every layer."""
+    ranking = _probed(plan, screens, "random")
+    best = ranking if plan.config.probe_all else ranking[:1]
+    return _runs(plan, keys, "random", [*best, best_layer(depth, "pretrained").layer])
+
+
+def _probed(plan: SweepPlan, screens: Sequence[LayerScreen], init: Init) -> list[str]:
+    """One initialisation's layers by the sweep's screen, best first (every layer for
+    ``probe_all``)."""
+    if plan.config.probe_all:
+        return list(plan.layers)
+    return [s.layer for s in ranked(screens, init, plan.config.screen)]
+
+
+def _runs(plan: SweepPlan, keys: dict[Init, str], init: Init, layers: list[str]) -> list[ProbeRun]:
+    """Probe runs of ``init`` on ``layers`` (each once), shallow to deep, all labels."""
+    return [
+        ProbeRun(init, layer, depth, _probe_config(plan, keys[init], layer))
+        for depth, layer in enumerate(plan.layers)
+        if layer in layers
     ]
 
 
@@ -188,17 +277,33 @@ def fit_probe(run: ProbeRun) -> TrainSummary:
     a small layer's fit). And consecutive probes on the same rows (a share's seeds, the
     learning curve's shares at one layer) read them from the store once."""
     config = run.config
-    assert config.feature_set is not None  # depth_runs and curve_runs name it
+    assert config.feature_set is not None  # the runs name it
     plan = prepare_training(config, config.feature_set)
-    rows = (config.store, plan.feature_set, plan.layer, plan.task.digest, plan.splits)
+    rows = _rows_key(plan)
     if rows in _LAST_ROWS:
         plan.__dict__["data"] = _LAST_ROWS[rows]  # functools.cached_property's own slot
     results = [train_head(plan, head, plots=False) for head in plan.runs]
     summary = finalize_training(plan, results)
     if "data" in plan.__dict__:  # read (or given) for this probe: keep it for the next
-        _LAST_ROWS.clear()  # one layer's rows at a time (penultimate: 70,000 x 1,280 floats)
-        _LAST_ROWS[rows] = plan.data
+        _keep(rows, plan.data)
     return summary
+
+
+def _task_data(plan: TrainPlan) -> TaskData:
+    """The plan's rows, read once for consecutive screens and probes of one layer."""
+    rows = _rows_key(plan)
+    if rows not in _LAST_ROWS:
+        _keep(rows, plan.data)
+    return _LAST_ROWS[rows]
+
+
+def _rows_key(plan: TrainPlan) -> tuple[Any, ...]:
+    return (plan.config.store, plan.feature_set, plan.layer, plan.task.digest, plan.splits)
+
+
+def _keep(rows: tuple[Any, ...], data: TaskData) -> None:
+    _LAST_ROWS.clear()  # one layer's rows at a time (penultimate: 70,000 x 1,280 floats)
+    _LAST_ROWS[rows] = data
 
 
 _LAST_ROWS: dict[tuple[Any, ...], TaskData] = {}
@@ -237,9 +342,11 @@ def curve_runs(
     plan: SweepPlan, keys: dict[Init, str], depth: Sequence[LayerScore]
 ) -> list[ProbeRun]:
     """The learning curve's probes: each share of the training labels (seed repeats; all
-    labels once), on each initialisation's best layer."""
+    labels once) on the pretrained best layer, whose curve the advice reads; with
+    ``probe_all``, on the random baseline's best layer too (a reference line for the
+    plot, a fifth of the old sweep's probing time)."""
     runs = []
-    for init in INITS:
+    for init in INITS if plan.config.probe_all else ("pretrained",):
         best = best_layer(depth, init)
         for fraction in sorted(set(plan.config.fractions)):
             # Every label is the depth curve's own probe at that layer: reused, not refit.
@@ -271,6 +378,7 @@ def share_point(run: ProbeRun, summary: TrainSummary) -> CurvePoint:
 def finalize_sweep(
     plan: SweepPlan,
     keys: dict[Init, str],
+    screens: Sequence[LayerScreen],
     depth: Sequence[LayerScore],
     curve: Sequence[CurvePoint],
     summaries: Sequence[TrainSummary],
@@ -289,6 +397,7 @@ def finalize_sweep(
         feature_set=keys["pretrained"],
         store=config.store,
         finetune_gain=_finetune_gain(config, keys["pretrained"], first.task),
+        layers=plan.layers,
     )
     sweep_id = _sweep_id(plan, keys)
     url = card_folder(config.store, SWEEPS_DIR, sweep_id)
@@ -298,7 +407,10 @@ def finalize_sweep(
         task=first.task,
         classes=list(first.classes),
         splits=dict(first.splits),
+        screen=config.screen,
+        screens=list(screens),
         depth=list(depth),
+        agreement=screen_agreement(screens, depth),
         curve=list(curve),
         recommendation=advice,
         embedded=embedded,
@@ -321,14 +433,14 @@ def _save(summary: SweepSummary, storage_options: StorageOptions = None) -> Swee
     fs, folder = store_fs(summary.url, storage_options)
     fs.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        pictures = save_sweep_plots(Path(tmp), summary.depth, summary.curve)
-        report = sweep_markdown(
+        pictures = save_sweep_plots(
+            Path(tmp),
             summary.depth,
             summary.curve,
-            summary.recommendation,
-            {name: path.name for name, path in pictures.items()},
-            summary.seconds,
+            summary.screens,
+            summary.recommendation.layer,
         )
+        report = _markdown(summary, {name: path.name for name, path in pictures.items()})
         (Path(tmp) / "report.md").write_text(report)
         for path in [*pictures.values(), Path(tmp) / "report.md"]:
             fs.put_file(str(path), posixpath.join(folder, path.name))
@@ -347,8 +459,19 @@ def sweep_report(summary: SweepSummary, storage_options: StorageOptions = None) 
         path = posixpath.join(folder, f"{name}.png")
         if fs.exists(path):
             images[name] = png_data_uri(fs.cat_file(path))
+    return _markdown(summary, images)
+
+
+def _markdown(summary: SweepSummary, images: dict[str, str]) -> str:
     return sweep_markdown(
-        summary.depth, summary.curve, summary.recommendation, images, summary.seconds
+        summary.depth,
+        summary.curve,
+        summary.recommendation,
+        images,
+        summary.seconds,
+        summary.screens,
+        summary.agreement,
+        summary.screen,
     )
 
 
@@ -363,6 +486,7 @@ def _sweep_id(plan: SweepPlan, keys: dict[Init, str]) -> str:
         "fractions": sorted(set(config.fractions)),
         "seeds": config.seeds,
         "probe": [config.c_values, config.max_iter, config.c_patience, config.bootstrap],
+        "probed": "all" if config.probe_all else [config.screen, config.probe_top],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -400,9 +524,10 @@ class Stopwatch:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 3)
 
 
-def probe_phase(curve: Literal["depth", "curve"], run: ProbeRun) -> str:
-    """The stopwatch's name of one probe run: ``depth <init> <layer>`` on the depth curve,
-    ``curve <init> <layer> <fraction>`` on the learning curve."""
+def probe_phase(curve: Literal["screen", "depth", "curve"], run: ProbeRun) -> str:
+    """The stopwatch's name of one run: ``screen <init> <layer>`` for a layer's screens,
+    ``depth <init> <layer>`` on the depth curve, ``curve <init> <layer> <fraction>`` on the
+    learning curve."""
     share = f" {run.fraction:g}" if curve == "curve" else ""
     return f"{curve} {run.init} {run.layer}{share}"
 
@@ -417,14 +542,24 @@ def sweep(config: SweepConfig) -> SweepSummary:
         with clock.phase(f"embed {init}"):
             done = embed(plan.embeds[init])
         keys[init], embedded = done.feature_set, embedded + done.embedded
-    summaries, depth = [], []
-    for run in depth_runs(plan, keys):
-        with clock.phase(f"depth {run.init}"), clock.phase(probe_phase("depth", run)):
-            summaries.append(fit_probe(run))
-            depth.append(probe_layer(run, summaries[-1]))
+    screens = []
+    for run in screen_runs(plan, keys):
+        with clock.phase(f"screen {run.init}"), clock.phase(probe_phase("screen", run)):
+            screens.append(screen_layer(run))
+    summaries: list[TrainSummary] = []
+    depth: list[LayerScore] = []
+
+    def probe(runs: list[ProbeRun]) -> None:
+        for run in runs:
+            with clock.phase(f"depth {run.init}"), clock.phase(probe_phase("depth", run)):
+                summaries.append(fit_probe(run))
+                depth.append(probe_layer(run, summaries[-1]))
+
+    probe(pretrained_runs(plan, keys, screens))
+    probe(baseline_runs(plan, keys, screens, depth))
     curve = []
     for run in curve_runs(plan, keys, depth):
         with clock.phase(f"curve {run.init}"), clock.phase(probe_phase("curve", run)):
             summaries.append(fit_probe(run))
             curve.append(share_point(run, summaries[-1]))
-    return finalize_sweep(plan, keys, depth, curve, summaries, embedded, clock.seconds)
+    return finalize_sweep(plan, keys, screens, depth, curve, summaries, embedded, clock.seconds)

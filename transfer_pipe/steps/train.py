@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transfer_pipe.config import TaskOptions, TrainConfig
+from transfer_pipe.config import AUTO_LAYER, TaskOptions, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, HeadResult, head_url, read_card
-from transfer_pipe.heads.options import ProtocolOptions
+from transfer_pipe.heads.options import SELECTION_RULE, ProtocolOptions
 from transfer_pipe.heads.tasks import (
     SplitOptions,
     Task,
@@ -47,6 +47,7 @@ from transfer_pipe.report import (
 from transfer_pipe.schema import TEST, TRAIN, VAL
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.failures import StepFailed
+from transfer_pipe.steps.layer_choice import LayerChoice, choose_layer
 from transfer_pipe.steps.results import HeadSummary, TrainSummary
 from transfer_pipe.steps.target import embed_first
 from transfer_pipe.store import FeatureSetSpec, StorageOptions, open_store
@@ -78,6 +79,7 @@ class TrainPlan:
     splits: SplitOptions
     runs: tuple[HeadRun, ...]
     feature_set_spec: FeatureSetSpec
+    layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (None: given)
 
     @functools.cached_property
     def data(self) -> TaskData:
@@ -105,17 +107,21 @@ class TrainPlan:
 def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     """Resolve the feature set, layer, task and split options, so that a mistake fails
     before the first (possibly long) fit. The rows are read when a head needs them."""
-    spec, layer = check_features(config.store, feature_set, config.layer, config.storage_options)
+    spec, _ = check_features(config.store, feature_set, config.layer, config.storage_options)
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
     runs = tuple(HeadRun(head, seed) for head in config.heads for seed in _draw_seeds(config))
-    plan = TrainPlan(config, feature_set, parse_task(config.task), layer, splits, runs, spec)
+    task = parse_task(config.task)
+    choice = choose_layer(config, feature_set, spec, task, splits)
+    if choice.how != "given":
+        logger.info("layer %s (%s): %s", choice.layer, choice.how, choice.reason)
+    plan = TrainPlan(config, feature_set, task, choice.layer, splits, runs, spec, choice)
     if config.shots is not None:
         plan.data.few_shot(config.shots, 0)  # fails now, not after the first head, when too few
     logger.info(
         "task %s on feature set %s, layer %s: heads %s",
         plan.task.name,
         feature_set,
-        layer,
+        plan.layer,
         ", ".join(config.heads),
     )
     return plan
@@ -152,7 +158,9 @@ def check_features(
             )
         )
     spec = store.spec(feature_set)
-    layer = layer or spec.layers[0]
+    if layer in (None, AUTO_LAYER):
+        return spec, AUTO_LAYER  # chosen by steps.layer_choice, among the layers it holds
+    assert layer is not None
     missing = [name for name in split_layers(layer) if name not in spec.layers]
     if missing:
         raise TransferPipeError(
@@ -187,6 +195,8 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
         "shots": [plan.config.shots, run.shot_seed],
         "head": run.head,
         "options": asdict(protocol_options(plan.config)),
+        # A head chosen by an earlier rule is refitted, not reused (heads.options).
+        "selection": SELECTION_RULE,
     }
     if fraction is not None:  # only then: every head id of a run without it stays the same
         identity["label_fraction"] = fraction
@@ -313,6 +323,8 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str, plots: bool = Tr
         metrics=fitted.metrics,
         seconds=fitted.seconds,
         label_fraction=data.label_fraction,
+        selection=fitted.selection,
+        layer_choice=_chosen_layer(plan),
     )
     with tempfile.TemporaryDirectory() as tmp:
         files = _report_files(Path(tmp), result, plots)
@@ -351,7 +363,22 @@ def head_report(store: str, result: HeadResult, storage_options: StorageOptions 
         path = posixpath.join(folder, f"{name}.png")
         if fs.exists(path):
             images[name] = png_data_uri(fs.cat_file(path))
-    return markdown_report(result, images, files)
+    return markdown_report(result, images, files, **_why(result))
+
+
+def _why(result: HeadResult) -> dict[str, str | None]:
+    """How the result's hyperparameters and layer were chosen, for its report (None:
+    unrecorded, or the layer given)."""
+    return {
+        "chosen_by": None if result.selection is None else result.selection.describe(),
+        "layer_why": None if result.layer_choice is None else result.layer_choice.describe(),
+    }
+
+
+def _chosen_layer(plan: TrainPlan) -> LayerChoice | None:
+    """The plan's layer choice, unless the layer was given (nothing to explain)."""
+    choice = plan.layer_choice
+    return None if choice is None or choice.how == "given" else choice
 
 
 _PLOTS = ("confusion", "per_class")  # the PNGs ``save_result_plots`` writes
@@ -360,7 +387,8 @@ _PLOTS = ("confusion", "per_class")  # the PNGs ``save_result_plots`` writes
 def _report_files(folder: Path, result: HeadResult, plots: bool = True) -> dict[str, Path]:
     files = save_result_plots(folder, result) if plots else {}
     report = folder / "report.md"
-    report.write_text(markdown_report(result, {k: p.name for k, p in files.items()}))
+    images = {k: p.name for k, p in files.items()}
+    report.write_text(markdown_report(result, images, None, **_why(result)))
     return {**files, "report": report}
 
 
@@ -396,6 +424,9 @@ def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, identity: str) ->
         libraries=library_versions(_LIBRARIES),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         label_fraction=data.label_fraction,
+        selection=fitted.selection,
+        warnings=list(fitted.warnings),
+        layer_choice=_chosen_layer(plan),
     )
 
 
@@ -440,6 +471,7 @@ def finalize_training(
         heads=heads,
         table=metrics_rows(results),
         label_fraction=plan.config.label_fraction,
+        layer_choice=plan.layer_choice,
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
@@ -76,6 +76,40 @@ class SplitSizes(Record):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         return cls(**known_fields(cls, data, "a card's splits"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerChoice(Record):
+    """The layer a heads run read, ``how`` it was chosen (``given`` with ``--layer``, a
+    ``sweep``'s advice, on ``validation``, or the feature set's ``only layer``) and why, in
+    one sentence; ``candidates`` maps each layer weighed on validation to the probe's
+    validation accuracy on it (empty unless ``how`` is ``validation``)."""
+
+    layer: str
+    how: str
+    reason: str
+    candidates: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**known_fields(cls, data, "a layer choice"))
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any] | None) -> Self | None:
+        """The record as a card holds it (None: given, or a card written before it)."""
+        return None if data is None else cls.from_dict(data)
+
+    def describe(self) -> str:
+        """``stages.4, chosen on validation: <reason>``: for reports."""
+        return f"{self.layer}, chosen {_HOW[self.how]}: {self.reason}"
+
+
+_HOW = {
+    "given": "by --layer",
+    "sweep": "by a sweep",
+    "validation": "on validation",
+    "only layer": "as the only layer",
+}
 
 
 @dataclass(frozen=True)

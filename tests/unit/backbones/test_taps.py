@@ -26,8 +26,12 @@ def hook_count(model: nn.Module) -> int:
 
 def test_resolve_layers_defaults_expands_and_dedupes(tiny: nn.Module) -> None:
     spec = get_backbone("tiny_test")
-    assert resolve_layers(spec, tiny, None) == [PENULTIMATE]
-    assert resolve_layers(spec, tiny, []) == [PENULTIMATE]
+    # The default is the top of the network: the penultimate layer, then the last three
+    # stages deep to shallow (tiny_test has three). Mutation: the default [PENULTIMATE].
+    top = [PENULTIMATE, "stages.2", "stages.1", "stages.0"]
+    assert resolve_layers(spec, tiny, None) == resolve_layers(spec, tiny, []) == top
+    assert resolve_layers(spec, tiny, "top") == top
+    assert resolve_layers(spec, tiny, PENULTIMATE) == [PENULTIMATE]
     assert resolve_layers(spec, tiny, ["stages.1", "stages", PENULTIMATE, "stages.1"]) == [
         "stages.1",
         "stages.0",

@@ -21,6 +21,7 @@ from transfer_pipe.cli import build_parser, run_values_from
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import list_cards
+from transfer_pipe.heads.options import SELECTION_RULE
 from transfer_pipe.heads.tasks import SplitOptions, parse_task
 from transfer_pipe.steps.target import run_config
 from transfer_pipe.steps.train import (
@@ -85,9 +86,11 @@ def _plan(config: TrainConfig) -> TrainPlan:
     )
 
 
-def _old_head_id(plan: TrainPlan, run: HeadRun) -> str:
-    """The head id formula before --label-fraction existed, written out again."""
-    identity = {
+def _old_head_id(plan: TrainPlan, run: HeadRun, *, selection: bool = True) -> str:
+    """The head id formula before --label-fraction existed, written out again (with the
+    selection rule, since heads chosen by the former rule are refitted; ``selection=False``:
+    the formula before that rule)."""
+    identity: dict[str, Any] = {
         "feature_set": plan.feature_set,
         "layer": plan.layer,
         "task": plan.task.digest,
@@ -96,6 +99,8 @@ def _old_head_id(plan: TrainPlan, run: HeadRun) -> str:
         "head": run.head,
         "options": asdict(protocol_options(plan.config)),
     }
+    if selection:
+        identity["selection"] = SELECTION_RULE
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     task = re.sub(r"[^a-z0-9]+", "-", plan.task.name.lower()).strip("-") or "task"
     shot = f"-{plan.config.shots}shot-s{run.shot_seed}" if run.shot_seed is not None else ""
@@ -113,6 +118,18 @@ def test_head_ids_without_label_fraction_are_unchanged(
     # existing head id (and a rerun would refit everything the store holds): fails here.
     plan = _plan(TrainConfig(feature_set="fs0", **values))  # type: ignore[arg-type]
     assert head_id(plan, run) == _old_head_id(plan, run)
+
+
+def test_the_selection_rule_is_part_of_every_head_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store's heads chosen by an earlier selection rule (first best on validation rows
+    alone, before cross-validation and the log-loss tie-break) are refitted, not reused."""
+    plan = _plan(TrainConfig(feature_set="fs0"))
+    for run in (HeadRun("logreg"), HeadRun("knn", 1)):
+        # Mutation: the "selection" entry dropped from steps.train.head_id fails here.
+        assert head_id(plan, run) != _old_head_id(plan, run, selection=False)
+    before = head_id(plan, HeadRun("logreg"))
+    monkeypatch.setattr("transfer_pipe.steps.train.SELECTION_RULE", SELECTION_RULE + 1)
+    assert head_id(plan, HeadRun("logreg")) != before
 
 
 def test_a_drawn_run_gets_a_new_id_since_it_refits_on_its_drawn_rows_alone() -> None:

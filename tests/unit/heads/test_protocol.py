@@ -16,6 +16,7 @@ from tests.support.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.config import HEAD_NAMES, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads import protocol
+from transfer_pipe.heads.card import HeadSelection
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.protocol import (
     HEAD_KINDS,
@@ -64,10 +65,11 @@ def _with_other_test_rows(data: TaskData, seed: int = 99) -> TaskData:
     return replace(data, test=other)
 
 
-def _first_argmax(curve: list[dict[str, Any]]) -> int:
-    accuracies = [point["val_accuracy"] for point in curve]
-    best = max(accuracies)
-    return next(i for i, a in enumerate(accuracies) if a == best)
+def _best_of(curve: list[dict[str, Any]]) -> int:
+    """The rule written out again: the best accuracy, then the lowest log loss."""
+    best = max(point["val_accuracy"] for point in curve)
+    tied = [point for point in curve if point["val_accuracy"] == best]
+    return curve.index(sorted(tied, key=lambda point: point["val_log_loss"])[0])
 
 
 # -- no test leakage ---------------------------------------------------------------------
@@ -92,12 +94,14 @@ def test_logreg_test_rows_influence_only_the_test_metrics() -> None:
     predicted = first.model.predict(data.test.features)
     assert first.metrics.accuracy == pytest.approx(np.mean(predicted == data.test.labels))
 
-    # The grid is the one asked for, and the chosen C is its first best validation value.
+    # The grid is the one asked for, and the chosen C is its best validation value (ties
+    # on accuracy: the lowest log loss), chosen on the 90 validation rows.
     grid = [point["C"] for point in first.validation]
     np.testing.assert_allclose(grid, np.logspace(-6, 5, 9))
     accuracies = [point["val_accuracy"] for point in first.validation]
     assert len(set(accuracies)) > 1  # the problem is hard enough for C to matter
-    assert first.chosen == {"C": grid[_first_argmax(first.validation)]}
+    assert first.chosen == {"C": grid[_best_of(first.validation)]}
+    assert first.selection == HeadSelection("validation", 90, 30)
 
 
 @pytest.mark.parametrize("name", [n for n in HEAD_KINDS if n != "logreg"])
@@ -122,7 +126,9 @@ def test_selection_follows_the_validation_rows() -> None:
     regularized C (weights ~0, intercepts = log priors) predicts the majority class "a"
     everywhere. Validation A holds minority-looking rows labelled "a": only that
     degenerate model gets them right, so the smallest C must win. Validation B is clean
-    and balanced: it needs real weights, so a much larger C must win."""
+    and balanced: it needs real weights, so a much larger C must win. (Validation A has
+    no "b" row, which would send the choice to cross-validation: this test is about the
+    validation rows deciding, so they always do here.)"""
     rng = np.random.default_rng(3)
     centers = np.array([[-1.5] * 4, [1.5] * 4])
     train = blobs(rng, centers, [150, 50], ("a", "b"), "tr")
@@ -130,8 +136,11 @@ def test_selection_follows_the_validation_rows() -> None:
     minority_like = blobs(rng, centers[1:], 40, ("a",), "vA")
     clean = blobs(rng, centers, [40, 40], ("a", "b"), "vB")
 
-    prefers_strong = fit_head("logreg", task_data(train, minority_like, test, ("a", "b")), FAST)
-    prefers_weak = fit_head("logreg", task_data(train, clean, test, ("a", "b")), FAST)
+    on_validation = replace(FAST, few_val_rows_per_class=0)
+    prefers_strong = fit_head(
+        "logreg", task_data(train, minority_like, test, ("a", "b")), on_validation
+    )
+    prefers_weak = fit_head("logreg", task_data(train, clean, test, ("a", "b")), on_validation)
 
     grid = np.logspace(-6, 5, 9)
     assert prefers_strong.chosen["C"] == pytest.approx(grid[0])

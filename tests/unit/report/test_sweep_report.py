@@ -9,8 +9,9 @@ from PIL import Image
 
 from tests.support.curves import FLAT, KEY, LAYERS, RANDOM_ACC, depth_curve, learning_curve
 from tests.support.report import assert_png
-from transfer_pipe.curves import recommend
+from transfer_pipe.curves import Init, LayerScreen, recommend, screen_agreement
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
+from transfer_pipe.report.sweep import save_depth_curve
 
 PRETRAINED = [0.50, 0.62, 0.75, 0.85, 0.874]
 
@@ -118,3 +119,39 @@ def test_sweep_markdown_says_where_the_time_went() -> None:
     assert "| embed pretrained | 80.0 |" in text and "| total | 110.5 |" in text
     assert "stages.0 |" not in text.split("## Where the time went")[1]
     assert "Where the time went" not in sweep_markdown(depth, [], rec, {})
+
+
+def _screens(knn: list[float], init: Init) -> list[LayerScreen]:
+    return [
+        LayerScreen(layer=layer, depth=depth, dim=16 * 2**depth, init=init, knn=value,
+                    logme=value - 1, knn_rows=100, seconds=0.1)
+        for depth, (layer, value) in enumerate(zip(LAYERS, knn, strict=True))
+    ]  # fmt: skip
+
+
+def test_a_sweep_that_probed_some_layers_shows_screens_on_every_layer(tmp_path: Path) -> None:
+    """The default sweep: screens on every layer, probes on a few, the chosen layer marked."""
+    full = depth_curve(PRETRAINED, RANDOM_ACC)
+    depth = [s for s in full if (s.init, s.layer) in {("pretrained", "stages.3"),
+             ("pretrained", "penultimate"), ("random", "penultimate")}]  # fmt: skip
+    screens = [*_screens([0.4, 0.5, 0.6, 0.83, 0.81], "pretrained"),
+               *_screens([0.3, 0.35, 0.4, 0.5, 0.55], "random")]  # fmt: skip
+    rec = recommend(depth, [], 540, KEY, "/data/store", layers=LAYERS)
+    agreement = screen_agreement(screens, depth)
+    text = sweep_markdown(depth, [], rec, {}, None, screens, agreement, "knn")
+    rows = [line for line in text.splitlines() if line.startswith(("| stages.", "| **"))]
+    # Every layer has a row with both screens of both initialisations; the probe's cell is
+    # blank where it did not run. Mutation: rows from the probes alone (3 layers) fails here.
+    assert len(rows) == len(LAYERS)
+    assert rows[0].startswith("| stages.0 | 16 | 0.4000 | -0.6000 |  | 0.3000 | -0.7000 |  |")
+    assert "| stages.3 | 128 | 0.8300 | -0.1700 | 0.8500 [" in rows[3]
+    assert "chosen by the knn screen" in text
+    assert "| knn | pretrained | 2 |  |" in text  # two probes: no tau
+    # The plot: a LogME axis on the right, the chosen layer's green line.
+    # Mutation: dropping the axvline of the chosen layer fails here.
+    path = save_depth_curve(tmp_path / "depth.png", depth, screens, rec.layer)
+    green = np.array([44, 160, 44])  # tab:green, drawn at alpha 0.5 over white
+    rgb = pixels(path).reshape(-1, 3).astype(int)
+    assert (np.abs(rgb - (green + 255) // 2).sum(axis=1) < 40).sum() > 200
+    bare = pixels(save_depth_curve(tmp_path / "bare.png", depth, screens))
+    assert bare.shape == pixels(path).shape and not np.array_equal(bare, pixels(path))

@@ -80,6 +80,7 @@ benchmark: install data
 	$(BIN)/python benchmarks/photos.py             # photos: feed per core by size and format, DCT decode's effect
 	$(BIN)/python benchmarks/probe_walk.py         # the probe's C walk / the embed
 	$(BIN)/python benchmarks/sweep.py              # the transferability sweep / one embed
+	$(BIN)/python benchmarks/taps.py               # the default top taps against the penultimate alone
 	$(BIN)/python benchmarks/store_layout.py       # objects and requests per feature set
 	$(BIN)/python benchmarks/capacity.py           # bytes per image per layer and dtype: deploy/SCALING.md
 	$(BIN)/python benchmarks/pipeline_rerun.py --limit $(LIMIT) --image-size $(IMAGE_SIZE)

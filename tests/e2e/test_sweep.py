@@ -117,10 +117,9 @@ def test_a_second_sweep_embeds_nothing_and_fits_nothing_and_says_the_same(swept:
     assert again.probes_reused == summary.probes_fitted + summary.probes_reused
     assert again.depth == summary.depth and again.curve == summary.curve
     assert again.recommendation == summary.recommendation
-    # The screens are deterministic (a fixed draw of the k-NN's training rows).
-    assert [(s.layer, s.knn, s.logme) for s in again.screens] == [
-        (s.layer, s.knn, s.logme) for s in summary.screens
-    ]
+    # The screens are read from the store's cache, seconds and all. Mutation: screen_layer
+    # computing them afresh fails here (other seconds), and the sweep takes 14 s, not 2.
+    assert again.screens == summary.screens
     assert time.monotonic() - started < 120  # seconds: nothing is computed
 
 

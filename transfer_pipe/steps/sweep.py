@@ -63,7 +63,7 @@ from transfer_pipe.steps.layer_choice import SWEEPS_DIR
 from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.train import TrainPlan, finalize_training, prepare_training, train_head
 from transfer_pipe.store import StorageOptions, cards, open_store
-from transfer_pipe.store.cards import card_folder, store_fs
+from transfer_pipe.store.cards import cached_record, card_folder, store_fs
 
 logger = logging.getLogger(__name__)
 Init = Literal["pretrained", "random"]
@@ -73,6 +73,7 @@ SWEEP_LAYERS = (STAGES, PENULTIMATE)
 # Training rows the k-NN screen votes with (a fixed draw): it ranks layers, and the
 # ranking holds with 10,000 rows while the vote over 54,000 costs five times more.
 KNN_ROWS = 10_000
+SCREENS_DIR = "screens"  # <store>/cache/screens/: a layer's screens, computed once
 
 
 @dataclass(frozen=True)
@@ -209,9 +210,23 @@ def screen_runs(plan: SweepPlan, keys: dict[Init, str]) -> list[ProbeRun]:
 def screen_layer(run: ProbeRun) -> LayerScreen:
     """The screens of one layer from its cached training and validation rows (never the
     test rows): the k-NN accuracy of ``KNN_ROWS`` training rows on the validation rows,
-    and the LogME evidence of every training row."""
+    and the LogME evidence of every training row. Kept in the store's cache: a second
+    sweep reads them."""
+    config = run.config
+    plan = prepare_training(config, config.feature_set or "")
+    identity = [plan.feature_set, plan.layer, plan.task.digest, plan.splits.__dict__, KNN_ROWS]
+    return cached_record(
+        config.store,
+        SCREENS_DIR,
+        identity,
+        lambda: _screen(run, _task_data(plan)),
+        LayerScreen.from_dict,
+        config.storage_options,
+    )
+
+
+def _screen(run: ProbeRun, data: TaskData) -> LayerScreen:
     started = time.perf_counter()
-    data = _task_data(prepare_training(run.config, run.config.feature_set or ""))
     train = data.train
     if len(train) > KNN_ROWS:
         train = train.take(np.sort(np.random.default_rng(0).permutation(len(train))[:KNN_ROWS]))

@@ -15,6 +15,7 @@ endpoint and credentials as the feature sets themselves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from collections.abc import Callable, Iterable, Mapping
@@ -213,3 +214,30 @@ def list_cards(
         with fs.open(card_path, "r") as f:
             cards.append(parse(json.load(f)))
     return sorted(cards, key=lambda card: (card.created, card.card_id))
+
+
+R = TypeVar("R", bound=Record)
+CACHE_DIR = "cache"  # store.hash_cache.CACHE_FOLDER: marked as not-Zarr data (store.layout)
+
+
+def cached_record(
+    store: str,
+    folder: str,
+    identity: object,
+    make: Callable[[], R],
+    parse: Callable[[Mapping[str, Any]], R],
+    storage_options: str | Mapping[str, Any] | None = None,
+) -> R:
+    """The record cached under ``<store>/cache/<folder>/`` for ``identity`` (anything
+    JSON-able that determines it), else ``make()``'s, written there first: what a rerun
+    would compute again from the same stored features (a layer's screens, a layer choice)."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    name = digest.hexdigest()[:16] + ".json"
+    fs, path = store_fs(posixpath.join(store.rstrip("/"), CACHE_DIR, folder, name), storage_options)
+    if fs.exists(path):
+        with fs.open(path, "r") as f:
+            return parse(json.load(f))
+    record = make()
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs.pipe_file(path, record.to_json().encode())
+    return record

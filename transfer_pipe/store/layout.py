@@ -72,7 +72,8 @@ FOREIGN_FOLDERS: Mapping[str, str] = {
     "heads": "fitted heads: heads/<head_id>/card.json and model files (not Zarr data)",
     "finetune": "fine-tuning runs: finetune/<run_id>/card.json and checkpoints (not Zarr data)",
     CLAIMS: "claims/<lineage>/<generation>.json: which run writes a lineage now (not Zarr data)",
-    "cache": "cache/hashes/<source>.parquet: content hashes by file stamp (not Zarr data)",
+    "cache": "cache/hashes/<source>.parquet: content hashes by file stamp; cache/screens/ and "
+    "cache/layer-choices/: a layer's screens and a run's layer choice (not Zarr data)",
 }
 
 NAN_ROWS = (

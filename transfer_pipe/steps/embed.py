@@ -620,7 +620,7 @@ def compute_shards(
             # The scheduler's loss surfaces, by timing, as a cancelled future, a closed
             # comm or a cancelled wait: whichever it is, a client cut off from its
             # scheduler means the run cannot go on (a retry would only wait to connect).
-            if isinstance(exc, TransferPipeError) or client.status == "running":
+            if isinstance(exc, TransferPipeError) or not _cut_off(client):
                 raise
             written = {r.shard for r in results}
             pending = next(t.shard for t in plan.tasks if t.shard not in written)
@@ -634,6 +634,19 @@ def compute_shards(
         sum(r.failed for r in results),
     )
     return sorted(results, key=lambda r: r.shard)
+
+
+def _cut_off(client: Any, wait_s: float = 5.0) -> bool:
+    """Whether ``client`` lost its scheduler. The error that reports the loss can reach
+    the driver before the client's own status changes (seen on a loaded machine, where a
+    task retry then waited 30 s to connect and reported that instead), so a running
+    status is given ``wait_s`` to change."""
+    deadline = time.monotonic() + wait_s
+    while client.status == "running":
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _lost_message(plan: EmbedPlan, shard: int) -> str:

@@ -76,15 +76,15 @@ def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
         summaries: list[TrainSummary] = []
         depth: list[LayerScore] = []
 
-        def probe_all(runs: list[steps.ProbeRun]) -> None:
+        def run_probes(runs: list[steps.ProbeRun]) -> None:
             for run in runs:
                 with clock.phase(f"depth {run.init}"), clock.phase(steps.probe_phase("depth", run)):
                     summaries.append(probe(run))
                 depth.append(steps.probe_layer(run, summaries[-1]))
 
-        probe_all(steps.pretrained_runs(plan, keys, screens))
+        run_probes(steps.pretrained_runs(plan, keys, screens))
         # The baseline's probes depend on the pretrained peak: known once those ran.
-        probe_all(steps.baseline_runs(plan, keys, screens, depth))
+        run_probes(steps.baseline_runs(plan, keys, screens, depth))
         curve = []
         for run in steps.curve_runs(plan, keys, depth):
             with clock.phase(f"curve {run.init}"), clock.phase(steps.probe_phase("curve", run)):

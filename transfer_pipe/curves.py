@@ -173,25 +173,10 @@ def screen_agreement(
 
 def _kendall_tau(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Kendall's tau-b of two rankings (None when either ranks everything equal)."""
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    pairs_a = concordant + discordant + ties_b  # pairs ``a`` tells apart
-    pairs_b = concordant + discordant + ties_a
-    if pairs_a == 0 or pairs_b == 0:
-        return None
-    return (concordant - discordant) / math.sqrt(pairs_a * pairs_b)
+    from scipy.stats import kendalltau  # a sweep's end only: not on every import of this
+
+    tau = float(kendalltau(a, b).statistic)
+    return None if math.isnan(tau) else tau
 
 
 def ranked(screens: Sequence[LayerScreen], init: Init, screen: Screen) -> list[LayerScreen]:

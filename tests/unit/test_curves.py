@@ -258,7 +258,7 @@ def test_screen_agreement_is_kendalls_tau_per_initialisation() -> None:
     screens = [*_screens(knn), *_screens(RANDOM_ACC, "random")]
     found = {(a.screen, a.init): a for a in screen_agreement(screens, depth)}
     expected = kendalltau(knn, [0.50, 0.62, 0.75, 0.85, 0.874]).statistic
-    # Mutation: counting a discordant pair as concordant fails here (1.0 against 0.6).
+    # Mutation: tau of each screen against itself, not the probes, fails here (1.0 vs 0.6).
     assert found["knn", "pretrained"].tau == pytest.approx(expected) == pytest.approx(0.6)
     assert found["logme", "pretrained"].tau == pytest.approx(-expected)  # logme = -knn
     assert found["knn", "random"].tau == pytest.approx(1.0)

@@ -98,6 +98,13 @@ class SplitRows:
     def take(self, index: np.ndarray) -> SplitRows:
         return SplitRows(self.features[index], self.labels[index], self.sample_ids[index])
 
+    def sample(self, rows: int, seed: int = 0) -> SplitRows:
+        """At most ``rows`` of these rows, a fixed draw in their order (all of them when
+        they are fewer): what a cheap estimate fits on."""
+        if len(self) <= rows:
+            return self
+        return self.take(np.sort(np.random.default_rng(seed).permutation(len(self))[:rows]))
+
     @staticmethod
     def concat(*parts: SplitRows) -> SplitRows:
         return SplitRows(

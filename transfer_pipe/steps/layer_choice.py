@@ -26,8 +26,6 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import replace
 
-import numpy as np
-
 from transfer_pipe.config import AUTO_LAYER, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.options import ProtocolOptions
@@ -50,11 +48,16 @@ QUICK_HEAD = "logreg"
 
 
 def choose_layer(
-    config: TrainConfig, feature_set: str, spec: FeatureSetSpec, task: Task, splits: SplitOptions
+    config: TrainConfig,
+    feature_set: str,
+    spec: FeatureSetSpec,
+    task: Task,
+    splits: SplitOptions,
+    options: ProtocolOptions,
 ) -> LayerChoice:
-    """The layer ``config`` asks for, or for ``auto`` the one chosen as the module says."""
-    if config.layer not in (None, AUTO_LAYER):
-        assert config.layer is not None
+    """The layer ``config`` asks for, or for ``auto`` the one chosen as the module says
+    (``options``: the run's protocol, whose C walk scores the candidates)."""
+    if config.layer and config.layer != AUTO_LAYER:
         return LayerChoice(layer=config.layer, how="given", reason="given with --layer")
     advice = sweep_advice(config.store, spec, task, config.storage_options)
     if advice is not None and advice.layer in spec.layers:
@@ -63,7 +66,8 @@ def choose_layer(
         (only,) = spec.layers
         why = f"the feature set's only layer{_sweep_note(advice)}"
         return LayerChoice(layer=only, how="only layer", reason=why)
-    return _validated(config, feature_set, spec, task, splits, advice)
+    quick = replace(options, c_values=min(options.c_values, QUICK_C_VALUES))
+    return _validated(config, feature_set, spec, task, splits, quick, advice)
 
 
 def candidates(layers: Sequence[str]) -> list[str]:
@@ -94,19 +98,13 @@ def sweep_advice(
         if (swept.source, swept.embedding_key) != (spec.source, spec.embedding_key):
             continue
         layer = record["recommendation"]["layer"]
-        probe = next(
-            (
-                s
-                for s in record.get("depth", [])
-                if (s["init"], s["layer"]) == ("pretrained", layer)
-            ),
-            None,
-        )
-        score = f", validation accuracy {probe['val_accuracy']:.4f}" if probe else ""
+        probes = [s for s in record.get("depth", []) if s["init"] == "pretrained"]
+        probe = next((s for s in probes if s["layer"] == layer), None)
+        score = f" (its probe's validation accuracy {probe['val_accuracy']:.4f})" if probe else ""
         return LayerChoice(
             layer=layer,
             how="sweep",
-            reason=f"sweep {record['sweep_id']} of {record['created']} recommends it{score}",
+            reason=f"sweep {record['sweep_id']} of {record['created']}{score} recommends {layer}",
         )
     return None
 
@@ -115,8 +113,8 @@ def _sweep_note(advice: LayerChoice | None) -> str:
     if advice is None:
         return ""
     return (
-        f"; the {advice.reason.split(' recommends')[0]} recommends {advice.layer}, which this "
-        f"feature set lacks (pass --layer {advice.layer} to embed and read it)"
+        f"; {advice.reason}, which this feature set lacks (pass --layer {advice.layer} to "
+        "embed and read it)"
     )
 
 
@@ -126,22 +124,16 @@ def _validated(
     spec: FeatureSetSpec,
     task: Task,
     splits: SplitOptions,
+    options: ProtocolOptions,
     advice: LayerChoice | None,
 ) -> LayerChoice:
-    """The best candidate on validation, from the cache when this very choice was made."""
-    options = ProtocolOptions(
-        c_min=config.c_min,
-        c_max=config.c_max,
-        c_values=min(config.c_values, QUICK_C_VALUES),
-        max_iter=config.max_iter,
-        c_patience=config.c_patience,
-        device=config.device,
-        seed=config.split_seed,
-    )
+    """The best candidate on validation, from the cache when this very choice was made
+    (``advice``: a sweep's layer the feature set lacks, noted in the reason)."""
     weighed = candidates(spec.layers)
-    advised = None if advice is None else advice.reason  # the note on a sweep's layer
-    identity = [feature_set, task.digest, splits.__dict__, weighed, options.__dict__, QUICK_ROWS]
-    identity.append(advised)
+    identity = [
+        feature_set, task.digest, splits.__dict__, weighed, options.__dict__, QUICK_ROWS,
+        None if advice is None else advice.reason,
+    ]  # fmt: skip
 
     def weigh() -> LayerChoice:
         store = open_store(config.store, config.storage_options)
@@ -172,7 +164,6 @@ def _quick_probe(data: TaskData, options: ProtocolOptions) -> float:
     ``QUICK_ROWS`` training rows."""
     from transfer_pipe.heads.protocol import validation_accuracy  # torch, scikit-learn
 
-    if len(data.train) > QUICK_ROWS:
-        keep = np.sort(np.random.default_rng(0).permutation(len(data.train))[:QUICK_ROWS])
-        data = replace(data, train=data.train.take(keep))
-    return validation_accuracy(QUICK_HEAD, data, options)
+    return validation_accuracy(
+        QUICK_HEAD, replace(data, train=data.train.sample(QUICK_ROWS)), options
+    )

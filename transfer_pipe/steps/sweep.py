@@ -34,8 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from transfer_pipe.backbones import PENULTIMATE, STAGES, get_backbone, random_variant
 from transfer_pipe.config import EmbedConfig, SweepConfig, TrainConfig
 from transfer_pipe.curves import (
@@ -227,9 +225,7 @@ def screen_layer(run: ProbeRun) -> LayerScreen:
 
 def _screen(run: ProbeRun, data: TaskData) -> LayerScreen:
     started = time.perf_counter()
-    train = data.train
-    if len(train) > KNN_ROWS:
-        train = train.take(np.sort(np.random.default_rng(0).permutation(len(train))[:KNN_ROWS]))
+    train = data.train.sample(KNN_ROWS)
     knn = knn_accuracy(train.features, train.labels, data.val.features, data.val.labels)
     evidence = logme(data.train.features, data.train.labels)
     return LayerScreen(

@@ -111,7 +111,7 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
     runs = tuple(HeadRun(head, seed) for head in config.heads for seed in _draw_seeds(config))
     task = parse_task(config.task)
-    choice = choose_layer(config, feature_set, spec, task, splits)
+    choice = choose_layer(config, feature_set, spec, task, splits, protocol_options(config))
     if choice.how != "given":
         logger.info("layer %s (%s): %s", choice.layer, choice.how, choice.reason)
     plan = TrainPlan(config, feature_set, task, choice.layer, splits, runs, spec, choice)

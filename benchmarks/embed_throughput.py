@@ -117,7 +117,7 @@ class PeakMemory:
 
 def run_cli(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run `transfer-pipe embed ... --json`; returns its summary, wall time, peak memory."""
-    command = [sys.executable, "-m", "transfer_pipe.cli", "embed", *args, "--json"]
+    command = [sys.executable, "-m", "transfer_pipe.app.cli", "embed", *args, "--json"]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     memory = PeakMemory(process.pid)

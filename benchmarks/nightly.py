@@ -774,7 +774,7 @@ def idx_increment(stack: Stack, work: Path) -> dict[str, Any]:
 
 
 IMPORTS = {
-    "cli": "transfer_pipe.cli",
+    "cli": "transfer_pipe.app.cli",
     "flow_with_prefect": "flows.embed",
     "shard_code_with_torch_timm": "transfer_pipe.features.shard",
 }

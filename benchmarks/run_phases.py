@@ -3,10 +3,10 @@
 The rerun target (a rerun on unchanged data under 2 % of the cold run) and the cold run's
 start-up (the CLI against the raw forward pass) are both about what happens around the
 shards, so this measures the parts of ``transfer-pipe embed`` one by one, in a fresh
-process per run, as the CLI runs them (``transfer_pipe.cli._embed``):
+process per run, as the CLI runs them (``transfer_pipe.app.cli._embed``):
 
 - ``interpreter``: process start to the first line of Python;
-- ``import_cli``: ``import transfer_pipe.cli``;
+- ``import_cli``: ``import transfer_pipe.app.cli``;
 - ``check``: the run's config and every check before Prefect (backbone registry, the
   source listed and hashed, the store's status; the model built when the set is not yet
   complete);
@@ -79,7 +79,7 @@ class _FlowMarks(logging.Handler):
 def child(argv: list[str]) -> None:
     """One CLI embed run, part by part; prints its timestamps as one JSON line."""
     marks: dict[str, float] = {"python": time.time()}
-    import transfer_pipe.cli as cli
+    import transfer_pipe.app.cli as cli
 
     marks["import_cli"] = time.time()
     from transfer_pipe.config import EmbedConfig

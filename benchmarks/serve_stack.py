@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from transfer_pipe.serve import rest as api
+from transfer_pipe.app.serve import rest as api
 
 READY = "transfer-pipe serve is ready"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -44,7 +44,7 @@ def cli(
     """``transfer-pipe ARGS`` as a user in ``home`` runs it (a home where serve runs: against
     that server; any other: Prefect's temporary server), with ``env`` added."""
     return subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        [sys.executable, "-m", "transfer_pipe.app.cli", *args],
         env={**user_env(home), **(env or {})},
         capture_output=True,
         text=True,
@@ -126,7 +126,7 @@ def serve_stack(base: Path, store: Path, timeout_s: float = 900) -> Iterator[Sta
     yields once it printed that it is ready, and stops it (SIGTERM) afterwards."""
     home, port, log = base / "home", free_port(), base / "serve.log"
     home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "transfer_pipe.cli", "serve", "--store", str(store)]
+    command = [sys.executable, "-m", "transfer_pipe.app.cli", "serve", "--store", str(store)]
     with log.open("wb") as output:
         process = subprocess.Popen(
             [*command, "--port", str(port)],

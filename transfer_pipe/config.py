@@ -2,7 +2,7 @@
 
 Every option is written once, here: its name, type, default, allowed values, bounds and
 help text live on the config field (``option(...)``). The CLI builds its parsers from
-these fields (``transfer_pipe.cli``) and the checks below read the same metadata, so a
+these fields (``transfer_pipe.app.cli``) and the checks below read the same metadata, so a
 default or a description cannot drift between the command line, the flows and the docs.
 """
 

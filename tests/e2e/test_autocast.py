@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.support.cli import run
 from tests.support.images import beyond_luck, fashion_mnist_folder, make_fashion_mnist
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.store import open_store
 
 pytestmark = [

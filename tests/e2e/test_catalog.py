@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import write_image
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps.embed import embed
 

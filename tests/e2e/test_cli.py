@@ -11,7 +11,7 @@ import torch
 
 from tests.support.cli import cli
 from tests.support.images import make_dataset
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 
 
 def test_embed_json_then_ls_and_show(tmp_path: Path, prefect_api: str) -> None:
@@ -143,7 +143,7 @@ def test_train_bad_input_fails_fast_with_a_clear_error(
 def test_automations_keeps_one_crash_automation_with_the_heartbeat_window(
     prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transfer_pipe.serve import CRASH_AUTOMATION, HEARTBEAT_ENV, rest
+    from transfer_pipe.app.serve import CRASH_AUTOMATION, HEARTBEAT_ENV, rest
 
     named = {"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}
     for heartbeat_s in (45, 60):  # a second call updates the first's window, never adds one

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import make_dataset
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.config import EmbedConfig, TrainConfig
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.train import train

@@ -19,7 +19,7 @@ from distributed import Client
 
 from tests.support.dask_processes import DaskProcesses, assert_same_features
 from tests.support.images import make_dataset
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.features.embedder import Embedder
 from transfer_pipe.store import open_store
 

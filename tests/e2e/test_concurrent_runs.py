@@ -33,7 +33,7 @@ GOOD, SHARDS = 400, 51  # 4 classes x 100 good images + 4 bad ones, 8 per shard
 
 def _command(data: Path, store: Path) -> list[str]:
     return [
-        sys.executable, "-m", "transfer_pipe.cli", "embed", str(data), "--store", str(store),
+        sys.executable, "-m", "transfer_pipe.app.cli", "embed", str(data), "--store", str(store),
         "--backbone", "tiny_test", "--layers", "penultimate,stages", "--image-size", "48",
         "--shard-size", "8", "--batch-size", "4", "--workers", "1", "--json",
     ]  # fmt: skip

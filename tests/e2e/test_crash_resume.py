@@ -23,7 +23,7 @@ pytestmark = pytest.mark.kill  # runs SIGKILLed and resumed
 
 def _command(data: Path, store: Path) -> list[str]:
     return [
-        sys.executable, "-m", "transfer_pipe.cli", "embed", str(data), "--store", str(store),
+        sys.executable, "-m", "transfer_pipe.app.cli", "embed", str(data), "--store", str(store),
         "--backbone", "tiny_test", "--layers", "penultimate,stages", "--image-size", "48",
         "--shard-size", "8", "--batch-size", "4", "--workers", "1",
     ]  # fmt: skip
@@ -88,7 +88,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, prefect_
 _KILLING_RUNNER = """
 import json, os, pathlib, signal, sys
 
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.store.zarr_store import ZarrFeatureStore
 
 point = os.environ["KILL_AT"]
@@ -163,7 +163,7 @@ def small_uninterrupted(
     data, store = root / "images", root / "clean"
     make_dataset(data, classes=2, per_class=6)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    command = [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, store)]
+    command = [sys.executable, "-m", "transfer_pipe.app.cli", *_small_command(data, store)]
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     return data, store
 
@@ -193,7 +193,7 @@ def test_a_kill_while_creating_or_committing_resumes_to_the_uninterrupted_result
         assert bool(at_kill.shards_done(key).all())
 
     rerun = subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, store)],
+        [sys.executable, "-m", "transfer_pipe.app.cli", *_small_command(data, store)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -224,11 +224,11 @@ def increment_uninterrupted(
     data, cold, store = root / "images", root / "cold", root / "increment"
     make_dataset(data, classes=2, per_class=6)
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    command = [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, cold)]
+    command = [sys.executable, "-m", "transfer_pipe.app.cli", *_small_command(data, cold)]
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     make_dataset(data, classes=2, per_class=3, bad=False, start=6)
     shutil.copytree(cold, store)
-    command = [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, store)]
+    command = [sys.executable, "-m", "transfer_pipe.app.cli", *_small_command(data, store)]
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     return data, cold, store
 
@@ -250,7 +250,7 @@ def test_a_kill_during_an_increment_resumes_to_the_uninterrupted_version(
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     _kill_at(point, data, store, env, tmp_path)
     rerun = subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *_small_command(data, store)],
+        [sys.executable, "-m", "transfer_pipe.app.cli", *_small_command(data, store)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -17,9 +17,9 @@ import pytest
 
 from tests.support.images import make_dataset
 from tests.support.serve import SERVE_HEARTBEAT_S, Served, user_env, wait_for_run
+from transfer_pipe.app.serve import CRASH_AUTOMATION, MISSED_HEARTBEATS
+from transfer_pipe.app.serve import rest as api
 from transfer_pipe.backbones.builtin import SLOW_TEST_FORWARD_S
-from transfer_pipe.serve import CRASH_AUTOMATION, MISSED_HEARTBEATS
-from transfer_pipe.serve import rest as api
 
 pytestmark = [pytest.mark.serve, pytest.mark.kill]
 
@@ -72,7 +72,16 @@ def _start_embed(served: Served, images: Path, store: Path) -> tuple[Path, subpr
     store.parent.mkdir(parents=True, exist_ok=True)
     args = ["embed", str(images), "--store", str(store), "--backbone", "slow_test"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "transfer_pipe.cli", *args, "--batch-size", "1", "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "transfer_pipe.app.cli",
+            *args,
+            "--batch-size",
+            "1",
+            "--workers",
+            "1",
+        ],
         env=user_env(served.home),
         cwd=served.home,
         stdout=(store.parent / f"{store.name}.log").open("wb"),

@@ -20,7 +20,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from tests.support.images import make_dataset
 from tests.support.synthetic import blobs, task_data
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.features.embedder import Embedder
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
 from transfer_pipe.heads.options import ProtocolOptions

@@ -20,7 +20,7 @@ from distributed import Client
 
 from tests.support.dask_processes import DaskProcesses, assert_same_features
 from tests.support.images import make_dataset
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.cluster import GPU, run_on_cluster
 from transfer_pipe.features import embedder
 from transfer_pipe.store import open_store

@@ -141,7 +141,7 @@ def test_a_store_with_a_recorded_run_estimates_without_running_the_model(
 
 _PROBE = """
 import sys
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 rc = main(sys.argv[1:])
 print("PREFECT IMPORTED" if any(m.split(".")[0] == "prefect" for m in sys.modules) else "")
 sys.exit(rc)
@@ -186,7 +186,7 @@ def test_a_mistake_fails_the_dry_run_with_nothing_written(
 ) -> None:
     # Mutation seen failing: check_writable_without_writing removed (the dry run of a
     # store below a file exits 0 and promises a run that cannot write).
-    from transfer_pipe.cli import main
+    from transfer_pipe.app.cli import main
 
     (tmp_path / "a-file").write_text("not a folder")
     mistake = [

@@ -28,7 +28,7 @@ EPOCHS = 8
 
 def _command(data: Path, store: Path) -> list[str]:
     return [
-        sys.executable, "-m", "transfer_pipe.cli", "finetune", str(data), "--store", str(store),
+        sys.executable, "-m", "transfer_pipe.app.cli", "finetune", str(data), "--store", str(store),
         "--backbone", "tiny_test", "--policy", "top-2", "--epochs", str(EPOCHS),
         "--batch-size", "8", "--patience", str(EPOCHS), "--json",
     ]  # fmt: skip

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.support.images import write_image
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.config import EmbedConfig, TrainConfig
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.train import train
@@ -179,7 +179,7 @@ def half_removed_shards(store: Path) -> list[str]:
 KILLED_GC = """
 import os, signal, sys
 import fsspec.implementations.local as local
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 real, count = local.LocalFileSystem.rm_file, [0]
 def rm_file(self, path):
     if count[0] == int(os.environ["KILL_AT"]):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zarr
 
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.heads.persist import load_head
 from transfer_pipe.store import open_store
 

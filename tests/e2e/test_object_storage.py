@@ -31,7 +31,7 @@ EMBED = ("--backbone", "tiny_test", "--shard-size", "4", "--workers", "1", "--js
 def cli(*args: str, api: str, env: dict[str, str] | None = None) -> Any:
     """Run `transfer-pipe ARGS` in a new process; returns its last line's JSON."""
     done = subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        [sys.executable, "-m", "transfer_pipe.app.cli", *args],
         env={**os.environ, "PREFECT_API_URL": api, **(env or {})},
         capture_output=True,
         text=True,
@@ -118,7 +118,7 @@ def test_storage_options_say_which_server_holds_the_store(
 def run_cli(*args: str, api: str) -> str:
     """Run `transfer-pipe ARGS` in a new process; returns its standard output."""
     done = subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        [sys.executable, "-m", "transfer_pipe.app.cli", *args],
         env={**os.environ, "PREFECT_API_URL": api},
         capture_output=True,
         text=True,

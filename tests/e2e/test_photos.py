@@ -89,7 +89,7 @@ def test_show_lists_the_notes_beside_the_failures(folder: Path, tmp_path: Path) 
         [
             sys.executable,
             "-m",
-            "transfer_pipe.cli",
+            "transfer_pipe.app.cli",
             "show",
             summary.feature_set,
             "--store",

@@ -33,7 +33,7 @@ from tests.support.serve import (
     user_env,
     wait_for_run,
 )
-from transfer_pipe.serve import rest as api
+from transfer_pipe.app.serve import rest as api
 
 pytestmark = pytest.mark.serve
 
@@ -92,7 +92,7 @@ def test_cli_commands_use_the_running_server(served: Served, images: Path) -> No
 # its own process imported.
 _NIGHT = """
 import json, sys
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 code = main({argv!r})
 print(json.dumps({{"code": code, "torch": "torch" in sys.modules}}))
 """

@@ -20,7 +20,7 @@ import pytest
 
 from flows.embed import run_embed
 from tests.support.images import make_dataset
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.store import LoadedFeatures, open_store

@@ -186,7 +186,7 @@ def test_bad_input_fails_in_seconds_and_writes_nothing(tmp_path: Path) -> None:
 def test_dry_run_prints_both_embeds_cost_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from transfer_pipe.cli import main
+    from transfer_pipe.app.cli import main
 
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=2, per_class=4, bad=False)

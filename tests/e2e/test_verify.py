@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.support.images import make_dataset, write_image
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.steps import embed
 from transfer_pipe.store import open_store

@@ -110,7 +110,7 @@ def test_a_cli_rerun_imports_no_model_code(
         "--json",
     ]
     body = (
-        "from transfer_pipe.cli import main\n"
+        "from transfer_pipe.app.cli import main\n"
         f"result = main({argv!r})\n"  # the summary JSON goes to stdout before our line
     )
     report = _fresh_process(body, prefect_api, tmp_path / "prefect-home")

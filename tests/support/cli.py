@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
@@ -23,7 +23,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
 def cli(*args: str, api: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_API_URL": api}
     return subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        [sys.executable, "-m", "transfer_pipe.app.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ _RUNNER = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
 from tests.support.pausing import pause_after_shards
-from transfer_pipe.cli import main
+from transfer_pipe.app.cli import main
 pause_after_shards()
 sys.exit(main(sys.argv[1:]))
 """

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from transfer_pipe.serve import HEARTBEAT_ENV
-from transfer_pipe.serve import rest as api
+from transfer_pipe.app.serve import HEARTBEAT_ENV
+from transfer_pipe.app.serve import rest as api
 
 READY = "transfer-pipe serve is ready"
 SERVE_HEARTBEAT_S = 30  # Prefect's shortest: the crash automation's window is then 90 s
@@ -47,7 +47,7 @@ def user_env(home: Path) -> dict[str, str]:
 
 def cli(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.cli", *args],
+        [sys.executable, "-m", "transfer_pipe.app.cli", *args],
         env=user_env(home),
         cwd=home,
         capture_output=True,
@@ -73,7 +73,7 @@ def start_serve(base: Path, *extra: str, env: dict[str, str] | None = None) -> S
     """``transfer-pipe serve`` in the background; returns once it printed that it's ready."""
     home, store, port, output = base / "home", base / "store", free_port(), base / "serve.out"
     home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "transfer_pipe.cli", "serve", "--store", str(store)]
+    command = [sys.executable, "-m", "transfer_pipe.app.cli", "serve", "--store", str(store)]
     process = subprocess.Popen(
         [*command, "--port", str(port), *extra],
         env={**user_env(home), **(env or {})},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from transfer_pipe.cli import build_parser, run_values_from
+from transfer_pipe.app.cli import build_parser, run_values_from
 from transfer_pipe.config import (
     Config,
     EmbedConfig,

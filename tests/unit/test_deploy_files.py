@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from transfer_pipe import serve
-from transfer_pipe.cli import build_parser
+from transfer_pipe.app import serve
+from transfer_pipe.app.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT_YAML = ROOT / "deploy" / "prefect.yaml"

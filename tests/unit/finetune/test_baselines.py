@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.report import finetune_result
 from tests.support.training import make_data
-from transfer_pipe.cli import build_parser, run_values_from
+from transfer_pipe.app.cli import build_parser, run_values_from
 from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.card import ProbeScore, RunScore, probe_verdict

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.support.task_feature_set import KEY, uneven_store
-from transfer_pipe.cli import build_parser, run_values_from
+from transfer_pipe.app.cli import build_parser, run_values_from
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import list_cards

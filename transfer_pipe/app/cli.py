@@ -281,7 +281,7 @@ def _check_before_prefect(config: EmbedConfig | TaskOptions) -> None:
 def prepare_prefect() -> None:
     """Point Prefect at its server and settings, and quiet its own tracebacks for the
     errors whose message already says what to fix. Before Prefect runs a flow."""
-    from transfer_pipe.serve import use_running_server
+    from transfer_pipe.app.serve import use_running_server
 
     use_running_server()  # a running `transfer-pipe serve`, else Prefect's temporary server
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -626,7 +626,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from transfer_pipe.serve import ServeOptions, serve
+    from transfer_pipe.app.serve import ServeOptions, serve
 
     return serve(
         ServeOptions(
@@ -640,7 +640,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _automations(args: argparse.Namespace) -> int:
-    from transfer_pipe.serve import (
+    from transfer_pipe.app.serve import (
         CRASH_AUTOMATION,
         MISSED_HEARTBEATS,
         ensure_crash_automation,

@@ -18,7 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from transfer_pipe.app.serve import rest as api
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' API helper
+from tests.support.prefect_api import api  # noqa: E402
 
 READY = "transfer-pipe serve is ready"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -143,14 +143,15 @@ def test_train_bad_input_fails_fast_with_a_clear_error(
 def test_automations_keeps_one_crash_automation_with_the_heartbeat_window(
     prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transfer_pipe.app.serve import CRASH_AUTOMATION, HEARTBEAT_ENV, rest
+    from tests.support.prefect_api import api
+    from transfer_pipe.app.serve import CRASH_AUTOMATION, HEARTBEAT_ENV
 
     named = {"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}
     for heartbeat_s in (45, 60):  # a second call updates the first's window, never adds one
         monkeypatch.setenv(HEARTBEAT_ENV, str(heartbeat_s))
         done = cli("automations", api=prefect_api)
         assert f"{3 * heartbeat_s} s is marked Crashed" in done.stdout
-        automations = rest("POST", f"{prefect_api}/automations/filter", named)
+        automations = api("POST", f"{prefect_api}/automations/filter", named)
         # Mutation: creating without looking for an existing one leaves two here.
         assert [a["trigger"]["within"] for a in automations] == [3 * heartbeat_s]
     (automation,) = automations

@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 from tests.support.images import make_dataset
+from tests.support.prefect_api import api
 from tests.support.serve import SERVE_HEARTBEAT_S, Served, user_env, wait_for_run
 from transfer_pipe.app.serve import CRASH_AUTOMATION, MISSED_HEARTBEATS
-from transfer_pipe.app.serve import rest as api
 from transfer_pipe.backbones.builtin import SLOW_TEST_FORWARD_S
 
 pytestmark = [pytest.mark.serve, pytest.mark.kill]

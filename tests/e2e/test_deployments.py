@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.support.images import make_dataset
+from tests.support.prefect_api import api
 from tests.support.serve import Served, wait_for_run
-from transfer_pipe.app.serve import rest as api
 
 GOOD = 16  # images per dataset below: 2 classes x 8 (enough for train/val/test splits)
 BAD = {"class0/empty.png", "class0/notes.png", "class1/truncated.jpg", "class1/bomb.png"}

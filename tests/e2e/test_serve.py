@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from tests.support.images import make_dataset
+from tests.support.prefect_api import api
 from tests.support.serve import (
     SERVE_HEARTBEAT_S,
     Served,
@@ -33,7 +34,6 @@ from tests.support.serve import (
     user_env,
     wait_for_run,
 )
-from transfer_pipe.app.serve import rest as api
 
 pytestmark = pytest.mark.serve
 

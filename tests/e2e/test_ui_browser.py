@@ -15,8 +15,8 @@ from PIL import Image
 
 from tests.support.browser import Browser, chromium_path
 from tests.support.images import make_dataset
+from tests.support.prefect_api import api
 from tests.support.serve import Served, cli
-from transfer_pipe.app.serve import rest as api
 
 pytestmark = [
     pytest.mark.browser,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.prefect_api import api
 from transfer_pipe.app.serve import HEARTBEAT_ENV
-from transfer_pipe.app.serve import rest as api
 
 READY = "transfer-pipe serve is ready"
 SERVE_HEARTBEAT_S = 30  # Prefect's shortest: the crash automation's window is then 90 s

@@ -1,14 +1,14 @@
 """``transfer-pipe serve``: a Prefect server, work pools, deployments and a worker that stay up,
 and a Dask cluster (a scheduler and one worker) that keeps the model loaded between runs.
 
-Plain processes, no Prefect import (the library never imports it): the server, the pool
-set-up, ``prefect deploy`` and the worker are ``prefect`` CLI subprocesses, and the server
-is asked over HTTP whether it is healthy. Where it runs is recorded in
-``<home>/server.json`` (home: ``$TRANSFER_PIPE_HOME``, default ``~/.transfer-pipe``), so
-every other ``transfer-pipe`` command finds it (``use_running_server``) instead of
-starting Prefect's temporary server (15-40 s, and its history thrown away), and its Dask
-cluster: a night with a few new images then pays neither for torch's import nor for
-building the model (seconds each; the run's own process imports neither).
+The server, ``prefect deploy`` and the worker are ``prefect`` CLI subprocesses; the work
+pools and the crash automation are set up through Prefect's own client. Where it runs is
+recorded in ``<home>/server.json`` (home: ``$TRANSFER_PIPE_HOME``, default
+``~/.transfer-pipe``), so every other ``transfer-pipe`` command finds it
+(``use_running_server``) instead of starting Prefect's temporary server (15-40 s, and its
+history thrown away), and its Dask cluster: a night with a few new images then pays neither
+for torch's import nor for building the model (seconds each; the run's own process imports
+neither).
 """
 
 from __future__ import annotations
@@ -22,15 +22,19 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from transfer_pipe.errors import TransferPipeError
+
+# Prefect is imported where it is used: `use_running_server` must set PREFECT_API_URL
+# before Prefect's import reads its settings, and `ls` must not pay seconds for it.
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 HOME_ENV = "TRANSFER_PIPE_HOME"  # the same home as published backbones (backbones.published)
 ROOT_ENV = "TRANSFER_PIPE_ROOT"  # the project checkout workers run the flows from
@@ -78,7 +82,9 @@ def home() -> Path:
 def project_root() -> Path:
     """The checkout holding ``deploy/prefect.yaml`` and ``flows/``: ``$TRANSFER_PIPE_ROOT``,
     else the one this package was installed from (``pip install -e``)."""
-    root = Path(os.environ.get(ROOT_ENV) or Path(__file__).resolve().parents[1])
+    root = Path(
+        os.environ.get(ROOT_ENV) or Path(__file__).resolve().parents[2]
+    )  # app/, transfer_pipe/
     if not (root / PREFECT_FILE).is_file():
         raise TransferPipeError(
             f"{root / PREFECT_FILE} does not exist: `transfer-pipe serve` deploys the flows "
@@ -91,6 +97,7 @@ def project_root() -> Path:
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    # A plain GET, not Prefect's client: every command asks this before Prefect is imported.
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
             return bool(response.status == 200)
@@ -202,14 +209,25 @@ def ensure_crash_automation(api_url: str | None = None, heartbeat_s: int | None 
             }
         ],
     }
-    named = {"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}
-    existing = rest("POST", f"{api_url}/automations/filter", named)
-    if not existing:
-        return str(rest("POST", f"{api_url}/automations/", body)["id"])
-    for extra in existing[1:]:  # created twice by a race of two serves: keep one
-        rest("DELETE", f"{api_url}/automations/{extra['id']}")
-    rest("PUT", f"{api_url}/automations/{existing[0]['id']}", body)
-    return str(existing[0]["id"])
+    from prefect.events.schemas.automations import AutomationCore
+
+    with _client(api_url) as client:
+        automation = AutomationCore.model_validate(body)
+        existing = client.read_automations_by_name(CRASH_AUTOMATION)
+        if not existing:
+            return str(client.create_automation(automation))
+        for extra in existing[1:]:  # created twice by a race of two serves: keep one
+            client.delete_automation(extra.id)
+        client.update_automation(existing[0].id, automation)
+        return str(existing[0].id)
+
+
+def _client(api_url: str) -> SyncPrefectClient:
+    """Prefect's client for the server at ``api_url``; it retries what the server answers
+    while SQLite is busy (503), which happens on a small machine while a worker runs flows."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(api_url)
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -292,7 +310,7 @@ def _run(
     if not _wait_healthy(api_url, server, options.startup_timeout_s, stop):
         return _failed(server, logs, stop, out)
     print(f"server healthy after {time.monotonic() - started:.0f} s", file=out)
-    _ensure_work_pools(api_url, env, root)
+    _ensure_work_pools(api_url)
     ensure_crash_automation(api_url, options.heartbeat_s)
     for pool in ("cpu", "gpu") if options.gpu_worker else ("cpu",):
         worker = _prefect("worker", "start", "--pool", pool, "--type", "process")
@@ -435,53 +453,23 @@ def _failed(server: _Child, logs: Path, stop: _StopSignal, out: IO[str]) -> int:
     return 1
 
 
-def rest(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -> Any:
-    """One call to Prefect's REST API; the decoded JSON answer. A 503 is retried, as
-    Prefect's own client does: the server answers it while SQLite is busy, which happens
-    on a small machine while a worker runs flows."""
-    data = None if body is None else json.dumps(body).encode()
-    for attempt in range(5):
-        request = urllib.request.Request(
-            url, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read().decode() or "null")
-        except urllib.error.HTTPError as error:
-            if error.code != 503 or attempt == 4:
-                raise
-            time.sleep(2 * (attempt + 1))
+def _ensure_work_pools(api_url: str) -> None:
+    """Create the missing process pools with the process worker's job template, then set
+    every pool's concurrency limit (an existing pool keeps its other settings)."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
 
-
-def _ensure_work_pools(api_url: str, env: dict[str, str], root: Path) -> None:
-    """Create the missing process pools (Prefect's CLI fills in the process worker's job
-    template), in parallel (each ``prefect`` command costs seconds to start), then set
-    their concurrency limits."""
-    missing = []
-    for name in WORK_POOLS:
-        try:
-            rest("GET", f"{api_url}/work_pools/{name}")
-        except urllib.error.HTTPError as err:
-            if err.code != 404:
-                raise
-            missing.append(name)
-    creating = [
-        subprocess.Popen(
-            _prefect("work-pool", "create", name, "--type", "process"),
-            env=env,
-            cwd=root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name in missing
-    ]
-    for name, process in zip(missing, creating, strict=True):
-        output, _ = process.communicate()
-        if process.returncode != 0:
-            raise TransferPipeError(f"could not create work pool {name}:\n{output.strip()}")
-    for name, limit in WORK_POOLS.items():
-        rest("PATCH", f"{api_url}/work_pools/{name}", {"concurrency_limit": limit})
+    template = ProcessWorker.get_default_base_job_template()
+    with _client(api_url) as client:
+        for name, limit in WORK_POOLS.items():
+            try:
+                client.read_work_pool(name)
+            except ObjectNotFound:
+                pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
+                with contextlib.suppress(ObjectAlreadyExists):  # another serve won the race
+                    client.create_work_pool(pool)
+            client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
 
 
 def deployable(root: Path) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' API helper
-from tests.support.prefect_api import api  # noqa: E402
+from tests.support.prefect_api import api
 
 READY = "transfer-pipe serve is ready"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

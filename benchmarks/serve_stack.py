@@ -5,9 +5,7 @@ stopped with SIGTERM. (The tests have their own, pytest-aware copy in tests/supp
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,40 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' API helper
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' serve helpers
 from tests.support.prefect_api import api
-
-READY = "transfer-pipe serve is ready"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def user_env(home: Path) -> dict[str, str]:
-    """A user's shell with their own transfer-pipe home and no Prefect server chosen, so
-    that serve picks its own and the CLI finds it through the home's record."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.pop("PREFECT_HOME", None)
-    return {**env, "TRANSFER_PIPE_HOME": str(home)}
-
-
-def cli(
-    home: Path, *args: str, timeout: float = 3600, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``transfer-pipe ARGS`` as a user in ``home`` runs it (a home where serve runs: against
-    that server; any other: Prefect's temporary server), with ``env`` added."""
-    return subprocess.run(
-        [sys.executable, "-m", "transfer_pipe.app.cli", *args],
-        env={**user_env(home), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.support.serve import READY, TERMINAL, cli, free_port, user_env
 
 
 def exit_on_sigterm() -> None:

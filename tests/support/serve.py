@@ -45,10 +45,14 @@ def user_env(home: Path) -> dict[str, str]:
     return {**env, "TRANSFER_PIPE_HOME": str(home)}
 
 
-def cli(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(
+    home: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``transfer-pipe ARGS`` as a user in ``home`` runs it (a home where serve runs: against
+    that server; any other: Prefect's temporary server), with ``env`` added."""
     return subprocess.run(
         [sys.executable, "-m", "transfer_pipe.app.cli", *args],
-        env=user_env(home),
+        env={**user_env(home), **(env or {})},
         cwd=home,
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' serve helpers
-from tests.support.prefect_api import api
-from tests.support.serve import READY, TERMINAL, cli, free_port, user_env
+from tests.support.prefect_api import api, final_run
+from tests.support.serve import READY, cli, free_port, user_env
 
 
 def exit_on_sigterm() -> None:
@@ -65,13 +65,10 @@ class Stack:
 
     def wait_for_run(self, run_id: str, timeout_s: float = 7200) -> dict[str, Any]:
         """The flow run once it reached a final state."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            run: dict[str, Any] = api("GET", f"{self.api_url}/flow_runs/{run_id}")
-            if run["state_type"] in TERMINAL:
-                return run
-            time.sleep(1)
-        raise TimeoutError(f"flow run {run_id} did not finish in {timeout_s} s")
+        run = final_run(self.api_url, run_id, timeout_s)
+        if run is None:
+            raise TimeoutError(f"flow run {run_id} did not finish in {timeout_s} s")
+        return run
 
     def timings(self, run_id: str) -> dict[str, float]:
         """Seconds of a finished run, from its state history: ``picked_up_s`` from the

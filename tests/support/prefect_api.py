@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
 
 def api(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -> Any:
     """One call to Prefect's REST API; the decoded JSON answer. A 503 is retried, as
@@ -25,3 +27,16 @@ def api(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -
             if error.code != 503 or attempt == 4:
                 raise
             time.sleep(2 * (attempt + 1))
+
+
+def final_run(
+    api_url: str, run_id: str, timeout_s: float, poll_s: float = 1.0
+) -> dict[str, Any] | None:
+    """Flow run ``run_id`` once it reached a final state, or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run: dict[str, Any] = api("GET", f"{api_url}/flow_runs/{run_id}")
+        if run["state_type"] in TERMINAL:
+            return run
+        time.sleep(poll_s)
+    return None

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.prefect_api import api
+from tests.support.prefect_api import api, final_run
 from transfer_pipe.app.serve import HEARTBEAT_ENV
 
 READY = "transfer-pipe serve is ready"
@@ -28,7 +28,6 @@ SESSION_SERVE_ENV = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
     "PREFECT_WORKER_QUERY_SECONDS": "3",
 }
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def free_port() -> int:
@@ -112,10 +111,7 @@ def flow_runs(served: Served, flow_name: str) -> list[dict[str, Any]]:
 
 
 def wait_for_run(served: Served, run_id: str, timeout_s: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run: dict[str, Any] = api("GET", f"{served.api_url}/flow_runs/{run_id}")
-        if run["state_type"] in TERMINAL:
-            return run
-        time.sleep(2)
-    pytest.fail(f"flow run {run_id} did not finish in {timeout_s} s")
+    run = final_run(served.api_url, run_id, timeout_s, poll_s=2)
+    if run is None:
+        pytest.fail(f"flow run {run_id} did not finish in {timeout_s} s")
+    return run

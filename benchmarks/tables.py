@@ -850,6 +850,184 @@ def worker_layouts(results: Sequence[Json]) -> str:
     return markdown(header, rows, ["---:"] * len(header))
 
 
+# --- the summary: one row per target, from the results of every script ----------------
+
+# Earlier measurements, before the changes the summary reports; their results files were
+# replaced by the runs the "now" column reads, so these stay as the history they are.
+BEFORE = {
+    "cli": "0.75",
+    "steady": "0.84",
+    "rerun": "0.069 (9.2 s)",
+    "increment": "0.25 IDX; 0.38 folder",
+    "sweep": "4.36 (4.34), every layer probed",
+}
+
+
+def summary_throughput(embed: Json) -> Rows:
+    low, high = embed["raw_forward_spread"]
+    steady = embed["ratio_steady_vs_raw"]
+    return [
+        [
+            f"CLI embed of {fixed(embed['setup']['images'])} images ÷ the raw forward pass, "
+            "start-up included",
+            BEFORE["cli"],
+            f"**{fixed(embed['ratio_cli_vs_raw'], 2)}**",
+            f"≥ 0.90 ({met(embed['ratio_cli_vs_raw'] >= 0.9)})",
+            "`embed_throughput.py`",
+        ],
+        [
+            "the same once the workers are warm (steady state)",
+            BEFORE["steady"],
+            f"**{fixed(steady, 2)}** of the mean raw rate; "
+            f"{fixed(embed['ratio_steady_vs_raw_streams'], 2)} of one raw stream per core",
+            f"≥ 0.97 ({met(steady >= 0.97)} against the mean raw rate; its spread was "
+            f"{fixed(low)}-{fixed(high)} images/s)",
+            "`embed_throughput.py`",
+        ],
+    ]
+
+
+def summary_rerun(embed: Json, phases: Json) -> list[str]:
+    cold, warm = phases["cold"]["wall_s"], phases["warm_median_wall_s"]
+    floor = phases["warm_process_and_imports_s"]
+    ratio = embed["ratio_warm_vs_cold"]
+    return [
+        "rerun on unchanged data ÷ cold run (running Prefect server)",
+        BEFORE["rerun"],
+        f"**{fixed(ratio, 3)}** ({fixed(embed['warm_wall_s'], 1)} s of "
+        f"{fixed(embed['cold_wall_s'])} s); {fixed(phases['ratio_warm_vs_cold'], 3)} "
+        f"({fixed(warm, 2)} s of {fixed(cold, 1)} s) in `run_phases.py`, whose process, imports "
+        f"and Prefect set-up alone take {fixed(floor, 2)} s = {fixed(floor / cold, 3)}",
+        f"≤ 0.02 ({met(ratio <= 0.02)}: below a fresh Prefect process's cost, see "
+        "[Where a CLI run's time goes](run-phases.md))",
+        "`embed_throughput.py`, `run_phases.py`",
+    ]
+
+
+def summary_increment(nights: Json) -> list[str]:
+    idx = nights["idx"]
+    increment = idx["target"]
+    night, cold = nights["nights"][1], nights["nights"][0]["cli"]["seconds"]
+    adding = [n for n in night_targets(nights, "seconds") if n[0] < len(nights["nights"]) - 1]
+    over = increment["value"] - increment["limit"]
+    verdict = met(increment["met"]) + (f" by {fixed(over, 2)} s" if over > 0 else "")
+    return [
+        "run with 10 % new images ÷ cold run",
+        BEFORE["increment"],
+        f"{fixed(idx['ratio_increment_over_cold'], 2)} IDX at "
+        f"{fixed(idx['cold']['result']['rows'])} → {fixed(idx['increment']['result']['rows'])} "
+        f"({fixed(increment['value'], 1)} s of {fixed(idx['cold']['seconds'], 1)} s, CLI against "
+        f"`serve`); a night of +1 % files "
+        f"{fixed(night['cli']['seconds'] / cold, 3)} "
+        f"({fixed(night['cli']['seconds'], 1)} s of {fixed(cold, 1)} s, of which a no-change "
+        f"run is {fixed(nights['nochange_seconds_median'], 2)} s)",
+        f"≤ no-change + 0.13 (IDX: {verdict}; +1 % nights: "
+        f"{met(all(n[3] for n in adding))}, see [Nights](nightly.md))",
+        "`nightly.py`",
+    ]
+
+
+def summary_walk(walk: Json, wide: Json, narrow: Json, capacity: Json) -> list[str]:
+    layers = walk["layers"]
+    low = min(layers, key=lambda layer: layer["walk_over_embed"])
+    high = max(layers, key=lambda layer: layer["walk_over_embed"])
+
+    def named(layer: Json) -> str:
+        label = (
+            layer["layer"] if "+" not in layer["layer"] else f"{fixed(layer['features'])} features"
+        )
+        return f"{fixed(layer['walk_over_embed'], 2)} ({label})"
+
+    return [
+        "the probe's 45-value C walk ÷ the embed, the same C",
+        f"{fixed(narrow['sweep_over_embed'], 2)} ({narrow['image_size']} px); "
+        f"{fixed(wide['sweep_over_embed'], 1)} ({fixed(width(capacity, wide['layer']))} features)",
+        f"{named(low)} to {named(high)} in the last run; 0.061 to 0.92 in the one before, "
+        "on another machine",
+        f"≤ 0.10 ({met(low['walk_over_embed'] <= 0.1)} on the narrowest layer in the last run)",
+        "`probe_walk.py`",
+    ]
+
+
+def summary_memory(embed: Json) -> list[str]:
+    memory = embed["peak_rss_bytes_by_images"]
+    sizes = sorted(memory, key=int)
+    growth = memory[sizes[-1]] / memory[sizes[0]]
+    return [
+        f"peak resident memory, {' vs '.join(fixed(int(s)) for s in sizes)} images",
+        "",
+        f"{' vs '.join(gib(memory[s]) for s in sizes)} GiB: "
+        + ("flat" if growth < 1.1 else f"{fixed(growth, 2)}x"),
+        "flat",
+        "`embed_throughput.py`",
+    ]
+
+
+def summary_photos(shots: Json) -> Rows:
+    jpeg = shots["feed_images_per_s_one_core"]["imagenet/jpeg"]
+    phone = shots["feed_images_per_s_one_core"]["phone/jpeg"]
+    (target,) = shots["targets"]
+    return [
+        [
+            f"CPU feed of ImageNet-size JPEG photos at {shots['image_size']} px, per core",
+            "",
+            f"{rate(jpeg['dct'])} images/s ({rate(jpeg['dct_to_uint8'])} without the CPU "
+            "normalise, which a GPU run does on the GPU)",
+            f"≥ 650 ({met(target['met'])} with the CPU normalise)",
+            "`photos.py`",
+        ],
+        [
+            "12-megapixel JPEG feed, DCT-domain decode ÷ full decode",
+            "",
+            f"{fixed(phone['dct_speedup'], 1)}x ({rate(phone['dct'])} against "
+            f"{rate(phone['full'])} images/s per core)",
+            "report",
+            "`photos.py`",
+        ],
+    ]
+
+
+def summary_sweep(sweep: Json) -> list[str]:
+    probes = len(sweep["depth"])
+    same = sweep["recommended_layer"] == sweep["probe_all_recommended_layer"]
+    advice = "same advice as" if same else "other advice than"
+    return [
+        "full Fashion-MNIST sweep ÷ one embed, wall (CPU)",
+        BEFORE["sweep"],
+        f"**{fixed(sweep['sweep_over_embed'], 2)} ({fixed(sweep['sweep_over_embed_cpu'], 2)})**, "
+        f"screens on every layer, {probes} probes; {advice} `--probe-all` "
+        f"({sweep['probe_all_recommended_layer']})",
+        f"≤ 2 ({met(sweep['target_met'])})",
+        "`sweep.py`",
+    ]
+
+
+def summary_taps(taps_record: Json) -> list[str]:
+    return [
+        "embed with the four top taps ÷ the penultimate layer alone: time; bytes per image",
+        "",
+        f"{fixed(taps_record['top_over_penultimate_seconds'], 2)}x; "
+        f"{fixed(taps_record['top_over_penultimate_bytes'], 1)}x",
+        "report",
+        "`taps.py`",
+    ]
+
+
+def summary(results: Sequence[Json]) -> str:
+    embed, phases, nights, walk, wide, narrow, capacity, shots, sweep, taps_record = results
+    rows = [
+        *summary_throughput(embed),
+        summary_rerun(embed, phases),
+        summary_increment(nights),
+        summary_walk(walk, wide, narrow, capacity),
+        summary_memory(embed),
+        *summary_photos(shots),
+        summary_sweep(sweep),
+        summary_taps(taps_record),
+    ]
+    return markdown(["measure", "before", "now", "target", "script"], rows)
+
+
 # --- the registry -------------------------------------------------------------------------
 
 
@@ -862,6 +1040,21 @@ class Table:
 
 
 TABLES: dict[str, Table] = {
+    "summary": Table(
+        (
+            "embed_throughput.json",
+            "run_phases.json",
+            "nightly.json",
+            "probe_walk_64px.json",
+            "heads_probe_64px.json",
+            "heads_probe_128px.json",
+            "capacity.json",
+            "photos.json",
+            "sweep.json",
+            "taps.json",
+        ),
+        summary,
+    ),
     "store_layout": Table(("store_layout.json",), store_layout),
     "pipeline_rerun": Table(("pipeline_rerun.json",), pipeline_rerun),
     "taps": Table(("taps.json",), taps),

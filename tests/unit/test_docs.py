@@ -125,12 +125,16 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
 
 def test_the_readme_is_a_short_front_page_starting_with_the_two_commands() -> None:
     # Mutations seen failing: the manual's CLI section pasted back (about 330 lines); a third
-    # line (make check) added to the first code block.
+    # line (make check) added to the first code block; the paragraph's last line dropped
+    # from the quick start page.
     lines = README.read_text().splitlines()
     assert len(lines) <= 200
     assert lines[0] == "# transfer-pipe" and lines[1] == ""
     assert lines[2] == "```" and lines[5] == "```"
     assert lines[3].startswith("make run    # ") and lines[4].startswith("make test   # ")
+    # The quick start page opens the same way, word for word.
+    opening = "\n".join(lines[2:]).split("\n## ", 1)[0]
+    assert opening in (PAGES / "quickstart.md").read_text()
 
 
 def test_the_readmes_links_resolve() -> None:

@@ -9,7 +9,7 @@ LIMIT ?= 10000
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test check lint install data benchmark serve
+.PHONY: run test check lint install data benchmark serve docs
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -66,8 +66,9 @@ test: install data lint
 check: install lint
 	$(PYTEST) -m "not ($(RESOURCES))"
 
-# Every row of the README's "Fast where it counts" table, each script measuring side by
-# side in one run (ratios; this machine is shared), results in benchmarks/results/*.json.
+# Every row of the "Fast where it counts" table (docs/pages/benchmarks/index.md), each
+# script measuring side by side in one run (ratios; this machine is shared), results in
+# benchmarks/results/*.json; then the docs' benchmark tables are rebuilt from those results.
 # The GPU rows run where a CUDA GPU is present (benchmarks/gpu.sh), else stay "not measured".
 benchmark: install data
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
@@ -85,3 +86,10 @@ benchmark: install data
 	$(BIN)/python benchmarks/capacity.py           # bytes per image per layer and dtype: deploy/SCALING.md
 	$(BIN)/python benchmarks/pipeline_rerun.py --limit $(LIMIT) --image-size $(IMAGE_SIZE)
 	if command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then bash benchmarks/gpu.sh; fi
+	$(BIN)/python benchmarks/tables.py            # the docs' tables from the new results
+
+# The documentation site (docs/mkdocs.yml, pages in docs/pages/) into docs/site/, strictly:
+# a broken link or a missing page fails the build. The tables must match their results.
+docs: install
+	$(BIN)/python benchmarks/tables.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --config-file docs/mkdocs.yml

@@ -1,4 +1,5 @@
-"""Retake docs/ui-run.png: a real ``train`` run's page in the Prefect UI, with its artifacts.
+"""Retake docs/pages/img/ui-run.png: a real ``train`` run's page in the Prefect UI, with its
+artifacts.
 
 Starts its own ``transfer-pipe serve`` (own home, free loopback port, fresh store), runs
 ``transfer-pipe train fashion-mnist --limit N`` against it, opens the page of that run (the
@@ -6,7 +7,7 @@ address the CLI prints) in headless Chromium (Debian's ``chromium``), waits unti
 rendered the run, opens its Artifacts tab and photographs the window. A second picture shows
 the heads x metrics table artifact.
 
-    python benchmarks/screenshot.py [--limit 500] [--output docs/ui-run.png]
+    python benchmarks/screenshot.py [--limit 500] [--output docs/pages/img/ui-run.png]
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=500, help="Fashion-MNIST images")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "ui-run.png")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs/pages/img/ui-run.png")
     options = parser.parse_args()
     exit_on_sigterm()
     base = Path(tempfile.mkdtemp(prefix="transfer-pipe-screenshot-"))

@@ -7,7 +7,7 @@ where they point, the learning curve; timed), then the same sweep again (everyth
 reused; timed), then the sweep with ``--probe-all`` (every layer probed: the reference
 the default's advice and the screens' rankings are judged against; its probes not yet
 fitted are timed too). Prints the advice and where the sweep's time went (its
-record's seconds per phase and per probe), copies the pictures to ``docs/`` and writes
+record's seconds per phase and per probe), copies the pictures to ``docs/pages/img/`` and writes
 ``benchmarks/results/sweep.json``: wall and CPU seconds of the embed and of the sweep
 (the CPU ratio moves less when other work shares the machine), the phases, the curves.
 
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--c-values", type=int, default=45)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULT)
-    parser.add_argument("--pictures", type=Path, default=ROOT / "docs")
+    parser.add_argument("--pictures", type=Path, default=ROOT / "docs" / "pages" / "img")
     options = parser.parse_args()
     load = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="transfer-pipe-sweep-"))

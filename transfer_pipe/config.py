@@ -33,7 +33,8 @@ DEFAULT_HEADS = HEAD_NAMES
 Dtype = Literal["float32", "float16"]
 Autocast = Literal["none", "bf16", "fp16"]
 Decode = Literal["full", "dct", "nvjpeg"]
-DEFAULT_DECODE: Decode = "dct"  # within the noise: benchmarks/photos.py, README "Photographs"
+# Within the noise: benchmarks/photos.py, docs/pages/benchmarks/photos.md.
+DEFAULT_DECODE: Decode = "dct"
 Augment = Literal["auto", "affine", "crop-flip", "none"]
 BatchNorm = Literal["frozen", "train"]
 Init = Literal["pretrained", "random"]  # fine-tuning's starting weights

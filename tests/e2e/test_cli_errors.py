@@ -1,5 +1,5 @@
 """A mistake on the `train`, `predict`, `finetune` (and `embed`) command line ends the way
-the README promises: exit code 2, one line on stderr naming what to fix, no traceback, no
+the docs promise: exit code 2, one line on stderr naming what to fix, no traceback, no
 Prefect run started, and nothing written: an existing feature set and its heads stay
 byte-identical, and no new store, folder or output file appears."""
 

@@ -1,4 +1,4 @@
-"""Shards on an existing Dask cluster of worker processes, as the README promises:
+"""Shards on an existing Dask cluster of worker processes, as the docs promise:
 `DASK_SCHEDULER_ADDRESS` or `--dask-address` sends every shard task to that scheduler,
 its process workers write the same features the in-process worker writes, and torch
 (and, for heads, BLAS) inside a worker process use that worker's share of the cores."""

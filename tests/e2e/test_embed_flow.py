@@ -156,7 +156,7 @@ def test_shards_run_on_an_existing_scheduler(tmp_path: Path) -> None:
 
 
 def test_each_version_opens_with_xarray_and_pandas_alone(tmp_path: Path) -> None:
-    """What a user outside this library reads (the README's recipe): a version's row
+    """What a user outside this library reads (the recipe in docs/pages/store.md): a version's row
     table with pandas, and its features by layer from its lineage with xarray, picked by
     the table's ``row`` column; both versions of a lineage read back what the library
     loads, the older one unchanged by the newer."""

@@ -41,7 +41,7 @@ CHOICES_DIR = "layer-choices"  # <store>/cache/layer-choices/<choice id>.json
 # Training rows a candidate's C walk fits on (a fixed draw beyond): not fewer, because
 # wide candidates need rows to show their worth. On 10,000 of Fashion-MNIST's 54,000 the
 # four layers side by side scored below stages.4 (0.886 against 0.887 on validation); on
-# all of them they lead (0.904 against 0.888 on test, README "Which layer, by default").
+# all of them they lead (0.904 against 0.888 on test, docs/pages/benchmarks/layer-choice.md).
 QUICK_ROWS = 60_000
 QUICK_C_VALUES = 12  # a candidate's C grid: one value per decade of the run's C range
 QUICK_HEAD = "logreg"

@@ -253,8 +253,9 @@ def test_linear_heads_refit_with_the_refit_iteration_budget() -> None:
 
 
 def test_the_default_c_grid_is_45_log_spaced_values_from_1e_6_to_1e5() -> None:
-    """The README's probe: C from 45 log-spaced values between 1e-6 and 1e5, as a heads
-    run gets them by default, and walked in full, in ascending order, by the logreg head."""
+    """The documented probe (docs/pages/heads.md): C from 45 log-spaced values between 1e-6
+    and 1e5, as a heads run gets them by default, and walked in full, in ascending order, by
+    the logreg head."""
     # Mutation: a default of 44 values, or c_max 1e4, in TrainConfig fails the first loop;
     # the same in ProtocolOptions fails it too; a grid walked in reverse fails the last line.
     for grid in (

@@ -705,7 +705,7 @@ def embed_throughput(results: Sequence[Json]) -> str:
 
 RUN_PHASES = {
     "interpreter": "process start to the first line of Python",
-    "import_cli": "`import transfer_pipe.cli`",
+    "import_cli": "`import transfer_pipe.app.cli`",
     "check": "checks before Prefect: config, backbone registry, the source listed and hashed, "
     "the store's status; cold also torch and the model",
     "prefect_setup": "the running server found, Prefect imported and its logging set up",

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from transfer_pipe.cli import build_parser
+from transfer_pipe.app.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

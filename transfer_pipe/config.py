@@ -524,6 +524,70 @@ class GcConfig(_Validated):
 
 
 @dataclass(frozen=True)
+class StoreOptions:
+    """A command that reads the feature store (``ls``, ``migrate``, ``finetuned``): where."""
+
+    store: str = option_of(EmbedConfig, "store")
+    storage_options: str | None = option_of(EmbedConfig, "storage_options")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShowOptions(StoreOptions):
+    """``show``: one feature set's provenance and failures."""
+
+    key: str = option(
+        REQUIRED, "a feature set's key (`transfer-pipe ls` lists them)", positional=True
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyOptions(ShowOptions):
+    """``verify``: read a feature set end to end, and optionally repair what is damaged."""
+
+    repair: bool = option(
+        False,
+        "mark the damaged shards not done (and the set incomplete), restoring damaged "
+        "metadata: the next embed of the same source recomputes only those shards",
+    )
+
+
+@dataclass(frozen=True)
+class HeadsListOptions(StoreOptions):
+    """``heads ls``: the fitted heads of a store."""
+
+    feature_set: str | None = option(None, "only heads of this feature set")
+
+
+DRY_RUN_HELP = (
+    "print rows, layers, store bytes per dtype and the expected time, then stop: nothing "
+    "is written or embedded and no Prefect server starts"
+)
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a run command prints besides its own lines: its summary as JSON, or only what
+    the run would cost (``dry_run``; embed, finetune and sweep)."""
+
+    json: bool = option(False, "end with one JSON summary line")
+    dry_run: bool = option(False, DRY_RUN_HELP)
+
+
+@dataclass(frozen=True)
+class ReportOutput:
+    """``--json`` of a command that changes or checks the store (verify, gc, migrate)."""
+
+    json: bool = option(False, "end with one JSON report line")
+
+
+@dataclass(frozen=True)
+class ListingOutput:
+    """``--json`` of a command that lists or shows what a store holds."""
+
+    json: bool = option(False, "print one line of JSON instead of the text")
+
+
+@dataclass(frozen=True)
 class PipelineConfig(TrainConfig):
     """A scheduled run over a source that grows: embed it (only the images the store lacks),
     fit the heads the store lacks for the task, and optionally fine-tune."""

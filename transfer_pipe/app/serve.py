@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from transfer_pipe.config import EmbedConfig, _Validated, option, option_of
 from transfer_pipe.errors import TransferPipeError
 
 HOME_ENV = "TRANSFER_PIPE_HOME"  # the same home as published backbones (backbones.published)
@@ -216,26 +217,29 @@ def ensure_crash_automation(api_url: str | None = None, heartbeat_s: int | None 
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    """What ``transfer-pipe serve`` runs: its store, port and database."""
+class ServeOptions(_Validated):
+    """What ``transfer-pipe serve`` runs: its store, port and database. The fields given
+    with ``option`` are the command's flags (``transfer_pipe.app.cli``)."""
 
-    store: str
-    port: int = 4200
-    database_url: str | None = None
-    gpu_worker: bool = False
-    # Threads of serve's Dask worker (None: as a run's own cluster would have; 0: none, so
-    # each run starts a cluster of its own). Unused when $DASK_SCHEDULER_ADDRESS is set.
-    dask_threads: int | None = None
+    store: str = option_of(EmbedConfig, "store")
+    port: int = option(4200, "loopback port", minimum=1, maximum=65535)
+    database_url: str | None = option(
+        None,
+        "Prefect's database, e.g. postgresql+asyncpg://user:pw@host/prefect "
+        "(default: SQLite under $TRANSFER_PIPE_HOME)",
+    )
+    gpu_worker: bool = option(False, "also run a worker on the gpu pool here")
+    dask_threads: int | None = option(
+        None,
+        "threads of serve's Dask worker, which every run against this serve uses and "
+        "which keeps the model loaded between runs (default: as a run's own cluster; 0: "
+        "no cluster, each run starts its own; ignored when $DASK_SCHEDULER_ADDRESS is set)",
+        minimum=0,
+    )
     heartbeat_s: int = field(default_factory=heartbeat_seconds)
     startup_timeout_s: float = 300.0
     stop_timeout_s: float = 15.0
     home: Path = field(default_factory=home)
-
-    def __post_init__(self) -> None:
-        if self.dask_threads is not None and self.dask_threads < 0:
-            raise TransferPipeError(
-                f"--dask-threads {self.dask_threads}: pass 0 or more (0: no Dask cluster)"
-            )
 
 
 @dataclass

@@ -7,7 +7,6 @@ The one place in the package that reaches the Prefect flows (imported lazily, so
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -337,6 +336,7 @@ SWEEP_ESTIMATE_ROWS = 5000
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from transfer_pipe.app.results import SweepEstimate
     from transfer_pipe.steps.estimate import embed_estimate_message, estimate_embed
     from transfer_pipe.steps.sweep import prepare_sweep
     from transfer_pipe.steps.target import run_config
@@ -349,7 +349,7 @@ def _sweep(args: argparse.Namespace) -> int:
             print(embed_estimate_message(estimate))
         if args.dry_run:
             if args.json:
-                print(json.dumps([estimate.to_dict() for estimate in estimates]))
+                print(SweepEstimate(embeds=tuple(estimates)).to_json())
             return 0
     config, _ = _run(SweepConfig, args)
     from flows.sweep import run_sweep
@@ -423,16 +423,22 @@ def _heads(args: argparse.Namespace) -> int:
 
 def _print_rows(listing: Sequence[Record], as_json: bool, empty: str) -> int:
     """A listing as JSON, as an aligned table, or as the ``empty`` message."""
-    rows = [row.to_dict() for row in listing]
     if as_json:
-        print(json.dumps(rows))
-    elif not rows:
+        print(_listing_json(listing))
+        return 0
+    rows = [row.to_dict() for row in listing]
+    if not rows:
         print(empty)
     else:
         from transfer_pipe.report import terminal_table
 
         print(terminal_table(rows))
     return 0
+
+
+def _listing_json(listing: Sequence[Record]) -> str:
+    """A listing as one line of JSON: the list of its records."""
+    return json.dumps([row.to_dict() for row in listing])
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -453,6 +459,8 @@ def _predict(args: argparse.Namespace) -> int:
         f"{summary.rows} predictions written to {summary.out}: {summary.cached} from "
         f"cached embeddings, {summary.embedded} embedded now, {summary.failed} failed"
     )
+    if args.json:
+        print(summary.to_json())
     return 0
 
 
@@ -471,7 +479,7 @@ def _ls(args: argparse.Namespace) -> int:
     store = open_store(args.store, args.storage_options)
     infos = store.catalog()
     if args.json:
-        print(json.dumps([dataclasses.asdict(info) for info in infos]))
+        print(_listing_json(infos))
         return 0
     if not infos:
         legacy = store.legacy_keys()

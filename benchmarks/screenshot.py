@@ -21,6 +21,9 @@ from pathlib import Path
 from PIL import Image
 from serve_stack import Stack, api, exit_on_sigterm, serve_stack
 
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, with_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the browser driver is the tests' (tests/support/browser.py)
 
@@ -71,8 +74,8 @@ def photograph(stack: Stack, url: str, run_id: str, output: Path, work: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=500, help="Fashion-MNIST images")
-    parser.add_argument("--image-size", type=int, default=64)
+    embedding = with_defaults(EmbedConfig, ("limit", "image_size"), limit=500, image_size=64)
+    add_options(parser, embedding)  # of Fashion-MNIST
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "ui-run.png")
     options = parser.parse_args()
     exit_on_sigterm()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -137,6 +138,24 @@ def options(config_class: type, only: tuple[str, ...] | None = None) -> Iterator
             maximum=f.metadata["maximum"],
             above=f.metadata["above"],
         )
+
+
+def with_defaults(config_class: type, only: tuple[str, ...], **defaults: Any) -> tuple[Option, ...]:
+    """The options ``only`` of ``config_class`` (see ``options``), those named in
+    ``defaults`` with that default instead (a benchmark's own sizes): the same names,
+    types, bounds and help, less a help's closing ``(default: ...)`` note, which speaks of
+    the default replaced."""
+    unknown = set(defaults) - set(only)
+    if unknown:
+        raise ValueError(f"no option(s) {', '.join(sorted(unknown))} among {only}")
+    return tuple(
+        dataclasses.replace(
+            o, default=defaults[o.name], help=re.sub(r"\s*\(default: [^()]*\)$", "", o.help)
+        )
+        if o.name in defaults
+        else o
+        for o in options(config_class, only)
+    )
 
 
 @functools.cache

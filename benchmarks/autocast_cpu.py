@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from transfer_pipe.app.cli import add_options
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
-from transfer_pipe.config import Autocast, EmbedConfig
+from transfer_pipe.config import Autocast, EmbedConfig, with_defaults
 from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.protocol import fit_head
 from transfer_pipe.heads.tasks import SplitOptions, Task, load_task
@@ -81,8 +82,8 @@ def embed_and_probe(store: str, image_size: int, limit: int, autocast: Autocast)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--limit", type=int, default=20_000)
+    embedding = with_defaults(EmbedConfig, ("image_size", "limit"), image_size=64, limit=20_000)
+    add_options(parser, embedding)
     args = parser.parse_args()
 
     rounds = forward_rates(args.image_size)

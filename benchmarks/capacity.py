@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from transfer_pipe.config import EmbedConfig
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, with_defaults
 from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.store import open_store
@@ -57,7 +58,7 @@ def encoded_bytes(array: zarr.Array, values: np.ndarray, dtype: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", help="a store holding the feature set (default: embed one)")
-    parser.add_argument("--limit", type=int, default=10_000, help="images to embed")
+    add_options(parser, with_defaults(EmbedConfig, ("limit",), limit=10_000))
     parser.add_argument("--rows", type=int, default=8192, help="rows re-encoded per layer")
     options = parser.parse_args()
     store_url = options.store or tempfile.mkdtemp(prefix="capacity-")

@@ -26,8 +26,10 @@ from typing import Any
 import psutil
 import torch
 
+from transfer_pipe.app.cli import add_options
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.taps import LayerTap
+from transfer_pipe.config import EmbedConfig, with_defaults
 from transfer_pipe.data.read import read_image
 from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.store import open_store
@@ -161,9 +163,8 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--limit", type=int, help="images (default: all 70,000)")
+    embedding = ("image_size", "batch_size", "limit")  # no limit: all 70,000 images
+    add_options(parser, with_defaults(EmbedConfig, embedding, image_size=64))
     parser.add_argument("--raw-images", type=int, default=8192, help="images for the raw rate")
     parser.add_argument(
         "--memory-images", type=int, default=10_000, help="the smaller cold run (peak memory)"

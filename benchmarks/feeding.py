@@ -41,10 +41,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from transfer_pipe.app.cli import add_options
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.backbones.registry import BackboneEntry, register
 from transfer_pipe.backbones.taps import LayerTap
 from transfer_pipe.backbones.weights import RandomInit
+from transfer_pipe.config import EmbedConfig, with_defaults
 from transfer_pipe.data.batch import prepare_pixels
 from transfer_pipe.data.read import read_image
 from transfer_pipe.data.sources import load_manifest
@@ -231,9 +233,8 @@ def measure_source(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
+    embedding = ("device", "image_size", "batch_size")
+    add_options(parser, with_defaults(EmbedConfig, embedding, device="cpu", image_size=64))
     parser.add_argument("--images", type=int, default=10_000, help="Fashion-MNIST images")
     parser.add_argument("--pngs", type=int, default=5_000, help="PNG files written")
     parser.add_argument("--raw-images", type=int, default=4096)

@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
+from transfer_pipe.app.cli import add_options
 from transfer_pipe.cluster import resolve_device
-from transfer_pipe.config import EmbedConfig, FinetuneConfig
+from transfer_pipe.config import EmbedConfig, FinetuneConfig, with_defaults
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.finetune import (
     ensure_probe,
@@ -43,18 +44,14 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", help="feature store (default: a temporary folder)")
-    parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--policy", default="full")
-    parser.add_argument("--no-lp-ft", dest="lp_ft", action="store_false")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--lr-decay", type=float, default=0.8)
-    parser.add_argument("--patience", type=int, default=4)
-    parser.add_argument("--bn", choices=["frozen", "train"], default="frozen")
-    parser.add_argument("--time-budget", type=float, help="seconds of training, then stop")
-    parser.add_argument("--limit", type=int, help="use only N images (smoke runs)")
-    parser.add_argument("--device", default="auto")
+    add_options(parser, with_defaults(EmbedConfig, ("image_size",), image_size=112))
+    tuning = ("policy", "lp_ft", "epochs", "batch_size", "lr", "lr_decay", "patience", "bn")
+    # The measured recipe: the whole network, for longer and in larger batches.
+    recipe = {"policy": "full", "epochs": 15, "batch_size": 256, "lr": 3e-4, "lr_decay": 0.8}
+    tuning_options = with_defaults(FinetuneConfig, (*tuning, "time_budget_s"), **recipe, patience=4)
+    add_options(parser, tuning_options)
+    add_options(parser, with_defaults(EmbedConfig, ("limit",)))  # smoke runs
+    add_options(parser, with_defaults(FinetuneConfig, ("device",)))
     parser.add_argument("--out", type=Path, help="JSON path (default: results/finetune_*.json)")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -78,7 +75,7 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
         "lr": args.lr,
         "lr_decay": args.lr_decay,
         "bn": args.bn,
-        "time_budget_s": args.time_budget,
+        "time_budget_s": args.time_budget_s,
         "seconds": {},
     }
 
@@ -118,7 +115,7 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
         patience=args.patience,
         bn=args.bn,
         device=str(device),
-        time_budget_s=args.time_budget,
+        time_budget_s=args.time_budget_s,
     )
     plan = prepare_finetune(config, summary.feature_set)
     record["splits"] = {name: len(split) for name, split in plan.splits.items()}

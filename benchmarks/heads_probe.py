@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfer_pipe.config import DEFAULT_HEADS, EmbedConfig
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import DEFAULT_HEADS, EmbedConfig, with_defaults
 from transfer_pipe.data.idx import read_idx, split_idx_uri
 from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.heads.options import ProtocolOptions
@@ -84,7 +85,7 @@ def head_summary(name: str, data: TaskData, options: ProtocolOptions) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image-size", type=int, default=96)
+    add_options(parser, with_defaults(EmbedConfig, ("image_size",), image_size=96))
     parser.add_argument("--heads", default=",".join(DEFAULT_HEADS))
     parser.add_argument("--embed-layers", default="penultimate")
     parser.add_argument("--layers", default="penultimate", help="candidates, comma-separated")

@@ -32,6 +32,9 @@ from typing import Any
 
 from serve_stack import Stack, cli, exit_on_sigterm, serve_stack
 
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, with_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "pipeline_rerun.json"
 DEPLOYMENT = "pipeline/nightly"
@@ -90,8 +93,8 @@ def machine(load_at_start: tuple[float, float, float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="fashion-mnist")
-    parser.add_argument("--limit", type=int, default=10_000)
-    parser.add_argument("--image-size", type=int, default=64)
+    embedding = with_defaults(EmbedConfig, ("limit", "image_size"), limit=10_000, image_size=64)
+    add_options(parser, embedding)
     parser.add_argument("--note", default="", help="a remark stored with the result")
     parser.add_argument("--output", type=Path, default=RESULT)
     options = parser.parse_args()

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfer_pipe.config import EmbedConfig
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, with_defaults
 from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.protocol import fit_head
 from transfer_pipe.heads.tasks import SplitOptions, Task, load_task
@@ -107,7 +108,7 @@ def _cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image-size", type=int, default=64)
+    add_options(parser, with_defaults(EmbedConfig, ("image_size",), image_size=64))
     parser.add_argument("--layers", default=f"stages.4,stages.6,penultimate,{WIDEST}")
     parser.add_argument("--whole-walk", default="stages.4,stages.6")
     parser.add_argument("--store", help="reuse this store (default: a fresh temporary one)")

@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, with_defaults
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 RESULTS = Path(__file__).parent / "results" / "run_phases.json"
@@ -165,8 +168,8 @@ def main() -> None:
     from embed_throughput import start_prefect_server
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--limit", type=int, help="images (default: all 70,000)")
-    parser.add_argument("--image-size", type=int, default=64)
+    # No --limit: all 70,000 images.
+    add_options(parser, with_defaults(EmbedConfig, ("limit", "image_size"), image_size=64))
     parser.add_argument("--warm-runs", type=int, default=3)
     args = parser.parse_args()
 

@@ -1,5 +1,4 @@
-"""Retake docs/pages/img/ui-run.png: a real ``train`` run's page in the Prefect UI, with its
-artifacts.
+"""Retake docs/ui-run.png: a real ``train`` run's page in the Prefect UI, with its artifacts.
 
 Starts its own ``transfer-pipe serve`` (own home, free loopback port, fresh store), runs
 ``transfer-pipe train fashion-mnist --limit N`` against it, opens the page of that run (the
@@ -7,7 +6,7 @@ address the CLI prints) in headless Chromium (Debian's ``chromium``), waits unti
 rendered the run, opens its Artifacts tab and photographs the window. A second picture shows
 the heads x metrics table artifact.
 
-    python benchmarks/screenshot.py [--limit 500] [--output docs/pages/img/ui-run.png]
+    python benchmarks/screenshot.py [--limit 500] [--output docs/ui-run.png]
 """
 
 from __future__ import annotations
@@ -21,6 +20,9 @@ from pathlib import Path
 
 from PIL import Image
 from serve_stack import Stack, api, exit_on_sigterm, serve_stack
+
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the browser driver is the tests' (tests/support/browser.py)
@@ -72,9 +74,11 @@ def photograph(stack: Stack, url: str, run_id: str, output: Path, work: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=500, help="Fashion-MNIST images")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--output", type=Path, default=ROOT / "docs/pages/img/ui-run.png")
+    embedding = with_defaults(EmbedConfig, ("limit", "image_size"), limit=500, image_size=64)
+    add_options(parser, embedding)  # of Fashion-MNIST
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "docs" / "pages" / "img" / "ui-run.png"
+    )
     options = parser.parse_args()
     exit_on_sigterm()
     base = Path(tempfile.mkdtemp(prefix="transfer-pipe-screenshot-"))

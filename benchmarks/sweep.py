@@ -30,7 +30,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from transfer_pipe.config import EmbedConfig, SweepConfig
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, SweepConfig, with_defaults
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.sweep import sweep
 
@@ -41,10 +42,9 @@ RESULT = ROOT / "benchmarks" / "results" / "sweep.json"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="fashion-mnist")
-    parser.add_argument("--limit", type=int, default=None, help="images (default: all)")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--c-values", type=int, default=45)
-    parser.add_argument("--seeds", type=int, default=3)
+    # No --limit: all the images.
+    add_options(parser, with_defaults(EmbedConfig, ("limit", "image_size"), image_size=64))
+    add_options(parser, with_defaults(SweepConfig, ("c_values", "seeds")))
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument("--pictures", type=Path, default=ROOT / "docs" / "pages" / "img")
     options = parser.parse_args()

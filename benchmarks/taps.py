@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from transfer_pipe.app.cli import add_options
+from transfer_pipe.config import EmbedConfig, with_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "taps.json"
 CLI = str(Path(sys.executable).with_name("transfer-pipe"))
@@ -45,8 +48,8 @@ def _bytes_on_disk(store: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=10_000)
-    parser.add_argument("--image-size", type=int, default=64)
+    embedding = with_defaults(EmbedConfig, ("limit", "image_size"), limit=10_000, image_size=64)
+    add_options(parser, embedding)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULT)
     options = parser.parse_args()

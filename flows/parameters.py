@@ -2,21 +2,22 @@
 
 Prefect builds a deployment's "Run" form from its flow's signature. ``run_parameters``
 gives a flow the signature of one run's options (``transfer_pipe.config.run_options``):
-one keyword parameter per option, typed, with its default and its help as description,
-so the CLI's ``--help``, the UI form and the docs read the same field.
+one keyword parameter per option, typed, with its default, its bounds and its help as
+description, so the CLI's ``--help``, the UI form and the docs read the same field.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field
 
 from transfer_pipe.config import REQUIRED, Option, run_options
 
 F = TypeVar("F", bound=Callable[..., Any])
+_ANNOTATED: Any = Annotated  # a type built at run time, from an option's metadata
 
 
 def run_parameters(config_class: type, *extra: Option) -> Callable[[F], F]:
@@ -39,5 +40,16 @@ def _parameter(opt: Option) -> inspect.Parameter:
         else Field(opt.default, description=opt.help)
     )
     return inspect.Parameter(
-        opt.name, inspect.Parameter.KEYWORD_ONLY, annotation=opt.type, default=default
+        opt.name, inspect.Parameter.KEYWORD_ONLY, annotation=_bounded(opt), default=default
     )
+
+
+def _bounded(opt: Option) -> Any:
+    """The option's type with its bounds, so the form shows them and Prefect refuses a run
+    outside them before it starts. On the type, not the default's ``Field``: Prefect builds
+    its form and its validation from the annotation and keeps only a Field's default and
+    description. (Allowed values are the type already: a ``Literal``.)"""
+    if opt.minimum is None and opt.maximum is None and opt.above is None:
+        return opt.type
+    bounded = _ANNOTATED[opt.base_type, Field(ge=opt.minimum, le=opt.maximum, gt=opt.above)]
+    return bounded | None if opt.optional else bounded

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -138,6 +139,24 @@ def options(config_class: type, only: tuple[str, ...] | None = None) -> Iterator
             maximum=f.metadata["maximum"],
             above=f.metadata["above"],
         )
+
+
+def with_defaults(config_class: type, only: tuple[str, ...], **defaults: Any) -> tuple[Option, ...]:
+    """The options ``only`` of ``config_class`` (see ``options``), those named in
+    ``defaults`` with that default instead (a benchmark's own sizes): the same names,
+    types, bounds and help, less a help's closing ``(default: ...)`` note, which speaks of
+    the default replaced."""
+    unknown = set(defaults) - set(only)
+    if unknown:
+        raise ValueError(f"no option(s) {', '.join(sorted(unknown))} among {only}")
+    return tuple(
+        dataclasses.replace(
+            o, default=defaults[o.name], help=re.sub(r"\s*\(default: [^()]*\)$", "", o.help)
+        )
+        if o.name in defaults
+        else o
+        for o in options(config_class, only)
+    )
 
 
 @functools.cache
@@ -522,6 +541,70 @@ class GcConfig(_Validated):
         if self.keys and (self.keep_last is not None or self.older_than is not None):
             problems.append("give versions to remove or --keep-last/--older-than, not both")
         return problems
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """A command that reads the feature store (``ls``, ``migrate``, ``finetuned``): where."""
+
+    store: str = option_of(EmbedConfig, "store")
+    storage_options: str | None = option_of(EmbedConfig, "storage_options")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShowOptions(StoreOptions):
+    """``show``: one feature set's provenance and failures."""
+
+    key: str = option(
+        REQUIRED, "a feature set's key (`transfer-pipe ls` lists them)", positional=True
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyOptions(ShowOptions):
+    """``verify``: read a feature set end to end, and optionally repair what is damaged."""
+
+    repair: bool = option(
+        False,
+        "mark the damaged shards not done (and the set incomplete), restoring damaged "
+        "metadata: the next embed of the same source recomputes only those shards",
+    )
+
+
+@dataclass(frozen=True)
+class HeadsListOptions(StoreOptions):
+    """``heads ls``: the fitted heads of a store."""
+
+    feature_set: str | None = option(None, "only heads of this feature set")
+
+
+DRY_RUN_HELP = (
+    "print rows, layers, store bytes per dtype and the expected time, then stop: nothing "
+    "is written or embedded and no Prefect server starts"
+)
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a run command prints besides its own lines: its summary as JSON, or only what
+    the run would cost (``dry_run``; embed, finetune and sweep)."""
+
+    json: bool = option(False, "end with one JSON summary line")
+    dry_run: bool = option(False, DRY_RUN_HELP)
+
+
+@dataclass(frozen=True)
+class ReportOutput:
+    """``--json`` of a command that changes or checks the store (verify, gc, migrate)."""
+
+    json: bool = option(False, "end with one JSON report line")
+
+
+@dataclass(frozen=True)
+class ListingOutput:
+    """``--json`` of a command that lists or shows what a store holds."""
+
+    json: bool = option(False, "print one line of JSON instead of the text")
 
 
 @dataclass(frozen=True)

@@ -115,11 +115,14 @@ def test_train_json_heads_ls_and_predict(tmp_path: Path, prefect_api: str) -> No
     image = next((tmp_path / "data" / "class1").glob("*.png"))
     head_id = summary["heads"]["logreg"]["head_ids"][0]
     predict = ["predict", str(image), "--store", store, "--head", head_id, "--out", str(out)]
-    cli(*predict, api=prefect_api)
+    predicted = json.loads(cli(*predict, "--json", api=prefect_api).stdout.splitlines()[-1])
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["path"], r["cached"], r["error"]) for r in rows] == [(str(image), "True", "")]
     assert rows[0]["class"] in ("class0", "class1")
+    # --json ends with the run's summary. Mutation seen failing: _predict without its
+    # `if args.json` print (the last line is then the text summary).
+    assert predicted == {"out": str(out), "rows": 1, "cached": 1, "embedded": 0, "failed": 0}
 
 
 def test_train_bad_input_fails_fast_with_a_clear_error(

@@ -194,7 +194,7 @@ def test_dry_run_prints_both_embeds_cost_and_writes_nothing(
     # Mutation seen to fail here: the dry run falling through to the sweep.
     assert main([*argv, "--json"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    estimates = json.loads(printed[-1])
+    estimates = json.loads(printed[-1])["embeds"]
     assert [e["backbone"] for e in estimates] == ["tiny_test", "random/tiny_test"]
     assert all(e["to_embed"] == 8 and e["bytes"] > 0 for e in estimates)
     assert not store.exists()

@@ -7,7 +7,6 @@ The one place in the package that reaches the Prefect flows (imported lazily, so
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -16,16 +15,24 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
+from transfer_pipe.app.serve import ServeOptions
 from transfer_pipe.config import (
     REQUIRED,
     EmbedConfig,
     FinetuneConfig,
     GcConfig,
+    HeadsListOptions,
+    ListingOutput,
     Option,
     PredictConfig,
+    ReportOutput,
+    RunOutput,
+    ShowOptions,
+    StoreOptions,
     SweepConfig,
     TaskOptions,
     TrainConfig,
+    VerifyOptions,
     options,
     run_options,
 )
@@ -95,10 +102,9 @@ def run_values_from(config_class: type, args: argparse.Namespace) -> dict[str, A
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-def _store_option(parser: argparse.ArgumentParser, with_storage_options: bool = False) -> None:
-    """``--store`` (and ``--storage-options`` for a command that opens the feature store)."""
-    names = ("store", "storage_options") if with_storage_options else ("store",)
-    add_options(parser, options(EmbedConfig, only=names))
+def config_from(config_class: type[T], args: argparse.Namespace) -> T:
+    """The config ``config_class`` of a command whose options ``add_options`` offered."""
+    return config_class(**{o.name: getattr(args, o.name) for o in options(config_class)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,51 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed a dataset into the feature store")
-    add_options(embed, run_options(EmbedConfig))
-    embed.add_argument("--json", action="store_true", help="end with one JSON summary line")
-    embed.add_argument("--dry-run", action="store_true", help=_DRY_RUN_HELP)
+    add_options(embed, [*run_options(EmbedConfig), *options(RunOutput)])
 
-    ls = commands.add_parser("ls", help="list the feature sets in a store")
-    _store_option(ls, with_storage_options=True)
-    ls.add_argument("--json", action="store_true")
-
-    show = commands.add_parser("show", help="print a feature set's provenance and failures")
-    show.add_argument("key")
-    _store_option(show, with_storage_options=True)
-    show.add_argument("--json", action="store_true")
-
-    verify = commands.add_parser(
-        "verify", help="read a feature set end to end and name every damaged shard"
-    )
-    verify.add_argument("key")
-    _store_option(verify, with_storage_options=True)
-    verify.add_argument(
-        "--repair",
-        action="store_true",
-        help="mark the damaged shards not done (and the set incomplete), restoring damaged "
-        "metadata: the next embed of the same source recomputes only those shards",
-    )
-    verify.add_argument("--json", action="store_true", help="end with one JSON report line")
-
-    gc = commands.add_parser(
-        "gc", help="remove old versions of feature sets and the rows only they hold"
-    )
-    add_options(gc, options(GcConfig))
-    gc.add_argument("--json", action="store_true", help="end with one JSON report line")
-
-    migrate = commands.add_parser(
-        "migrate",
-        help="turn the feature sets an earlier release wrote (one copy each) into versions "
-        "that share rows; every key stays valid",
-    )
-    _store_option(migrate, with_storage_options=True)
-    migrate.add_argument("--json", action="store_true", help="end with one JSON report line")
-
-    commands.add_parser("backbones", help="list registered backbone ids")
-
-    finetuned = commands.add_parser("finetuned", help="list fine-tuning runs and their results")
-    _store_option(finetuned, with_storage_options=True)
-    finetuned.add_argument("--json", action="store_true")
+    # The commands on a store: their options, then how they print (--json).
+    for name, config_classes, help_text in (
+        ("ls", (StoreOptions, ListingOutput), "list the feature sets in a store"),
+        ("show", (ShowOptions, ListingOutput), "print a feature set's provenance and failures"),
+        (
+            "verify",
+            (VerifyOptions, ReportOutput),
+            "read a feature set end to end and name every damaged shard",
+        ),
+        (
+            "gc",
+            (GcConfig, ReportOutput),
+            "remove old versions of feature sets and the rows only they hold",
+        ),
+        (
+            "migrate",
+            (StoreOptions, ReportOutput),
+            "turn the feature sets an earlier release wrote (one copy each) into versions "
+            "that share rows; every key stays valid",
+        ),
+        ("backbones", (), "list registered backbone ids"),
+        ("finetuned", (StoreOptions, ListingOutput), "list fine-tuning runs and their results"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        add_options(command, [o for config_class in config_classes for o in options(config_class)])
 
     for name, config_class, help_text in (
         (
@@ -181,40 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument_group("how to embed SOURCE (when it is not a feature set key)"),
             [o for o in offered if o.name not in own and not o.positional],
         )
-        command.add_argument("--json", action="store_true", help="end with one JSON summary line")
-        if name in ("finetune", "sweep"):
-            command.add_argument("--dry-run", action="store_true", help=_DRY_RUN_HELP)
+        outputs = ("json", "dry_run") if name in ("finetune", "sweep") else ("json",)
+        add_options(command, options(RunOutput, only=outputs))
 
     heads = commands.add_parser("heads", help="fitted heads in a store")
     heads_commands = heads.add_subparsers(dest="heads_command", required=True)
     heads_ls = heads_commands.add_parser("ls", help="list fitted heads and their test metrics")
-    _store_option(heads_ls, with_storage_options=True)
-    heads_ls.add_argument("--feature-set", help="only heads of this feature set")
-    heads_ls.add_argument("--json", action="store_true")
+    add_options(heads_ls, [*options(HeadsListOptions), *options(ListingOutput)])
 
     predict = commands.add_parser("predict", help="classify image files with a fitted head")
-    add_options(predict, run_options(PredictConfig))
+    add_options(predict, [*run_options(PredictConfig), *options(RunOutput, only=("json",))])
 
     serve = commands.add_parser(
         "serve", help="run a Prefect server, work pools, deployments and a worker until Ctrl-C"
     )
-    _store_option(serve)
-    serve.add_argument("--port", type=int, default=4200, help="loopback port (default: 4200)")
-    serve.add_argument(
-        "--database-url",
-        help="Prefect's database, e.g. postgresql+asyncpg://user:pw@host/prefect "
-        "(default: SQLite under $TRANSFER_PIPE_HOME)",
-    )
-    serve.add_argument(
-        "--gpu-worker", action="store_true", help="also run a worker on the gpu pool here"
-    )
-    serve.add_argument(
-        "--dask-threads",
-        type=int,
-        help="threads of serve's Dask worker, which every run against this serve uses and "
-        "which keeps the model loaded between runs (default: as a run's own cluster; 0: "
-        "no cluster, each run starts its own; ignored when $DASK_SCHEDULER_ADDRESS is set)",
-    )
+    add_options(serve, options(ServeOptions))
     commands.add_parser(
         "automations",
         help="create or update, on the server of $PREFECT_API_URL, the automation that marks "
@@ -241,12 +210,6 @@ def _run(config_class: type[T], args: argparse.Namespace) -> tuple[T, dict[str, 
     config = run_config(config_class, values)
     _check_before_prefect(config)  # type: ignore[arg-type]
     return config, values
-
-
-_DRY_RUN_HELP = (
-    "print rows, layers, store bytes per dtype and the expected time, then stop: nothing "
-    "is written or embedded and no Prefect server starts"
-)
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -373,6 +336,7 @@ SWEEP_ESTIMATE_ROWS = 5000
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from transfer_pipe.app.results import SweepEstimate
     from transfer_pipe.steps.estimate import embed_estimate_message, estimate_embed
     from transfer_pipe.steps.sweep import prepare_sweep
     from transfer_pipe.steps.target import run_config
@@ -385,7 +349,7 @@ def _sweep(args: argparse.Namespace) -> int:
             print(embed_estimate_message(estimate))
         if args.dry_run:
             if args.json:
-                print(json.dumps([estimate.to_dict() for estimate in estimates]))
+                print(SweepEstimate(embeds=tuple(estimates)).to_json())
             return 0
     config, _ = _run(SweepConfig, args)
     from flows.sweep import run_sweep
@@ -449,25 +413,32 @@ def _finetuned(args: argparse.Namespace) -> int:
 def _heads(args: argparse.Namespace) -> int:
     from transfer_pipe.heads.card import HeadListing, list_cards
 
-    cards = list_cards(args.store, args.storage_options)
-    if args.feature_set:
-        cards = [card for card in cards if card.feature_set == args.feature_set]
+    listed = config_from(HeadsListOptions, args)
+    cards = list_cards(listed.store, listed.storage_options)
+    if listed.feature_set:
+        cards = [card for card in cards if card.feature_set == listed.feature_set]
     rows = [HeadListing.of(card) for card in cards]
-    return _print_rows(rows, args.json, f"no fitted heads in {args.store}")
+    return _print_rows(rows, args.json, f"no fitted heads in {listed.store}")
 
 
 def _print_rows(listing: Sequence[Record], as_json: bool, empty: str) -> int:
     """A listing as JSON, as an aligned table, or as the ``empty`` message."""
-    rows = [row.to_dict() for row in listing]
     if as_json:
-        print(json.dumps(rows))
-    elif not rows:
+        print(_listing_json(listing))
+        return 0
+    rows = [row.to_dict() for row in listing]
+    if not rows:
         print(empty)
     else:
         from transfer_pipe.report import terminal_table
 
         print(terminal_table(rows))
     return 0
+
+
+def _listing_json(listing: Sequence[Record]) -> str:
+    """A listing as one line of JSON: the list of its records."""
+    return json.dumps([row.to_dict() for row in listing])
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -488,6 +459,8 @@ def _predict(args: argparse.Namespace) -> int:
         f"{summary.rows} predictions written to {summary.out}: {summary.cached} from "
         f"cached embeddings, {summary.embedded} embedded now, {summary.failed} failed"
     )
+    if args.json:
+        print(summary.to_json())
     return 0
 
 
@@ -506,7 +479,7 @@ def _ls(args: argparse.Namespace) -> int:
     store = open_store(args.store, args.storage_options)
     infos = store.catalog()
     if args.json:
-        print(json.dumps([dataclasses.asdict(info) for info in infos]))
+        print(_listing_json(infos))
         return 0
     if not infos:
         legacy = store.legacy_keys()
@@ -607,7 +580,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from transfer_pipe.steps.gc import collect_garbage, gc_message
 
-    report = collect_garbage(GcConfig(**{o.name: getattr(args, o.name) for o in options(GcConfig)}))
+    report = collect_garbage(config_from(GcConfig, args))
     print(gc_message(report))
     if args.json:
         print(report.to_json())
@@ -618,7 +591,8 @@ def _verify(args: argparse.Namespace) -> int:
     """Exit status 1 when damage was found and left unrepaired, else 0."""
     from transfer_pipe.steps.verify import verify_feature_set, verify_message
 
-    report = verify_feature_set(args.store, args.key, args.storage_options, repair=args.repair)
+    asked = config_from(VerifyOptions, args)
+    report = verify_feature_set(asked.store, asked.key, asked.storage_options, repair=asked.repair)
     print(verify_message(report))
     if args.json:
         print(report.to_json())
@@ -626,17 +600,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from transfer_pipe.app.serve import ServeOptions, serve
+    from transfer_pipe.app.serve import serve
 
-    return serve(
-        ServeOptions(
-            store=args.store,
-            port=args.port,
-            database_url=args.database_url,
-            gpu_worker=args.gpu_worker,
-            dask_threads=args.dask_threads,
-        )
-    )
+    return serve(config_from(ServeOptions, args))
 
 
 def _automations(args: argparse.Namespace) -> int:

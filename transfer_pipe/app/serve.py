@@ -23,13 +23,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+from transfer_pipe.config import EmbedConfig, _Validated, option, option_of
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.records import Record, known_fields
 
 # Prefect is imported where it is used: `use_running_server` must set PREFECT_API_URL
 # before Prefect's import reads its settings, and `ls` must not pay seconds for it.
@@ -115,23 +117,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def read_record(at: Path | None = None) -> dict[str, Any] | None:
-    """What ``<home>/server.json`` says (url, api_url, port, pid), or None without one."""
+@dataclass(frozen=True)
+class ServerRecord(Record):
+    """Where a ``transfer-pipe serve`` runs: ``<home>/server.json``."""
+
+    url: str  # the UI
+    api_url: str
+    port: int
+    pid: int  # serve's own process
+    heartbeat_s: int | None = None  # what its crash automation expects (older records: none)
+    dask_address: str | None = None  # its Dask scheduler (None: runs start their own)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerRecord:
+        """A record read back; fields it does not know (a newer serve's) are dropped."""
+        return cls(**known_fields(cls, data, RECORD_NAME))
+
+
+def read_record(at: Path | None = None) -> ServerRecord | None:
+    """What ``<home>/server.json`` says, or None without one (or with one that is not a
+    server record)."""
     path = (at or home()) / RECORD_NAME
     try:
-        record: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record
+        return ServerRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError, TransferPipeError):
+        return None  # unreadable, not JSON, or not a JSON object of a server record
 
 
-def running_record(at: Path | None = None) -> dict[str, Any] | None:
+def running_record(at: Path | None = None) -> ServerRecord | None:
     """The record of the ``serve`` under the home when its process is alive and its
     server answers ``/api/health``; else None (no record, or a stale one)."""
     record = read_record(at)
-    if not record or not _alive(int(record.get("pid", 0))):
+    if not record or not _alive(record.pid):
         return None
-    return record if _healthy(str(record.get("api_url", ""))) else None
+    return record if _healthy(record.api_url) else None
 
 
 def use_running_server() -> str | None:
@@ -146,11 +165,11 @@ def use_running_server() -> str | None:
     record = running_record()
     if record is None:
         return None
-    os.environ["PREFECT_API_URL"] = api_url = str(record["api_url"])
-    if record.get("heartbeat_s"):
-        os.environ[HEARTBEAT_ENV] = str(record["heartbeat_s"])
-    if record.get("dask_address"):
-        os.environ.setdefault(DASK_ENV, str(record["dask_address"]))
+    os.environ["PREFECT_API_URL"] = api_url = record.api_url
+    if record.heartbeat_s:
+        os.environ[HEARTBEAT_ENV] = str(record.heartbeat_s)
+    if record.dask_address:
+        os.environ.setdefault(DASK_ENV, record.dask_address)
     return api_url
 
 
@@ -234,26 +253,29 @@ def _client(api_url: str) -> SyncPrefectClient:
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    """What ``transfer-pipe serve`` runs: its store, port and database."""
+class ServeOptions(_Validated):
+    """What ``transfer-pipe serve`` runs: its store, port and database. The fields given
+    with ``option`` are the command's flags (``transfer_pipe.app.cli``)."""
 
-    store: str
-    port: int = 4200
-    database_url: str | None = None
-    gpu_worker: bool = False
-    # Threads of serve's Dask worker (None: as a run's own cluster would have; 0: none, so
-    # each run starts a cluster of its own). Unused when $DASK_SCHEDULER_ADDRESS is set.
-    dask_threads: int | None = None
+    store: str = option_of(EmbedConfig, "store")
+    port: int = option(4200, "loopback port", minimum=1, maximum=65535)
+    database_url: str | None = option(
+        None,
+        "Prefect's database, e.g. postgresql+asyncpg://user:pw@host/prefect "
+        "(default: SQLite under $TRANSFER_PIPE_HOME)",
+    )
+    gpu_worker: bool = option(False, "also run a worker on the gpu pool here")
+    dask_threads: int | None = option(
+        None,
+        "threads of serve's Dask worker, which every run against this serve uses and "
+        "which keeps the model loaded between runs (default: as a run's own cluster; 0: "
+        "no cluster, each run starts its own; ignored when $DASK_SCHEDULER_ADDRESS is set)",
+        minimum=0,
+    )
     heartbeat_s: int = field(default_factory=heartbeat_seconds)
     startup_timeout_s: float = 300.0
     stop_timeout_s: float = 15.0
     home: Path = field(default_factory=home)
-
-    def __post_init__(self) -> None:
-        if self.dask_threads is not None and self.dask_threads < 0:
-            raise TransferPipeError(
-                f"--dask-threads {self.dask_threads}: pass 0 or more (0: no Dask cluster)"
-            )
 
 
 @dataclass
@@ -633,10 +655,10 @@ def _exclusive(at: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            record = read_record(at) or {}
+            record = read_record(at)
             raise TransferPipeError(
                 f"a transfer-pipe server is already running for {at}: "
-                f"{record.get('url', '(starting)')} (pid {record.get('pid', '?')}). "
+                f"{record.url if record else '(starting)'} (pid {record.pid if record else '?'}). "
                 "Stop it with Ctrl-C in its terminal, or use another TRANSFER_PIPE_HOME."
             ) from None
         yield
@@ -647,20 +669,20 @@ def _write_record(
 ) -> None:
     from transfer_pipe.files import write_text_atomic
 
-    record = {
-        "url": api_url.removesuffix("/api"),
-        "api_url": api_url,
-        "port": port,
-        "pid": os.getpid(),
-        "heartbeat_s": heartbeat_s,
-        "dask_address": dask_address,
-    }
-    write_text_atomic(at / RECORD_NAME, json.dumps(record))
+    record = ServerRecord(
+        url=api_url.removesuffix("/api"),
+        api_url=api_url,
+        port=port,
+        pid=os.getpid(),
+        heartbeat_s=heartbeat_s,
+        dask_address=dask_address,
+    )
+    write_text_atomic(at / RECORD_NAME, record.to_json())
 
 
 def _remove_record(at: Path) -> None:
     record = read_record(at)
-    if record and record.get("pid") == os.getpid():
+    if record and record.pid == os.getpid():
         (at / RECORD_NAME).unlink(missing_ok=True)
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from transfer_pipe.records import Record
 from transfer_pipe.schema import FAILURE, SAMPLE_ID, URI
 from transfer_pipe.store.claims import Claim, Holder
 
@@ -132,7 +133,7 @@ class ShardStats:
 
 
 @dataclass(frozen=True)
-class FeatureSetInfo:
+class FeatureSetInfo(Record):
     """One line of the catalog: a version, and what it changed against its parent."""
 
     key: str

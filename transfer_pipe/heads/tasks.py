@@ -24,6 +24,7 @@ import pandas as pd
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import LABEL, SAMPLE_ID, SPLIT_ALIASES, SPLITS, TEST, TRAIN, VAL
 from transfer_pipe.store import FeatureStore
+from transfer_pipe.store.keys import content_id
 
 SOURCE_TASK = "source"
 
@@ -62,8 +63,7 @@ class Task:
         if self.labels_file:
             with fsspec.open(self.labels_file, "rb") as f:
                 payload["labels_file"] = hashlib.sha256(f.read()).hexdigest()
-        canonical = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(canonical).hexdigest()
+        return content_id(payload)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,6 @@ task and split (when the store holds that run) and the probe on the pretrained f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import tempfile
@@ -116,6 +114,7 @@ from transfer_pipe.steps.train import (
 from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.cards import SplitSizes
 from transfer_pipe.store.claims import Claim, Holder, every
+from transfer_pipe.store.keys import content_id
 from transfer_pipe.store.options import store_options
 
 logger = logging.getLogger(__name__)
@@ -253,7 +252,7 @@ def run_id(plan: FinetunePlan) -> str:
     }
     if config.init != "pretrained":  # only then: pretrained runs keep the ids they had
         identity["init"] = config.init
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    digest = content_id(identity, 10)
     task = re.sub(r"[^a-z0-9]+", "-", plan.probe_plan.data.task.name.lower()).strip("-")
     lp_ft = "-lpft" if config.lp_ft else ""
     init = "-scratch" if config.init == "random" else ""

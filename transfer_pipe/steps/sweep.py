@@ -21,8 +21,6 @@ id; a second sweep embeds nothing and fits nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import posixpath
 import tempfile
@@ -62,6 +60,7 @@ from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.train import TrainPlan, finalize_training, prepare_training, train_head
 from transfer_pipe.store import StorageOptions, cards, open_store
 from transfer_pipe.store.cards import cached_record, card_folder, store_fs
+from transfer_pipe.store.keys import content_id
 
 logger = logging.getLogger(__name__)
 Init = Literal["pretrained", "random"]
@@ -499,7 +498,7 @@ def _sweep_id(plan: SweepPlan, keys: dict[Init, str]) -> str:
         "probe": [config.c_values, config.max_iter, config.c_patience, config.bootstrap],
         "probed": "all" if config.probe_all else [config.screen, config.probe_top],
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return content_id(identity, 12)
 
 
 def _finetune_gain(config: SweepConfig, feature_set: str, task: str) -> float | None:

@@ -12,7 +12,6 @@ not the head code (torch, scikit-learn), which is imported when a head is fitted
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import posixpath
@@ -53,6 +52,7 @@ from transfer_pipe.steps.target import embed_first
 from transfer_pipe.store import FeatureSetSpec, StorageOptions, open_store
 from transfer_pipe.store.cards import CARD, SplitSizes, TaskRef, store_fs
 from transfer_pipe.store.claims import Claim, Holder, every
+from transfer_pipe.store.keys import content_id
 
 if TYPE_CHECKING:
     from transfer_pipe.heads.protocol import FittedHead
@@ -202,7 +202,7 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
         identity["label_fraction"] = fraction
     if run.shot_seed is not None:  # drawn rows refit alone (earlier cards: with validation)
         identity["refit"] = "drawn rows"
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    digest = content_id(identity, 10)
     task = re.sub(r"[^a-z0-9]+", "-", plan.task.name.lower()).strip("-") or "task"
     if run.shot_seed is None:
         draw = ""

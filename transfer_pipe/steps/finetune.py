@@ -60,7 +60,6 @@ from transfer_pipe.finetune.data import (
     ImageRows,
     choose_augmentation,
     loader_threads,
-    loader_workers,
 )
 from transfer_pipe.finetune.loop import (
     BEST,
@@ -88,6 +87,7 @@ from transfer_pipe.finetune.surgery import (
 from transfer_pipe.heads.card import HeadCard
 from transfer_pipe.heads.card import read_card as read_head_card
 from transfer_pipe.heads.metrics import evaluate
+from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.protocol import fit_on_train
 from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.report import (
@@ -107,7 +107,6 @@ from transfer_pipe.steps.train import (
     dask_address_of,
     head_id,
     prepare_training,
-    protocol_options,
     task_ref,
     train_head,
 )
@@ -246,7 +245,7 @@ def run_id(plan: FinetunePlan) -> str:
         "split": [config.val_fraction, config.test_fraction, config.split_seed],
         "probe": plan.probe_head_id if config.lp_ft else None,
         "policy": config.policy,
-        "options": asdict(train_options(config)),
+        "options": TrainOptions.from_config(config).computed(),
         "augment": config.augment,
         "bn": config.bn,
     }
@@ -264,25 +263,6 @@ def run_head_name(config: FinetuneConfig) -> str:
     if config.init == "random":
         return f"scratch {config.policy}"
     return f"finetune {config.policy}" + (" lp-ft" if config.lp_ft else "")
-
-
-def train_options(config: FinetuneConfig) -> TrainOptions:
-    return TrainOptions(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        accumulate=config.accumulate,
-        lr=config.lr,
-        # A new head starts far from any solution and may move fast; a probe's head is
-        # already fitted and moves with the backbone.
-        head_lr=config.lr if config.lp_ft else 10 * config.lr,
-        lr_decay=config.lr_decay,
-        weight_decay=config.weight_decay,
-        warmup_epochs=config.warmup_epochs,
-        label_smoothing=config.label_smoothing,
-        patience=config.patience,
-        seed=config.seed,
-        autocast=config.autocast,
-    )
 
 
 def ensure_probe(plan: FinetunePlan) -> HeadCard:
@@ -328,7 +308,7 @@ def lp_ft_probe(plan: FinetunePlan) -> Pipeline:
     card = ensure_probe(plan)
     if tuple(card.classes) != plan.classes:
         raise TransferPipeError(f"probe {plan.probe_head_id} has other classes than the task")
-    options = protocol_options(plan.probe_plan.config)
+    options = ProtocolOptions.from_config(plan.probe_plan.config)
     return fit_on_train(PROBE_HEAD, plan.probe_plan.data, card.chosen, options)
 
 
@@ -347,12 +327,7 @@ def trainer(plan: FinetunePlan) -> Trainer:
     if device.type == "cpu":
         torch.set_num_threads(threads_per_task())
     augmentation = choose_augmentation(plan.splits[TRAIN].uris, config.augment)
-    # Neither says what is computed, only how fast and for how long: not in train_options.
-    options = replace(
-        train_options(config),
-        time_budget_s=config.time_budget_s,
-        loader_workers=loader_workers(config.loader_workers),
-    )
+    options = TrainOptions.from_config(config)
     checkpoints = _checkpoints(config, plan.run_id)
     # A resumed run loads its weights from the checkpoint: no LP-FT head to fit first.
     fresh = not checkpoints.exists(LAST)

@@ -111,7 +111,9 @@ def prepare_training(config: TrainConfig, feature_set: str) -> TrainPlan:
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
     runs = tuple(HeadRun(head, seed) for head in config.heads for seed in _draw_seeds(config))
     task = parse_task(config.task)
-    choice = choose_layer(config, feature_set, spec, task, splits, protocol_options(config))
+    choice = choose_layer(
+        config, feature_set, spec, task, splits, ProtocolOptions.from_config(config)
+    )
     if choice.how != "given":
         logger.info("layer %s (%s): %s", choice.layer, choice.how, choice.reason)
     plan = TrainPlan(config, feature_set, task, choice.layer, splits, runs, spec, choice)
@@ -170,19 +172,6 @@ def check_features(
     return spec, layer
 
 
-def protocol_options(config: TrainConfig) -> ProtocolOptions:
-    return ProtocolOptions(
-        c_min=config.c_min,
-        c_max=config.c_max,
-        c_values=config.c_values,
-        max_iter=config.max_iter,
-        c_patience=config.c_patience,
-        device=config.device,
-        seed=config.split_seed,
-        bootstrap=config.bootstrap,
-    )
-
-
 def head_id(plan: TrainPlan, run: HeadRun) -> str:
     """Deterministic: the same head on the same features, task, split and options gets the
     same id (and a rerun replaces it). Known without reading the features."""
@@ -194,7 +183,7 @@ def head_id(plan: TrainPlan, run: HeadRun) -> str:
         "split": [plan.config.val_fraction, plan.config.test_fraction, plan.config.split_seed],
         "shots": [plan.config.shots, run.shot_seed],
         "head": run.head,
-        "options": asdict(protocol_options(plan.config)),
+        "options": asdict(ProtocolOptions.from_config(plan.config)),
         # A head chosen by an earlier rule is refitted, not reused (heads.options).
         "selection": SELECTION_RULE,
     }
@@ -311,7 +300,7 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str, plots: bool = Tr
         data = data.few_shot(plan.config.shots, run.shot_seed)
     if run.shot_seed is not None and plan.config.label_fraction is not None:
         data = data.label_subset(plan.config.label_fraction, run.shot_seed)
-    fitted = fit_head(run.head, data, protocol_options(plan.config))
+    fitted = fit_head(run.head, data, ProtocolOptions.from_config(plan.config))
     result = HeadResult(
         head_id=identity,
         head=run.head,

@@ -21,7 +21,7 @@ from transfer_pipe.cli import build_parser, run_values_from
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import list_cards
-from transfer_pipe.heads.options import SELECTION_RULE
+from transfer_pipe.heads.options import SELECTION_RULE, ProtocolOptions
 from transfer_pipe.heads.tasks import SplitOptions, parse_task
 from transfer_pipe.steps.target import run_config
 from transfer_pipe.steps.train import (
@@ -29,7 +29,6 @@ from transfer_pipe.steps.train import (
     TrainPlan,
     head_id,
     prepare_training,
-    protocol_options,
     train,
 )
 from transfer_pipe.store import FeatureSetSpec
@@ -97,7 +96,7 @@ def _old_head_id(plan: TrainPlan, run: HeadRun, *, selection: bool = True) -> st
         "split": [plan.config.val_fraction, plan.config.test_fraction, plan.config.split_seed],
         "shots": [plan.config.shots, run.shot_seed],
         "head": run.head,
-        "options": asdict(protocol_options(plan.config)),
+        "options": asdict(ProtocolOptions.from_config(plan.config)),
     }
     if selection:
         identity["selection"] = SELECTION_RULE

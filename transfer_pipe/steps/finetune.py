@@ -99,12 +99,12 @@ from transfer_pipe.report import (
 from transfer_pipe.schema import SAMPLE_ID, TEST, TRAIN, URI, VAL
 from transfer_pipe.scores import Metrics
 from transfer_pipe.steps.embed import embed, library_versions
+from transfer_pipe.steps.jobs import claimed_job, here_or_on_cluster
 from transfer_pipe.steps.results import EmbedSummary, FinetuneSummary
 from transfer_pipe.steps.target import embed_first
 from transfer_pipe.steps.train import (
     HeadRun,
     TrainPlan,
-    dask_address_of,
     head_id,
     prepare_training,
     task_ref,
@@ -112,7 +112,6 @@ from transfer_pipe.steps.train import (
 )
 from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.cards import SplitSizes
-from transfer_pipe.store.claims import Claim, Holder, every
 from transfer_pipe.store.keys import content_id
 from transfer_pipe.store.options import store_options
 
@@ -147,6 +146,11 @@ class FinetunePlan:
     splits: dict[str, SplitImages]
     probe_plan: TrainPlan  # the heads flow's plan for the probe on the same task and split
     probe_head_id: str
+
+    def without_rows(self) -> FinetunePlan:
+        """The plan without the probe's feature rows it may have read (what a Dask task
+        carries: the worker reads what it needs from the store)."""
+        return replace(self, probe_plan=self.probe_plan.without_rows())
 
 
 def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
@@ -346,23 +350,41 @@ def run_finetune(
     plan: FinetunePlan, probe_card: HeadCard, on_epoch: EpochCallback | None = None
 ) -> FinetuneResult:
     """Train (or resume, or reuse a finished run), evaluate on test, save the model with
-    its card and reports; returns the result."""
-    done = read_card(plan.config.store, plan.run_id, plan.config.storage_options)
-    if done is not None:
-        return _reused(plan, done)
-    from transfer_pipe.cluster import in_dask_worker
+    its card and reports, here or as one task on the run's Dask cluster (a GPU worker when
+    the run asks for CUDA; checkpoints go to the store, so a rerun resumes on any worker);
+    returns the result. ``on_epoch`` sees each epoch as it ends (on a worker: sent as a
+    worker event), and any it missed from the result's history at the end."""
+    config = plan.config
+    key = f"finetune-{plan.run_id}"
 
-    if in_dask_worker():  # the driver holds the run's claim
-        return _train_and_save(plan, probe_card, on_epoch)
-    claim = _claim_run(plan)
-    if claim is None:  # another run trained it while this one waited
-        done = read_card(plan.config.store, plan.run_id, plan.config.storage_options)
-        assert done is not None
-        return _reused(plan, done)
-    try:
-        return _train_and_save(plan, probe_card, on_epoch)
-    finally:
-        claim.release()
+    def saved() -> FinetuneCard | None:
+        return read_card(config.store, plan.run_id, config.storage_options)
+
+    def train() -> FinetuneResult:
+        if on_epoch is None:
+            return here_or_on_cluster(config, key, _train_and_save, plan, probe_card)
+        seen = [0]  # the last epoch passed on
+
+        def forward(row: dict[str, Any]) -> None:
+            seen[0] = max(seen[0], int(row["epoch"]))
+            on_epoch(row)
+
+        result = here_or_on_cluster(
+            config, key, _train_and_save, plan, probe_card, on_event=forward
+        )
+        for row in result.history:
+            if row["epoch"] > seen[0]:  # a lost event is not lost
+                on_epoch(row)
+        return result
+
+    return claimed_job(
+        config,
+        key,
+        busy=f"fine-tuning run {plan.run_id} is being trained",
+        saved=saved,
+        reuse=lambda card: _reused(plan, card),
+        run=train,
+    )
 
 
 def _reused(plan: FinetunePlan, done: FinetuneCard) -> FinetuneResult:
@@ -372,35 +394,11 @@ def _reused(plan: FinetunePlan, done: FinetuneCard) -> FinetuneResult:
     return replace(done.result, url=url, reused=True, compared=compared)
 
 
-def _claim_run(plan: FinetunePlan) -> Claim | None:
-    """The claim to train run ``plan.run_id`` (``store.claims``): two runs at once train it
-    once (the later one reuses its card); None when the other run finished it meanwhile."""
-    config = plan.config
-
-    def finished() -> bool:
-        return read_card(config.store, plan.run_id, config.storage_options) is not None
-
-    def waiting(holder: Holder) -> None:
-        logger.warning(
-            "fine-tuning run %s is being trained by another run (%s): waiting for it, to reuse it",
-            plan.run_id,
-            holder.describe(),
-        )
-
-    store = open_store(config.store, config.storage_options)
-    return store.claim(f"finetune-{plan.run_id}", done=finished, waiting=every(30, waiting))
-
-
 def _train_and_save(
-    plan: FinetunePlan, probe_card: HeadCard, on_epoch: EpochCallback | None
+    plan: FinetunePlan, probe_card: HeadCard, on_epoch: EpochCallback | None = None
 ) -> FinetuneResult:
     """Train (or resume from the store's checkpoints), evaluate on test, save the model
-    with its card and reports; here, or on the Dask cluster when one is given."""
-    from transfer_pipe.cluster import in_dask_worker
-
-    address = dask_address_of(plan.config)
-    if address is not None and not in_dask_worker():
-        return _finetune_on_cluster(address, plan, probe_card, on_epoch)
+    with its card and reports."""
     job = trainer(plan)
     state = job.fit(on_epoch)
     test_rows = _rows(plan, TEST, "none")
@@ -416,34 +414,6 @@ def _train_and_save(
             plan.config.store, card, job.model, files.values(), plan.config.storage_options
         )
     return replace(result, url=url)
-
-
-def _finetune_on_cluster(
-    address: str, plan: FinetunePlan, probe_card: HeadCard, on_epoch: EpochCallback | None
-) -> FinetuneResult:
-    """``run_finetune`` as one task on a worker of the Dask cluster at ``address`` (a GPU
-    worker when the run asks for CUDA). The plan travels without the probe's feature rows
-    (the worker reads what it needs from the store); checkpoints go to the store, so a
-    rerun resumes on any worker. ``on_epoch`` sees each epoch here as the worker ends it
-    (sent as a worker event), and any it missed from the result's history at the end."""
-    from transfer_pipe.cluster import run_on_cluster, send_to_driver
-
-    without_rows = replace(plan, probe_plan=replace(plan.probe_plan))
-    key, device = f"finetune-{plan.run_id}", plan.config.device
-    if on_epoch is None:
-        return run_on_cluster(address, device, key, run_finetune, without_rows, probe_card)
-    seen = [0]  # the last epoch passed on
-
-    def forward(row: dict[str, Any]) -> None:
-        seen[0] = max(seen[0], int(row["epoch"]))
-        on_epoch(row)
-
-    args = (without_rows, probe_card, send_to_driver)
-    result = run_on_cluster(address, device, key, run_finetune, *args, on_event=forward)
-    for row in result.history:
-        if row["epoch"] > seen[0]:  # a reused run sends none; a lost event is not lost
-            on_epoch(row)
-    return result
 
 
 def _result(

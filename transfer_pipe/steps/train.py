@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transfer_pipe.config import AUTO_LAYER, TaskOptions, TrainConfig
+from transfer_pipe.config import AUTO_LAYER, TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, HeadResult, head_url, read_card
 from transfer_pipe.heads.options import SELECTION_RULE, ProtocolOptions
@@ -46,12 +46,12 @@ from transfer_pipe.report import (
 from transfer_pipe.schema import TEST, TRAIN, VAL
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.failures import StepFailed
+from transfer_pipe.steps.jobs import claimed_job, here_or_on_cluster
 from transfer_pipe.steps.layer_choice import LayerChoice, choose_layer
 from transfer_pipe.steps.results import HeadSummary, TrainSummary
 from transfer_pipe.steps.target import embed_first
 from transfer_pipe.store import FeatureSetSpec, StorageOptions, open_store
 from transfer_pipe.store.cards import CARD, SplitSizes, TaskRef, store_fs
-from transfer_pipe.store.claims import Claim, Holder, every
 from transfer_pipe.store.keys import content_id
 
 if TYPE_CHECKING:
@@ -80,6 +80,11 @@ class TrainPlan:
     runs: tuple[HeadRun, ...]
     feature_set_spec: FeatureSetSpec
     layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (None: given)
+
+    def without_rows(self) -> TrainPlan:
+        """The plan without the rows it may have read (what a Dask task carries: the
+        worker reads them from the store by key)."""
+        return replace(self)
 
     @functools.cached_property
     def data(self) -> TaskData:
@@ -211,83 +216,31 @@ def train_head(plan: TrainPlan, run: HeadRun, *, plots: bool = True) -> HeadResu
     of probes and draws its own curves)."""
     identity = head_id(plan, run)
     config = plan.config
-    saved = None if config.refit else read_card(config.store, identity, config.storage_options)
-    if saved is not None:
+    key = f"head-{identity}"
+
+    def saved() -> HeadCard | None:
+        return None if config.refit else read_card(config.store, identity, config.storage_options)
+
+    def reuse(card: HeadCard) -> HeadResult:
         logger.info("head %s: reused (the store holds it for these features and options)", identity)
-        return HeadResult.of(saved, head_url(plan.config.store, identity))
-    claim = _claim_head(config, identity)
-    if claim is None:  # another run fitted and saved it while this one waited
-        saved = read_card(config.store, identity, config.storage_options)
-        assert saved is not None
-        return HeadResult.of(saved, head_url(plan.config.store, identity))
-    try:
-        return _fit_here_or_on_cluster(plan, run, identity, plots)
-    except TransferPipeError:
-        raise
-    except Exception as exc:
-        raise StepFailed(
+        return HeadResult.of(card, head_url(config.store, identity))
+
+    def failed(exc: Exception) -> StepFailed:
+        return StepFailed(
             f"head {run.head} ({identity}) on feature set {plan.feature_set} failed: "
             f"{type(exc).__name__}: {exc}. Heads already saved are kept; run again to "
             "fit the rest."
-        ) from exc
-    finally:
-        claim.release()
-
-
-def _claim_head(config: TrainConfig, identity: str) -> Claim | None:
-    """The claim to fit head ``identity`` (``store.claims``): two runs at once fit it once,
-    the later one reusing the card; None when the other run saved it meanwhile."""
-
-    def saved() -> bool:
-        return (
-            not config.refit
-            and read_card(config.store, identity, config.storage_options) is not None
         )
 
-    def waiting(holder: Holder) -> None:
-        logger.warning(
-            "head %s is being fitted by another run (%s): waiting for it, to reuse it",
-            identity,
-            holder.describe(),
-        )
-
-    store = open_store(config.store, config.storage_options)
-    return store.claim(f"head-{identity}", done=saved, waiting=every(30, waiting))
-
-
-def dask_address_of(config: TaskOptions) -> str | None:
-    """The Dask scheduler a heads or fine-tuning run fits on: its ``--dask-address`` (a
-    feature-set key's run as well as one that embeds first), else
-    ``DASK_SCHEDULER_ADDRESS``; None (fit here) when neither is given."""
-    from transfer_pipe.cluster import plan_cluster
-
-    return plan_cluster(config.dask_address, None).address
-
-
-def _fit_here_or_on_cluster(
-    plan: TrainPlan, run: HeadRun, identity: str, plots: bool = True
-) -> HeadResult:
-    """Fit and save the head here or, given a Dask scheduler, as one task on one of its
-    workers (a GPU worker when the head runs on CUDA). The task carries the plan without
-    its rows: the worker reads them from the store by key, and returns the small result."""
-    from transfer_pipe.cluster import in_dask_worker, run_on_cluster
-
-    address = dask_address_of(plan.config)
-    if address is None or in_dask_worker():
-        return _fit_and_save(plan, run, identity, plots)
-    without_rows = replace(plan)  # the rows a driver may have read stay here (never arrays)
-    result = run_on_cluster(
-        address,
-        plan.config.device,
-        f"head-{identity}",
-        _fit_and_save,
-        without_rows,
-        run,
-        identity,
-        plots,
+    return claimed_job(
+        config,
+        key,
+        busy=f"head {identity} is being fitted",
+        saved=saved,
+        reuse=reuse,
+        run=lambda: here_or_on_cluster(config, key, _fit_and_save, plan, run, identity, plots),
+        failed=failed,
     )
-    logger.info("head %s: fitted on the Dask cluster at %s", identity, address)
-    return result
 
 
 def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str, plots: bool = True) -> HeadResult:

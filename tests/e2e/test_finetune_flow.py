@@ -67,10 +67,12 @@ def test_lp_ft_starts_from_the_probe_fitted_on_training_rows(
     # The heads flow's C, refit on the training rows only (the saved probe also saw val).
     data = plan.probe_plan.data
     train_only = fit_on_train(
-        "logreg", data, card.chosen, ProtocolOptions.from_config(plan.probe_plan.config)
+        "logreg", data, card.result.chosen, ProtocolOptions.from_config(plan.probe_plan.config)
     )
     np.testing.assert_allclose(logits, train_only.decision_function(features), rtol=1e-4, atol=1e-4)
-    assert train_only.named_steps["head"].C == saved.named_steps["head"].C == card.chosen["C"]
+    assert (
+        train_only.named_steps["head"].C == saved.named_steps["head"].C == card.result.chosen["C"]
+    )
 
 
 def test_flow_compares_with_the_probe_saves_and_reports(

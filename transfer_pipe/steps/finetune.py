@@ -313,7 +313,7 @@ def lp_ft_probe(plan: FinetunePlan) -> Pipeline:
     if tuple(card.classes) != plan.classes:
         raise TransferPipeError(f"probe {plan.probe_head_id} has other classes than the task")
     options = ProtocolOptions.from_config(plan.probe_plan.config)
-    return fit_on_train(PROBE_HEAD, plan.probe_plan.data, card.chosen, options)
+    return fit_on_train(PROBE_HEAD, plan.probe_plan.data, card.result.chosen, options)
 
 
 def _rows(plan: FinetunePlan, split: str, augmentation: str) -> ImageRows:
@@ -427,7 +427,7 @@ def _result(
     config = plan.config
     probe = ProbeScore(
         head_id=plan.probe_head_id,
-        metrics=probe_card.metrics,
+        metrics=probe_card.result.metrics,
         val_accuracy=probe_val_accuracy(probe_card),
     )
     val_accuracy = best_val_accuracy(state.history, state.best_epoch)
@@ -467,7 +467,7 @@ def probe_val_accuracy(card: HeadCard) -> float | None:
     for point in card.validation_curve:
         # The point's parameters are the chosen ones; its other entries are scores
         # (val_accuracy, val_loss, ...).
-        chosen = all(k in point and point[k] == v for k, v in card.chosen.items())
+        chosen = all(k in point and point[k] == v for k, v in card.result.chosen.items())
         if chosen and "val_accuracy" in point:
             return float(point["val_accuracy"])
     return None

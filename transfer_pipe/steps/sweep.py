@@ -52,7 +52,6 @@ from transfer_pipe.heads.screens import knn_accuracy, logme
 from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.records import Record
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
-from transfer_pipe.schema import TRAIN
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.layer_choice import SWEEP_RECORD as RECORD
 from transfer_pipe.steps.layer_choice import SWEEPS_DIR
@@ -399,7 +398,7 @@ def finalize_sweep(
     next to the feature sets; returns the summary."""
     config = plan.config
     first = summaries[0]
-    rows_per_class = first.splits[TRAIN] / max(1, len(first.classes))
+    rows_per_class = first.splits.train / max(1, len(first.classes))
     advice = recommend(
         depth,
         curve,
@@ -416,7 +415,7 @@ def finalize_sweep(
         feature_sets={init: key for init, key in keys.items()},
         task=first.task,
         classes=list(first.classes),
-        splits=dict(first.splits),
+        splits=first.splits.sizes,
         screen=config.screen,
         screens=list(screens),
         depth=list(depth),

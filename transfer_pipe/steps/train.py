@@ -43,7 +43,6 @@ from transfer_pipe.report import (
     png_data_uri,
     save_result_plots,
 )
-from transfer_pipe.schema import TEST, TRAIN, VAL
 from transfer_pipe.steps.embed import embed, library_versions
 from transfer_pipe.steps.failures import StepFailed
 from transfer_pipe.steps.jobs import claimed_job, here_or_on_cluster
@@ -223,7 +222,7 @@ def train_head(plan: TrainPlan, run: HeadRun, *, plots: bool = True) -> HeadResu
 
     def reuse(card: HeadCard) -> HeadResult:
         logger.info("head %s: reused (the store holds it for these features and options)", identity)
-        return HeadResult.of(card, head_url(config.store, identity))
+        return card.reused(head_url(config.store, identity))
 
     def failed(exc: Exception) -> StepFailed:
         return StepFailed(
@@ -270,7 +269,7 @@ def _fit_and_save(plan: TrainPlan, run: HeadRun, identity: str, plots: bool = Tr
     )
     with tempfile.TemporaryDirectory() as tmp:
         files = _report_files(Path(tmp), result, plots)
-        card = _card(plan, data, fitted, result.head_id)
+        card = _card(plan, data, fitted, result)
         config = plan.config
         url = save_head(
             config.store,
@@ -334,12 +333,11 @@ def _report_files(folder: Path, result: HeadResult, plots: bool = True) -> dict[
     return {**files, "report": report}
 
 
-def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, identity: str) -> HeadCard:
+def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, result: HeadResult) -> HeadCard:
     """The model card: everything needed to trust, reproduce and reuse the head."""
     spec = plan.feature_set_spec
     estimator = fitted.model.named_steps["head"]
     return HeadCard(
-        head_id=identity,
         feature_set=plan.feature_set,
         store=plan.config.store,
         source=spec.source,
@@ -349,26 +347,17 @@ def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, identity: str) ->
         embedding_key=spec.embedding_key,
         dtype=spec.dtype,
         autocast=spec.autocast,
-        layer=data.layer,
         task=task_ref(data),
         classes=list(data.classes),
-        splits=SplitSizes(**data.sizes(), origin=data.split_origin, dropped=data.dropped),
+        splits=data.split_sizes(),
         notes=list(data.notes),
-        shots=data.shots,
-        shot_seed=data.shot_seed,
-        head=fitted.head,
         estimator=type(estimator).__name__,
         params={k: v for k, v in estimator.get_params().items() if _jsonable(v)},
-        chosen=fitted.chosen,
         validation_curve=fitted.validation,
-        metrics=fitted.metrics,
-        seconds=fitted.seconds,
+        result=result,
         libraries=library_versions(_LIBRARIES),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        label_fraction=data.label_fraction,
-        selection=fitted.selection,
         warnings=list(fitted.warnings),
-        layer_choice=_chosen_layer(plan),
     )
 
 
@@ -396,7 +385,7 @@ def finalize_training(
         mine = [r for r in results if r.head == name]
         if mine:
             heads[name] = _head_summary(mine)
-    classes, splits, origin, notes = _rows_summary(plan, results)
+    classes, splits, notes = _rows_summary(plan, results)
     return TrainSummary(
         feature_set=plan.feature_set,
         store=plan.config.store,
@@ -404,7 +393,6 @@ def finalize_training(
         layer=plan.layer,
         classes=list(classes),
         splits=splits,
-        split_origin=origin,
         shots=plan.config.shots,
         notes=list(notes),
         embedded=embedded,
@@ -419,8 +407,8 @@ def finalize_training(
 
 def _rows_summary(
     plan: TrainPlan, results: Sequence[HeadResult]
-) -> tuple[Sequence[str], dict[str, int], str, Sequence[str]]:
-    """The task's classes, split sizes, split origin and notes. When every head was
+) -> tuple[Sequence[str], SplitSizes, Sequence[str]]:
+    """The task's classes, split sizes (and origin) and notes. When every head was
     reused, from a saved head's card: the same features, task and split options mean the
     same rows, and a rerun then reads no features. (Not for a few-shot or label-fraction
     run: its cards hold the size of a draw, and the summary reports the full split.)"""
@@ -428,10 +416,9 @@ def _rows_summary(
     if results and all(r.reused for r in results) and not drawn:
         card = read_card(plan.config.store, results[0].head_id, plan.config.storage_options)
         if card is not None:
-            sizes = {TRAIN: card.splits.train, VAL: card.splits.val, TEST: card.splits.test}
-            return card.classes, sizes, card.splits.origin, card.notes
+            return card.classes, card.splits, card.notes
     data = plan.data
-    return data.classes, data.sizes(), data.split_origin, data.notes
+    return data.classes, data.split_sizes(), data.notes
 
 
 def _head_summary(results: Sequence[HeadResult]) -> HeadSummary:

@@ -74,6 +74,11 @@ class SplitSizes(Record):
     origin: str
     dropped: int = 0
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Rows per split, by split name."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         return cls(**known_fields(cls, data, "a card's splits"))

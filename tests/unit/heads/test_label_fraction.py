@@ -127,7 +127,7 @@ def test_the_selection_rule_is_part_of_every_head_id(monkeypatch: pytest.MonkeyP
         # Mutation: the "selection" entry dropped from steps.train.head_id fails here.
         assert head_id(plan, run) != _old_head_id(plan, run, selection=False)
     before = head_id(plan, HeadRun("logreg"))
-    monkeypatch.setattr("transfer_pipe.steps.train.SELECTION_RULE", SELECTION_RULE + 1)
+    monkeypatch.setattr("transfer_pipe.steps.train.plan.SELECTION_RULE", SELECTION_RULE + 1)
     assert head_id(plan, HeadRun("logreg")) != before
 
 

@@ -11,30 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from transfer_pipe.backbones import (
-    BackboneSpec,
-    Preprocessing,
-    get_backbone,
-    random_variant,
-)
+from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone, random_variant
 from transfer_pipe.backbones.published import use_store
 from transfer_pipe.config import FinetuneConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.checkpoint import CheckpointFolder
-from transfer_pipe.finetune.loop import (
-    TrainOptions,
-)
-from transfer_pipe.finetune.persist import (
-    checkpoint_folder,
-)
+from transfer_pipe.finetune.loop import TrainOptions
+from transfer_pipe.finetune.persist import checkpoint_folder
 from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.schema import SAMPLE_ID, TEST, TRAIN, URI, VAL
-from transfer_pipe.steps.train import (
-    HeadRun,
-    TrainPlan,
-    head_id,
-    prepare_training,
-)
+from transfer_pipe.steps.train import HeadRun, TrainPlan, head_id, prepare_training
 from transfer_pipe.store import FeatureSetSpec, open_store
 from transfer_pipe.store.keys import content_id
 from transfer_pipe.store.options import store_options

@@ -18,10 +18,7 @@ from transfer_pipe.heads.card import read_card as read_head_card
 from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.protocol import fit_on_train
 from transfer_pipe.steps.finetune.plan import PROBE_HEAD, FinetunePlan
-from transfer_pipe.steps.train import (
-    HeadRun,
-    train_head,
-)
+from transfer_pipe.steps.train import HeadRun, train_head
 
 
 def ensure_probe(plan: FinetunePlan) -> HeadCard:

@@ -7,21 +7,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from transfer_pipe.backbones import (
-    publish_backbone,
-)
+from transfer_pipe.backbones import publish_backbone
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.sources import source_from_description
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.finetune.loop import (
-    BEST,
-    load_model_weights,
-)
-from transfer_pipe.finetune.persist import (
-    export_backbone,
-    read_card,
-    run_url,
-)
+from transfer_pipe.finetune.loop import BEST, load_model_weights
+from transfer_pipe.finetune.persist import export_backbone, read_card, run_url
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.finetune.plan import FinetunePlan, checkpoints_of, storage_options_of
 from transfer_pipe.steps.finetune.probe import build_model

@@ -24,32 +24,12 @@ from transfer_pipe.finetune.card import (
     best_val_accuracy,
     probe_verdict,
 )
-from transfer_pipe.finetune.data import (
-    ImageRows,
-    choose_augmentation,
-    loader_threads,
-)
-from transfer_pipe.finetune.loop import (
-    BEST,
-    LAST,
-    EpochCallback,
-    Trainer,
-    TrainOptions,
-    TrainState,
-)
-from transfer_pipe.finetune.persist import (
-    list_cards,
-    read_card,
-    run_url,
-    save_finetuned,
-)
+from transfer_pipe.finetune.data import ImageRows, choose_augmentation, loader_threads
+from transfer_pipe.finetune.loop import BEST, LAST, EpochCallback, Trainer, TrainOptions, TrainState
+from transfer_pipe.finetune.persist import list_cards, read_card, run_url, save_finetuned
 from transfer_pipe.heads.card import HeadCard
 from transfer_pipe.heads.metrics import evaluate
-from transfer_pipe.report import (
-    finetune_report,
-    save_learning_curves,
-    save_result_plots,
-)
+from transfer_pipe.report import finetune_report, save_learning_curves, save_result_plots
 from transfer_pipe.schema import TEST, TRAIN, VAL
 from transfer_pipe.scores import Metrics
 from transfer_pipe.steps.embed import library_versions
@@ -61,9 +41,7 @@ from transfer_pipe.steps.finetune.plan import (
 )
 from transfer_pipe.steps.finetune.probe import build_model, probe_val_accuracy
 from transfer_pipe.steps.jobs import claimed_job, here_or_on_cluster
-from transfer_pipe.steps.train import (
-    task_ref,
-)
+from transfer_pipe.steps.train import task_ref
 from transfer_pipe.store.cards import SplitSizes
 
 _LIBRARIES = ("transfer-pipe", "torch", "torchvision", "numpy", "pillow", "safetensors")

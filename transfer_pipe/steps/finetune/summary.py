@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from transfer_pipe.finetune.card import (
-    FinetuneResult,
-)
-from transfer_pipe.report import (
-    comparison_rows,
-)
+from transfer_pipe.finetune.card import FinetuneResult
+from transfer_pipe.report import comparison_rows
 from transfer_pipe.steps.finetune.plan import FinetunePlan
 from transfer_pipe.steps.results import FinetuneSummary
 

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
     plan = prepare_finetune(config, summary.feature_set)
     record["splits"] = {name: len(split) for name, split in plan.splits.items()}
     phase = time.perf_counter()
-    probe = ensure_probe(plan)
+    probe_card = ensure_probe(plan)
+    probe = probe_card.result
     record["seconds"]["probe"] = time.perf_counter() - phase
     record["probe"] = {
         "head_id": probe.head_id,
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace, store: str, device: torch.device, out: Path) -
         print(json.dumps(row), flush=True)
 
     phase = time.perf_counter()
-    result = run_finetune(plan, probe, on_epoch)
+    result = run_finetune(plan, probe_card, on_epoch)
     record["seconds"]["finetune"] = time.perf_counter() - phase
     final = finalize_finetune(plan, result)
     rates = [row["train_images_per_s"] for row in result.history]

@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from transfer_pipe.curves import Screen
 from transfer_pipe.errors import TransferPipeError
@@ -28,8 +28,10 @@ DEFAULT_STORE = "./feature-store"
 # what an embed run taps by default (benchmarks/taps.py: the same time, twice the bytes).
 AUTO_LAYER = "auto"
 TOP = "top"
-# Every head the protocol knows (``heads.protocol.HEAD_KINDS`` builds them, in this order).
-HEAD_NAMES = ("logreg", "svm", "knn", "ridge", "torch-linear", "mlp")
+# Every head the protocol knows, in the order ``heads.protocol.HEAD_KINDS`` holds them: the
+# one list of head names (the config's checks, the CLI and the registry read it).
+HeadName = Literal["logreg", "svm", "knn", "ridge", "torch-linear", "mlp"]
+HEAD_NAMES: tuple[HeadName, ...] = typing.get_args(HeadName)
 DEFAULT_HEADS = HEAD_NAMES
 Dtype = Literal["float32", "float16"]
 Autocast = Literal["none", "bf16", "fp16"]
@@ -198,6 +200,29 @@ def option_of(config_class: type, name: str) -> Any:
     (the pipeline's ``finetune_epochs`` is fine-tuning's ``epochs``): written once."""
     (source,) = (f for f in dataclasses.fields(config_class) if f.name == name)
     return dataclasses.field(default=source.default, metadata={**source.metadata, "flag": None})
+
+
+S = TypeVar("S")
+
+
+def setting(config_class: type, name: str) -> Any:
+    """A field of a settings record (what a step hands a library routine: the probe's
+    ``ProtocolOptions``, the training loop's ``TrainOptions``) that is ``config_class``'s
+    option ``name``: its default is the option's, and ``settings_from`` fills it from a
+    config. The option stays written once, on the config."""
+    (source,) = (f for f in dataclasses.fields(config_class) if f.name == name)
+    return dataclasses.field(default=source.default, metadata={"config": name})
+
+
+def settings_from(record_class: type[S], config: Any, **values: Any) -> S:
+    """A ``record_class`` (a dataclass) whose ``setting`` fields hold ``config``'s values
+    of those options, and ``values`` on top (its fields that are no option)."""
+    assert dataclasses.is_dataclass(record_class)
+    fields = dataclasses.fields(record_class)
+    copied = {
+        f.name: getattr(config, f.metadata["config"]) for f in fields if "config" in f.metadata
+    }
+    return record_class(**{**copied, **values})
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ def test_heads_find_fashion_mnist_classes_and_not_shuffled_labels(tmp_path: Path
         embed=embed_config(tmp_path / "images", store), store=str(store), heads=heads
     )
     summary = run_train(config)
-    assert len(summary.classes) == 10 and summary.splits["test"] == 60
-    luck = beyond_luck(summary.splits["test"], 1 / len(summary.classes))
+    assert len(summary.classes) == 10 and summary.splits.sizes["test"] == 60
+    luck = beyond_luck(summary.splits.sizes["test"], 1 / len(summary.classes))
     # Mutation: writing a shard's features in reversed row order (features/shard.py)
     # pairs each image's features with another image's label: every head falls below.
     for head in heads:
@@ -64,7 +64,7 @@ def test_heads_find_fashion_mnist_classes_and_not_shuffled_labels(tmp_path: Path
             feature_set=summary.feature_set, store=str(store), heads=heads, task=str(shuffled)
         )
     )
-    assert control.splits == summary.splits and control.embedded == 0
+    assert control.splits.sizes == summary.splits.sizes and control.embedded == 0
     for head in heads:
         assert control.heads[head].accuracy < luck, (head, control.heads[head], luck)
 

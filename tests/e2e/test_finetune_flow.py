@@ -22,10 +22,10 @@ from transfer_pipe.backbones import get_backbone, list_backbones
 from transfer_pipe.config import EmbedConfig, FinetuneConfig, run_values
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.persist import list_cards
+from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.persist import load_head
 from transfer_pipe.heads.protocol import fit_on_train
 from transfer_pipe.steps.finetune import build_model, ensure_probe, prepare_finetune
-from transfer_pipe.steps.train import protocol_options
 from transfer_pipe.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -66,9 +66,13 @@ def test_lp_ft_starts_from_the_probe_fitted_on_training_rows(
         logits = model.head(torch.from_numpy(np.asarray(features, np.float32))).numpy()
     # The heads flow's C, refit on the training rows only (the saved probe also saw val).
     data = plan.probe_plan.data
-    train_only = fit_on_train("logreg", data, card.chosen, protocol_options(plan.probe_plan.config))
+    train_only = fit_on_train(
+        "logreg", data, card.result.chosen, ProtocolOptions.from_config(plan.probe_plan.config)
+    )
     np.testing.assert_allclose(logits, train_only.decision_function(features), rtol=1e-4, atol=1e-4)
-    assert train_only.named_steps["head"].C == saved.named_steps["head"].C == card.chosen["C"]
+    assert (
+        train_only.named_steps["head"].C == saved.named_steps["head"].C == card.result.chosen["C"]
+    )
 
 
 def test_flow_compares_with_the_probe_saves_and_reports(

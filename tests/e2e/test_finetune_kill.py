@@ -59,7 +59,7 @@ def test_a_killed_finetune_command_resumes_to_the_uninterrupted_result(
     tmp_path: Path, prefect_api: str
 ) -> None:
     """Mutations seen to fail it: ``Trainer.resume`` not loading the optimizer's state;
-    ``trainer()`` in steps/finetune.py ignoring the checkpoint folder (a fresh start:
+    ``trainer()`` in steps/finetune/run.py ignoring the checkpoint folder (a fresh start:
     the epochs before the kill are trained again, with other timings)."""
     data = tmp_path / "images"
     make_data(data, per_class=20)  # 60 images whose colour says their class

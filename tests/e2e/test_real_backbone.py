@@ -88,7 +88,7 @@ def test_linear_probe_on_pretrained_features_two_tasks(tmp_path: Path) -> None:
     )
     assert (fine.embedded, coarse.embedded) == (0, 0)
     rows = open_store(config.store).row_table(key, columns=("split",))
-    assert fine.splits["test"] == (rows["split"] == "test").sum()  # the source's own
+    assert fine.splits.sizes["test"] == (rows["split"] == "test").sum()  # the source's own
     assert len(fine.classes) == 10 and coarse.classes == [
         "bags",
         "bottoms",

@@ -86,19 +86,19 @@ def test_two_tasks_on_one_feature_set_compute_no_embedding(
         assert set(summary.heads) == set(HEADS)
         for head in summary.heads.values():
             assert 0.0 <= head.accuracy <= 1.0 and 0.0 <= head.macro_f1 <= 1.0
-        splits = summary.splits
+        splits = summary.splits.sizes
         assert splits["train"] + splits["val"] + splits["test"] == 36  # every good image
     pd.testing.assert_frame_equal(shard_stats(store, key), before)  # nothing re-embedded
     assert len(open_store(str(store)).list_keys()) == 1
 
     cards = list_cards(str(store))
-    assert {(c.task.name, c.head) for c in cards} == {
+    assert {(c.task.name, c.result.head) for c in cards} == {
         (task, head) for task in ("source", "odd-even") for head in HEADS
     }
     for card in cards:
         assert card.feature_set == key and card.backbone == "tiny_test"
         assert card.libraries["scikit-learn"] != "not installed"
-        folder = store / "heads" / card.head_id
+        folder = store / "heads" / card.result.head_id
         assert {"card.json", "confusion.png", "per_class.png", "report.md"} <= {
             p.name for p in folder.iterdir()
         }
@@ -142,8 +142,8 @@ def test_source_target_embeds_first_then_nothing(tmp_path: Path) -> None:
     assert first.layer == choice.layer and again.layer_choice == choice
     (card,) = list_cards(str(store))
     # Mutation: the card built without layer_choice fails here.
-    assert card.layer_choice == choice and card.layer == choice.layer
-    report = (Path(head_url(str(store), card.head_id)) / "report.md").read_text()
+    assert card.result.layer_choice == choice and card.result.layer == choice.layer
+    report = (Path(head_url(str(store), card.result.head_id)) / "report.md").read_text()
     assert f"- Layer: {choice.layer}, chosen on validation: best validation accuracy" in report
     refit = run_train(replace(config, refit=True))
     assert (refit.heads_fitted, refit.heads_reused) == (1, 0)
@@ -184,7 +184,7 @@ def test_predict_on_new_and_cached_files_agrees(
     # The same answer the fitted model gives on the cached features themselves.
     model, card = load_head(str(store), head_id)
     ids = [f"class1/{p.name}" for p in cached]
-    loaded = open_store(str(store)).load(key, sample_ids=ids, layer=card.layer)
+    loaded = open_store(str(store)).load(key, sample_ids=ids, layer=card.result.layer)
     assert model.predict(loaded.features).tolist() == old_rows["class"].tolist()
     top = [json.loads(t) for t in old_rows["top_k"]]
     assert all(len(t) == len(card.classes) for t in top)  # 3 classes < top-5
@@ -200,12 +200,12 @@ def test_few_shot_repeats_over_seeds(embedded: tuple[Path, Path, str]) -> None:
     logreg = summary.heads["logreg"]
     assert len(logreg.head_ids) == len(set(logreg.head_ids)) == 3
     assert logreg.accuracy_std is not None and 0.0 <= logreg.accuracy <= 1.0
-    cards = [c for c in list_cards(str(store)) if c.head_id in logreg.head_ids]
-    assert sorted(c.shot_seed for c in cards) == [0, 1, 2]
+    cards = [c for c in list_cards(str(store)) if c.result.head_id in logreg.head_ids]
+    assert sorted(c.result.shot_seed for c in cards) == [0, 1, 2]
     for card in cards:
-        assert card.shots == 2
+        assert card.result.shots == 2
         assert card.splits.train == 2 * len(card.classes)  # k per class, no more
-        assert card.splits.val == summary.splits["val"]  # judged on the same rows
+        assert card.splits.val == summary.splits.sizes["val"]  # judged on the same rows
 
 
 def test_a_learning_curve_fits_each_share_of_the_labels_over_seeds(
@@ -216,31 +216,31 @@ def test_a_learning_curve_fits_each_share_of_the_labels_over_seeds(
     config = TrainConfig(
         feature_set=key, store=str(store), heads=heads, label_fraction=0.25, shot_seeds=3
     )
-    full = train(TrainConfig(feature_set=key, store=str(store), heads=("ridge",))).splits
+    full = train(TrainConfig(feature_set=key, store=str(store), heads=("ridge",))).splits.sizes
     per_class = Counter(prepare_training(config, key).data.train.labels.tolist())
     quarter = sum(math.ceil(n / 4) for n in per_class.values())  # about a quarter, per class
     assert sum(per_class.values()) == full["train"] and quarter < full["train"] / 2
 
     summary = run_train(config)  # the flow: its parameters carry the fraction
-    assert (summary.label_fraction, summary.splits) == (0.25, full)
+    assert (summary.label_fraction, summary.splits.sizes) == (0.25, full)
     assert (summary.heads_fitted, summary.heads_reused) == (6, 0)
-    cards = {c.head_id: c for c in list_cards(str(store))}
+    cards = {c.result.head_id: c for c in list_cards(str(store))}
     for name in heads:
         head = summary.heads[name]
         assert len(set(head.head_ids)) == 3  # three seeds per head kind
         assert head.accuracy_std is not None and 0.0 <= head.accuracy <= 1.0
         mine = [cards[i] for i in head.head_ids]
-        assert head.accuracy == pytest.approx(np.mean([c.metrics.accuracy for c in mine]))
-        assert sorted(c.shot_seed or 0 for c in mine) == [0, 1, 2]
+        assert head.accuracy == pytest.approx(np.mean([c.result.metrics.accuracy for c in mine]))
+        assert sorted(c.result.shot_seed or 0 for c in mine) == [0, 1, 2]
         for card in mine:
-            assert card.label_fraction == 0.25
+            assert card.result.label_fraction == 0.25
             # Mutation: _fit_and_save ignoring label_fraction fits on every row: fails here.
             assert card.splits.train == quarter
             assert (card.splits.val, card.splits.test) == (full["val"], full["test"])
 
     # Mutation: train_head ignoring the saved card refits 6 heads here.
     again = run_train(config)
-    assert (again.heads_fitted, again.heads_reused, again.splits) == (0, 6, full)
+    assert (again.heads_fitted, again.heads_reused, again.splits.sizes) == (0, 6, full)
     assert again.heads["logreg"].head_ids == summary.heads["logreg"].head_ids
 
     half = train(replace(config, label_fraction=0.5))
@@ -249,7 +249,7 @@ def test_a_learning_curve_fits_each_share_of_the_labels_over_seeds(
     # Fraction 1 keeps every row whatever the seed: one head per kind, not three.
     whole = train(replace(config, label_fraction=1.0))
     assert [len(h.head_ids) for h in whole.heads.values()] == [1, 1]
-    whole_cards = [c for c in list_cards(str(store)) if c.label_fraction == 1.0]
+    whole_cards = [c for c in list_cards(str(store)) if c.result.label_fraction == 1.0]
     assert [c.splits.train for c in whole_cards] == [full["train"]] * 2
 
 
@@ -263,7 +263,7 @@ def test_heads_read_several_layers_side_by_side(tmp_path: Path) -> None:
     summary = train(TrainConfig(feature_set=key, store=store, heads=("logreg",), layer=layer))
     head_id = summary.heads["logreg"].head_ids[0]
     model, card = load_head(store, head_id)
-    assert card.layer == layer
+    assert card.result.layer == layer
     assert (
         model.n_features_in_ == spec.layer_dims[spec.layers[-1]] + spec.layer_dims[spec.layers[-2]]
     )

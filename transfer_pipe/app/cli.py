@@ -288,8 +288,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"layer {summary.layer} ({summary.layer_choice.how}): {summary.layer_choice.reason}")
     print(
         f"task {summary.task} on feature set {summary.feature_set} "
-        f"(layer {summary.layer}; train/val/test {summary.splits['train']}/"
-        f"{summary.splits['val']}/{summary.splits['test']}, {summary.split_origin}); "
+        f"(layer {summary.layer}; train/val/test {summary.splits.train}/"
+        f"{summary.splits.val}/{summary.splits.test}, {summary.splits.origin}); "
         f"{summary.embedded} images embedded, {summary.heads_fitted} heads fitted and "
         f"{summary.heads_reused} reused (same features, task, split and options) by this run"
     )

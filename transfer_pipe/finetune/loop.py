@@ -13,16 +13,17 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transfer_pipe.config import FinetuneConfig, setting, settings_from
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.checkpoint import CheckpointFolder
-from transfer_pipe.finetune.data import ImageRows, make_loader, prefetch
+from transfer_pipe.finetune.data import ImageRows, loader_workers, make_loader, prefetch
 from transfer_pipe.finetune.surgery import FinetuneModel, parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -32,22 +33,43 @@ _OLD_FORMAT = ("last.pt", "best.pt")  # pickles of older versions: never loaded
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainOptions:
-    epochs: int = 10
-    batch_size: int = 128
-    accumulate: int = 1
-    lr: float = 1e-4
-    head_lr: float = 1e-3
-    lr_decay: float = 0.7
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    patience: int = 3
-    seed: int = 0
-    autocast: str = "bf16"  # CUDA only
-    time_budget_s: float | None = None
+    """What the loop trains with: a fine-tuning run's options (``FinetuneConfig``, their one
+    home, whose defaults these are; ``from_config``) and what they resolve to."""
+
+    epochs: int = setting(FinetuneConfig, "epochs")
+    batch_size: int = setting(FinetuneConfig, "batch_size")
+    accumulate: int = setting(FinetuneConfig, "accumulate")
+    lr: float = setting(FinetuneConfig, "lr")
+    head_lr: float
+    lr_decay: float = setting(FinetuneConfig, "lr_decay")
+    weight_decay: float = setting(FinetuneConfig, "weight_decay")
+    warmup_epochs: float = setting(FinetuneConfig, "warmup_epochs")
+    label_smoothing: float = setting(FinetuneConfig, "label_smoothing")
+    patience: int = setting(FinetuneConfig, "patience")
+    seed: int = setting(FinetuneConfig, "seed")
+    autocast: str = setting(FinetuneConfig, "autocast")  # CUDA only
+    time_budget_s: float | None = setting(FinetuneConfig, "time_budget_s")
     loader_workers: int = 0  # DataLoader processes; 0: the rows' decode threads
+
+    @classmethod
+    def from_config(cls, config: FinetuneConfig) -> Self:
+        """The options ``config`` trains with (its options as given: see
+        ``FinetuneConfig.as_trained`` for what random init changes)."""
+        return settings_from(
+            cls,
+            config,
+            # A new head starts far from any solution and may move fast; a probe's head is
+            # already fitted and moves with the backbone.
+            head_lr=config.lr if config.lp_ft else 10 * config.lr,
+            loader_workers=loader_workers(config.loader_workers),
+        )
+
+    def computed(self) -> dict[str, Any]:
+        """The options that decide what is computed, as a run's id records them: how long
+        (the time budget) and how fast (loader processes) left at none and 0."""
+        return asdict(replace(self, time_budget_s=None, loader_workers=0))
 
 
 @dataclass

@@ -10,10 +10,10 @@ scikit-learn): a run whose heads the store holds reads only their cards.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
-from transfer_pipe.records import Record
+from transfer_pipe.records import Record, known_fields
 from transfer_pipe.scores import Metrics
 from transfer_pipe.store import StorageOptions, cards
 from transfer_pipe.store.cards import LayerChoice, ModelCard, card_folder
@@ -70,62 +70,9 @@ class HeadResult(Record):
     layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (None: given)
 
     @classmethod
-    def of(cls, card: HeadCard, url: str) -> Self:
-        """The result a saved head recorded (a head reused, not refitted)."""
-        return cls(
-            head_id=card.head_id,
-            head=card.head,
-            task=card.task.name,
-            layer=card.layer,
-            shots=card.shots,
-            shot_seed=card.shot_seed,
-            chosen=card.chosen,
-            metrics=card.metrics,
-            seconds=card.seconds,
-            url=url,
-            reused=True,
-            label_fraction=card.label_fraction,
-            selection=card.selection,
-            layer_choice=card.layer_choice,
-        )
-
-
-@dataclass(frozen=True)
-class HeadCard(ModelCard):
-    """The model card of a saved head (``model_file`` is set when it is saved)."""
-
-    head_id: str
-    embedding_key: str
-    dtype: str
-    layer: str
-    shots: int | None
-    shot_seed: int | None
-    head: str
-    estimator: str
-    params: dict[str, Any]
-    chosen: dict[str, Any]
-    validation_curve: list[dict[str, Any]]
-    metrics: Metrics
-    seconds: dict[str, float]
-    model_file: str = ""
-    notes: list[str] = field(default_factory=list)  # what the task's labelling noticed
-    # The share of the training labels it was fitted on (seed: shot_seed); None: all of them.
-    label_fraction: float | None = None
-    autocast: str = "none"  # its feature set's forward precision: predict embeds alike
-    # A kNN head's training rows, referenced in its feature set ("": kept in the model).
-    fit_rows_file: str = ""
-    selection: HeadSelection | None = None  # how ``chosen`` was chosen (None: older cards)
-    warnings: list[str] = field(default_factory=list)  # e.g. a test set too small to trust
-    layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (None: given, or older)
-
-    @property
-    def card_id(self) -> str:
-        return self.head_id
-
-    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """The card as read back from ``card.json``."""
-        fields = cls._read_fields(data, f"card of head {data.get('head_id', '?')!r}")
+        """The result as a card holds it."""
+        fields = known_fields(cls, data, f"result of head {data.get('head_id', '?')!r}")
         return cls(
             **{
                 **fields,
@@ -134,6 +81,56 @@ class HeadCard(ModelCard):
                 "layer_choice": LayerChoice.read(fields.get("layer_choice")),
             }
         )
+
+
+@dataclass(frozen=True)
+class HeadCard(ModelCard):
+    """The model card of a saved head (``model_file`` is set when it is saved): the
+    features, estimator and candidates it was fitted with, and its ``result`` (as fitted:
+    without ``url`` and ``reused``; ``card.json`` holds its fields flat, see ``to_dict``)."""
+
+    embedding_key: str
+    dtype: str
+    estimator: str
+    params: dict[str, Any]
+    validation_curve: list[dict[str, Any]]
+    result: HeadResult
+    model_file: str = ""
+    notes: list[str] = field(default_factory=list)  # what the task's labelling noticed
+    autocast: str = "none"  # its feature set's forward precision: predict embeds alike
+    # A kNN head's training rows, referenced in its feature set ("": kept in the model).
+    fit_rows_file: str = ""
+    warnings: list[str] = field(default_factory=list)  # e.g. a test set too small to trust
+
+    @property
+    def card_id(self) -> str:
+        return self.result.head_id
+
+    def reused(self, url: str) -> HeadResult:
+        """The result this saved head recorded, as a run that reuses it (not refitting it)
+        returns it: found at ``url``."""
+        return replace(self.result, url=url, reused=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as ``card.json`` holds it: flat, the result's fields among the card's
+        own, as every release wrote it (so that each reads the others' cards), without the
+        result's ``url`` and ``reused`` (where and how a run found it) and with the task
+        as the card's record of it."""
+        card = super().to_dict()
+        result = {k: v for k, v in card.pop("result").items() if k not in _NOT_ON_CARD}
+        return {**card, **result}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The card as read back from ``card.json`` (see ``to_dict``)."""
+        what = f"card of head {data.get('head_id', '?')!r}"
+        # On disk the result's fields are the card's own: read the card's without it first.
+        fields = cls._read_fields({**data, "result": None}, what)
+        result = HeadResult.from_dict({**data, "task": fields["task"].name})
+        return cls(**{**fields, "result": result})
+
+
+_NOT_ON_CARD = ("url", "reused", "task")  # a result's fields that its card.json leaves out
 
 
 @dataclass(frozen=True)
@@ -152,13 +149,13 @@ class HeadListing(Record):
     @classmethod
     def of(cls, card: HeadCard) -> Self:
         return cls(
-            head_id=card.head_id,
+            head_id=card.result.head_id,
             feature_set=card.feature_set,
             task=card.task.name,
-            head=card.head,
-            layer=card.layer,
-            accuracy=round(card.metrics.accuracy, 4),
-            macro_f1=round(card.metrics.macro_f1, 4),
+            head=card.result.head,
+            layer=card.result.layer,
+            accuracy=round(card.result.metrics.accuracy, 4),
+            macro_f1=round(card.result.metrics.macro_f1, 4),
             created=card.created,
         )
 

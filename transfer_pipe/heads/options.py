@@ -4,8 +4,11 @@ so known without importing the heads themselves (torch, scikit-learn)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
+
+from transfer_pipe.config import TrainConfig, setting, settings_from
 
 # Below this many validation rows in some class, one validation split cannot rank
 # hyperparameters: 6 rows (60 images, 3 classes, a 10 % split) tie every C. Twenty rows
@@ -24,22 +27,29 @@ SELECTION_RULE = 2
 
 @dataclass(frozen=True)
 class ProtocolOptions:
-    """Knobs of the protocol; the defaults are the standard linear-evaluation ones."""
+    """Knobs of the protocol: a heads run's options (``TrainConfig``, their one home, whose
+    defaults are the standard linear-evaluation ones; ``from_config``) and the protocol's
+    own constants."""
 
-    c_min: float = 1e-6
-    c_max: float = 1e5
-    c_values: int = 45
-    max_iter: int = 100  # L-BFGS iterations per grid value (warm-started: they add up)
+    c_min: float = setting(TrainConfig, "c_min")
+    c_max: float = setting(TrainConfig, "c_max")
+    c_values: int = setting(TrainConfig, "c_values")
+    max_iter: int = setting(TrainConfig, "max_iter")  # per grid value (warm-started: they add up)
     # The walk stops once this many values in a row scored below the best validation
     # accuracy while the validation loss rose at each (0: walk the whole grid).
-    c_patience: int = 4
+    c_patience: int = setting(TrainConfig, "c_patience")
     refit_max_iter: int = 1000
-    device: str = "auto"
-    seed: int = 0
-    bootstrap: int = 1000
+    device: str = setting(TrainConfig, "device")
+    seed: int = setting(TrainConfig, "split_seed")
+    bootstrap: int = setting(TrainConfig, "bootstrap")
     # Cross-validate (``cv_folds`` folds) when some class has fewer validation rows.
     few_val_rows_per_class: int = FEW_VALIDATION_ROWS_PER_CLASS
     cv_folds: int = CV_FOLDS
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> Self:
+        """The protocol a heads run fits with: its options, its split seed as the seed."""
+        return settings_from(cls, config)
 
     def c_grid(self) -> tuple[float, ...]:
         return tuple(

@@ -64,7 +64,7 @@ def save_head(
         with _training_rows_left_out(model if rows else None):
             model_file = _write_model(model, folder)
         card = replace(card, model_file=model_file.name, fit_rows_file=rows.name if rows else "")
-        url = head_url(store, card.head_id)
+        url = head_url(store, card.result.head_id)
         saved = (model_file, *([rows] if rows else []), *files)
         return save_with_card(url, saved, card, storage_options)
 
@@ -148,16 +148,17 @@ def _restore_training_rows(
     from transfer_pipe.store import open_store
 
     fs, path = store_fs(
-        posixpath.join(head_url(store_url, card.head_id), card.fit_rows_file), storage_options
+        posixpath.join(head_url(store_url, card.result.head_id), card.fit_rows_file),
+        storage_options,
     )
     with fs.open(path, "rb") as f:
         ids = pd.read_parquet(f)[SAMPLE_ID].astype(str).tolist()
     store = open_store(store_url, storage_options)
     try:
-        features = layer_features(store, card.feature_set, card.layer, ids)
+        features = layer_features(store, card.feature_set, card.result.layer, ids)
     except TransferPipeError as err:
         raise TransferPipeError(
-            f"head {card.head_id} (kNN) reads its training rows from feature set "
+            f"head {card.result.head_id} (kNN) reads its training rows from feature set "
             f"{card.feature_set}, which no longer holds them ({err}); fit it again with "
             "`transfer-pipe train`."
         ) from err

@@ -53,6 +53,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from transfer_pipe.cluster import threads_per_task
+from transfer_pipe.config import HEAD_NAMES, HeadName
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadSelection
 from transfer_pipe.heads.linear import LBFGSLinearClassifier
@@ -71,7 +72,7 @@ Selection = Literal["grid", "early-stopping"]
 class HeadKind:
     """One kind of head: how to build it and how its hyperparameters are chosen."""
 
-    name: str
+    name: HeadName
     build: Callable[[ProtocolOptions], BaseEstimator]
     grid: Callable[[ProtocolOptions, int], list[dict[str, Any]]]  # (options, train rows)
     selection: Selection = "grid"
@@ -85,7 +86,7 @@ def _knn_grid(_: ProtocolOptions, train_rows: int) -> list[dict[str, Any]]:
     return [{"n_neighbors": k} for k in (1, 3, 5, 10, 20, 50) if k <= train_rows]
 
 
-HEAD_KINDS: dict[str, HeadKind] = {
+_KINDS = {
     kind.name: kind
     for kind in (
         HeadKind(
@@ -130,6 +131,11 @@ HEAD_KINDS: dict[str, HeadKind] = {
         ),
     )
 }
+
+# In the order of ``config.HEAD_NAMES``, the one list of head names (which the checks and
+# the CLI offer): a name there without a kind here fails on import, a kind named
+# otherwise fails the type check.
+HEAD_KINDS: dict[str, HeadKind] = {name: _KINDS[name] for name in HEAD_NAMES}
 
 
 def head_kind(name: str) -> HeadKind:

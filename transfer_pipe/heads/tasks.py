@@ -24,6 +24,8 @@ import pandas as pd
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import LABEL, SAMPLE_ID, SPLIT_ALIASES, SPLITS, TEST, TRAIN, VAL
 from transfer_pipe.store import FeatureStore
+from transfer_pipe.store.cards import SplitSizes
+from transfer_pipe.store.keys import content_id
 
 SOURCE_TASK = "source"
 
@@ -62,8 +64,7 @@ class Task:
         if self.labels_file:
             with fsspec.open(self.labels_file, "rb") as f:
                 payload["labels_file"] = hashlib.sha256(f.read()).hexdigest()
-        canonical = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(canonical).hexdigest()
+        return content_id(payload)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,11 @@ class TaskData:
 
     def sizes(self) -> dict[str, int]:
         return {TRAIN: len(self.train), VAL: len(self.val), TEST: len(self.test)}
+
+    def split_sizes(self) -> SplitSizes:
+        """Rows per split, where the split came from and the rows the task left unlabelled:
+        as a card records them."""
+        return SplitSizes(**self.sizes(), origin=self.split_origin, dropped=self.dropped)
 
 
 def split_layers(layer: str) -> list[str]:

@@ -11,7 +11,7 @@ store alone (no forward pass, no fit, no model code imported), before any subflo
 from __future__ import annotations
 
 from transfer_pipe.config import GcConfig, PipelineConfig
-from transfer_pipe.heads.card import HeadResult, head_url, read_card
+from transfer_pipe.heads.card import head_url, read_card
 from transfer_pipe.steps.embed import complete_plan, embed, finalize_embedding
 from transfer_pipe.steps.gc import collect_garbage
 from transfer_pipe.steps.results import PipelineSummary
@@ -62,5 +62,5 @@ def up_to_date(config: PipelineConfig) -> PipelineSummary | None:
         card = read_card(config.store, identity, config.storage_options)
         if card is None:
             return None
-        results.append(HeadResult.of(card, head_url(config.store, identity)))
+        results.append(card.reused(head_url(config.store, identity)))
     return PipelineSummary.of(finalize_embedding(plan, []), finalize_training(heads, results))

@@ -62,7 +62,7 @@ def predict(
             "with the file its feature set was embedded with."
         )
     preprocessing = Preprocessing.from_dict(card.preprocessing)
-    layers = split_layers(card.layer)
+    layers = split_layers(card.result.layer)
     uris = [_uri(path) for path in paths]
     contents, errors = _read_all(uris)
     hashes = [hashlib.sha256(c).hexdigest() if c is not None else "" for c in contents]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transfer_pipe.records import Record
-from transfer_pipe.store.cards import LayerChoice
+from transfer_pipe.store.cards import LayerChoice, SplitSizes
 from transfer_pipe.store.retention import GcReport
 
 
@@ -75,8 +75,7 @@ class TrainSummary(Record):
     task: str
     layer: str
     classes: list[str]
-    splits: dict[str, int]
-    split_origin: str
+    splits: SplitSizes
     shots: int | None
     notes: list[str]
     embedded: int  # images embedded first by this run (given a source)
@@ -86,6 +85,17 @@ class TrainSummary(Record):
     table: list[dict[str, Any]]
     label_fraction: float | None = None  # share of the training labels each head was fitted on
     layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (--layer auto)
+
+    def to_dict(self) -> dict[str, Any]:
+        # The JSON shape printed before the splits were a record: sizes by split name,
+        # then ``split_origin`` beside them.
+        shown: dict[str, Any] = {}
+        for name, value in super().to_dict().items():
+            if name == "splits":
+                shown |= {"splits": self.splits.sizes, "split_origin": self.splits.origin}
+            else:
+                shown[name] = value
+        return shown
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,6 @@ id; a second sweep embeds nothing and fits nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import posixpath
 import tempfile
@@ -54,7 +52,6 @@ from transfer_pipe.heads.screens import knn_accuracy, logme
 from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.records import Record
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
-from transfer_pipe.schema import TRAIN
 from transfer_pipe.steps.embed import embed
 from transfer_pipe.steps.layer_choice import SWEEP_RECORD as RECORD
 from transfer_pipe.steps.layer_choice import SWEEPS_DIR
@@ -62,6 +59,7 @@ from transfer_pipe.steps.results import TrainSummary
 from transfer_pipe.steps.train import TrainPlan, finalize_training, prepare_training, train_head
 from transfer_pipe.store import StorageOptions, cards, open_store
 from transfer_pipe.store.cards import cached_record, card_folder, store_fs
+from transfer_pipe.store.keys import content_id
 
 logger = logging.getLogger(__name__)
 Init = Literal["pretrained", "random"]
@@ -400,7 +398,7 @@ def finalize_sweep(
     next to the feature sets; returns the summary."""
     config = plan.config
     first = summaries[0]
-    rows_per_class = first.splits[TRAIN] / max(1, len(first.classes))
+    rows_per_class = first.splits.train / max(1, len(first.classes))
     advice = recommend(
         depth,
         curve,
@@ -417,7 +415,7 @@ def finalize_sweep(
         feature_sets={init: key for init, key in keys.items()},
         task=first.task,
         classes=list(first.classes),
-        splits=dict(first.splits),
+        splits=first.splits.sizes,
         screen=config.screen,
         screens=list(screens),
         depth=list(depth),
@@ -499,7 +497,7 @@ def _sweep_id(plan: SweepPlan, keys: dict[Init, str]) -> str:
         "probe": [config.c_values, config.max_iter, config.c_patience, config.bootstrap],
         "probed": "all" if config.probe_all else [config.screen, config.probe_top],
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return content_id(identity, 12)
 
 
 def _finetune_gain(config: SweepConfig, feature_set: str, task: str) -> float | None:

@@ -15,7 +15,6 @@ endpoint and credentials as the feature sets themselves.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +26,7 @@ from fsspec.core import url_to_fs
 from fsspec.spec import AbstractFileSystem
 
 from transfer_pipe.records import Record, known_fields
+from transfer_pipe.store.keys import content_id
 from transfer_pipe.store.options import store_options
 
 CARD = "card.json"
@@ -73,6 +73,11 @@ class SplitSizes(Record):
     test: int
     origin: str
     dropped: int = 0
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Rows per split, by split name."""
+        return {"train": self.train, "val": self.val, "test": self.test}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -231,8 +236,7 @@ def cached_record(
     """The record cached under ``<store>/cache/<folder>/`` for ``identity`` (anything
     JSON-able that determines it), else ``make()``'s, written there first: what a rerun
     would compute again from the same stored features (a layer's screens, a layer choice)."""
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
-    name = digest.hexdigest()[:16] + ".json"
+    name = content_id(identity, 16) + ".json"
     fs, path = store_fs(posixpath.join(store.rstrip("/"), CACHE_DIR, folder, name), storage_options)
     if fs.exists(path):
         with fs.open(path, "r") as f:

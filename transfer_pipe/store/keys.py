@@ -11,9 +11,20 @@ FORMAT_VERSION = 2  # 2: sharded and checksummed; layout 3 (versions) keeps its 
 KEY_LENGTH = 16  # hex characters shown to users; the full digests live in the provenance
 
 
-def _digest(payload: dict[str, Any]) -> str:
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def content_id(identity: Any, length: int | None = None, *, compact: bool = False) -> str:
+    """The sha256 hex digest of ``identity`` (anything JSON can write) in canonical JSON:
+    keys sorted, and ``compact`` separators (``","``, ``":"``) where the default ones
+    (``", "``, ``": "``) would do; its first ``length`` characters (None: all 64).
+
+    The same identity always gives the same id, so a rerun finds what an earlier run
+    stored under it. A value JSON cannot write is hashed by its ``str`` (a value JSON can
+    write never reaches that fallback, so ids of plain identities do not depend on it).
+    Every id in the store (feature-set keys, head and run ids, cached records) comes from
+    here: changing the spelling of any of these choices would orphan what is stored.
+    """
+    separators = (",", ":") if compact else None
+    canonical = json.dumps(identity, sort_keys=True, separators=separators, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
 def embedding_key(
@@ -40,15 +51,17 @@ def embedding_key(
     }
     if autocast != "none":
         fields["autocast"] = autocast
-    return _digest(fields)
+    return content_id(fields, compact=True)
 
 
 def feature_set_key(embedding: str, layers: list[str], data_digest: str) -> str:
     """The key of a whole feature set: embedding spec + layers + every row of the data."""
-    return _digest({"embedding": embedding, "layers": layers, "data": data_digest})[:KEY_LENGTH]
+    identity = {"embedding": embedding, "layers": layers, "data": data_digest}
+    return content_id(identity, KEY_LENGTH, compact=True)
 
 
 def lineage_id(source: str, embedding: str, layers: list[str]) -> str:
     """The lineage of a source's embeddings under one model configuration: every version
     of that source with that embedding key and those layers shares its rows."""
-    return _digest({"source": source, "embedding": embedding, "layers": layers})[:KEY_LENGTH]
+    identity = {"source": source, "embedding": embedding, "layers": layers}
+    return content_id(identity, KEY_LENGTH, compact=True)

@@ -162,7 +162,7 @@ def test_old_card_metrics_round_trip_through_the_cards() -> None:
     the same JSON after reading the card and writing it again."""
     head = HeadCard.from_dict(json.loads(json.dumps(OLD_HEAD_CARD)))
     # Mutation: a card's from_dict that leaves its metrics a dict fails these equalities.
-    assert head.metrics == Metrics.from_dict(METRICS)
+    assert head.result.metrics == Metrics.from_dict(METRICS)
     assert json.dumps(head.to_dict()["metrics"]) == json.dumps(METRICS)
     run = FinetuneCard.from_dict(json.loads(json.dumps(OLD_FINETUNE_CARD)))
     assert run.result.metrics == Metrics.from_dict(METRICS)

@@ -177,18 +177,18 @@ def test_sixty_images_in_three_classes_get_probabilities_that_mean_something(
     )
     with caplog.at_level(logging.WARNING, logger="transfer_pipe.heads.protocol"):
         summary = train(config)
-    assert summary.splits == {"train": 42, "val": 6, "test": 12}
+    assert summary.splits.sizes == {"train": 42, "val": 6, "test": 12}
     for head in heads:
         card = read_card(store, summary.heads[head].head_ids[0])
         assert card is not None
         # Mutation: the former rule (validation alone: few_val_rows_per_class=0, and the
         # first best) chose C = 1e-6 and gave ECE 0.67 for both: 1/3 on every row.
-        assert card.metrics.ece < 0.25, (head, card.chosen, card.metrics.ece)
-        assert card.selection is not None
-        assert (card.selection.method, card.selection.rows) == ("5-fold cv", 48)
+        assert card.result.metrics.ece < 0.25, (head, card.result.chosen, card.result.metrics.ece)
+        assert card.result.selection is not None
+        assert (card.result.selection.method, card.result.selection.rows) == ("5-fold cv", 48)
         # Mutation: _card without warnings=... leaves the card silent.
         assert len(card.warnings) == 1 and "only 12 test rows" in card.warnings[0]
-        report = (Path(store) / "heads" / card.head_id / "report.md").read_text()
+        report = (Path(store) / "heads" / card.result.head_id / "report.md").read_text()
         assert "by 5-fold cv on 48 rows (16 in the smallest class)" in report
         assert "**Warning:** only 12 test rows" in report
     logged = [r.getMessage() for r in caplog.records if "only 12 test rows" in r.getMessage()]

@@ -16,9 +16,10 @@ import pytest
 from tests.support.task_feature_set import KEY, uneven_store
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.persist import load_head, save_head
 from transfer_pipe.heads.protocol import class_probabilities, fit_head
-from transfer_pipe.steps.train import prepare_training, protocol_options, train
+from transfer_pipe.steps.train import prepare_training, train
 from transfer_pipe.store import open_store
 
 
@@ -36,7 +37,7 @@ def test_the_saved_knn_head_names_its_rows_and_holds_none_of_them(tmp_path: Path
     folder = Path(store) / "heads" / head_id
     ids = pd.read_parquet(folder / "fit_rows.parquet")["sample_id"]
     plan = prepare_training(config, KEY)
-    fitted = fit_head("knn", plan.data, protocol_options(config))
+    fitted = fit_head("knn", plan.data, ProtocolOptions.from_config(config))
     assert ids.tolist() == fitted.fit_ids.tolist()  # train + validation, in fit order
     _, card = load_head(store, head_id)
     assert card.fit_rows_file == "fit_rows.parquet"
@@ -53,7 +54,7 @@ def test_a_loaded_knn_head_predicts_exactly_as_the_fitted_one(tmp_path: Path) ->
     # (predictions differ) / reading them in another order (neighbours' labels differ).
     store, head_id, config = _fit(tmp_path)
     plan = prepare_training(config, KEY)
-    fitted = fit_head("knn", plan.data, protocol_options(config))
+    fitted = fit_head("knn", plan.data, ProtocolOptions.from_config(config))
     model, _ = load_head(store, head_id)
     np.testing.assert_array_equal(
         model.named_steps["head"]._fit_X, fitted.model.named_steps["head"]._fit_X

@@ -21,7 +21,7 @@ from transfer_pipe.app.cli import build_parser, run_values_from
 from transfer_pipe.config import TrainConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import list_cards
-from transfer_pipe.heads.options import SELECTION_RULE
+from transfer_pipe.heads.options import SELECTION_RULE, ProtocolOptions
 from transfer_pipe.heads.tasks import SplitOptions, parse_task
 from transfer_pipe.steps.target import run_config
 from transfer_pipe.steps.train import (
@@ -29,7 +29,6 @@ from transfer_pipe.steps.train import (
     TrainPlan,
     head_id,
     prepare_training,
-    protocol_options,
     train,
 )
 from transfer_pipe.store import FeatureSetSpec
@@ -97,7 +96,7 @@ def _old_head_id(plan: TrainPlan, run: HeadRun, *, selection: bool = True) -> st
         "split": [plan.config.val_fraction, plan.config.test_fraction, plan.config.split_seed],
         "shots": [plan.config.shots, run.shot_seed],
         "head": run.head,
-        "options": asdict(protocol_options(plan.config)),
+        "options": asdict(ProtocolOptions.from_config(plan.config)),
     }
     if selection:
         identity["selection"] = SELECTION_RULE
@@ -128,7 +127,7 @@ def test_the_selection_rule_is_part_of_every_head_id(monkeypatch: pytest.MonkeyP
         # Mutation: the "selection" entry dropped from steps.train.head_id fails here.
         assert head_id(plan, run) != _old_head_id(plan, run, selection=False)
     before = head_id(plan, HeadRun("logreg"))
-    monkeypatch.setattr("transfer_pipe.steps.train.SELECTION_RULE", SELECTION_RULE + 1)
+    monkeypatch.setattr("transfer_pipe.steps.train.plan.SELECTION_RULE", SELECTION_RULE + 1)
     assert head_id(plan, HeadRun("logreg")) != before
 
 
@@ -172,20 +171,24 @@ def test_a_learning_curve_point_fits_each_seed_on_its_share_and_reuses_it(store:
     summary = train(config)
     full = {"train": 68, "val": 12, "test": 12}
     assert summary.label_fraction == 0.25 and summary.shots is None
-    assert summary.splits == full  # the task's split, not one draw
+    assert summary.splits.sizes == full  # the task's split, not one draw
     assert (summary.heads_fitted, summary.heads_reused) == (6, 0)
-    cards = {c.head_id: c for c in list_cards(store)}
+    cards = {c.result.head_id: c for c in list_cards(store)}
     for name, head in summary.heads.items():
         assert len(set(head.head_ids)) == 3
         # Mutation: _head_summary given only results[:1] loses the spread: fails here.
         assert head.accuracy_std is not None and head.accuracy_ci95 is None
         mine = [cards[i] for i in head.head_ids]
-        accuracies = [c.metrics.accuracy for c in mine]
+        accuracies = [c.result.metrics.accuracy for c in mine]
         assert head.accuracy == pytest.approx(np.mean(accuracies))
         assert head.accuracy_std == pytest.approx(np.std(accuracies))
-        assert sorted(c.shot_seed for c in mine) == [0, 1, 2]  # type: ignore[type-var]
+        assert sorted(c.result.shot_seed for c in mine) == [0, 1, 2]  # type: ignore[type-var]
         for card in mine:
-            assert card.head == name and card.label_fraction == 0.25 and card.shots is None
+            assert (
+                card.result.head == name
+                and card.result.label_fraction == 0.25
+                and card.result.shots is None
+            )
             # Mutation: _fit_and_save without label_subset trains on all 68 rows: fails.
             assert card.splits.train == 10 + 5 + 2  # ceil(a quarter) of 40, 20 and 8
             assert (card.splits.val, card.splits.test) == (full["val"], full["test"])
@@ -196,7 +199,7 @@ def test_a_learning_curve_point_fits_each_seed_on_its_share_and_reuses_it(store:
     assert (again.heads_fitted, again.heads_reused) == (0, 6)
     # Mutation: _rows_summary reading a reused card's sizes for fraction runs (the
     # condition on label_fraction dropped) reports train 17 here.
-    assert again.splits == full
+    assert again.splits.sizes == full
     assert {n: h.head_ids for n, h in again.heads.items()} == {
         n: h.head_ids for n, h in summary.heads.items()
     }
@@ -205,4 +208,4 @@ def test_a_learning_curve_point_fits_each_seed_on_its_share_and_reuses_it(store:
     other = train(replace(config, label_fraction=0.5))
     assert (other.heads_fitted, other.heads_reused) == (6, 0)
     assert not set(other.heads["logreg"].head_ids) & set(summary.heads["logreg"].head_ids)
-    assert Counter(c.label_fraction for c in list_cards(store)) == {0.25: 6, 0.5: 6}
+    assert Counter(c.result.label_fraction for c in list_cards(store)) == {0.25: 6, 0.5: 6}

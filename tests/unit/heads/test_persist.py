@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 from tests.support.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.heads.card import HeadCard, list_cards, read_card
+from transfer_pipe.heads.card import HeadCard, HeadResult, list_cards, read_card
 from transfer_pipe.heads.persist import load_head, save_head
 from transfer_pipe.heads.protocol import (
     HEAD_KINDS,
@@ -73,14 +73,17 @@ def _store(tmp_path: Path) -> str:
 def _card(head_id: str, fitted: FittedHead, created: str = "2025-01-01T00:00:00+00:00") -> HeadCard:
     """A card as the heads pipeline writes it, for a head fitted on ``_data()``."""
     return HeadCard(
-        head_id=head_id, feature_set="0123456789abcdef", store="unused", source="synthetic",
+        feature_set="0123456789abcdef", store="unused", source="synthetic",
         backbone="tiny_test", weights_digest="d" * 64, preprocessing={"image_size": 32},
-        embedding_key="e" * 16, dtype="float32", layer="penultimate",
+        embedding_key="e" * 16, dtype="float32",
         task=TaskRef(name="source", digest="t" * 64), classes=list(CLASSES),
         splits=SplitSizes(train=120, val=30, test=60, origin="test fixture"),
-        shots=None, shot_seed=None, head=fitted.head, estimator="x", params={},
-        chosen=fitted.chosen, validation_curve=fitted.validation, metrics=fitted.metrics,
-        seconds=fitted.seconds, libraries={"numpy": "2"}, created=created,
+        estimator="x", params={}, validation_curve=fitted.validation,
+        result=HeadResult(
+            head_id=head_id, head=fitted.head, task="source", layer="penultimate", shots=None,
+            shot_seed=None, chosen=fitted.chosen, metrics=fitted.metrics, seconds=fitted.seconds,
+        ),
+        libraries={"numpy": "2"}, created=created,
     )  # fmt: skip
 
 
@@ -126,9 +129,9 @@ def test_list_cards_skips_heads_without_a_card(tmp_path: Path) -> None:
     unfinished.mkdir()
     (unfinished / "model.skops").write_bytes(b"half-written")
 
-    assert [card.head_id for card in list_cards(store)] == ["b-earlier", "a-later"]
+    assert [card.result.head_id for card in list_cards(store)] == ["b-earlier", "a-later"]
     (Path(store) / "heads" / "a-later" / "card.json").unlink()  # as if the save was cut short
-    assert [card.head_id for card in list_cards(store)] == ["b-earlier"]
+    assert [card.result.head_id for card in list_cards(store)] == ["b-earlier"]
     assert read_card(store, "a-later") is None  # unfinished reads as missing
     with pytest.raises(TransferPipeError, match="heads ls"):
         load_head(store, "a-later")
@@ -145,9 +148,9 @@ def test_resaving_a_head_id_leaves_no_stale_files(tmp_path: Path) -> None:
     save_head(store, _card("h", new), new.model)
     assert {p.name for p in folder.iterdir()} == {"card.json", "model.safetensors"}
     model, card = load_head(store, "h")
-    assert card.head == "logreg" and card.model_file == "model.safetensors"
+    assert card.result.head == "logreg" and card.model_file == "model.safetensors"
     np.testing.assert_array_equal(model.predict(_probe()), new.model.predict(_probe()))
-    assert [c.head_id for c in list_cards(store)] == ["h"]
+    assert [c.result.head_id for c in list_cards(store)] == ["h"]
 
 
 def test_unknown_head_id_reads_as_none_and_loading_it_points_to_heads_ls(tmp_path: Path) -> None:

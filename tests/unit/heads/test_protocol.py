@@ -26,7 +26,6 @@ from transfer_pipe.heads.protocol import (
     head_kind,
 )
 from transfer_pipe.heads.tasks import SplitRows, TaskData
-from transfer_pipe.steps.train import protocol_options
 
 FAST = ProtocolOptions(c_values=9, max_iter=50, refit_max_iter=200, device="cpu", bootstrap=20)
 
@@ -259,7 +258,7 @@ def test_the_default_c_grid_is_45_log_spaced_values_from_1e_6_to_1e5() -> None:
     # Mutation: a default of 44 values, or c_max 1e4, in TrainConfig fails the first loop;
     # the same in ProtocolOptions fails it too; a grid walked in reverse fails the last line.
     for grid in (
-        protocol_options(TrainConfig(feature_set="any")).c_grid(),
+        ProtocolOptions.from_config(TrainConfig(feature_set="any")).c_grid(),
         ProtocolOptions().c_grid(),
     ):
         assert len(grid) == 45

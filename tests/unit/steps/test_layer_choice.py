@@ -14,10 +14,10 @@ import pytest
 
 from tests.support.task_feature_set import KEY, build_feature_set
 from transfer_pipe.config import TrainConfig
+from transfer_pipe.heads.options import ProtocolOptions
 from transfer_pipe.heads.tasks import SplitOptions, parse_task
 from transfer_pipe.steps import layer_choice
 from transfer_pipe.steps.layer_choice import choose_layer
-from transfer_pipe.steps.train import protocol_options
 from transfer_pipe.store import ZarrFeatureStore, open_store
 
 CLASSES = ("ant", "bee", "cat")
@@ -54,7 +54,7 @@ def _choose(store: str, **options: Any) -> layer_choice.LayerChoice:
     config = TrainConfig(feature_set=KEY, store=store, c_values=8, **options)
     spec = open_store(store).spec(KEY)
     splits = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
-    options = protocol_options(config)
+    options = ProtocolOptions.from_config(config)
     return choose_layer(config, KEY, spec, parse_task(config.task), splits, options)
 
 

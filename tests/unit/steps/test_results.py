@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 
 from transfer_pipe.steps.results import HeadSummary, TrainSummary
+from transfer_pipe.store.cards import SplitSizes
 
 
 def _summary(heads: dict[str, HeadSummary]) -> TrainSummary:
     return TrainSummary(
         feature_set="0123456789abcdef", store="/s", task="source", layer="penultimate",
-        classes=["a", "b"], splits={"train": 8, "val": 2, "test": 4}, split_origin="source",
+        classes=["a", "b"], splits=SplitSizes(train=8, val=2, test=4, origin="source"),
         shots=None, notes=[], embedded=0, heads_fitted=1, heads_reused=0, heads=heads,
         table=[{"head_id": "x"}],
     )  # fmt: skip

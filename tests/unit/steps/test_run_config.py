@@ -11,8 +11,8 @@ import pytest
 from tests.support.stores import fill, make_rows, make_spec
 from transfer_pipe.config import FinetuneConfig, TrainConfig, run_values
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.steps.jobs import dask_address_of
 from transfer_pipe.steps.target import run_config
-from transfer_pipe.steps.train import dask_address_of
 from transfer_pipe.store import open_store
 
 ADDRESS = "tcp://127.0.0.1:8786"

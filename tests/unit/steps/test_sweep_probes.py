@@ -16,6 +16,7 @@ from transfer_pipe.heads.card import head_url
 from transfer_pipe.heads.tasks import load_task
 from transfer_pipe.steps import sweep as steps
 from transfer_pipe.steps import train as train_steps
+from transfer_pipe.steps.train import plan as train_plan
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +56,7 @@ def test_probes_on_one_layer_read_its_rows_once_and_save_no_pictures(
         reads.append(args[3])  # the layer
         return load_task(*args)
 
-    monkeypatch.setattr(train_steps, "load_task", counting_load_task)
+    monkeypatch.setattr(train_plan, "load_task", counting_load_task)
     runs = [_run(store), _run(store, 0.25), _run(store, 0.5)]
     summaries = [steps.fit_probe(run) for run in runs]
     # Mutation seen failing here: fit_probe without its _LAST_ROWS lookup reads 3 times.
@@ -81,7 +82,7 @@ def test_rows_of_another_split_are_read_again(store: str, monkeypatch: pytest.Mo
         reads.append(args[3])
         return load_task(*args)
 
-    monkeypatch.setattr(train_steps, "load_task", counting_load_task)
+    monkeypatch.setattr(train_plan, "load_task", counting_load_task)
     steps.fit_probe(_run(store))
     steps.fit_probe(_run(store, split_seed=1))
     # Mutation seen failing here: the rows' cache key without the split options.

@@ -32,3 +32,24 @@ def test_a_reduced_precision_forward_pass_has_its_own_key_and_float32_keeps_its_
     keys = {old, embedding_key("b", "w", PRE, "float32", "bf16")}
     keys.add(embedding_key("b", "w", PRE, "float32", "fp16"))
     assert len(keys) == 3
+
+
+def test_content_ids_are_the_digests_stores_already_hold() -> None:
+    """Every id in a store comes from ``content_id``: its spelling of canonical JSON is the
+    one each id was hashed with before it existed, so stored heads, runs, sweeps, cached
+    records and feature sets are still found. Mutation: compact separators by default,
+    unsorted keys, or a digest other than sha256 fails here."""
+    import hashlib
+    import json
+
+    from transfer_pipe.store.keys import content_id
+
+    identity = {"head": "logreg", "split": [0.1, 0.2, 0], "options": {"C": 1e-6, "x": None}}
+    spaced = json.dumps(identity, sort_keys=True).encode()
+    compact = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    assert content_id(identity, 10) == hashlib.sha256(spaced).hexdigest()[:10]  # head, run
+    assert content_id(identity) == hashlib.sha256(spaced).hexdigest()  # a task's digest
+    assert content_id(identity, 16, compact=True) == hashlib.sha256(compact).hexdigest()[:16]
+    assert feature_set_key("e", ["penultimate"], "d") == content_id(
+        {"embedding": "e", "layers": ["penultimate"], "data": "d"}, 16, compact=True
+    )

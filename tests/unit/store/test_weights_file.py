@@ -13,7 +13,7 @@ from tests.support.images import make_dataset
 from transfer_pipe import steps
 from transfer_pipe.backbones import get_backbone
 from transfer_pipe.config import EmbedConfig
-from transfer_pipe.steps.finetune import _backbone
+from transfer_pipe.steps.finetune.plan import _backbone
 from transfer_pipe.store import open_store
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
+from transfer_pipe.backbones.registry import StoreLocation
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class EmbedderConfig:
     # The weights' digest: a long-lived worker whose cached model came from other bytes at
     # the same path (a backbone published again) builds the model afresh.
     weights_digest: str = ""
+    # The stores a published (finetuned/<run>) backbone is looked up in: the run's.
+    stores: tuple[StoreLocation, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The claim an embed run holds on its lineage while it writes a version (``store.claims``):
-taken when the run plans, given back when it completes or stops. Claims live in the run's
-context (``run_context``), not in its plan: a plan crosses Prefect tasks, which may pickle
-it, and a claim's heartbeat thread cannot travel with it."""
+taken when the run plans, given back when it completes or stops. Claims are kept in the
+run's context (``run_context``), which the plan refers to but does not carry when pickled:
+a plan crosses Prefect tasks, and a claim's heartbeat thread cannot travel with it."""
 
 from __future__ import annotations
 

@@ -76,17 +76,9 @@ class VersionFacts(Record):
 
     @classmethod
     def of(cls, info: FeatureSetInfo) -> VersionFacts:
-        """The facts of the catalog line ``info``."""
-        return cls(
-            lineage=info.lineage,
-            parent=info.parent,
-            rows=info.rows,
-            added=info.added,
-            removed=info.removed,
-            changed=info.changed,
-            new_bytes=info.new_bytes,
-            bytes=info.nbytes,
-        )
+        """The facts of the catalog line ``info`` (its ``nbytes`` named ``bytes``)."""
+        same = {f.name for f in dataclasses.fields(cls)} - {"bytes"}
+        return cls(bytes=info.nbytes, **{name: getattr(info, name) for name in same})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -90,6 +90,7 @@ import transfer_pipe
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.idx import find_idx_dataset, read_idx
 from transfer_pipe.data.sources import _fashion_mnist_root
+from transfer_pipe.run_context import RunContext
 from transfer_pipe.steps.embed import (
     check_embed_inputs,
     compute_shards,
@@ -329,10 +330,11 @@ def run_cli(stack: Stack, *args: str, env: dict[str, str] | None = None) -> CliR
 def library_embed(config: EmbedConfig) -> dict[str, Any]:
     """One embed through the library's steps in this process, as ``embed(config)`` runs
     them, each timed."""
+    context = RunContext()
     t0 = time.perf_counter()
-    check_embed_inputs(config)  # listing, content hashes, model check, store check
+    check_embed_inputs(config, context=context)  # listing, content hashes, model, store
     t1 = time.perf_counter()
-    plan = prepare_embedding(config)  # the checked manifest; the version planned
+    plan = prepare_embedding(config, context)  # the checked manifest; the version planned
     try:
         t2 = time.perf_counter()
         results = compute_shards(plan)  # a local Dask cluster: only the new shards

@@ -32,6 +32,7 @@ from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig, run_values
 from transfer_pipe.features.tasks import ShardResult
 from transfer_pipe.progress import WholePercent
+from transfer_pipe.run_context import open_context
 from transfer_pipe.steps.embed import embed_message
 from transfer_pipe.steps.failures import FAILURE_ROWS, failure_report
 from transfer_pipe.steps.results import EmbedSummary
@@ -130,7 +131,9 @@ def embed_flow(**values: Any) -> EmbedSummary:
     """Embed every image of a source once into the feature store; the final state's message
     says what was embedded, reused, and how many images failed."""
     config = run_config(EmbedConfig, values)  # a bad value fails here, as in the CLI
-    with tagged():
+    # The run's context: a retried prepare task finds the claim the first try took, and
+    # the manifest a caller's check kept (the CLI's) is taken (``run_context``).
+    with tagged(), open_context():
         plan = prepare(config)  # takes the feature set's claim when there is work
         try:
             # quote(): Prefect would otherwise walk every shard task of the plan (70,000

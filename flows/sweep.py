@@ -47,9 +47,9 @@ screen = task(name="screen", cache_policy=NO_CACHE, task_run_name=_screen_name, 
 
 
 @task(name="probe", cache_policy=NO_CACHE, task_run_name=_probe_name, **RETRY)  # type: ignore[arg-type]
-def probe(run: steps.ProbeRun) -> TrainSummary:
+def probe(run: steps.ProbeRun, rows: steps.LayerRows) -> TrainSummary:
     """One linear probe (reused when the store holds it)."""
-    return steps.fit_probe(run)
+    return steps.fit_probe(run, rows)
 
 
 @flow(name="sweep", log_prints=True, flow_run_name=run_name("backbone", "task"))
@@ -59,7 +59,7 @@ def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
     the screens say the choice is decided, then shares of the training labels at the best
     layer; advise where to cut and whether to fine-tune."""
     config = run_config(SweepConfig, values)  # a bad value fails here, as in the CLI
-    clock = steps.Stopwatch()
+    clock, rows = steps.Stopwatch(), steps.LayerRows()  # rows: read once per layer
     with tagged("sweep"):
         check(config, embed_inputs=False)
         with clock.phase("prepare"):
@@ -72,14 +72,14 @@ def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
         screens = []
         for run in steps.screen_runs(plan, keys):
             with clock.phase(f"screen {run.init}"), clock.phase(steps.probe_phase("screen", run)):
-                screens.append(screen(run))
+                screens.append(screen(run, rows))
         summaries: list[TrainSummary] = []
         depth: list[LayerScore] = []
 
         def run_probes(runs: list[steps.ProbeRun]) -> None:
             for run in runs:
                 with clock.phase(f"depth {run.init}"), clock.phase(steps.probe_phase("depth", run)):
-                    summaries.append(probe(run))
+                    summaries.append(probe(run, rows))
                 depth.append(steps.probe_layer(run, summaries[-1]))
 
         run_probes(steps.pretrained_runs(plan, keys, screens))
@@ -88,7 +88,7 @@ def sweep_flow(**values: Any) -> State[steps.SweepSummary]:
         curve = []
         for run in steps.curve_runs(plan, keys, depth):
             with clock.phase(f"curve {run.init}"), clock.phase(steps.probe_phase("curve", run)):
-                summaries.append(probe(run))
+                summaries.append(probe(run, rows))
             curve.append(steps.share_point(run, summaries[-1]))
         summary: steps.SweepSummary = finalize(
             plan, keys, screens, depth, curve, summaries, embedded, clock.seconds

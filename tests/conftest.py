@@ -85,20 +85,6 @@ def _torch_threads_restored(_torch_threads_at_start: int) -> Iterator[None]:
         torch.set_num_threads(_torch_threads_at_start)
 
 
-@pytest.fixture(autouse=True)
-def _published_stores_restored() -> Iterator[None]:
-    """Put back the stores this process searches for published backbones (``use_store``
-    keeps them in the process): a test that used its own S3 bucket left it there, and a
-    later test in the same process that listed the backbones asked that bucket, whose
-    credentials were gone (NoCredentialsError; seen with two xdist workers)."""
-    from transfer_pipe.backbones import published
-
-    before = dict(published._STORES)
-    yield
-    published._STORES.clear()
-    published._STORES.update(before)
-
-
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real Prefect server (the test harness); yields its API URL for subprocesses."""

@@ -20,7 +20,7 @@ import pytest
 from tests.support.images import make_dataset, write_image
 from transfer_pipe import steps
 from transfer_pipe.config import EmbedConfig
-from transfer_pipe.steps import estimate as estimate_module
+from transfer_pipe.steps.estimate import embed as estimate_module
 from transfer_pipe.steps.estimate import embed_estimate_message, estimate_embed
 from transfer_pipe.store import open_store
 
@@ -94,7 +94,7 @@ def test_a_store_with_a_recorded_run_estimates_without_running_the_model(
     def no_calibration(*args: object) -> None:
         raise AssertionError("the model ran although the store has a recorded run")
 
-    monkeypatch.setattr(estimate_module, "_calibrate", no_calibration)
+    monkeypatch.setattr(estimate_module, "calibrate", no_calibration)
     again = estimate_embed(config)
     # The same feature set again: nothing to embed, its bytes as measured.
     assert (again.status, again.to_embed, again.seconds) == ("complete", 0, 0.0)

@@ -103,7 +103,7 @@ def test_storage_options_say_which_server_holds_the_store(
         store = f"s3://{s3_bucket}/store"
         options = ("--storage-options", json.dumps({"endpoint_url": s3_server.endpoint}))
         env = {"AWS_ENDPOINT_URL": decoy}
-        # Mutation seen failing: ShardTask built without storage_options (steps/embed.py):
+        # Mutation seen failing: ShardTask built without storage_options (steps/embed/shards.py):
         # the shard tasks went to the decoy (AccessDenied) and the embed run failed.
         source = str(tmp_path / "images")
         done = cli("embed", source, "--store", store, *options, *EMBED, api=prefect_api, env=env)
@@ -285,7 +285,7 @@ def test_a_killed_embed_on_s3_resumes_to_the_uninterrupted_result(
     done_at_kill = shards_done(killed_url)
     assert 2 <= done_at_kill < 12
 
-    # Mutation seen failing: _shard_tasks ignoring the done mask (steps/embed.py `if
+    # Mutation seen failing: shard_tasks ignoring the done mask (steps/embed/shards.py `if
     # done[shard]: continue` disabled): shards_computed 12, not 12 - done_at_kill.
     resumed = cli(*args, "--store", killed_url, "--json", api=prefect_api)
     assert (resumed["shards_already_done"], resumed["shards_computed"], resumed["status"]) == (

@@ -180,7 +180,12 @@ def test_compile_is_refused_on_a_cpu_run_and_is_not_part_of_the_key(
     and the option reaches every shard's embedder."""
     from transfer_pipe.data.sources import load_manifest
     from transfer_pipe.errors import TransferPipeError
-    from transfer_pipe.steps.embed import identity_of, prepare_embedding, run_backbone
+    from transfer_pipe.steps.embed import (
+        check_embed_inputs,
+        identity_of,
+        prepare_embedding,
+        run_backbone,
+    )
 
     store = tmp_path / "store"
     with pytest.raises(TransferPipeError, match="--compile compiles the model on a CUDA"):
@@ -193,7 +198,7 @@ def test_compile_is_refused_on_a_cpu_run_and_is_not_part_of_the_key(
         keys.add(identity_of(config, run_backbone(config), ["penultimate"], manifest).key)
     assert len(keys) == 1
     # On a cluster each worker checks its own device: the plan is made as for one.
-    monkeypatch.setattr(sys.modules[identity_of.__module__], "_on_cluster", lambda c: True)
+    monkeypatch.setattr(sys.modules[check_embed_inputs.__module__], "_on_cluster", lambda c: True)
     plan = prepare_embedding(_config(folder, store, compile=True))
     # Mutation seen to fail here: EmbedConfig.compile not handed to EmbedderConfig.
     assert plan.tasks and all(task.embedder.compile for task in plan.tasks)

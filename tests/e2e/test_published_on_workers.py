@@ -38,8 +38,9 @@ def test_a_published_backbone_embeds_on_a_worker_that_shares_only_the_store(
 ) -> None:
     """On the session's cluster, whose workers have a HOME and transfer-pipe home of their
     own (what a worker on another machine has)."""
-    # Mutation seen to fail it: ``produce_shard`` not calling ``use_store(task.store)`` (the
-    # worker cannot resolve the id: the shard fails naming the stores it searched).
+    # Mutation seen to fail it: the shard's ``EmbedderConfig`` without the run's store in
+    # ``stores`` (the worker cannot resolve the id: the shard fails naming the stores it
+    # searched).
     make_data(tmp_path / "images")
     store = str(tmp_path / "store")
     base = EmbedConfig(source=str(tmp_path / "images"), store=store, backbone="tiny_test",
@@ -92,8 +93,8 @@ def _embed_in_a_new_process(config: EmbedConfig, home: Path) -> str:
 def test_a_run_on_s3_keeps_its_checkpoints_and_backbone_in_the_bucket(
     tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Mutation seen to fail it: ``run_backbone`` (steps/embed.py) not calling
-    ``use_store(config.store)``: the new process cannot resolve the id."""
+    """Mutation seen to fail it: ``run_backbone`` (steps/embed/identity.py) not passing
+    the run's store to ``get_backbone``: the new process cannot resolve the id."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # this machine's: must stay empty
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
     make_data(tmp_path / "images")
@@ -121,11 +122,9 @@ def test_a_run_on_s3_keeps_its_checkpoints_and_backbone_in_the_bucket(
 def _digest_on_this_worker(backbone_id: str, store: str) -> str:
     """Run on each worker: resolve ``backbone_id`` from the store alone; its weights'
     digest."""
-    from transfer_pipe.backbones import get_backbone
-    from transfer_pipe.backbones.published import use_store
+    from transfer_pipe.backbones import StoreLocation, get_backbone
 
-    use_store(store)
-    return get_backbone(backbone_id).weights_digest()
+    return get_backbone(backbone_id, stores=(StoreLocation(store),)).weights_digest()
 
 
 @pytest.mark.cluster  # a cluster of its own: its workers' variables point at the S3 server

@@ -65,7 +65,7 @@ def test_the_same_settings_copy_every_known_row(
     config, first_key = grown(tmp_path, first)
     summary = embed(config)
     store = open_store(config.store)
-    # Mutation seen failing: a reusable_rows that returns no donors (steps/embed.py)
+    # Mutation seen failing: a reusable_rows that returns no donors (steps/embed/reuse.py)
     # embeds all 10.
     assert summary.feature_set != first_key and summary.rows == KNOWN + NEW
     assert store.spec(summary.feature_set).lineage != store.spec(first_key).lineage
@@ -91,7 +91,7 @@ def test_another_image_size_dtype_or_weights_file_copies_nothing(
     }[change]
     summary = embed(replace(config, **changed))  # type: ignore[arg-type]
     store = open_store(config.store)
-    # Mutation: an embedding key (steps/embed.py) that leaves out the preprocessing, the
+    # Mutation: an embedding key (steps/embed/identity.py) that leaves out the preprocessing, the
     # dtype or the weights digest lets rows of the first feature set be copied here.
     assert summary.rows == KNOWN + NEW
     assert summary.embedded == KNOWN + NEW, summary

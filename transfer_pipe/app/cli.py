@@ -194,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transfer_pipe.run_context import open_context
+
     try:
-        return int(_COMMANDS[args.command](args))
+        with open_context():  # a command's checks hand their manifest to its embed run
+            return int(_COMMANDS[args.command](args))
     except TransferPipeError as err:
         print(f"transfer-pipe: error: {err}", file=sys.stderr)
         return 2
@@ -527,34 +530,22 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     from transfer_pipe.store import open_store
+    from transfer_pipe.store.provenance import Provenance
 
     store = open_store(args.store, args.storage_options)
-    provenance = store.provenance(args.key)
-    info = store.info(args.key)
-    provenance["version"] = {
-        "lineage": info.lineage,
-        "parent": info.parent,
-        "rows": info.rows,
-        "added": info.added,
-        "removed": info.removed,
-        "changed": info.changed,
-        "new_bytes": info.new_bytes,
-        "bytes": info.nbytes,
-    }
-    failures = store.failures(args.key)
-    provenance["failures"] = failures.to_dict(orient="records")
-    notes = store.notes(args.key)
-    provenance["notes"] = notes.to_dict(orient="records")
+    provenance = Provenance.read(store, args.key)
     if args.json:
-        print(json.dumps(provenance))
+        print(provenance.to_json())
         return 0
+    info = provenance.version
     parent = f"parent {info.parent}" if info.parent else "the lineage's first version"
     print(
-        f"feature set {args.key} ({info.status}): version of lineage {info.lineage}, {parent}; "
-        f"{info.rows} rows: {info.added} added, {info.removed} removed, {info.changed} "
-        f"changed; wrote {info.new_bytes / 1e6:.2f} MB, reads {info.nbytes / 1e6:.2f} MB"
+        f"feature set {args.key} ({provenance.status}): version of lineage {info.lineage}, "
+        f"{parent}; {info.rows} rows: {info.added} added, {info.removed} removed, "
+        f"{info.changed} changed; wrote {info.new_bytes / 1e6:.2f} MB, reads "
+        f"{info.bytes / 1e6:.2f} MB"
     )
-    print(json.dumps(provenance, indent=2))
+    print(json.dumps(provenance.to_dict(), indent=2))
     return 0
 
 

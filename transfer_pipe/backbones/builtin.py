@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.registry import (
     BackboneEntry,
+    Stores,
     lookup,
     register,
     register_namespace,
@@ -129,13 +130,13 @@ register(
 )
 
 
-def _torchvision_entry(backbone_id: str) -> BackboneEntry | None:
+def _torchvision_entry(backbone_id: str, stores: Stores) -> BackboneEntry | None:
     from transfer_pipe.backbones import torchvision_backbones
 
     return torchvision_backbones.resolve(backbone_id)
 
 
-def _torchvision_ids() -> list[str]:
+def _torchvision_ids(stores: Stores) -> list[str]:
     from transfer_pipe.backbones import torchvision_backbones
 
     return torchvision_backbones.list_ids()
@@ -149,11 +150,11 @@ def random_variant(backbone_id: str) -> str:
     return backbone_id if backbone_id.startswith(RANDOM_PREFIX) else RANDOM_PREFIX + backbone_id
 
 
-def _random_entry(backbone_id: str) -> BackboneEntry | None:
+def _random_entry(backbone_id: str, stores: Stores) -> BackboneEntry | None:
     base_id = backbone_id.removeprefix(RANDOM_PREFIX)
     if base_id.startswith(RANDOM_PREFIX):
         return None  # random/random/<id> is no id: random/<id> already is that baseline
-    base = lookup(base_id)
+    base = lookup(base_id, stores)
     # Weights that are random already (tiny_test, torchvision/<name>) stay what they are.
     weights = base.weights if isinstance(base.weights, RandomInit) else RandomInit(arch=base.id)
     return BackboneEntry(
@@ -173,5 +174,5 @@ def _random_entry(backbone_id: str) -> BackboneEntry | None:
 
 
 register_namespace(
-    RANDOM_PREFIX, _random_entry, lambda: [RANDOM_PREFIX + i for i in registered_ids()]
+    RANDOM_PREFIX, _random_entry, lambda stores: [RANDOM_PREFIX + i for i in registered_ids()]
 )

@@ -8,11 +8,11 @@ preprocessing it was fine-tuned with. Both live in the store that holds the run:
     <store>/finetune/<run_id>/published/backbone.json                     the record, last
 
 so any process that knows the store's URL resolves the id: a Dask worker on another
-machine, with no home folder shared with the driver. ``use_store(url)`` adds a store to
-those this process searches (embed shard tasks call it with their store; fine-tuning with
-its own). The record names the weights file and its sha256, which is the backbone's
-weights digest (known without downloading the weights) and is checked when they load;
-weights are safetensors, so loading them runs no code.
+machine, with no home folder shared with the driver. A lookup is given the stores to
+search (``get_backbone(id, stores=...)``: an embed run's and its shard tasks' store,
+fine-tuning's own, a head's for predict). The record names the weights file and its
+sha256, which is the backbone's weights digest (known without downloading the weights)
+and is checked when they load; weights are safetensors, so loading them runs no code.
 
 Publishing also notes in ``$TRANSFER_PIPE_HOME/backbones.json`` (default
 ``~/.transfer-pipe``) which store holds the id, so that on the machine that published, a
@@ -34,10 +34,15 @@ from typing import TYPE_CHECKING, Any
 from fsspec.core import url_to_fs
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
-from transfer_pipe.backbones.registry import BackboneEntry, lookup, register_namespace
+from transfer_pipe.backbones.registry import (
+    BackboneEntry,
+    Stores,
+    lookup,
+    register_namespace,
+)
 from transfer_pipe.backbones.weights import DEFAULT_SEED, Architecture, load_strict, seeded
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.files import parse_storage_options, write_text_atomic, write_url_atomic
+from transfer_pipe.files import write_text_atomic, write_url_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -48,17 +53,6 @@ HOME_ENV = "TRANSFER_PIPE_HOME"
 RUNS_FOLDER = "finetune"  # <store>/finetune/<run_id>/: the fine-tuning runs' folder
 RECORD = "backbone.json"
 _PUBLISHED = "published"
-
-# The stores this process searches for published ids, newest first: URL -> fsspec options.
-_STORES: dict[str, dict[str, Any]] = {}
-
-
-def use_store(url: str, storage_options: str | Mapping[str, Any] | None = None) -> None:
-    """Let this process resolve the ``finetuned/`` ids published in the store at ``url``
-    (searched before the stores added earlier); ``storage_options`` are fsspec's, a
-    mapping or a JSON object's text as configs carry them."""
-    _STORES.pop(url, None)
-    _STORES[url] = parse_storage_options(storage_options)
 
 
 def published_folder(store: str, name: str) -> str:
@@ -112,7 +106,6 @@ def publish_backbone(
     record_url = posixpath.join(folder, RECORD)
     write_url_atomic(record_url, json.dumps(record, indent=2).encode(), storage_options)
     _remove_other_weights(folder, weights, storage_options)
-    use_store(store, storage_options)
     _note_at_home(backbone_id, store)
     return backbone_id
 
@@ -176,14 +169,14 @@ class StoreWeights:
         return f"store file {self.url}"
 
 
-def _candidate_stores(backbone_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """The stores to search for ``backbone_id``: this process's, newest first, then the
-    one this machine noted when it published the id."""
-    stores = [(url, options) for url, options in reversed(_STORES.items())]
+def _candidate_stores(backbone_id: str, stores: Stores) -> list[tuple[str, dict[str, Any]]]:
+    """The stores to search for ``backbone_id``: those the lookup was given, in order,
+    then the one this machine noted when it published the id."""
+    found = {store.url: store.options() for store in stores}
     noted = _home_pointers().get(backbone_id)
-    if noted is not None and noted not in _STORES:
-        stores.append((noted, {}))
-    return stores
+    if noted is not None and noted not in found:
+        found[noted] = {}
+    return list(found.items())
 
 
 def _read_record(
@@ -198,15 +191,15 @@ def _read_record(
     return record
 
 
-def _resolve(backbone_id: str) -> BackboneEntry | None:
+def _resolve(backbone_id: str, given: Stores) -> BackboneEntry | None:
     name = backbone_id.removeprefix(PREFIX)
-    stores = _candidate_stores(backbone_id)
+    stores = _candidate_stores(backbone_id, given)
     for store, options in stores:
         record = _read_record(store, name, options)
         if record is None:
             continue
         try:
-            return _entry(backbone_id, store, record, options)
+            return _entry(backbone_id, store, record, options, given)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TransferPipeError(
                 f"the record of {backbone_id} in {published_folder(store, name)} is not "
@@ -222,10 +215,14 @@ def _resolve(backbone_id: str) -> BackboneEntry | None:
 
 
 def _entry(
-    backbone_id: str, store: str, record: Mapping[str, Any], options: Mapping[str, Any]
+    backbone_id: str,
+    store: str,
+    record: Mapping[str, Any],
+    options: Mapping[str, Any],
+    stores: Stores,
 ) -> BackboneEntry:
     """The registry entry of a published record found in ``store``."""
-    base = lookup(record["base"])
+    base = lookup(record["base"], stores)
     weights_url = posixpath.join(published_folder(store, backbone_id.removeprefix(PREFIX)),
                                  posixpath.basename(record["weights_file"]))  # fmt: skip
     metadata = {
@@ -246,11 +243,12 @@ def _entry(
     )
 
 
-def _list_ids() -> list[str]:
-    """The ids published in this process's stores and noted in this machine's home."""
+def _list_ids(stores: Stores) -> list[str]:
+    """The ids published in ``stores`` and noted in this machine's home."""
     ids = set(_home_pointers())
-    for store, options in _STORES.items():
-        fs, path = url_to_fs(posixpath.join(store.rstrip("/"), RUNS_FOLDER), **options)
+    for store in stores:
+        options = store.options()
+        fs, path = url_to_fs(posixpath.join(store.url.rstrip("/"), RUNS_FOLDER), **options)
         pattern = posixpath.join(path, "*", _PUBLISHED, RECORD)
         ids.update(PREFIX + found.split("/")[-3] for found in fs.glob(pattern))
     return sorted(ids)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from transfer_pipe.backbones.weights import (
 )
 from transfer_pipe.config import TOP
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.files import parse_storage_options
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,6 +39,31 @@ STAGES = "stages"  # every stage of the backbone, shallow to deep
 # ``TOP`` (config): the top of the network, the penultimate layer and the last TOP_STAGES
 # stages, deep to shallow (what ``train --layer auto`` weighs; one forward pass taps them).
 TOP_STAGES = 3
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A store that may hold published backbones (``finetuned/<run>``, see ``published``):
+    its URL and fsspec options as JSON text, as configs carry them (hashable: a worker's
+    model cache is keyed by what names the backbone)."""
+
+    url: str
+    storage_options: str | None = None
+
+    @classmethod
+    def of(cls, url: str, storage_options: str | Mapping[str, Any] | None) -> StoreLocation:
+        """The location of the store at ``url`` opened with ``storage_options`` (a JSON
+        object's text, a mapping, or None)."""
+        options = parse_storage_options(storage_options)
+        return cls(url, json.dumps(options, sort_keys=True) if options else None)
+
+    def options(self) -> dict[str, Any]:
+        """fsspec's options for the store, as a dict."""
+        return parse_storage_options(self.storage_options)
+
+
+Stores = Sequence[StoreLocation]
+"""The stores a lookup searches for published ids, first match wins."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +90,8 @@ class BackboneEntry:
 class _Namespace:
     """A family of ids resolved on demand (e.g. every ``torchvision/<name>[:<ENUM>]``)."""
 
-    resolve: Callable[[str], BackboneEntry | None]  # None: not an id of this family
-    list_ids: Callable[[], list[str]]
+    resolve: Callable[[str, Stores], BackboneEntry | None]  # None: not an id of this family
+    list_ids: Callable[[Stores], list[str]]
 
 
 _ENTRIES: dict[str, BackboneEntry] = {}
@@ -81,10 +108,11 @@ def register(entry: BackboneEntry) -> BackboneEntry:
 
 def register_namespace(
     prefix: str,
-    resolve: Callable[[str], BackboneEntry | None],
-    list_ids: Callable[[], list[str]],
+    resolve: Callable[[str, Stores], BackboneEntry | None],
+    list_ids: Callable[[Stores], list[str]],
 ) -> None:
-    """Register a family of ids sharing ``prefix``, resolved lazily by ``resolve``."""
+    """Register a family of ids sharing ``prefix``, resolved lazily by ``resolve`` (given
+    the stores the lookup searches for published ids)."""
     if prefix in _NAMESPACES or any(i.startswith(prefix) for i in _ENTRIES):
         raise TransferPipeError(f"backbone namespace {prefix!r} is already registered")
     _NAMESPACES[prefix] = _Namespace(resolve, list_ids)
@@ -95,28 +123,30 @@ def registered_ids() -> list[str]:
     return sorted(_ENTRIES)
 
 
-def list_backbones() -> list[str]:
-    """Every registered id, plus one id per family member (enum variants not listed)."""
+def list_backbones(stores: Stores = ()) -> list[str]:
+    """Every registered id, plus one id per family member (enum variants not listed), the
+    ids published in ``stores`` included."""
     ids = sorted(_ENTRIES)
     for ns in _NAMESPACES.values():
-        ids.extend(ns.list_ids())
+        ids.extend(ns.list_ids(stores))
     return ids
 
 
-def lookup(backbone_id: str) -> BackboneEntry:
-    """The entry for an id; unknown ids raise TransferPipeError with close matches."""
+def lookup(backbone_id: str, stores: Stores = ()) -> BackboneEntry:
+    """The entry for an id (a published one searched in ``stores``); unknown ids raise
+    TransferPipeError with close matches."""
     if backbone_id in _ENTRIES:
         return _ENTRIES[backbone_id]
     for prefix, ns in _NAMESPACES.items():
         if backbone_id.startswith(prefix):
-            entry = ns.resolve(backbone_id)
+            entry = ns.resolve(backbone_id, stores)
             if entry is not None:
                 return entry
-    raise TransferPipeError(_unknown_id_message(backbone_id))
+    raise TransferPipeError(_unknown_id_message(backbone_id, stores))
 
 
-def _unknown_id_message(backbone_id: str) -> str:
-    known = list_backbones()
+def _unknown_id_message(backbone_id: str, stores: Stores) -> str:
+    known = list_backbones(stores)
     query = backbone_id.lower()
     # A bare torchvision name ("resnet18") scores low on similarity against
     # "torchvision/resnet18", so containment comes first.
@@ -142,20 +172,22 @@ class BackboneSpec:
 
     ``str(spec) == spec.id`` and ``get_backbone(spec.id, spec.weights_file) == spec``.
     Equality and hashing use id, weights_file and preprocessing: metadata is derived
-    from them (and holds machine-specific paths), so it does not take part.
+    from them (and holds machine-specific paths), so it does not take part, nor do the
+    stores its entry is looked up in again (where a published id was found).
     """
 
     id: str
     weights_file: str | None
     preprocessing: Preprocessing
     metadata: Mapping[str, Any] = field(compare=False, hash=False)
+    stores: tuple[StoreLocation, ...] = field(default=(), compare=False, hash=False)
 
     def __str__(self) -> str:
         return self.id
 
     def weights_source(self) -> WeightsSource:
         """The local weights file if one was given, else the id's default weights."""
-        return _weights_source(lookup(self.id), self.weights_file)
+        return _weights_source(lookup(self.id, self.stores), self.weights_file)
 
     def weights_digest(self) -> str:
         """sha256 hex of the weights file (downloading torchvision weights if needed),
@@ -164,14 +196,16 @@ class BackboneSpec:
 
     def build(self) -> nn.Module:
         """The model with its weights loaded, in eval mode, with gradients off."""
-        model = self.weights_source().materialize(lookup(self.id).architecture, self.id)
+        model = self.weights_source().materialize(
+            lookup(self.id, self.stores).architecture, self.id
+        )
         model.eval()
         model.requires_grad_(False)
         return model
 
     def stage_layers(self) -> list[str]:
         """Module names of the backbone's stages, shallow to deep."""
-        return list(lookup(self.id).stages())
+        return list(lookup(self.id, self.stores).stages())
 
     def layer_names(self, requested: Sequence[str] | str | None) -> list[str]:
         """The layer names a request stands for, without building the model: None or []
@@ -199,12 +233,16 @@ class BackboneSpec:
         return stages[::-1][:TOP_STAGES]
 
 
-def get_backbone(backbone_id: str, weights_file: str | None = None) -> BackboneSpec:
-    """The spec for ``backbone_id``, optionally with weights from a local state-dict file.
+def get_backbone(
+    backbone_id: str, weights_file: str | None = None, stores: Stores = ()
+) -> BackboneSpec:
+    """The spec for ``backbone_id``, optionally with weights from a local state-dict file;
+    a published id (``finetuned/<run>``) is searched in ``stores``, then in the store this
+    machine noted when it published the id.
 
     Raises TransferPipeError for an unknown id or an unreadable weights file.
     """
-    entry = lookup(backbone_id.strip())
+    entry = lookup(backbone_id.strip(), stores)
     metadata = dict(entry.metadata)
     if weights_file is not None:
         # Absolute, so the spec means the same file in a worker with another cwd.
@@ -220,4 +258,5 @@ def get_backbone(backbone_id: str, weights_file: str | None = None) -> BackboneS
         weights_file=weights_file,
         preprocessing=entry.preprocessing,
         metadata=metadata,
+        stores=tuple(stores),
     )

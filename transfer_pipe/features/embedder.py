@@ -28,7 +28,7 @@ class Embedder:
         self.device = resolve_device(config.device)
         check_autocast(config.autocast, self.device)
         check_decode_device(config.preprocessing.decode, self.device)
-        spec = get_backbone(config.backbone, config.weights_file)
+        spec = get_backbone(config.backbone, config.weights_file, config.stores)
         model = spec.build().to(self.device).to(memory_format=torch.channels_last)
         self.tap = LayerTap(model, config.layers).eval()
         if config.compile and compiles(self.device):

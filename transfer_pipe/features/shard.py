@@ -10,7 +10,6 @@ from collections import defaultdict
 import numpy as np
 from PIL import Image
 
-from transfer_pipe.backbones.published import use_store
 from transfer_pipe.data.decode import DecodeError, decode_image
 from transfer_pipe.data.idx import split_idx_uri
 from transfer_pipe.data.read import read_bytes, read_image
@@ -31,7 +30,6 @@ def produce_shard(task: ShardTask) -> ShardResult:
     returns a small summary, never arrays."""
     started = time.perf_counter()
     use_threads(task.embedder)
-    use_store(task.store, task.storage_options)  # where finetuned/<run> ids are registered
     store = shared_store(task.store, task.storage_options, task.run)
     n = len(task.uris)
     copy = task.copy

@@ -8,9 +8,10 @@ the shard code, and torch, the first time it runs one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transfer_pipe.backbones.preprocessing import Preprocessing
+from transfer_pipe.backbones.registry import StoreLocation
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class EmbedderConfig:
     # The weights' digest: a long-lived worker whose cached model came from other bytes at
     # the same path (a backbone published again) builds the model afresh.
     weights_digest: str = ""
+    # The stores a published (finetuned/<run>) backbone is looked up in: the run's. Not
+    # part of the key: where the backbone is found changes no weight (the digest above
+    # says which), so a worker's model serves runs on every store.
+    stores: tuple[StoreLocation, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

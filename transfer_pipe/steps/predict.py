@@ -19,8 +19,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from transfer_pipe.backbones import Preprocessing, get_backbone
-from transfer_pipe.backbones.published import use_store
+from transfer_pipe.backbones import Preprocessing, StoreLocation, get_backbone
 from transfer_pipe.data.batch import failure_reason
 from transfer_pipe.data.decode import DecodeError, decode_image
 from transfer_pipe.data.read import read_bytes
@@ -53,8 +52,9 @@ def predict(
     if not out.lower().endswith(_FORMATS):
         raise TransferPipeError(f"--out must end in .csv or .parquet, not {out!r}.")
     model, card = load_head(store_url, head_id, storage_options)
-    use_store(store_url, storage_options)  # where a finetuned/<run> backbone is registered
-    backbone = get_backbone(card.backbone, weights_file)
+    # The head's store: where a finetuned/<run> backbone is registered.
+    stores = (StoreLocation.of(store_url, storage_options),)
+    backbone = get_backbone(card.backbone, weights_file, stores)
     if backbone.weights_digest() != card.weights_digest:
         raise TransferPipeError(
             f"head {head_id} was trained on features of {card.backbone} with weights "
@@ -75,7 +75,13 @@ def predict(
     features = np.full((len(uris), _layer_width(model)), np.nan, np.float32)
     cached = _fill_from_store(open_store(store_url, storage_options), key, layers, hashes, features)
     embedder = EmbedderConfig(
-        backbone.id, backbone.weights_file, tuple(layers), preprocessing, device, card.autocast
+        backbone.id,
+        backbone.weights_file,
+        tuple(layers),
+        preprocessing,
+        device,
+        card.autocast,
+        stores=stores,
     )
     to_embed = [i for i, c in enumerate(contents) if c is not None and i not in cached]
     _embed_new(contents, to_embed, embedder, card.dtype, features, errors)

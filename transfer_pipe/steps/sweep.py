@@ -3,10 +3,12 @@ on the user's own data.
 
     plan = prepare_sweep(config)                       # the two embed runs, every stage
     keys = {init: embed(plan.embeds[init]).feature_set ...}
-    screens = [screen_layer(run) for run in screen_runs(plan, keys)]    # every layer
-    depth = [probe_layer(run, fit_probe(run)) for run in pretrained_runs(plan, keys, screens)]
+    rows = LayerRows()                                 # a layer's rows, read once
+    screens = [screen_layer(run, rows) for run in screen_runs(plan, keys)]    # every layer
+    depth = [probe_layer(run, fit_probe(run, rows)) for run in pretrained_runs(plan, keys,
+                                                                              screens)]
     depth += [... for run in baseline_runs(plan, keys, screens, depth)]
-    curve = [share_point(run, fit_probe(run)) for run in curve_runs(plan, keys, depth)]
+    curve = [share_point(run, fit_probe(run, rows)) for run in curve_runs(plan, keys, depth)]
     summary = finalize_sweep(plan, keys, screens, depth, curve, ...)  # advice, pictures, record
 
 The screens (k-NN accuracy and LogME, seconds per layer) rank every layer; the full probe
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from transfer_pipe.backbones import PENULTIMATE, STAGES, get_backbone, random_variant
+from transfer_pipe.backbones import PENULTIMATE, STAGES, random_variant
 from transfer_pipe.config import EmbedConfig, SweepConfig, TrainConfig
 from transfer_pipe.curves import (
     CurvePoint,
@@ -52,7 +54,7 @@ from transfer_pipe.heads.screens import knn_accuracy, logme
 from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.records import Record
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
-from transfer_pipe.steps.embed import embed
+from transfer_pipe.steps.embed import embed, run_backbone
 from transfer_pipe.steps.layer_choice import SWEEP_RECORD as RECORD
 from transfer_pipe.steps.layer_choice import SWEEPS_DIR
 from transfer_pipe.steps.results import TrainSummary
@@ -133,7 +135,7 @@ def prepare_sweep(config: SweepConfig) -> SweepPlan:
     """The embed runs of the sweep, checked before anything is embedded: the backbone must
     have stages (a sweep probes each), and a feature-set key names its source again."""
     base = config.embed if config.embed is not None else _embed_of(config)
-    backbone = get_backbone(base.backbone, base.weights_file)
+    backbone = run_backbone(base)
     try:
         stages = backbone.stage_layers()
     except TransferPipeError as err:
@@ -203,11 +205,12 @@ def screen_runs(plan: SweepPlan, keys: dict[Init, str]) -> list[ProbeRun]:
     ]
 
 
-def screen_layer(run: ProbeRun) -> LayerScreen:
+def screen_layer(run: ProbeRun, rows: LayerRows) -> LayerScreen:
     """The screens of one layer from its cached training and validation rows (never the
     test rows): the k-NN accuracy of ``KNN_ROWS`` training rows on the validation rows,
     and the LogME evidence of every training row. Kept in the store's cache: a second
-    sweep reads them."""
+    sweep reads them. The rows are read once for the layer's screens and probes
+    (``rows``: the sweep's)."""
     config = run.config
     plan = prepare_training(config, config.feature_set or "")
     identity = [plan.feature_set, plan.layer, plan.task.digest, plan.splits.__dict__, KNN_ROWS]
@@ -215,7 +218,7 @@ def screen_layer(run: ProbeRun) -> LayerScreen:
         config.store,
         SCREENS_DIR,
         identity,
-        lambda: _screen(run, _task_data(plan)),
+        lambda: _screen(run, rows.of(plan)),
         LayerScreen.from_dict,
         config.storage_options,
     )
@@ -279,43 +282,55 @@ def _runs(plan: SweepPlan, keys: dict[Init, str], init: Init, layers: list[str])
     ]
 
 
-def fit_probe(run: ProbeRun) -> TrainSummary:
+class LayerRows:
+    """The rows a sweep read last, for its next screens and probes on the same rows (a
+    layer's screens and probes, a share's seeds, the learning curve's shares at one
+    layer): one layer's at a time (the penultimate's: 70,000 x 1,280 floats). A sweep
+    makes one and hands it to each screen and probe."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._data: TaskData | None = None
+
+    def of(self, plan: TrainPlan) -> TaskData:
+        """The plan's rows: those kept, when they are the plan's, else read and kept."""
+        kept = self.kept(plan)
+        if kept is None:
+            self.keep(plan, plan.data)
+            return plan.data
+        return kept
+
+    def kept(self, plan: TrainPlan) -> TaskData | None:
+        """The rows kept, when they are the plan's; else None."""
+        return self._data if self._key == _rows_key(plan) else None
+
+    def keep(self, plan: TrainPlan, data: TaskData) -> None:
+        """Keep ``data``, the plan's rows, in place of those kept before."""
+        self._key, self._data = _rows_key(plan), data
+
+
+def fit_probe(run: ProbeRun, rows: LayerRows) -> TrainSummary:
     """One probe of the sweep: the heads pipeline (``steps.train.train``) on a feature set
     the sweep embedded, with two savings. Its heads are saved without the per-head
     confusion and per-class pictures (the sweep draws its own curves; they cost more than
     a small layer's fit). And consecutive probes on the same rows (a share's seeds, the
-    learning curve's shares at one layer) read them from the store once."""
+    learning curve's shares at one layer) read them from the store once (``rows``: the
+    sweep's)."""
     config = run.config
     assert config.feature_set is not None  # the runs name it
     plan = prepare_training(config, config.feature_set)
-    rows = _rows_key(plan)
-    if rows in _LAST_ROWS:
-        plan.__dict__["data"] = _LAST_ROWS[rows]  # functools.cached_property's own slot
+    kept = rows.kept(plan)
+    if kept is not None:
+        plan.__dict__["data"] = kept  # functools.cached_property's own slot
     results = [train_head(plan, head, plots=False) for head in plan.runs]
     summary = finalize_training(plan, results)
     if "data" in plan.__dict__:  # read (or given) for this probe: keep it for the next
-        _keep(rows, plan.data)
+        rows.keep(plan, plan.data)
     return summary
-
-
-def _task_data(plan: TrainPlan) -> TaskData:
-    """The plan's rows, read once for consecutive screens and probes of one layer."""
-    rows = _rows_key(plan)
-    if rows not in _LAST_ROWS:
-        _keep(rows, plan.data)
-    return _LAST_ROWS[rows]
 
 
 def _rows_key(plan: TrainPlan) -> tuple[Any, ...]:
     return (plan.config.store, plan.feature_set, plan.layer, plan.task.digest, plan.splits)
-
-
-def _keep(rows: tuple[Any, ...], data: TaskData) -> None:
-    _LAST_ROWS.clear()  # one layer's rows at a time (penultimate: 70,000 x 1,280 floats)
-    _LAST_ROWS[rows] = data
-
-
-_LAST_ROWS: dict[tuple[Any, ...], TaskData] = {}
 
 
 def probe_layer(run: ProbeRun, summary: TrainSummary) -> LayerScore:
@@ -430,7 +445,6 @@ def finalize_sweep(
         seconds=dict(seconds or {}),
     )
     summary = _save(summary, config.storage_options)
-    _LAST_ROWS.clear()
     logger.info("sweep %s: %s (%s)", sweep_id, advice.command, advice.reason)
     return summary
 
@@ -543,7 +557,7 @@ def probe_phase(curve: Literal["screen", "depth", "curve"], run: ProbeRun) -> st
 
 def sweep(config: SweepConfig) -> SweepSummary:
     """The whole sweep without an orchestrator (notebooks, tests)."""
-    clock = Stopwatch()
+    clock, rows = Stopwatch(), LayerRows()
     with clock.phase("prepare"):
         plan = prepare_sweep(config)
     embedded, keys = 0, {}
@@ -554,14 +568,14 @@ def sweep(config: SweepConfig) -> SweepSummary:
     screens = []
     for run in screen_runs(plan, keys):
         with clock.phase(f"screen {run.init}"), clock.phase(probe_phase("screen", run)):
-            screens.append(screen_layer(run))
+            screens.append(screen_layer(run, rows))
     summaries: list[TrainSummary] = []
     depth: list[LayerScore] = []
 
     def probe(runs: list[ProbeRun]) -> None:
         for run in runs:
             with clock.phase(f"depth {run.init}"), clock.phase(probe_phase("depth", run)):
-                summaries.append(fit_probe(run))
+                summaries.append(fit_probe(run, rows))
                 depth.append(probe_layer(run, summaries[-1]))
 
     probe(pretrained_runs(plan, keys, screens))
@@ -569,6 +583,6 @@ def sweep(config: SweepConfig) -> SweepSummary:
     curve = []
     for run in curve_runs(plan, keys, depth):
         with clock.phase(f"curve {run.init}"), clock.phase(probe_phase("curve", run)):
-            summaries.append(fit_probe(run))
+            summaries.append(fit_probe(run, rows))
             curve.append(share_point(run, summaries[-1]))
     return finalize_sweep(plan, keys, screens, depth, curve, summaries, embedded, clock.seconds)

@@ -59,16 +59,15 @@ def test_a_published_id_loads_its_weights_and_republishing_replaces_them(
 
 def _resolve_in_a_new_process(store: str | None, backbone_id: str, home: Path) -> str:
     """In a fresh interpreter with its own HOME and transfer-pipe home (as a worker on
-    another machine): resolve the id (after ``use_store(store)``) and print the sum of
-    its weights, or the error."""
+    another machine): resolve the id (searching ``store``, when given) and print the sum
+    of its weights, or the error."""
     code = (
         "import sys\n"
-        "from transfer_pipe.backbones import get_backbone\n"
-        "from transfer_pipe.backbones.published import use_store\n"
+        "from transfer_pipe.backbones import StoreLocation, get_backbone\n"
         "from transfer_pipe.errors import TransferPipeError\n"
-        "if sys.argv[1]: use_store(sys.argv[1])\n"
+        "stores = (StoreLocation(sys.argv[1]),) if sys.argv[1] else ()\n"
         "try:\n"
-        "    model = get_backbone(sys.argv[2]).build()\n"
+        "    model = get_backbone(sys.argv[2], stores=stores).build()\n"
         "except TransferPipeError as exc:\n"
         "    print('error:', exc)\n"
         "else:\n"
@@ -86,8 +85,8 @@ def _resolve_in_a_new_process(store: str | None, backbone_id: str, home: Path) -
 def test_another_machine_resolves_a_published_id_given_only_the_store_url(
     s3_bucket: str, tmp_path: Path
 ) -> None:
-    """Mutation seen to fail it: ``_candidate_stores`` ignoring the stores of
-    ``use_store`` (the other machine finds nothing)."""
+    """Mutation seen to fail it: ``_candidate_stores`` ignoring the stores the lookup
+    was given (the other machine finds nothing)."""
     store = f"s3://{s3_bucket}/store"
     backbone_id = _publish(store, "remote-run", 0.03)
     expected = float(sum(v.double().sum() for v in _weights(0.03).values()))

@@ -20,6 +20,7 @@ from transfer_pipe.data.read import read_image
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.features.embedder import get_embedder
 from transfer_pipe.features.tasks import EmbedderConfig, run_shard
+from transfer_pipe.run_context import open_context
 from transfer_pipe.store import open_store
 
 
@@ -58,14 +59,15 @@ def test_shard_matches_a_direct_forward_pass_and_records_failures(tmp_path: Path
 def test_resumed_plan_skips_done_shards_and_reuse_copies_rows(tmp_path: Path) -> None:
     make_dataset(tmp_path / "data", classes=2, per_class=6, bad=False)
     config = _config(tmp_path)
-    plan = steps.prepare_embedding(config)
-    run_shard(plan.tasks[0])
-    resumed = steps.prepare_embedding(config)
-    assert resumed.status_before == "incomplete"
-    assert [t.shard for t in resumed.tasks] == [1]
-    run_shard(resumed.tasks[0])
-    summary = steps.finalize_embedding(resumed, [])
-    assert summary.status == "complete"
+    with open_context():  # one run's context: the resumed plan keeps the claim it holds
+        plan = steps.prepare_embedding(config)
+        run_shard(plan.tasks[0])
+        resumed = steps.prepare_embedding(config)
+        assert resumed.status_before == "incomplete"
+        assert [t.shard for t in resumed.tasks] == [1]
+        run_shard(resumed.tasks[0])
+        summary = steps.finalize_embedding(resumed, [])
+        assert summary.status == "complete"
 
     # The same images in another folder: a new feature set (the uris differ) whose rows
     # are all found by content hash, so nothing is computed.

@@ -58,8 +58,9 @@ def test_probes_on_one_layer_read_its_rows_once_and_save_no_pictures(
 
     monkeypatch.setattr(train_plan, "load_task", counting_load_task)
     runs = [_run(store), _run(store, 0.25), _run(store, 0.5)]
-    summaries = [steps.fit_probe(run) for run in runs]
-    # Mutation seen failing here: fit_probe without its _LAST_ROWS lookup reads 3 times.
+    rows = steps.LayerRows()  # the sweep's
+    summaries = [steps.fit_probe(run, rows) for run in runs]
+    # Mutation seen failing here: fit_probe without its LayerRows lookup reads 3 times.
     assert reads == [LAYER]
     assert [s.heads_fitted for s in summaries] == [1, 2, 2]
     # The heads are the heads flow's own (the same ids), so a heads run reuses them.
@@ -83,8 +84,9 @@ def test_rows_of_another_split_are_read_again(store: str, monkeypatch: pytest.Mo
         return load_task(*args)
 
     monkeypatch.setattr(train_plan, "load_task", counting_load_task)
-    steps.fit_probe(_run(store))
-    steps.fit_probe(_run(store, split_seed=1))
+    rows = steps.LayerRows()  # the sweep's
+    steps.fit_probe(_run(store), rows)
+    steps.fit_probe(_run(store, split_seed=1), rows)
     # Mutation seen failing here: the rows' cache key without the split options.
     assert reads == [LAYER, LAYER]
 

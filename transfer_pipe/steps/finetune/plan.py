@@ -11,8 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from transfer_pipe.backbones import BackboneSpec, Preprocessing, get_backbone, random_variant
-from transfer_pipe.backbones.published import use_store
+from transfer_pipe.backbones import (
+    BackboneSpec,
+    Preprocessing,
+    StoreLocation,
+    get_backbone,
+    random_variant,
+)
+from transfer_pipe.backbones.registry import Stores
 from transfer_pipe.config import FinetuneConfig
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.finetune.checkpoint import CheckpointFolder
@@ -68,8 +74,6 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
     plan holds the options as trained (``FinetuneConfig.as_trained``: random init trains
     the whole network without LP-FT)."""
     config = config.as_trained()
-    # A feature set embedded with a published backbone names it: resolve it in this store.
-    use_store(config.store, storage_options_of(config))
     probe_config = config.heads_config(feature_set, heads=(PROBE_HEAD,), layer=PROBE_LAYER)
     store = open_store(config.store, config.storage_options)
     if store.status(feature_set) == "complete":
@@ -82,7 +86,9 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
             )
     probe_plan = prepare_training(probe_config, feature_set)
     spec = probe_plan.feature_set_spec
-    backbone = _backbone(spec, config)
+    # A feature set embedded with a published backbone names it: resolve it in this store.
+    stores = (StoreLocation.of(config.store, storage_options_of(config)),)
+    backbone = _backbone(spec, config, stores)
     preprocessing = Preprocessing.from_dict(spec.preprocessing)
     data = probe_plan.data
     table = store.row_table(feature_set, columns=(SAMPLE_ID, URI))
@@ -125,18 +131,19 @@ def _images(rows: SplitRows, uris: dict[str, str], index: dict[str, int]) -> Spl
     )
 
 
-def _backbone(spec: FeatureSetSpec, config: FinetuneConfig) -> BackboneSpec:
+def _backbone(spec: FeatureSetSpec, config: FinetuneConfig, stores: Stores = ()) -> BackboneSpec:
     """The backbone with the very weights the feature set was embedded with (with random
-    init: its architecture with seeded random weights, ``random/<id>``)."""
+    init: its architecture with seeded random weights, ``random/<id>``); a published one
+    is looked up in ``stores``."""
     if config.init == "random":
-        return get_backbone(random_variant(spec.backbone))
+        return get_backbone(random_variant(spec.backbone), stores=stores)
     candidates: list[str | None] = []
     if config.embed is not None and config.embed.weights_file:
         candidates.append(config.embed.weights_file)
     candidates += [None, spec.weights_file]
     for weights_file in dict.fromkeys(candidates):
         try:
-            backbone = get_backbone(spec.backbone, weights_file)
+            backbone = get_backbone(spec.backbone, weights_file, stores)
         except TransferPipeError:
             continue
         if backbone.weights_digest() == spec.weights_digest:

@@ -166,8 +166,9 @@ def _hints(config_class: type) -> dict[str, Any]:
     return typing.get_type_hints(config_class)
 
 
-class _Validated:
-    """Checks every field against its option metadata (allowed values, bounds), then the
+class Validated:
+    """The base of an options record (a config, a command's options). On construction it
+    checks every field against its option metadata (allowed values, bounds), then the
     class's own cross-field rules; all problems are reported together, each naming the
     option to fix."""
 
@@ -226,7 +227,7 @@ def settings_from(record_class: type[S], config: Any, **values: Any) -> S:
 
 
 @dataclass(frozen=True)
-class EmbedConfig(_Validated):
+class EmbedConfig(Validated):
     """Everything one embed run needs; small enough to be a Prefect flow parameter."""
 
     source: str = option(
@@ -309,7 +310,7 @@ class EmbedConfig(_Validated):
 
 
 @dataclass(frozen=True)
-class TaskOptions(_Validated):
+class TaskOptions(Validated):
     """What the heads and fine-tuning flows share: which features, which labels, which rows
     are train, validation and test."""
 
@@ -518,7 +519,7 @@ class FinetuneConfig(TaskOptions):
 
 
 @dataclass(frozen=True)
-class PredictConfig(_Validated):
+class PredictConfig(Validated):
     """Classify image files with a fitted head."""
 
     paths: tuple[str, ...] = option(REQUIRED, "image files or URLs", positional=True)
@@ -536,7 +537,7 @@ class PredictConfig(_Validated):
 
 
 @dataclass(frozen=True)
-class GcConfig(_Validated):
+class GcConfig(Validated):
     """Remove old versions of feature sets and the rows only they hold (``store.retention``)."""
 
     keys: tuple[str, ...] = option(

@@ -339,20 +339,19 @@ SWEEP_ESTIMATE_ROWS = 5000
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from transfer_pipe.app.results import SweepEstimate
-    from transfer_pipe.steps.estimate import embed_estimate_message, estimate_embed
+    from transfer_pipe.steps.estimate import embed_estimate_message, estimate_sweep
     from transfer_pipe.steps.sweep import prepare_sweep
     from transfer_pipe.steps.target import run_config
 
     plan = prepare_sweep(run_config(SweepConfig, run_values_from(SweepConfig, args)))
     large = any(e.limit is None or e.limit > SWEEP_ESTIMATE_ROWS for e in plan.embeds.values())
     if args.dry_run or large:
-        estimates = [estimate_embed(embed) for embed in plan.embeds.values()]
-        for estimate in estimates:
-            print(embed_estimate_message(estimate))
+        estimate = estimate_sweep(plan)
+        for embed in estimate.embeds:
+            print(embed_estimate_message(embed))
         if args.dry_run:
             if args.json:
-                print(SweepEstimate(embeds=tuple(estimates)).to_json())
+                print(estimate.to_json())
             return 0
     config, _ = _run(SweepConfig, args)
     from flows.sweep import run_sweep

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from transfer_pipe.config import EmbedConfig, _Validated, option, option_of
+from transfer_pipe.config import EmbedConfig, Validated, option, option_of
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.records import Record, known_fields
 
@@ -253,7 +253,7 @@ def _client(api_url: str) -> SyncPrefectClient:
 
 
 @dataclass(frozen=True)
-class ServeOptions(_Validated):
+class ServeOptions(Validated):
     """What ``transfer-pipe serve`` runs: its store, port and database. The fields given
     with ``option`` are the command's flags (``transfer_pipe.app.cli``)."""
 

@@ -18,20 +18,28 @@ short calibration on the run's own first images:
   calibration's): compressed bytes per row are measured on what the store really
   writes, zstd and padding included, not guessed from the width.
 
-``embed`` and ``finetune`` put them together; ``messages`` prints them.
+``embed``, ``finetune`` and ``sweep`` put them together; ``messages`` prints them.
 """
 
 from transfer_pipe.steps.estimate.embed import estimate_embed
 from transfer_pipe.steps.estimate.finetune import estimate_finetune
 from transfer_pipe.steps.estimate.messages import embed_estimate_message, finetune_estimate_message
-from transfer_pipe.steps.estimate.records import EmbedEstimate, FinetuneEstimate, LayerEstimate
+from transfer_pipe.steps.estimate.records import (
+    EmbedEstimate,
+    FinetuneEstimate,
+    LayerEstimate,
+    SweepEstimate,
+)
+from transfer_pipe.steps.estimate.sweep import estimate_sweep
 
 __all__ = [
     "EmbedEstimate",
     "FinetuneEstimate",
     "LayerEstimate",
+    "SweepEstimate",
     "embed_estimate_message",
     "estimate_embed",
     "estimate_finetune",
+    "estimate_sweep",
     "finetune_estimate_message",
 ]

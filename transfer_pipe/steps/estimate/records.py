@@ -63,3 +63,11 @@ class FinetuneEstimate(Record):
     seconds_per_epoch: float | None
     seconds: float | None  # embedding first plus ``epochs`` epochs (early stopping may cut it)
     seconds_from: str
+
+
+@dataclass(frozen=True)
+class SweepEstimate(Record):
+    """What ``transfer-pipe sweep`` would embed and what it would cost (``--dry-run``):
+    the pretrained backbone's run, then its random baseline's; nothing of it is done."""
+
+    embeds: tuple[EmbedEstimate, ...]

@@ -21,8 +21,8 @@ the penultimate layer costs one forward pass more to add the stages), the probes
 id; a second sweep embeds nothing and fits nothing.
 
 One module per phase: ``plan`` (the embed runs, checked; a probe's run), ``screens``
-(every layer's screens, cached), ``probes`` (the probes the screens decide, a layer's rows
-read once, the depth and learning curves' points) and ``finalize`` (the advice, its
+(every layer's screens, cached), ``rows`` (a layer's rows, read once for its screens and
+probes), ``probes`` (the probes the screens decide, the depth and learning curves' points) and ``finalize`` (the advice, its
 pictures, report and record). Here: the stopwatch and the whole sweep as one call.
 """
 
@@ -50,7 +50,6 @@ from transfer_pipe.steps.sweep.plan import (
     prepare_sweep,
 )
 from transfer_pipe.steps.sweep.probes import (
-    LayerRows,
     baseline_runs,
     best_layer,
     curve_runs,
@@ -59,6 +58,7 @@ from transfer_pipe.steps.sweep.probes import (
     probe_layer,
     share_point,
 )
+from transfer_pipe.steps.sweep.rows import LayerRows
 from transfer_pipe.steps.sweep.screens import screen_layer, screen_runs
 
 

@@ -99,7 +99,9 @@ def _embed_of(config: SweepConfig) -> EmbedConfig:
     )
 
 
-def _probe_config(plan: SweepPlan, key: str, layer: str, **extra: object) -> TrainConfig:
+def probe_config(plan: SweepPlan, key: str, layer: str, **extra: object) -> TrainConfig:
+    """The heads run of one probe: the probe head on ``layer`` of feature set ``key``,
+    with the sweep's probe options (and ``extra``, e.g. a share of the labels)."""
     config = plan.config
     return config.heads_config(
         key,

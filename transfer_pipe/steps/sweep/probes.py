@@ -6,15 +6,14 @@ one probe fitted by the heads pipeline, and the depth and learning curves' point
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from transfer_pipe.curves import CurvePoint, LayerScore, LayerScreen, ranked
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import read_card
-from transfer_pipe.heads.tasks import TaskData
 from transfer_pipe.steps.results import TrainSummary
-from transfer_pipe.steps.sweep.plan import INITS, PROBE, Init, ProbeRun, SweepPlan, _probe_config
-from transfer_pipe.steps.train import TrainPlan, finalize_training, prepare_training, train_head
+from transfer_pipe.steps.sweep.plan import INITS, PROBE, Init, ProbeRun, SweepPlan, probe_config
+from transfer_pipe.steps.sweep.rows import LayerRows
+from transfer_pipe.steps.train import finalize_training, prepare_training, train_head
 from transfer_pipe.store import open_store
 
 
@@ -53,37 +52,10 @@ def _probed(plan: SweepPlan, screens: Sequence[LayerScreen], init: Init) -> list
 def _runs(plan: SweepPlan, keys: dict[Init, str], init: Init, layers: list[str]) -> list[ProbeRun]:
     """Probe runs of ``init`` on ``layers`` (each once), shallow to deep, all labels."""
     return [
-        ProbeRun(init, layer, depth, _probe_config(plan, keys[init], layer))
+        ProbeRun(init, layer, depth, probe_config(plan, keys[init], layer))
         for depth, layer in enumerate(plan.layers)
         if layer in layers
     ]
-
-
-class LayerRows:
-    """The rows a sweep read last, for its next screens and probes on the same rows (a
-    layer's screens and probes, a share's seeds, the learning curve's shares at one
-    layer): one layer's at a time (the penultimate's: 70,000 x 1,280 floats). A sweep
-    makes one and hands it to each screen and probe."""
-
-    def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._data: TaskData | None = None
-
-    def of(self, plan: TrainPlan) -> TaskData:
-        """The plan's rows: those kept, when they are the plan's, else read and kept."""
-        kept = self.kept(plan)
-        if kept is None:
-            self.keep(plan, plan.data)
-            return plan.data
-        return kept
-
-    def kept(self, plan: TrainPlan) -> TaskData | None:
-        """The rows kept, when they are the plan's; else None."""
-        return self._data if self._key == _rows_key(plan) else None
-
-    def keep(self, plan: TrainPlan, data: TaskData) -> None:
-        """Keep ``data``, the plan's rows, in place of those kept before."""
-        self._key, self._data = _rows_key(plan), data
 
 
 def fit_probe(run: ProbeRun, rows: LayerRows) -> TrainSummary:
@@ -104,10 +76,6 @@ def fit_probe(run: ProbeRun, rows: LayerRows) -> TrainSummary:
     if "data" in plan.__dict__:  # read (or given) for this probe: keep it for the next
         rows.keep(plan, plan.data)
     return summary
-
-
-def _rows_key(plan: TrainPlan) -> tuple[Any, ...]:
-    return (plan.config.store, plan.feature_set, plan.layer, plan.task.digest, plan.splits)
 
 
 def probe_layer(run: ProbeRun, summary: TrainSummary) -> LayerScore:
@@ -152,7 +120,7 @@ def curve_runs(
         for fraction in sorted(set(plan.config.fractions)):
             # Every label is the depth curve's own probe at that layer: reused, not refit.
             extra = {"label_fraction": fraction, "shot_seeds": plan.config.seeds}
-            config = _probe_config(plan, keys[init], best.layer, **(extra if fraction < 1 else {}))
+            config = probe_config(plan, keys[init], best.layer, **(extra if fraction < 1 else {}))
             runs.append(ProbeRun(init, best.layer, best.depth, config, fraction))
     return runs
 

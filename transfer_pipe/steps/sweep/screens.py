@@ -16,9 +16,9 @@ from transfer_pipe.steps.sweep.plan import (
     Init,
     ProbeRun,
     SweepPlan,
-    _probe_config,
+    probe_config,
 )
-from transfer_pipe.steps.sweep.probes import LayerRows
+from transfer_pipe.steps.sweep.rows import LayerRows
 from transfer_pipe.steps.train import prepare_training
 from transfer_pipe.store.cards import cached_record
 
@@ -26,7 +26,7 @@ from transfer_pipe.store.cards import cached_record
 def screen_runs(plan: SweepPlan, keys: dict[Init, str]) -> list[ProbeRun]:
     """Every layer of both initialisations, all training labels: what the screens score."""
     return [
-        ProbeRun(init, layer, depth, _probe_config(plan, keys[init], layer))
+        ProbeRun(init, layer, depth, probe_config(plan, keys[init], layer))
         for init in INITS
         for depth, layer in enumerate(plan.layers)
     ]

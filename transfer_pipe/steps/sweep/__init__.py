@@ -22,8 +22,9 @@ id; a second sweep embeds nothing and fits nothing.
 
 One module per phase: ``plan`` (the embed runs, checked; a probe's run), ``screens``
 (every layer's screens, cached), ``rows`` (a layer's rows, read once for its screens and
-probes), ``probes`` (the probes the screens decide, the depth and learning curves' points) and ``finalize`` (the advice, its
-pictures, report and record). Here: the stopwatch and the whole sweep as one call.
+probes), ``probes`` (the probes the screens decide, the depth and learning curves'
+points) and ``finalize`` (the advice, its pictures, report and record). Here: the
+stopwatch and the whole sweep as one call.
 """
 
 from __future__ import annotations

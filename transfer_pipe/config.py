@@ -199,7 +199,7 @@ class Validated:
 def option_of(config_class: type, name: str) -> Any:
     """Another config's option, default and help included, offered again under a new name
     (the pipeline's ``finetune_epochs`` is fine-tuning's ``epochs``): written once."""
-    (source,) = (f for f in dataclasses.fields(config_class) if f.name == name)
+    source = _field(config_class, name)
     return dataclasses.field(default=source.default, metadata={**source.metadata, "flag": None})
 
 
@@ -211,8 +211,13 @@ def setting(config_class: type, name: str) -> Any:
     ``ProtocolOptions``, the training loop's ``TrainOptions``) that is ``config_class``'s
     option ``name``: its default is the option's, and ``settings_from`` fills it from a
     config. The option stays written once, on the config."""
-    (source,) = (f for f in dataclasses.fields(config_class) if f.name == name)
-    return dataclasses.field(default=source.default, metadata={"config": name})
+    return dataclasses.field(default=_field(config_class, name).default, metadata={"config": name})
+
+
+def _field(config_class: type, name: str) -> dataclasses.Field[Any]:
+    """``config_class``'s field ``name``, the one home of an option offered elsewhere."""
+    (found,) = (f for f in dataclasses.fields(config_class) if f.name == name)
+    return found
 
 
 def settings_from(record_class: type[S], config: Any, **values: Any) -> S:

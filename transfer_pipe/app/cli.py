@@ -215,15 +215,20 @@ def _run(config_class: type[T], args: argparse.Namespace) -> tuple[T, dict[str, 
     return config, values
 
 
+def _print_estimate(estimate: Record, messages: Sequence[str], as_json: bool) -> None:
+    """What a run would cost, in words, then (a dry run's ``--json``) as its record."""
+    print("\n".join(messages))
+    if as_json:
+        print(estimate.to_json())
+
+
 def _embed(args: argparse.Namespace) -> int:
     if args.dry_run:  # checked as a real run is, but by checks that write nothing
         from transfer_pipe.steps.estimate import embed_estimate_message, estimate_embed
         from transfer_pipe.steps.target import run_config
 
         estimate = estimate_embed(run_config(EmbedConfig, run_values_from(EmbedConfig, args)))
-        print(embed_estimate_message(estimate))
-        if args.json:
-            print(estimate.to_json())
+        _print_estimate(estimate, [embed_estimate_message(estimate)], args.json)
         return 0
     _, values = _run(EmbedConfig, args)
     from flows.embed import embed_flow
@@ -309,9 +314,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
         config = run_config(FinetuneConfig, run_values_from(FinetuneConfig, args))
         tuned = estimate_finetune(config)
-        print(finetune_estimate_message(tuned))
-        if args.json:
-            print(tuned.to_json())
+        _print_estimate(tuned, [finetune_estimate_message(tuned)], args.json)
         return 0
     _, values = _run(FinetuneConfig, args)
     from flows.finetune import finetune_flow
@@ -347,11 +350,9 @@ def _sweep(args: argparse.Namespace) -> int:
     large = any(e.limit is None or e.limit > SWEEP_ESTIMATE_ROWS for e in plan.embeds.values())
     if args.dry_run or large:
         estimate = estimate_sweep(plan)
-        for embed in estimate.embeds:
-            print(embed_estimate_message(embed))
+        messages = [embed_estimate_message(embed) for embed in estimate.embeds]
+        _print_estimate(estimate, messages, args.json and args.dry_run)
         if args.dry_run:
-            if args.json:
-                print(estimate.to_json())
             return 0
     config, _ = _run(SweepConfig, args)
     from flows.sweep import run_sweep

@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.photos import corpus
 from transfer_pipe.backbones import get_backbone
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.data.batch import prepare_pixels, prepare_pixels_on
 from transfer_pipe.data.decode import decode_image
 from transfer_pipe.features.batch import embed_images
 from transfer_pipe.features.embedder import Embedder
 from transfer_pipe.features.tasks import EmbedderConfig
+from transfer_pipe.preprocessing import Preprocessing
 
 BACKBONE = "efficientnet_lite0.in1k"
 SIZE = 224

@@ -48,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.photos import make_photos
 from transfer_pipe.backbones import get_backbone
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.data.decode import decode_image
+from transfer_pipe.preprocessing import Preprocessing
 
 RESULTS = Path(__file__).parent / "results" / "photos.json"
 BACKBONE = "efficientnet_lite0.in1k"

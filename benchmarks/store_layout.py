@@ -29,6 +29,7 @@ import zarr.storage
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from transfer_pipe.preprocessing import Preprocessing
 from transfer_pipe.store import FeatureSetSpec, ShardStats, ZarrFeatureStore
 
 BEFORE_COMMIT = "2c219cc"
@@ -92,7 +93,7 @@ def build(store: Any, rows: int, shard_size: int) -> str:
         source="bench",
         backbone="bench",
         weights_digest="w",
-        preprocessing={},
+        preprocessing=Preprocessing(224, (0.5,) * 3, (0.5,) * 3),
         layers=("penultimate",),
         layer_dims={"penultimate": DIM},
         dtype="float32",

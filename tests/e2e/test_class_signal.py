@@ -89,9 +89,9 @@ def test_training_the_top_stages_beats_the_probe_on_drawn_shapes(tmp_path: Path)
         test_fraction=0.3,  # 90 test images: a bound with room between probe and luck
     )
     summary = run_finetune(config)
-    assert summary.classes == sorted(SHAPES) and summary.splits["test"] == 90
+    assert summary.classes == sorted(SHAPES) and summary.splits.test == 90
     assert summary.embedded == 300 and summary.skipped_images == 0
-    rows = summary.splits["test"]
+    rows = summary.splits.test
     # Both scores are on the same 90 test images: fine-tuning must beat what a model as
     # good as the probe would reach by luck, and so also chance.
     # Mutation: a top-N policy that unfreezes no stage (finetune/surgery.py) trains the

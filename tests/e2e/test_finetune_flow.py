@@ -82,7 +82,7 @@ def test_flow_compares_with_the_probe_saves_and_reports(
     state = finetune_flow(**run_values(config(store, key, lp_ft=True)), return_state=True)
     summary = state.result()
     assert summary.embedded == 0 and summary.feature_set == key
-    assert summary.splits["train"] + summary.splits["val"] + summary.splits["test"] == 42
+    assert summary.splits.train + summary.splits.val + summary.splits.test == 42
     assert summary.epochs == 2 and summary.skipped_images == 0
     for field in ("accuracy", "macro_f1", "probe_accuracy"):
         assert 0.0 <= getattr(summary, field) <= 1.0

@@ -111,7 +111,7 @@ def test_the_decode_mode_is_in_the_key_of_a_jpeg_folder_only(folder: Path, tmp_p
     full = embed(_config(folder, store, decode="full", image_size=32))
     dct = embed(_config(folder, store, decode="dct", image_size=32))
     assert full.feature_set != dct.feature_set  # other pixels, another feature set
-    assert open_store(str(store)).spec(dct.feature_set).preprocessing["decode"] == "dct"
+    assert open_store(str(store)).spec(dct.feature_set).preprocessing.decode == "dct"
     pngs = tmp_path / "pngs"
     make_photos(pngs, 2, kinds=("png",), classes=("coffee",), seed=6)
     png_full = embed(_config(pngs, store, decode="full", image_size=32))
@@ -162,7 +162,7 @@ def test_a_device_decode_is_a_feature_set_of_its_own_with_failures_as_on_the_cpu
     # Mutation seen to fail here: the shard not handing its byte reader to the kernel
     # (each shard fails: "a decode on the device needs read(item) -> bytes").
     assert device.status == "complete" and device.feature_set != full.feature_set
-    assert opened.spec(device.feature_set).preprocessing["decode"] == "nvjpeg"
+    assert opened.spec(device.feature_set).preprocessing.decode == "nvjpeg"
     reports = [failure_report(opened, s.feature_set) for s in (full, device)]
     assert [r.rows for r in reports[1:]] == [reports[0].rows] and len(reports[0].rows) == 3
     assert reports[1].notes == reports[0].notes and len(reports[0].notes) == 1

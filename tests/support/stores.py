@@ -12,11 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from transfer_pipe.preprocessing import Preprocessing
 from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, open_store
 
 LAYERS = {"penultimate": 5, "stages.0": 3}
 ROWS = 10
 SHARD = 4
+# The test backbone's (``tiny_test``) preprocessing, as a spec or card records it.
+TINY_PREPROCESSING = Preprocessing(32, (0.5,) * 3, (0.25,) * 3)
 
 
 def local_zarr(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStore:
@@ -75,7 +78,7 @@ def make_spec(
         source="test",
         backbone="tiny_test",
         weights_digest="w",
-        preprocessing={"image_size": 32},
+        preprocessing=TINY_PREPROCESSING,
         layers=tuple(layers),
         layer_dims=dict(layers),
         dtype=dtype,

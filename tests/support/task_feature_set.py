@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.support.stores import TINY_PREPROCESSING
 from transfer_pipe.store import FeatureSetSpec, FeatureStore, ShardStats, ZarrFeatureStore
 
 LAYER = "penultimate"
@@ -69,7 +70,7 @@ def build_feature_set(
         source="test",
         backbone="tiny_test",
         weights_digest="w",
-        preprocessing={"image_size": 32},
+        preprocessing=TINY_PREPROCESSING,
         layers=(LAYER, *more),
         layer_dims={LAYER: dim, **{name: values.shape[1] for name, values in more.items()}},
         dtype="float32",

@@ -15,7 +15,6 @@ layer taps (``backbones.taps``) and the networks import it when a model is built
 
 from transfer_pipe.backbones import builtin, published  # noqa: F401  (registers ids)
 from transfer_pipe.backbones.builtin import EFFICIENTNET_LITE0, TINY_TEST, random_variant
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.published import publish_backbone
 from transfer_pipe.backbones.registry import (
     PENULTIMATE,
@@ -27,6 +26,7 @@ from transfer_pipe.backbones.registry import (
     list_backbones,
     register,
 )
+from transfer_pipe.preprocessing import Preprocessing
 
 __all__ = [
     "EFFICIENTNET_LITE0",

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.registry import (
     BackboneEntry,
     Stores,
@@ -25,6 +24,7 @@ from transfer_pipe.backbones.registry import (
     registered_ids,
 )
 from transfer_pipe.backbones.weights import RandomInit, WeightsFile
+from transfer_pipe.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import torch

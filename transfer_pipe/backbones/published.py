@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec.core import url_to_fs
 
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.registry import (
     BackboneEntry,
     Stores,
@@ -43,6 +42,7 @@ from transfer_pipe.backbones.registry import (
 from transfer_pipe.backbones.weights import DEFAULT_SEED, Architecture, load_strict, seeded
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import write_text_atomic, write_url_atomic
+from transfer_pipe.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.weights import (
     Architecture,
     StateDictAdapter,
@@ -30,6 +29,7 @@ from transfer_pipe.backbones.weights import (
 from transfer_pipe.config import TOP
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import parse_storage_options
+from transfer_pipe.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from torch import nn

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from transfer_pipe.backbones.builtin import TORCHVISION_PREFIX as PREFIX
-from transfer_pipe.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from transfer_pipe.backbones.registry import PENULTIMATE, BackboneEntry
 from transfer_pipe.backbones.taps import NHWC_LAYERS_ATTR, LayerTap
 from transfer_pipe.backbones.weights import (
@@ -33,6 +32,7 @@ from transfer_pipe.backbones.weights import (
     seeded,
 )
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum

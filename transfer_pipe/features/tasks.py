@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.backbones.registry import StoreLocation
+from transfer_pipe.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from transfer_pipe.backbones import Preprocessing, StoreLocation, get_backbone
+from transfer_pipe.backbones import StoreLocation, get_backbone
 from transfer_pipe.data.batch import failure_reason
 from transfer_pipe.data.decode import DecodeError, decode_image
 from transfer_pipe.data.read import read_bytes
@@ -61,13 +61,12 @@ def predict(
             f"{card.weights_digest[:12]}…, not the weights found now; pass --weights-file "
             "with the file its feature set was embedded with."
         )
-    preprocessing = Preprocessing.from_dict(card.preprocessing)
     layers = split_layers(card.result.layer)
     uris = [_uri(path) for path in paths]
     contents, errors = _read_all(uris)
     hashes = [hashlib.sha256(c).hexdigest() if c is not None else "" for c in contents]
     key = embedding_key(
-        backbone.id, card.weights_digest, preprocessing.to_dict(), card.dtype, card.autocast
+        backbone.id, card.weights_digest, card.preprocessing, card.dtype, card.autocast
     )
     if key != card.embedding_key:
         raise TransferPipeError(f"head {head_id}: its card's embedding key does not match.")
@@ -78,7 +77,7 @@ def predict(
         backbone.id,
         backbone.weights_file,
         tuple(layers),
-        preprocessing,
+        card.preprocessing,
         device,
         card.autocast,
         stores=stores,

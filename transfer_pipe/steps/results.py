@@ -16,6 +16,23 @@ from transfer_pipe.store.cards import LayerChoice, SplitSizes
 from transfer_pipe.store.retention import GcReport
 
 
+class SplitsShownFlat(Record):
+    """A result whose ``splits`` (a ``SplitSizes``) prints as rows by split name with
+    ``split_origin`` beside them: the JSON shape every summary and estimate printed
+    before the splits were a record."""
+
+    splits: SplitSizes
+
+    def to_dict(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {}
+        for name, value in super().to_dict().items():
+            if name == "splits":
+                shown |= {"splits": self.splits.sizes, "split_origin": self.splits.origin}
+            else:
+                shown[name] = value
+        return shown
+
+
 @dataclass(frozen=True)
 class EmbedSummary(Record):
     """An embed run: the feature set it completed and what this run paid for."""
@@ -65,7 +82,7 @@ class HeadSummary(Record):
 
 
 @dataclass(frozen=True)
-class TrainSummary(Record):
+class TrainSummary(SplitsShownFlat):
     """A train run: the task and split, per head kind its summary, and the metrics table
     (one row per fitted head). ``splits`` are the task's full split sizes, also when each
     head trained on a few-shot draw or a share of the labels."""
@@ -86,20 +103,9 @@ class TrainSummary(Record):
     label_fraction: float | None = None  # share of the training labels each head was fitted on
     layer_choice: LayerChoice | None = None  # how ``layer`` was chosen (--layer auto)
 
-    def to_dict(self) -> dict[str, Any]:
-        # The JSON shape printed before the splits were a record: sizes by split name,
-        # then ``split_origin`` beside them.
-        shown: dict[str, Any] = {}
-        for name, value in super().to_dict().items():
-            if name == "splits":
-                shown |= {"splits": self.splits.sizes, "split_origin": self.splits.origin}
-            else:
-                shown[name] = value
-        return shown
-
 
 @dataclass(frozen=True)
-class FinetuneSummary(Record):
+class FinetuneSummary(SplitsShownFlat):
     """A fine-tuning run: test metrics next to the probe's (and the run with the other
     init, when the store holds one), whether it ended below the probe on validation (then
     the probe is recommended), where the model lives, and the one line that says it."""
@@ -109,7 +115,7 @@ class FinetuneSummary(Record):
     store: str
     task: str
     classes: list[str]
-    splits: dict[str, int]
+    splits: SplitSizes
     policy: str
     lp_ft: bool
     epochs: int

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from transfer_pipe.preprocessing import Preprocessing
 from transfer_pipe.records import Record
 from transfer_pipe.schema import FAILURE, SAMPLE_ID, URI
 from transfer_pipe.store.claims import Claim, Holder
@@ -46,7 +47,7 @@ class LineageSpec:
     embedding_key: str
     backbone: str
     weights_digest: str
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     layers: tuple[str, ...]
     layer_dims: dict[str, int]
     dtype: str
@@ -58,11 +59,14 @@ class LineageSpec:
     def shard_of(self, row: int) -> int:
         return row // self.shard_size
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the lineage's ``lineage`` attribute)."""
+        return _spec_dict(self)
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> LineageSpec:
-        names = {f.name for f in fields(cls)}
-        values = {name: value for name, value in raw.items() if name in names}
-        return cls(**{**values, "layers": tuple(values["layers"])})
+        """A lineage spec from its JSON form."""
+        return cls(**_spec_fields(cls, raw))
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class FeatureSetSpec:
     source: str
     backbone: str
     weights_digest: str
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     layers: tuple[str, ...]
     layer_dims: dict[str, int]
     dtype: str
@@ -112,17 +116,34 @@ class FeatureSetSpec:
         return range(start, max(start, min(start + self.shard_size, end)))
 
     def lineage_spec(self) -> LineageSpec:
-        return LineageSpec.from_dict(asdict(self))
+        return LineageSpec(**{f.name: getattr(self, f.name) for f in fields(LineageSpec)})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON form (the version's ``spec`` attribute)."""
+        return _spec_dict(self)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FeatureSetSpec:
         """A spec from its JSON form (the ``spec`` attribute)."""
-        names = {f.name for f in fields(cls)}
-        values = {name: value for name, value in raw.items() if name in names}
-        return cls(**{**values, "layers": tuple(values["layers"])})
+        return cls(**_spec_fields(cls, raw))
+
+
+def _spec_dict(spec: LineageSpec | FeatureSetSpec) -> dict[str, Any]:
+    """A spec's fields as plain data, its preprocessing in the form the keys hash, so a
+    spec's attribute reads the same as every release wrote it."""
+    return {**asdict(spec), "preprocessing": spec.preprocessing.to_dict()}
+
+
+def _spec_fields(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of spec class ``cls`` from its JSON form (keys it does not know are
+    left out: a newer release's spec still reads)."""
+    names = {f.name for f in fields(cls)}
+    values = {name: value for name, value in raw.items() if name in names}
+    return {
+        **values,
+        "layers": tuple(values["layers"]),
+        "preprocessing": Preprocessing.from_dict(values["preprocessing"]),
+    }
 
 
 @dataclass(frozen=True)

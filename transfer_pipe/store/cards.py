@@ -25,6 +25,7 @@ from typing import Any, Protocol, Self, TypeVar
 from fsspec.core import url_to_fs
 from fsspec.spec import AbstractFileSystem
 
+from transfer_pipe.preprocessing import Preprocessing
 from transfer_pipe.records import Record, known_fields
 from transfer_pipe.store.keys import content_id
 from transfer_pipe.store.options import store_options
@@ -129,7 +130,7 @@ class ModelCard(Record):
     source: str
     backbone: str
     weights_digest: str
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     task: TaskRef
     classes: list[str]
     splits: SplitSizes
@@ -141,6 +142,7 @@ class ModelCard(Record):
         """``cls``'s fields from ``data`` (see ``known_fields``), the shared nested ones
         parsed; a subclass's ``from_dict`` parses its own nested fields on top."""
         fields = known_fields(cls, data, what)
+        fields["preprocessing"] = Preprocessing.from_dict(fields["preprocessing"])
         fields["task"] = TaskRef.from_dict(fields["task"])
         fields["splits"] = SplitSizes.from_dict(fields["splits"])
         return fields

@@ -391,7 +391,6 @@ def _grown(store: ZarrFeatureStore, spec: FeatureSetSpec, path: str, document: b
 
 
 def _restore_lineage_root(store: ZarrFeatureStore, spec: FeatureSetSpec) -> None:
-    from dataclasses import asdict
 
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.group import GroupMetadata
@@ -399,7 +398,7 @@ def _restore_lineage_root(store: ZarrFeatureStore, spec: FeatureSetSpec) -> None
     from transfer_pipe.store.layout import describe
 
     lineage = spec.lineage_spec()
-    attrs = {"lineage": asdict(lineage), "layout": describe(lineage), "created": "", "head": None}
+    attrs = {"lineage": lineage.to_dict(), "layout": describe(lineage), "created": "", "head": None}
     buffers = GroupMetadata(attributes=attrs).to_buffer_dict(default_buffer_prototype())
     _put(store, f"{store.lineage_folder(spec.lineage)}/{ROOT}", buffers["zarr.json"].to_bytes())
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+from transfer_pipe.preprocessing import Preprocessing
+
 # Bump when the stored layout or the way values are computed changes: old keys then miss.
 FORMAT_VERSION = 2  # 2: sharded and checksummed; layout 3 (versions) keeps its keys
 KEY_LENGTH = 16  # hex characters shown to users; the full digests live in the provenance
@@ -30,7 +32,7 @@ def content_id(identity: Any, length: int | None = None, *, compact: bool = Fals
 def embedding_key(
     backbone: str,
     weights_digest: str,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     dtype: str,
     autocast: str = "none",
 ) -> str:
@@ -46,7 +48,7 @@ def embedding_key(
         "format": FORMAT_VERSION,
         "backbone": backbone,
         "weights": weights_digest,
-        "preprocessing": preprocessing,
+        "preprocessing": preprocessing.to_dict(),
         "dtype": dtype,
     }
     if autocast != "none":

@@ -349,7 +349,7 @@ class ZarrFeatureStore(FeatureStore):
         create_lineage_arrays(group, wanted)
         group.attrs.update(
             {
-                "lineage": dataclasses.asdict(wanted),
+                "lineage": wanted.to_dict(),
                 "layout": describe(wanted),
                 "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "head": None,

@@ -17,7 +17,6 @@ import torchvision.io
 from PIL import Image
 
 from tests.support.photos import EXIF_ORIENTATION, crop, encode, source_photos
-from transfer_pipe.backbones.preprocessing import Preprocessing
 from transfer_pipe.data.batch import Pixels, prepare_pixels, prepare_pixels_on
 from transfer_pipe.data.decode import decode_image
 from transfer_pipe.data.device_decode import (
@@ -27,6 +26,7 @@ from transfer_pipe.data.device_decode import (
     device_pixels,
 )
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.preprocessing import Preprocessing
 
 SIZE = 64
 

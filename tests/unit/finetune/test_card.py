@@ -54,10 +54,14 @@ METRICS_6: dict[str, Any] = {
                          [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]],
 }  # fmt: skip
 TASK = {"name": "source", "mapping": None, "labels_file": None, "digest": "ab" * 32}
+PREPROCESSING = {
+    "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "resize": "squash",
+    "interpolation": "bilinear",
+}  # fmt: skip
 # Cards as the dict-building code wrote them (same keys, values shortened).
 OLD_FINETUNE_CARD: dict[str, Any] = {
     "feature_set": "0123456789abcdef", "store": "/s", "source": "folder /data",
-    "backbone": "tiny_test", "weights_digest": "d" * 64, "preprocessing": {"image_size": 32},
+    "backbone": "tiny_test", "weights_digest": "d" * 64, "preprocessing": PREPROCESSING,
     "task": TASK, "classes": ["a", "b"], "splits": {"train": 8, "val": 2, "test": 4,
                                                      "origin": "source"},
     "policy": "top-1", "lp_ft": True, "probe_head_id": "source-logreg-1",
@@ -78,7 +82,7 @@ OLD_FINETUNE_CARD: dict[str, Any] = {
 }  # fmt: skip
 OLD_HEAD_CARD: dict[str, Any] = {
     "feature_set": "0123456789abcdef", "store": "/s", "source": "folder /data",
-    "backbone": "tiny_test", "weights_digest": "d" * 64, "preprocessing": {"image_size": 32},
+    "backbone": "tiny_test", "weights_digest": "d" * 64, "preprocessing": PREPROCESSING,
     "embedding_key": "e" * 16, "dtype": "float32", "layer": "penultimate", "task": TASK,
     "classes": ["a", "b"], "splits": {"train": 8, "val": 2, "test": 4, "origin": "source",
                                       "dropped": 0},

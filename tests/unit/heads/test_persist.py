@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from tests.support.stores import TINY_PREPROCESSING
 from tests.support.synthetic import CLASSES, blobs, task_data
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.heads.card import HeadCard, HeadResult, list_cards, read_card
@@ -74,7 +75,7 @@ def _card(head_id: str, fitted: FittedHead, created: str = "2025-01-01T00:00:00+
     """A card as the heads pipeline writes it, for a head fitted on ``_data()``."""
     return HeadCard(
         feature_set="0123456789abcdef", store="unused", source="synthetic",
-        backbone="tiny_test", weights_digest="d" * 64, preprocessing={"image_size": 32},
+        backbone="tiny_test", weights_digest="d" * 64, preprocessing=TINY_PREPROCESSING,
         embedding_key="e" * 16, dtype="float32",
         task=TaskRef(name="source", digest="t" * 64), classes=list(CLASSES),
         splits=SplitSizes(train=120, val=30, test=60, origin="test fixture"),

@@ -1,11 +1,16 @@
+from transfer_pipe.preprocessing import Preprocessing
 from transfer_pipe.store import embedding_key, feature_set_key
 
-PRE = {"image_size": 64, "mean": [0.5, 0.5, 0.5]}
+PRE = Preprocessing(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def test_same_inputs_same_key() -> None:
     a = feature_set_key(embedding_key("b", "w", PRE, "float32"), ["penultimate"], "data")
-    b = feature_set_key(embedding_key("b", "w", dict(PRE), "float32"), ["penultimate"], "data")
+    b = feature_set_key(
+        embedding_key("b", "w", Preprocessing.from_dict(PRE.to_dict()), "float32"),
+        ["penultimate"],
+        "data",
+    )
     assert a == b
 
 
@@ -15,7 +20,7 @@ def test_every_input_changes_the_key() -> None:
         feature_set_key(embedding_key("b2", "w", PRE, "float32"), ["penultimate"], "data"),
         feature_set_key(embedding_key("b", "w2", PRE, "float32"), ["penultimate"], "data"),
         feature_set_key(
-            embedding_key("b", "w", {**PRE, "image_size": 32}, "float32"), ["penultimate"], "data"
+            embedding_key("b", "w", PRE.replace(image_size=32), "float32"), ["penultimate"], "data"
         ),
         feature_set_key(embedding_key("b", "w", PRE, "float16"), ["penultimate"], "data"),
         feature_set_key(embedding_key("b", "w", PRE, "float32"), ["stages.0"], "data"),
@@ -53,3 +58,21 @@ def test_content_ids_are_the_digests_stores_already_hold() -> None:
     assert feature_set_key("e", ["penultimate"], "d") == content_id(
         {"embedding": "e", "layers": ["penultimate"], "data": "d"}, 16, compact=True
     )
+
+
+def test_an_embedding_key_hashes_the_preprocessing_as_every_release_wrote_it() -> None:
+    """The preprocessing is a record now, but the key still hashes its compact JSON form
+    (a full decode and stored colours left out, the filter named): every stored feature set
+    keeps its key. Mutation: hashing the record's fields (``asdict``) or dropping
+    ``interpolation`` from ``Preprocessing.to_dict`` fails here."""
+    from transfer_pipe.store.keys import content_id
+
+    written = {
+        "image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "resize": "squash", "interpolation": "bilinear",
+    }  # fmt: skip
+    fields = {"format": 2, "backbone": "b", "weights": "w", "dtype": "float32"}
+    expected = content_id({**fields, "preprocessing": written}, compact=True)
+    assert embedding_key("b", "w", PRE, "float32") == expected
+    dct = content_id({**fields, "preprocessing": {**written, "decode": "dct"}}, compact=True)
+    assert embedding_key("b", "w", PRE.replace(decode="dct"), "float32") == dct

@@ -55,7 +55,7 @@ def identity_of(
     )
     weights_digest = backbone.weights_digest()
     emb_key = embedding_key(
-        backbone.id, weights_digest, preprocessing.to_dict(), config.dtype, config.autocast
+        backbone.id, weights_digest, preprocessing, config.dtype, config.autocast
     )
     data_digest = manifest.digest()
     return Identity(

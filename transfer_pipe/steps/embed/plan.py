@@ -94,7 +94,7 @@ def new_spec(
         backbone=backbone.id,
         weights_digest=identity.weights_digest,
         weights_file=backbone.weights_file,
-        preprocessing=identity.preprocessing.to_dict(),
+        preprocessing=identity.preprocessing,
         layers=tuple(layers),
         layer_dims=widths,
         dtype=config.dtype,

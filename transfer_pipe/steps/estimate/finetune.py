@@ -12,12 +12,13 @@ from transfer_pipe.backbones import BackboneSpec, StoreLocation, get_backbone
 from transfer_pipe.config import EmbedConfig, FinetuneConfig
 from transfer_pipe.data.sources import load_manifest
 from transfer_pipe.errors import TransferPipeError
-from transfer_pipe.schema import FAILURE, LABEL, SAMPLE_ID, SPLIT, TEST, TRAIN, URI, VAL
+from transfer_pipe.schema import FAILURE, LABEL, SAMPLE_ID, SPLIT, URI
 from transfer_pipe.steps.embed import run_backbone
 from transfer_pipe.steps.estimate.embed import device_type, estimate_embed
 from transfer_pipe.steps.estimate.records import EmbedEstimate, FinetuneEstimate
 from transfer_pipe.steps.estimate.throughput import CALIBRATION_BATCH, CALIBRATION_BATCHES
 from transfer_pipe.store import FeatureStore, open_store
+from transfer_pipe.store.cards import SplitSizes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,9 +47,9 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
         spec, _ = check_features(config.store, config.feature_set, None, config.storage_options)
         stores = (StoreLocation.of(config.store, config.storage_options),)
         backbone = get_backbone(spec.backbone, spec.weights_file, stores)
-        key, image_size = spec.key, int(spec.preprocessing["image_size"])
+        key, image_size = spec.key, spec.preprocessing.image_size
         rows = _rows_to_split(store, key, None)
-    splits, origin = _split_sizes(task, rows, config)
+    splits = _split_sizes(task, rows, config)
     device = device_type(config.device)
     recorded = _recorded_epoch_cost(
         store, backbone.id, image_size, device, config.policy, config.storage_options
@@ -57,7 +58,7 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
         per_image, seconds_from = recorded
     else:
         per_image, seconds_from = _calibrate_training(config, backbone, image_size, rows)
-    per_epoch = splits[TRAIN] * per_image[0] + splits[VAL] * per_image[1]
+    per_epoch = splits.train * per_image[0] + splits.val * per_image[1]
     before = embedded.seconds if embedded is not None else 0.0
     return FinetuneEstimate(
         feature_set=key,
@@ -69,7 +70,6 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
         image_size=image_size,
         device=device,
         splits=splits,
-        split_origin=origin,
         embed=embedded,
         seconds_per_epoch=per_epoch,
         seconds=None if before is None else before + config.epochs * per_epoch,
@@ -87,9 +87,7 @@ def _rows_to_split(store: FeatureStore, key: str, embed: EmbedConfig | None) -> 
     return load_manifest(embed.source).limit(embed.limit).table
 
 
-def _split_sizes(
-    task: Task, rows: pd.DataFrame, config: FinetuneConfig
-) -> tuple[dict[str, int], str]:
+def _split_sizes(task: Task, rows: pd.DataFrame, config: FinetuneConfig) -> SplitSizes:
     """Rows per split as the heads flow would split them (``heads.tasks``' own rule)."""
     from transfer_pipe.heads.tasks import SplitOptions, SplitRows, _split, _task_labels
 
@@ -99,7 +97,8 @@ def _split_sizes(
     labelled = SplitRows(np.empty((int(keep.sum()), 0)), labels[keep], ids[keep])
     options = SplitOptions(config.val_fraction, config.test_fraction, config.split_seed)
     train, val, test, origin = _split(labelled, rows[SPLIT].to_numpy()[keep], options)
-    return {TRAIN: len(train), VAL: len(val), TEST: len(test)}, origin
+    dropped = int((~keep).sum())
+    return SplitSizes(len(train), len(val), len(test), origin, dropped)
 
 
 def _recorded_epoch_cost(

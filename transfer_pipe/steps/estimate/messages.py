@@ -76,11 +76,11 @@ def finetune_estimate_message(estimate: FinetuneEstimate) -> str:
     split and the expected time per epoch."""
     e = estimate
     lines = [embed_estimate_message(e.embed)] if e.embed is not None else []
-    splits = "/".join(str(e.splits[s]) for s in (TRAIN, VAL, TEST))
+    splits = "/".join(str(e.splits.sizes[s]) for s in (TRAIN, VAL, TEST))
     lines.append(
         f"dry run, nothing trained: fine-tune {e.backbone} ({e.policy}) on feature set "
         f"{e.feature_set} for task {e.task} at {e.image_size} px on {e.device}; "
-        f"train/val/test {splits} ({e.split_origin})"
+        f"train/val/test {splits} ({e.splits.origin})"
     )
     if e.seconds_per_epoch is None:
         lines.append(f"  time: cannot be estimated ({e.seconds_from})")

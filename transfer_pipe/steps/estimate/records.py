@@ -7,6 +7,8 @@ from typing import get_args
 
 from transfer_pipe.config import Dtype
 from transfer_pipe.records import Record
+from transfer_pipe.steps.results import SplitsShownFlat
+from transfer_pipe.store.cards import SplitSizes
 
 DTYPES: tuple[str, ...] = get_args(Dtype)
 
@@ -46,7 +48,7 @@ class EmbedEstimate(Record):
 
 
 @dataclass(frozen=True)
-class FinetuneEstimate(Record):
+class FinetuneEstimate(SplitsShownFlat):
     """What ``transfer-pipe finetune`` would do and cost; nothing of it is done."""
 
     feature_set: str
@@ -57,8 +59,7 @@ class FinetuneEstimate(Record):
     epochs: int
     image_size: int
     device: str
-    splits: dict[str, int]  # rows per split (for a source still to embed: if every image decodes)
-    split_origin: str
+    splits: SplitSizes  # rows per split (for a source still to embed: if every image decodes)
     embed: EmbedEstimate | None  # the embed run that comes first, given a source
     seconds_per_epoch: float | None
     seconds: float | None  # embedding first plus ``epochs`` epochs (early stopping may cut it)

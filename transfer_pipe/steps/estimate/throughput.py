@@ -99,7 +99,6 @@ def calibrate(config: EmbedConfig, spec: FeatureSetSpec, manifest: Manifest) -> 
     """A few timed batches of the real model on the first images: decode, preprocess and
     the forward pass, as an embed shard runs them (one untimed warm-up batch first, which
     also builds the model)."""
-    from transfer_pipe.backbones import Preprocessing
     from transfer_pipe.data.read import read_bytes, read_image
     from transfer_pipe.features.batch import embed_images
     from transfer_pipe.features.tasks import EmbedderConfig
@@ -108,7 +107,7 @@ def calibrate(config: EmbedConfig, spec: FeatureSetSpec, manifest: Manifest) -> 
         backbone=spec.backbone,
         weights_file=spec.weights_file,
         layers=spec.layers,
-        preprocessing=Preprocessing.from_dict(spec.preprocessing),
+        preprocessing=spec.preprocessing,
         device=config.device,
         autocast=config.autocast,
         stores=(StoreLocation.of(config.store, config.storage_options),),

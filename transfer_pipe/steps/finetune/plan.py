@@ -28,6 +28,7 @@ from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.schema import SAMPLE_ID, TEST, TRAIN, URI, VAL
 from transfer_pipe.steps.train import HeadRun, TrainPlan, head_id, prepare_training
 from transfer_pipe.store import FeatureSetSpec, open_store
+from transfer_pipe.store.cards import SplitSizes
 from transfer_pipe.store.keys import content_id
 from transfer_pipe.store.options import store_options
 
@@ -56,11 +57,23 @@ class FinetunePlan:
     feature_set_spec: FeatureSetSpec
     run_id: str
     backbone: BackboneSpec
-    preprocessing: Preprocessing
     classes: tuple[str, ...]
     splits: dict[str, SplitImages]
     probe_plan: TrainPlan  # the heads flow's plan for the probe on the same task and split
     probe_head_id: str
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """As the feature set was embedded: the probe and the fine-tuned network see the
+        same pixels."""
+        return self.feature_set_spec.preprocessing
+
+    def split_sizes(self) -> SplitSizes:
+        """The images per split the run trains, validates and tests on, and where the
+        split came from (the probe's: the same rows)."""
+        data = self.probe_plan.data
+        sizes = {name: len(images) for name, images in self.splits.items()}
+        return SplitSizes(**sizes, origin=data.split_origin, dropped=data.dropped)
 
     def without_rows(self) -> FinetunePlan:
         """The plan without the probe's feature rows it may have read (what a Dask task
@@ -89,7 +102,6 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
     # A feature set embedded with a published backbone names it: resolve it in this store.
     stores = (StoreLocation.of(config.store, storage_options_of(config)),)
     backbone = _backbone(spec, config, stores)
-    preprocessing = Preprocessing.from_dict(spec.preprocessing)
     data = probe_plan.data
     table = store.row_table(feature_set, columns=(SAMPLE_ID, URI))
     uris = dict(zip(table[SAMPLE_ID], table[URI], strict=True))
@@ -104,7 +116,6 @@ def prepare_finetune(config: FinetuneConfig, feature_set: str) -> FinetunePlan:
         feature_set_spec=spec,
         run_id="",
         backbone=backbone,
-        preprocessing=preprocessing,
         classes=data.classes,
         splits=splits,
         probe_plan=probe_plan,

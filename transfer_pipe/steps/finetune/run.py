@@ -42,7 +42,6 @@ from transfer_pipe.steps.finetune.plan import (
 from transfer_pipe.steps.finetune.probe import build_model, probe_val_accuracy
 from transfer_pipe.steps.jobs import claimed_job, here_or_on_cluster
 from transfer_pipe.steps.train import task_ref
-from transfer_pipe.store.cards import SplitSizes
 
 _LIBRARIES = ("transfer-pipe", "torch", "torchvision", "numpy", "pillow", "safetensors")
 
@@ -246,7 +245,6 @@ def _report_files(folder: Path, result: FinetuneResult) -> dict[str, Path]:
 
 def _card(plan: FinetunePlan, job: Trainer, result: FinetuneResult) -> FinetuneCard:
     spec, config, data = plan.feature_set_spec, plan.config, plan.probe_plan.data
-    sizes = {name: len(s) for name, s in plan.splits.items()}
     return FinetuneCard(
         run_id=plan.run_id,
         feature_set=plan.feature_set,
@@ -254,10 +252,10 @@ def _card(plan: FinetunePlan, job: Trainer, result: FinetuneResult) -> FinetuneC
         source=spec.source,
         backbone=plan.backbone.id,
         weights_digest=spec.weights_digest,
-        preprocessing=plan.preprocessing.to_dict(),
+        preprocessing=plan.preprocessing,
         task=task_ref(data),
         classes=list(plan.classes),
-        splits=SplitSizes(**sizes, origin=data.split_origin, dropped=data.dropped),
+        splits=plan.split_sizes(),
         policy=config.policy,
         lp_ft=config.lp_ft,
         init=config.init,

@@ -30,7 +30,7 @@ def finalize_finetune(
         store=plan.config.store,
         task=result.task,
         classes=list(plan.classes),
-        splits={name: len(s) for name, s in plan.splits.items()},
+        splits=plan.split_sizes(),
         policy=result.policy,
         lp_ft=result.lp_ft,
         epochs=result.epochs,

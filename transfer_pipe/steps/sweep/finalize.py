@@ -25,28 +25,27 @@ from transfer_pipe.curves import (
     screen_agreement,
 )
 from transfer_pipe.finetune.card import FINETUNE_DIR, FinetuneCard
-from transfer_pipe.records import Record
 from transfer_pipe.report import png_data_uri, save_sweep_plots, sweep_markdown
 from transfer_pipe.steps.layer_choice import SWEEP_RECORD as RECORD
 from transfer_pipe.steps.layer_choice import SWEEPS_DIR
-from transfer_pipe.steps.results import TrainSummary
+from transfer_pipe.steps.results import SplitsShownFlat, TrainSummary
 from transfer_pipe.steps.sweep.plan import Init, SweepPlan
 from transfer_pipe.store import StorageOptions, cards
-from transfer_pipe.store.cards import card_folder, store_fs
+from transfer_pipe.store.cards import SplitSizes, card_folder, store_fs
 from transfer_pipe.store.keys import content_id
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SweepSummary(Record):
+class SweepSummary(SplitsShownFlat):
     """What a sweep measured and advises; ``url`` is where its record and pictures live."""
 
     sweep_id: str
     feature_sets: dict[str, str]  # init -> feature-set key
     task: str
     classes: list[str]
-    splits: dict[str, int]
+    splits: SplitSizes
     screen: str  # the screen that chose where the probes ran
     screens: list[LayerScreen]  # every layer, both initialisations
     depth: list[LayerScore]  # the probes that ran
@@ -105,7 +104,7 @@ def finalize_sweep(
         feature_sets={init: key for init, key in keys.items()},
         task=first.task,
         classes=list(first.classes),
-        splits=first.splits.sizes,
+        splits=first.splits,
         screen=config.screen,
         screens=list(screens),
         depth=list(depth),

@@ -90,7 +90,7 @@ def _embed_of(config: SweepConfig) -> EmbedConfig:
         store=config.store,
         backbone=spec.backbone,
         weights_file=spec.weights_file,
-        image_size=int(spec.preprocessing["image_size"]),
+        image_size=spec.preprocessing.image_size,
         dtype=spec.dtype,  # type: ignore[arg-type]  # a spec's dtype is one of Dtype
         limit=spec.rows,
         device=config.device,

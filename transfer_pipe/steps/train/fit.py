@@ -169,7 +169,7 @@ def _card(plan: TrainPlan, data: TaskData, fitted: FittedHead, result: HeadResul
         source=spec.source,
         backbone=spec.backbone,
         weights_digest=spec.weights_digest,
-        preprocessing=dict(spec.preprocessing),
+        preprocessing=spec.preprocessing,
         embedding_key=spec.embedding_key,
         dtype=spec.dtype,
         autocast=spec.autocast,

@@ -1,4 +1,8 @@
-"""Image -> normalised tensor, as one small frozen value that is part of the cache key."""
+"""Image -> normalised tensor, as one small frozen value that is part of the cache key.
+
+It sits below the backbones and the store because both hold it: a backbone's default
+preprocessing, and the preprocessing a feature set, its lineage and a model card were made
+with (written as ``Preprocessing.to_dict``, the form every embedding key hashes)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from transfer_pipe.errors import TransferPipeError
+from transfer_pipe.records import Record
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +73,7 @@ def _triple(name: str, values: Sequence[float]) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(Record):
     """How one decoded image becomes a model input.
 
     ``resize="squash"`` resizes straight to ``image_size x image_size`` (aspect ratio is

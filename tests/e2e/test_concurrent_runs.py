@@ -39,6 +39,18 @@ def _command(data: Path, store: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _env(prefect_api: str) -> dict[str, str]:
+    """The runs' environment: the session's server, claims that cannot lapse while a
+    writer is paused, and Python's fault handler, so that a run dying in native code
+    leaves its threads' Python stacks in the log the failed assertion shows."""
+    return {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        TTL_ENV: "3600",
+        "PYTHONFAULTHANDLER": "1",
+    }
+
+
 def _start(
     data: Path,
     store: Path,
@@ -78,7 +90,7 @@ def test_two_runs_at_once_write_each_shard_once(tmp_path: Path, prefect_api: str
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=4, per_class=100)
     # Claims that cannot lapse while the writer is paused below.
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
+    env = _env(prefect_api)
     # The writer stops itself holding the claim, 3 shards written, so the second run
     # surely arrives mid-write (started together, a slow start-up could make it arrive
     # after the writer ended; paused from outside, a fast writer could end first).
@@ -114,7 +126,7 @@ def test_two_versions_of_one_lineage_at_once_append_each_content_once(
     # lineage (both plan from the same lineage length: they append into the same rows).
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=4, per_class=100)
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
+    env = _env(prefect_api)
     first = _start(data, store, env, pause_after=3)  # all of it, paused mid-write
     wait_until_stopped(first)
     log = tmp_path / "second.log"
@@ -145,7 +157,7 @@ def test_a_run_killed_holding_the_claim_does_not_block_the_next(
     data, store = tmp_path / "images", tmp_path / "store"
     make_dataset(data, classes=4, per_class=100)
     # A claim that would outlive the test: only its holder's death can free it this soon.
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, TTL_ENV: "3600"}
+    env = _env(prefect_api)
     killed = _start(data, store, env, pause_after=3)
     wait_until_stopped(killed)
     os.killpg(killed.pid, signal.SIGKILL)  # no clean-up: the claim object stays

@@ -43,6 +43,7 @@ from transfer_pipe.backbones.weights import DEFAULT_SEED, Architecture, load_str
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.files import write_text_atomic, write_url_atomic
 from transfer_pipe.preprocessing import Preprocessing
+from transfer_pipe.records import Record, known_fields
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +54,26 @@ HOME_ENV = "TRANSFER_PIPE_HOME"
 RUNS_FOLDER = "finetune"  # <store>/finetune/<run_id>/: the fine-tuning runs' folder
 RECORD = "backbone.json"
 _PUBLISHED = "published"
+
+
+@dataclass(frozen=True)
+class PublishedBackbone(Record):
+    """``backbone.json``: what a published id is (its base, the weights file and its
+    sha256, the preprocessing it was fine-tuned with) and the run and feature set it was
+    fine-tuned from."""
+
+    id: str
+    base: str
+    weights_file: str  # a file name in the record's folder, never a path out of it
+    weights_sha256: str
+    preprocessing: Preprocessing
+    run: str | None = None
+    feature_set: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PublishedBackbone:
+        fields = known_fields(cls, data, "a published backbone's record")
+        return cls(**{**fields, "preprocessing": Preprocessing.from_dict(fields["preprocessing"])})
 
 
 def published_folder(store: str, name: str) -> str:
@@ -80,13 +101,15 @@ def publish_backbone(
     base: str,
     state: Mapping[str, torch.Tensor],
     preprocessing: Preprocessing,
-    details: Mapping[str, Any],
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    run: str | None = None,
+    feature_set: str | None = None,
 ) -> str:
     """Record ``finetuned/<name>`` in ``store``: ``base``'s architecture with the weights
-    ``state`` (a state dict of ``base``); returns the id. The weights are written first
-    and the record last, so a reader finds the old backbone or the new one whole.
-    Publishing a name again replaces its record."""
+    ``state`` (a state dict of ``base``), fine-tuned by ``run`` on ``feature_set``; returns
+    the id. The weights are written first and the record last, so a reader finds the old
+    backbone or the new one whole. Publishing a name again replaces its record."""
     from safetensors.torch import save
 
     backbone_id = PREFIX + name
@@ -95,16 +118,9 @@ def publish_backbone(
     folder = published_folder(store, name)
     weights = f"weights-{sha256[:16]}.safetensors"  # by content: a reader never sees a mix
     write_url_atomic(posixpath.join(folder, weights), data, storage_options)
-    record = {
-        "id": backbone_id,
-        "base": base,
-        "weights_file": weights,
-        "weights_sha256": sha256,
-        "preprocessing": preprocessing.to_dict(),
-        **details,
-    }
+    record = PublishedBackbone(backbone_id, base, weights, sha256, preprocessing, run, feature_set)
     record_url = posixpath.join(folder, RECORD)
-    write_url_atomic(record_url, json.dumps(record, indent=2).encode(), storage_options)
+    write_url_atomic(record_url, json.dumps(record.to_dict(), indent=2).encode(), storage_options)
     _remove_other_weights(folder, weights, storage_options)
     _note_at_home(backbone_id, store)
     return backbone_id
@@ -181,14 +197,22 @@ def _candidate_stores(backbone_id: str, stores: Stores) -> list[tuple[str, dict[
 
 def _read_record(
     store: str, name: str, storage_options: Mapping[str, Any]
-) -> dict[str, Any] | None:
+) -> PublishedBackbone | None:
+    """The record of ``finetuned/<name>`` in ``store``; None when it has none."""
     fs, path = url_to_fs(posixpath.join(published_folder(store, name), RECORD),
                          **dict(storage_options))  # fmt: skip
     try:
-        record: dict[str, Any] = json.loads(fs.cat_file(path))
+        data = fs.cat_file(path)
     except FileNotFoundError:
         return None
-    return record
+    try:
+        return PublishedBackbone.from_dict(json.loads(data))
+    except (TransferPipeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TransferPipeError(
+            f"the record of {PREFIX + name} in {published_folder(store, name)} is not "
+            f"valid ({exc}); publish the fine-tuning run again "
+            "(transfer-pipe finetune ... --publish)."
+        ) from exc
 
 
 def _resolve(backbone_id: str, given: Stores) -> BackboneEntry | None:
@@ -196,16 +220,8 @@ def _resolve(backbone_id: str, given: Stores) -> BackboneEntry | None:
     stores = _candidate_stores(backbone_id, given)
     for store, options in stores:
         record = _read_record(store, name, options)
-        if record is None:
-            continue
-        try:
+        if record is not None:
             return _entry(backbone_id, store, record, options, given)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TransferPipeError(
-                f"the record of {backbone_id} in {published_folder(store, name)} is not "
-                f"valid ({exc!r}); publish the fine-tuning run again "
-                "(transfer-pipe finetune ... --publish)."
-            ) from exc
     searched = ", ".join(url for url, _ in stores) or "none"
     raise TransferPipeError(
         f"backbone {backbone_id} is not published in any store this process knows "
@@ -217,26 +233,27 @@ def _resolve(backbone_id: str, given: Stores) -> BackboneEntry | None:
 def _entry(
     backbone_id: str,
     store: str,
-    record: Mapping[str, Any],
+    record: PublishedBackbone,
     options: Mapping[str, Any],
     stores: Stores,
 ) -> BackboneEntry:
-    """The registry entry of a published record found in ``store``."""
-    base = lookup(record["base"], stores)
+    """The registry entry of ``backbone_id``, whose record was found in ``store`` (the
+    id is the folder's, whatever a copied record says)."""
+    base = lookup(record.base, stores)
     weights_url = posixpath.join(published_folder(store, backbone_id.removeprefix(PREFIX)),
-                                 posixpath.basename(record["weights_file"]))  # fmt: skip
+                                 posixpath.basename(record.weights_file))  # fmt: skip
     metadata = {
         **{k: v for k, v in base.metadata.items() if k != "imagenet_top1"},
-        "base": record["base"],
+        "base": record.base,
         "store": store,
-        "weights_sha256": record["weights_sha256"],
-        "source": f"fine-tuned from {record['base']} ({record.get('run', backbone_id)})",
+        "weights_sha256": record.weights_sha256,
+        "source": f"fine-tuned from {record.base} ({record.run or backbone_id})",
     }
     return BackboneEntry(
         id=backbone_id,
         architecture=base.architecture,
-        weights=StoreWeights(weights_url, record["weights_sha256"], options),
-        preprocessing=Preprocessing.from_dict(record["preprocessing"]),
+        weights=StoreWeights(weights_url, record.weights_sha256, options),
+        preprocessing=record.preprocessing,
         metadata=metadata,
         stages=base.stages,
         adapt_state_dict=dict,  # the file is written in our own key format

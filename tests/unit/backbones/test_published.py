@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from transfer_pipe.backbones import get_backbone, publish_backbone
-from transfer_pipe.backbones.published import HOME_ENV, published_folder, registry_path
+from transfer_pipe.backbones.published import (
+    HOME_ENV,
+    PublishedBackbone,
+    published_folder,
+    registry_path,
+)
 from transfer_pipe.errors import TransferPipeError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -32,7 +37,7 @@ def _weights(shift: float) -> dict[str, torch.Tensor]:
 
 def _publish(store: str, name: str, shift: float) -> str:
     preprocessing = get_backbone("tiny_test").preprocessing
-    return publish_backbone(store, name, "tiny_test", _weights(shift), preprocessing, {})
+    return publish_backbone(store, name, "tiny_test", _weights(shift), preprocessing)
 
 
 def test_a_published_id_loads_its_weights_and_republishing_replaces_them(
@@ -128,3 +133,31 @@ def test_a_record_naming_a_file_outside_its_folder_reads_only_its_folder(tmp_pat
         get_backbone(backbone_id).build()
     # Mutation seen failing: _entry joining the record's path as written, not its basename.
     assert "published/elsewhere.safetensors" in get_backbone(backbone_id).metadata["weights"]
+
+
+def test_a_record_as_publishing_always_wrote_it_reads_and_writes_back_the_same() -> None:
+    """``backbone.json`` is a ``PublishedBackbone`` record now; the file a fine-tuning run
+    published before reads into it and is written back key for key. Mutation seen failing:
+    ``run`` left out of the record (``known_fields`` drops it, so it never comes back)."""
+    written = {
+        "id": "finetuned/source-top-2-lpft-1ce31e541c", "base": "tiny_test",
+        "weights_file": "weights-0123456789abcdef.safetensors", "weights_sha256": "ab" * 32,
+        "preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+                          "resize": "squash", "interpolation": "bilinear"},
+        "run": "source-top-2-lpft-1ce31e541c", "feature_set": "1a228fba426df8e6",
+    }  # fmt: skip
+    record = PublishedBackbone.from_dict(written)
+    assert record.preprocessing == get_backbone("tiny_test").preprocessing
+    assert json.dumps(record.to_dict()) == json.dumps(written)  # same keys, same order
+
+
+def test_a_record_missing_a_field_names_it_and_says_how_to_mend_it(tmp_path: Path) -> None:
+    # Mutation seen failing: _read_record no longer turning a bad record into the error.
+    store = str(tmp_path / "store")
+    backbone_id = _publish(store, "run4", 0.01)
+    record_path = Path(published_folder(store, "run4")) / "backbone.json"
+    record = json.loads(record_path.read_text())
+    del record["weights_sha256"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(TransferPipeError, match=r"not valid.*weights_sha256.*--publish"):
+        get_backbone(backbone_id)

@@ -57,8 +57,9 @@ def publish_config(plan: FinetunePlan) -> EmbedConfig:
         plan.backbone.id,
         export_backbone(plan.backbone, model),
         plan.preprocessing,
-        {"run": plan.run_id, "feature_set": plan.feature_set},
-        storage_options=storage_options_of(config),
+        storage_options_of(config),
+        run=plan.run_id,
+        feature_set=plan.feature_set,
     )
     base = plan.config.embed
     if base is None:

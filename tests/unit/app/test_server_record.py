@@ -7,12 +7,13 @@ import json
 import os
 from pathlib import Path
 
-from transfer_pipe.app.serve import RECORD_NAME, ServerRecord, _write_record, read_record
+from transfer_pipe.app.serve import RECORD_NAME, ServerRecord, read_record
+from transfer_pipe.app.serve.record import write_record
 
 
 def test_a_written_record_reads_back_with_the_same_json_fields(tmp_path: Path) -> None:
     api_url = "http://127.0.0.1:4300/api"
-    _write_record(tmp_path, 4300, api_url, 90, "tcp://127.0.0.1:8786")
+    write_record(tmp_path, 4300, api_url, 90, "tcp://127.0.0.1:8786")
     written = json.loads((tmp_path / RECORD_NAME).read_text())
     assert written == {
         "url": "http://127.0.0.1:4300",

@@ -244,7 +244,7 @@ def test_serve_on_postgresql_keeps_its_runs_there_and_sigterm_stops_it_all(
         assert "server start" in names and "worker start" in names
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(120) == 0
-        # Mutation: signalling only the server in _stop_all leaves the worker running.
+        # Mutation: signalling only the server in stop_all leaves the worker running.
         _, alive = psutil.wait_procs(tree, timeout=10)
         assert alive == []
         assert not (served.home / "server.json").exists()

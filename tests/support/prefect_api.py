@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+from prefect.client.schemas.objects import TERMINAL_STATES
 
 
 def api(method: str, url: str, body: dict[str, Any] | list[Any] | None = None) -> Any:
@@ -36,7 +36,7 @@ def final_run(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run: dict[str, Any] = api("GET", f"{api_url}/flow_runs/{run_id}")
-        if run["state_type"] in TERMINAL:
+        if run["state_type"] in TERMINAL_STATES:  # StateType is a str enum
             return run
         time.sleep(poll_s)
     return None

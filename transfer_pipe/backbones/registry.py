@@ -196,9 +196,8 @@ class BackboneSpec:
 
     def build(self) -> nn.Module:
         """The model with its weights loaded, in eval mode, with gradients off."""
-        model = self.weights_source().materialize(
-            lookup(self.id, self.stores).architecture, self.id
-        )
+        entry = lookup(self.id, self.stores)  # once: a published id reads its record per lookup
+        model = _weights_source(entry, self.weights_file).materialize(entry.architecture, self.id)
         model.eval()
         model.requires_grad_(False)
         return model

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -38,7 +38,7 @@ Status = Literal["missing", "incomplete", "complete"]
 
 
 @dataclass(frozen=True)
-class LineageSpec:
+class LineageSpec(Record):
     """What the versions of one lineage share: the source and the model configuration
     (everything that decides a row's values from its image), and the arrays' shard size."""
 
@@ -59,10 +59,6 @@ class LineageSpec:
     def shard_of(self, row: int) -> int:
         return row // self.shard_size
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (the lineage's ``lineage`` attribute)."""
-        return _spec_dict(self)
-
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> LineageSpec:
         """A lineage spec from its JSON form."""
@@ -70,7 +66,7 @@ class LineageSpec:
 
 
 @dataclass(frozen=True)
-class FeatureSetSpec:
+class FeatureSetSpec(Record):
     """Everything that determines a feature set's values, plus where its rows live.
 
     ``rows`` is the version's row count; its new rows are ``appended`` rows of its
@@ -118,20 +114,10 @@ class FeatureSetSpec:
     def lineage_spec(self) -> LineageSpec:
         return LineageSpec(**{f.name: getattr(self, f.name) for f in fields(LineageSpec)})
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (the version's ``spec`` attribute)."""
-        return _spec_dict(self)
-
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FeatureSetSpec:
         """A spec from its JSON form (the ``spec`` attribute)."""
         return cls(**_spec_fields(cls, raw))
-
-
-def _spec_dict(spec: LineageSpec | FeatureSetSpec) -> dict[str, Any]:
-    """A spec's fields as plain data, its preprocessing in the form the keys hash, so a
-    spec's attribute reads the same as every release wrote it."""
-    return {**asdict(spec), "preprocessing": spec.preprocessing.to_dict()}
 
 
 def _spec_fields(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -391,7 +391,6 @@ def _grown(store: ZarrFeatureStore, spec: FeatureSetSpec, path: str, document: b
 
 
 def _restore_lineage_root(store: ZarrFeatureStore, spec: FeatureSetSpec) -> None:
-
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.group import GroupMetadata
 

@@ -90,7 +90,7 @@ class Provenance(Record):
     key: str
     status: str
     created: str | None
-    spec: FeatureSetSpec | None
+    spec: FeatureSetSpec
     changes: dict[str, Any]
     sequence: int
     completion: Completion | None  # None until the version is complete
@@ -111,7 +111,7 @@ class Provenance(Record):
             key=raw["key"],
             status=raw["status"],
             created=raw["created"],
-            spec=None if raw["spec"] is None else FeatureSetSpec.from_dict(raw["spec"]),
+            spec=store.spec(key),
             changes=raw["changes"],
             sequence=raw["sequence"],
             completion=completion,
@@ -128,7 +128,7 @@ class Provenance(Record):
             "key": self.key,
             "status": self.status,
             "created": self.created,
-            "spec": None if self.spec is None else self.spec.to_dict(),
+            "spec": self.spec.to_dict(),
             "changes": self.changes,
             "sequence": self.sequence,
             **({} if self.completion is None else self.completion.to_dict()),

@@ -22,7 +22,8 @@ def _written_spec() -> dict[str, Any]:
 
 
 def test_a_stored_spec_reads_its_preprocessing_as_a_record_and_writes_back_as_it_was() -> None:
-    # Mutation seen failing: writing the record's own fields (``asdict``) into the spec.
+    # Mutations seen failing: the spec writing the record's own fields (``asdict``), and
+    # ``Preprocessing.to_dict`` without "interpolation".
     written = _written_spec()
     spec = FeatureSetSpec.from_dict(written)
     assert spec.preprocessing == Preprocessing(32, (0.5,) * 3, (0.25,) * 3, resize="squash")

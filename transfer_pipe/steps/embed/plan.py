@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from transfer_pipe.backbones import BackboneSpec
-from transfer_pipe.backbones.registry import StoreLocation
 from transfer_pipe.cluster import plan_cluster
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.manifest import Manifest
@@ -194,6 +193,5 @@ def _embedder(
         threads=plan_cluster(config.dask_address, config.workers).torch_threads,
         compile=config.compile,
         weights_digest=identity.weights_digest,
-        # Where a finetuned/<run> backbone is published: the run's store.
-        stores=(StoreLocation.of(config.store, config.storage_options),),
+        stores=backbone.stores,  # the run's store: where a finetuned/<run> id is published
     )

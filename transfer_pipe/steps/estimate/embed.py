@@ -8,7 +8,7 @@ from dataclasses import replace
 from transfer_pipe.config import EmbedConfig
 from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.schema import CONTENT_HASH
-from transfer_pipe.steps.embed import cached_rows, check_embed_inputs, identity_of, new_spec
+from transfer_pipe.steps.embed import check_embed_inputs, identity_of, new_spec, reusable_rows
 from transfer_pipe.steps.estimate.records import EmbedEstimate, LayerEstimate
 from transfer_pipe.steps.estimate.storage import feature_set_bytes
 from transfer_pipe.steps.estimate.throughput import (
@@ -35,7 +35,7 @@ def estimate_embed(config: EmbedConfig) -> EmbedEstimate:
     if status == "incomplete":
         spec = replace(spec, shard_size=store.spec(spec.key).shard_size)  # a resume keeps it
     pending = _pending_rows(store, spec, status, manifest)
-    donors = cached_rows(store, spec.embedding_key, spec.layers, exclude=spec.lineage)
+    donors = reusable_rows(store, spec)
     hashes = manifest.table[CONTENT_HASH].to_numpy()
     to_copy = sum(1 for row in pending if hashes[row] in donors)
     to_embed = len(pending) - to_copy

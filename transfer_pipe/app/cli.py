@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from transfer_pipe.app.serve import ServeOptions
+from transfer_pipe.app.serve import STORE_ENV, ServeOptions
 from transfer_pipe.config import (
     REQUIRED,
     EmbedConfig,
@@ -65,7 +65,7 @@ def add_options(parser: argparse.ArgumentParser | Any, offered: Iterable[Option]
     for opt in offered:
         default = opt.default
         if opt.name == "store":  # a session-wide default store, without repeating --store
-            default = os.environ.get("TRANSFER_PIPE_STORE", default)
+            default = os.environ.get(STORE_ENV, default)
         help_text = opt.help
         if not any(default is nothing for nothing in (None, False, (), REQUIRED)):
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -354,7 +354,8 @@ def _sweep(args: argparse.Namespace) -> int:
         _print_estimate(estimate, messages, args.json and args.dry_run)
         if args.dry_run:
             return 0
-    config, _ = _run(SweepConfig, args)
+    config = plan.config  # built and planned once, above
+    _check_before_prefect(config)
     from flows.sweep import run_sweep
     from transfer_pipe.report import terminal_table
 

@@ -18,7 +18,6 @@ trees and the stop signals) and ``stack`` (the command itself, in order).
 from transfer_pipe.app.serve.prefect_setup import (
     CRASH_AUTOMATION,
     MISSED_HEARTBEATS,
-    PREFECT_FILE,
     WORK_POOLS,
     deployable,
     ensure_crash_automation,
@@ -26,22 +25,17 @@ from transfer_pipe.app.serve.prefect_setup import (
 )
 from transfer_pipe.app.serve.record import (
     HEARTBEAT_ENV,
-    HOME_ENV,
     RECORD_NAME,
     ServerRecord,
-    home,
     read_record,
-    running_record,
     use_running_server,
 )
-from transfer_pipe.app.serve.stack import ROOT_ENV, STORE_ENV, ServeOptions, project_root, serve
+from transfer_pipe.app.serve.stack import ROOT_ENV, STORE_ENV, ServeOptions, serve
 
 __all__ = [
     "CRASH_AUTOMATION",
     "HEARTBEAT_ENV",
-    "HOME_ENV",
     "MISSED_HEARTBEATS",
-    "PREFECT_FILE",
     "RECORD_NAME",
     "ROOT_ENV",
     "STORE_ENV",
@@ -51,10 +45,7 @@ __all__ = [
     "deployable",
     "ensure_crash_automation",
     "heartbeat_seconds",
-    "home",
-    "project_root",
     "read_record",
-    "running_record",
     "serve",
     "use_running_server",
 ]

@@ -8,7 +8,6 @@ import contextlib
 import fcntl
 import json
 import os
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,9 @@ def home() -> Path:
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
     # A plain GET, not Prefect's client: every command asks this before Prefect is imported.
+    # Imported here: only a home with a server record gets this far (``running_record``).
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
             return bool(response.status == 200)

@@ -137,7 +137,7 @@ def _run(
     children.append(server)
     write_record(options.home, options.port, api_url, options.heartbeat_s, dask_address)
     if not _wait_healthy(api_url, server, options.startup_timeout_s, stop):
-        return _failed(server, logs, stop, out)
+        return _failed(logs, stop, out)
     print(f"server healthy after {time.monotonic() - started:.0f} s", file=out)
     ensure_work_pools(api_url)
     ensure_crash_automation(api_url, options.heartbeat_s)
@@ -244,7 +244,7 @@ def _wait_healthy(api_url: str, server: Child, timeout_s: float, stop: StopSigna
     return False
 
 
-def _failed(server: Child, logs: Path, stop: StopSignal, out: IO[str]) -> int:
+def _failed(logs: Path, stop: StopSignal, out: IO[str]) -> int:
     if stop.requested:
         return 0
     ends = log_tail(logs / "server.log")

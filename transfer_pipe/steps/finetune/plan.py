@@ -28,7 +28,6 @@ from transfer_pipe.heads.tasks import SplitRows
 from transfer_pipe.schema import SAMPLE_ID, TEST, TRAIN, URI, VAL
 from transfer_pipe.steps.train import HeadRun, TrainPlan, head_id, prepare_training
 from transfer_pipe.store import FeatureSetSpec, open_store
-from transfer_pipe.store.cards import SplitSizes
 from transfer_pipe.store.keys import content_id
 from transfer_pipe.store.options import store_options
 
@@ -67,13 +66,6 @@ class FinetunePlan:
         """As the feature set was embedded: the probe and the fine-tuned network see the
         same pixels."""
         return self.feature_set_spec.preprocessing
-
-    def split_sizes(self) -> SplitSizes:
-        """The images per split the run trains, validates and tests on, and where the
-        split came from (the probe's: the same rows)."""
-        data = self.probe_plan.data
-        sizes = {name: len(images) for name, images in self.splits.items()}
-        return SplitSizes(**sizes, origin=data.split_origin, dropped=data.dropped)
 
     def without_rows(self) -> FinetunePlan:
         """The plan without the probe's feature rows it may have read (what a Dask task

@@ -255,7 +255,7 @@ def _card(plan: FinetunePlan, job: Trainer, result: FinetuneResult) -> FinetuneC
         preprocessing=plan.preprocessing,
         task=task_ref(data),
         classes=list(plan.classes),
-        splits=plan.split_sizes(),
+        splits=data.split_sizes(),  # the probe's split: the same rows
         policy=config.policy,
         lp_ft=config.lp_ft,
         init=config.init,

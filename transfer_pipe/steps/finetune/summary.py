@@ -30,7 +30,7 @@ def finalize_finetune(
         store=plan.config.store,
         task=result.task,
         classes=list(plan.classes),
-        splits=plan.split_sizes(),
+        splits=plan.probe_plan.data.split_sizes(),
         policy=result.policy,
         lp_ft=result.lp_ft,
         epochs=result.epochs,

@@ -24,13 +24,19 @@ from transfer_pipe.store.layout import ROW, shareable
 def estimate_embed(config: EmbedConfig) -> EmbedEstimate:
     """Rows, layers and widths, store bytes per dtype and the expected time of the embed
     run ``config`` describes, after the same input checks; writes nothing."""
+    return estimate_embed_with_manifest(config)[0]
+
+
+def estimate_embed_with_manifest(config: EmbedConfig) -> tuple[EmbedEstimate, Manifest]:
+    """``estimate_embed``, and the (limited) manifest its checks listed: a dry run that
+    needs the source's rows too reads them from it, not from the source again."""
     backbone, layers, manifest = check_embed_inputs(config, dry_run=True)
     identity = identity_of(config, backbone, layers, manifest)
     store = open_store(config.store, config.storage_options)
     status = store.status(identity.key)
     image_size = identity.preprocessing.image_size
     if status == "complete":
-        return _complete_estimate(config, store, identity.key, image_size)
+        return _complete_estimate(config, store, identity.key, image_size), manifest
     spec = new_spec(config, backbone, layers, manifest, identity)
     if status == "incomplete":
         spec = replace(spec, shard_size=store.spec(spec.key).shard_size)  # a resume keeps it
@@ -52,7 +58,7 @@ def estimate_embed(config: EmbedConfig) -> EmbedEstimate:
     good_share = calibration.good_share if calibration is not None else 1.0
     layer_estimates, bytes_by_dtype = feature_set_bytes(spec, manifest, sample, good_share)
     rate, seconds_from = expected_rate(to_embed, recorded, calibration)
-    return EmbedEstimate(
+    estimate = EmbedEstimate(
         feature_set=spec.key,
         store=config.store,
         source=spec.source,
@@ -73,6 +79,7 @@ def estimate_embed(config: EmbedConfig) -> EmbedEstimate:
         seconds=to_embed / rate if rate else 0.0 if not to_embed else None,
         seconds_from=seconds_from,
     )
+    return estimate, manifest
 
 
 def _complete_estimate(

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from transfer_pipe.backbones import BackboneSpec, StoreLocation, get_backbone
-from transfer_pipe.config import EmbedConfig, FinetuneConfig
-from transfer_pipe.data.sources import load_manifest
+from transfer_pipe.config import FinetuneConfig
+from transfer_pipe.data.manifest import Manifest
 from transfer_pipe.errors import TransferPipeError
 from transfer_pipe.schema import FAILURE, LABEL, SAMPLE_ID, SPLIT, URI
 from transfer_pipe.steps.embed import run_backbone
-from transfer_pipe.steps.estimate.embed import device_type, estimate_embed
+from transfer_pipe.steps.estimate.embed import device_type, estimate_embed_with_manifest
 from transfer_pipe.steps.estimate.records import EmbedEstimate, FinetuneEstimate
 from transfer_pipe.steps.estimate.throughput import CALIBRATION_BATCH, CALIBRATION_BATCHES
 from transfer_pipe.store import FeatureStore, open_store
@@ -38,10 +38,10 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
     embedded: EmbedEstimate | None = None
     store = open_store(config.store, config.storage_options)
     if config.embed is not None:
-        embedded = estimate_embed(config.embed)
+        embedded, manifest = estimate_embed_with_manifest(config.embed)
         backbone = run_backbone(config.embed)
         key, image_size = embedded.feature_set, embedded.image_size
-        rows = _rows_to_split(store, key, config.embed)
+        rows = _rows_to_split(store, key, manifest)
     else:
         assert config.feature_set is not None
         spec, _ = check_features(config.store, config.feature_set, None, config.storage_options)
@@ -77,14 +77,15 @@ def estimate_finetune(config: FinetuneConfig) -> FinetuneEstimate:
     )
 
 
-def _rows_to_split(store: FeatureStore, key: str, embed: EmbedConfig | None) -> pd.DataFrame:
+def _rows_to_split(store: FeatureStore, key: str, manifest: Manifest | None) -> pd.DataFrame:
     """sample_id, uri, label and split of the rows the task will see: the good rows of a
-    complete feature set, else every row of the source (as if every image decodes)."""
+    complete feature set, else every row of the source as its check listed it (as if every
+    image decodes)."""
     if store.status(key) == "complete":
         table = store.row_table(key, columns=(SAMPLE_ID, URI, LABEL, SPLIT, FAILURE))
         return table[(table[FAILURE] == "") & table["done"]].reset_index(drop=True)
-    assert embed is not None
-    return load_manifest(embed.source).limit(embed.limit).table
+    assert manifest is not None
+    return manifest.table
 
 
 def _split_sizes(task: Task, rows: pd.DataFrame, config: FinetuneConfig) -> SplitSizes:
